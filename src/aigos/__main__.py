@@ -1,0 +1,5 @@
+"""``python -m aigos`` runs the CLI."""
+
+from aigos.cli import main
+
+main()

@@ -1,0 +1,127 @@
+"""The FastAPI application factory: each context's router, the middleware stack and the lifespan."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from fastapi import FastAPI
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+
+from aigos import __version__
+from aigos.server.bus import create_bus
+from aigos.server.config import Settings
+from aigos.server.db import Database
+from aigos.server.db.migrate import upgrade
+from aigos.server.logging import configure_logging
+from aigos.server.middleware.body_limit import BodyLimitMiddleware
+from aigos.server.middleware.request_context import RequestContextMiddleware
+from aigos.server.middleware.security_headers import SecurityHeadersMiddleware
+from aigos.server.openapi import build_openapi
+from aigos.server.platform import api as platform_api
+from aigos.server.platform import docs
+from aigos.server.platform.admin_token import ensure_bootstrap_token
+from aigos.server.problems import install_problem_handlers
+from aigos.server.runtime import Runtime
+
+log = structlog.get_logger("aigos.server")
+
+FEATURES = ["platform"]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the ASGI app for ``settings`` (read from the environment when omitted)."""
+    settings = settings or Settings()
+    configure_logging(settings.log_level, settings.log_format)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = await start_runtime(settings)
+        app.state.runtime = runtime
+        log.info(
+            "started",
+            version=__version__,
+            database=runtime.database.kind,
+            bus=runtime.bus.kind,
+        )
+        try:
+            yield
+        finally:
+            await runtime.close()
+            log.info("stopped")
+
+    middleware = [
+        Middleware(SecurityHeadersMiddleware, hsts_max_age=settings.hsts_max_age),
+        Middleware(RequestContextMiddleware),
+    ]
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+                allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Last-Event-ID"],
+                expose_headers=[
+                    "X-Request-ID",
+                    "Retry-After",
+                    "RateLimit-Limit",
+                    "RateLimit-Remaining",
+                    "RateLimit-Reset",
+                ],
+                max_age=600,
+            )
+        )
+    middleware.append(Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes))
+
+    app = FastAPI(
+        title="AIGOS",
+        version=__version__,
+        lifespan=lifespan,
+        middleware=middleware,
+        docs_url=None,
+        redoc_url=None,
+    )
+    install_problem_handlers(app)
+    app.include_router(platform_api.router)
+    app.include_router(docs.router)
+    app.mount("/docs/static", docs.static_files(), name="docs-static")
+
+    def openapi() -> dict[str, Any]:
+        return build_openapi(app)
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+async def start_runtime(settings: Settings) -> Runtime:
+    """Open the database (migrating it if configured), the bus, and install the bootstrap token."""
+    if settings.migrate_on_start:
+        await upgrade(settings.resolved_migration_url)
+    database = Database(
+        settings.resolved_database_url,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+        timeout_seconds=settings.database_timeout_seconds,
+    )
+    bus = create_bus(settings.redis_url, settings.redis_prefix)
+    preset = settings.bootstrap_admin_token.get_secret_value() if settings.bootstrap_admin_token else None
+    token = await ensure_bootstrap_token(database, settings.pepper, preset)
+    if token is not None and preset is None:
+        _announce_bootstrap_token(token)
+    return Runtime(settings=settings, database=database, bus=bus, features=list(FEATURES))
+
+
+def _announce_bootstrap_token(token: str) -> None:
+    # Printed, not logged: log lines are shipped and kept; this is shown once to the operator at the console.
+    print(
+        "\n"
+        "  AIGOS bootstrap platform-admin token (shown once, store it now):\n"
+        f"    {token}\n"
+        "  Use it as `Authorization: Bearer <token>` to create tenants.\n",
+        file=sys.stdout,
+        flush=True,
+    )

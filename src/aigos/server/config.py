@@ -1,0 +1,143 @@
+"""Server configuration, read from ``AIGOS_*`` environment variables (and an optional ``.env`` file).
+
+Every variable is listed with its default in ``.env.example`` and the README; a test keeps the three in step.
+"""
+
+from __future__ import annotations
+
+import secrets
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DatabaseKind = Literal["sqlite", "postgresql"]
+BusKind = Literal["memory", "redis"]
+
+
+class ConfigError(Exception):
+    """The configuration cannot work; the message says which variable to change."""
+
+
+class Settings(BaseSettings):
+    """All of the server's settings. Field ``foo_bar`` is read from ``AIGOS_FOO_BAR``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AIGOS_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        extra="ignore",
+    )
+
+    env: Literal["development", "production", "test"] = Field(
+        "development", description="Deployment environment; `production` requires an explicit secret key."
+    )
+    data_dir: Path = Field(Path(".aigos"), description="Where the embedded database and secret key live.")
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy async URL. Unset: SQLite file in the data dir. "
+        "PostgreSQL: `postgresql+asyncpg://user:pass@host:5432/db`.",
+    )
+    database_migration_url: str | None = Field(
+        None, description="URL of a role allowed to change the schema; defaults to the database URL."
+    )
+    database_pool_size: int = Field(20, ge=1, le=500, description="Connections kept per process.")
+    database_max_overflow: int = Field(10, ge=0, le=500, description="Extra connections under bursts.")
+    database_timeout_seconds: float = Field(5.0, gt=0, description="Connect and pool checkout timeout.")
+    redis_url: str | None = Field(
+        None, description="Redis URL. Unset: the in-process bus (one process only)."
+    )
+    redis_prefix: str = Field("aigos:", description="Prefix of every Redis key and channel.")
+    migrate_on_start: bool = Field(True, description="Apply database migrations when the server starts.")
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Server pepper for hashing API keys and client secrets (>= 32 chars). Unset: embedded "
+        "mode generates one in the data dir; PostgreSQL mode refuses to start without it.",
+    )
+    bootstrap_admin_token: SecretStr | None = Field(
+        None, description="Platform-admin token to install on first start instead of a random one."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log threshold.")
+    log_format: Literal["json", "console"] = Field("json", description="Log line format.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated origins allowed by CORS; empty disables CORS."
+    )
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted.")
+    hsts_max_age: int = Field(31_536_000, ge=0, description="HSTS max-age in seconds; 0 omits the header.")
+    shutdown_timeout_seconds: float = Field(
+        10.0, gt=0, description="On SIGTERM, how long in-flight requests may finish."
+    )
+    ready_timeout_seconds: float = Field(2.0, gt=0, description="Per-dependency timeout of /health/ready.")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        url = self.resolved_database_url
+        if not (url.startswith("sqlite+aiosqlite://") or url.startswith("postgresql+asyncpg://")):
+            raise ValueError(
+                "AIGOS_DATABASE_URL must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
+            )
+        if self.secret_key is not None and len(self.secret_key.get_secret_value()) < 32:
+            raise ValueError("AIGOS_SECRET_KEY must be at least 32 characters")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL in use: the configured one or the embedded SQLite file."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'aigos.db').as_posix()}"
+
+    @property
+    def resolved_migration_url(self) -> str:
+        """The URL migrations run with."""
+        return self.database_migration_url or self.resolved_database_url
+
+    @property
+    def database_kind(self) -> DatabaseKind:
+        """``sqlite`` or ``postgresql``."""
+        return "sqlite" if self.resolved_database_url.startswith("sqlite") else "postgresql"
+
+    @property
+    def bus_kind(self) -> BusKind:
+        """``memory`` or ``redis``."""
+        return "redis" if self.redis_url else "memory"
+
+    @property
+    def embedded(self) -> bool:
+        """True when any piece of state lives inside this process, so only one process may run."""
+        return self.database_kind == "sqlite" or self.bus_kind == "memory"
+
+    @cached_property
+    def pepper(self) -> bytes:
+        """The secret mixed into every stored hash of an API key or client secret."""
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value().encode()
+        if self.database_kind == "postgresql" or self.env == "production":
+            raise ConfigError(
+                "AIGOS_SECRET_KEY is required with PostgreSQL or in production: every replica must hash "
+                "secrets with the same key. Generate one with: python -c 'import secrets; "
+                "print(secrets.token_urlsafe(48))'"
+            )
+        return _embedded_secret(self.data_dir).encode()
+
+
+def _embedded_secret(data_dir: Path) -> str:
+    """Read or create the embedded mode's secret key file (mode 0600)."""
+    path = data_dir / "secret.key"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(48)
+    path.touch(mode=0o600)
+    path.write_text(value)
+    return value

@@ -1,0 +1,27 @@
+"""FastAPI dependencies shared by every context's router."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from aigos.server.runtime import Runtime
+
+
+def get_runtime(request: Request) -> Runtime:
+    """The process's runtime, set up by the app's lifespan."""
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+async def get_session(runtime: Annotated[Runtime, Depends(get_runtime)]) -> AsyncIterator[AsyncSession]:
+    """One transaction per request: committed when the endpoint returns, rolled back if it raises."""
+    async with runtime.database.session() as session:
+        yield session
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+SessionDep = Annotated[AsyncSession, Depends(get_session)]

@@ -1,0 +1,78 @@
+"""Request id in and out, the access log line, and the last line of defence against unexpected errors."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from aigos.server.problems import internal_error_response
+
+# Accept a caller's id only if it is short and harmless in logs and headers.
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+access_log = structlog.get_logger("aigos.access")
+error_log = structlog.get_logger("aigos.errors")
+
+
+class RequestContextMiddleware:
+    """Assigns each request an id, binds it into every log line, and writes one access-log line.
+
+    The id comes from ``X-Request-ID`` when the caller sent a safe one, else a new UUID, and is echoed in
+    the response. Routes put the tenant into ``scope["state"]["tenant_id"]`` once known; the access log
+    reports it. An exception that escapes the app becomes a generic 500 problem and a logged stack.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _incoming_id(scope) or uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        header = (b"x-request-id", request_id.encode())
+        status = 500
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        start = time.perf_counter()
+        tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            error_log.exception("unhandled_exception", method=scope["method"], path=scope["path"])
+            if started:
+                raise
+            await internal_error_response(scope)(scope, receive, send_with_id)
+        finally:
+            access_log.info(
+                "request",
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                latency_ms=round((time.perf_counter() - start) * 1000, 3),
+                tenant_id=state.get("tenant_id"),
+                client=scope["client"][0] if scope.get("client") else None,
+            )
+            structlog.contextvars.reset_contextvars(**tokens)
+
+
+def _incoming_id(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            candidate = value.decode("latin-1")
+            return candidate if _SAFE_ID.match(candidate) else None
+    return None

@@ -1,0 +1,8 @@
+"""The registry of every context's tables, so migrations and tests see the whole schema."""
+
+from __future__ import annotations
+
+
+def import_all_models() -> None:
+    """Import each context's ``models`` module; importing registers its tables on ``Base.metadata``."""
+    import aigos.server.platform.models  # noqa: F401

@@ -1,0 +1,1 @@
+"""The platform itself: health, build information and the platform-admin token."""

@@ -1,0 +1,39 @@
+"""API shapes of the platform context."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class Liveness(BaseModel):
+    """The process is up and serving requests."""
+
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    """Every dependency answered."""
+
+    status: Literal["ready"] = "ready"
+    checks: dict[str, Literal["up", "down"]] = Field(
+        description="Each dependency (`database`, `bus`) and whether it answered."
+    )
+
+
+class Backends(BaseModel):
+    """Which storage and bus implementations this server runs on."""
+
+    database: Literal["sqlite", "postgresql"]
+    bus: Literal["memory", "redis"]
+    embedded: bool = Field(description="True when state lives in this process, so only one may run.")
+
+
+class Info(BaseModel):
+    """What this server is."""
+
+    name: Literal["aigos"] = "aigos"
+    version: str
+    backends: Backends
+    features: list[str] = Field(description="Capabilities this server has enabled.")

@@ -1,0 +1,144 @@
+"""RFC 9457 problem details: the one shape every error response takes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.types import Scope
+
+from aigos.server.errors import AigosError, MalformedJSON, MethodNotAllowed, NotFound, ValidationFailed
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_BASE_URI = "https://aigos.dev/problems/"
+
+log = structlog.get_logger("aigos.errors")
+
+
+def request_id_of(scope: Scope) -> str | None:
+    """The request id the request-context middleware put into the scope."""
+    state = scope.get("state")
+    return state.get("request_id") if isinstance(state, dict) else None
+
+
+def problem_response(
+    scope: Scope,
+    *,
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    headers: Mapping[str, str] | None = None,
+    extensions: Mapping[str, Any] | None = None,
+) -> Response:
+    """Build a problem+json response for ``scope``'s request."""
+    request_id = request_id_of(scope)
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE_URI + code.lower().replace("_", "-"),
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        "instance": scope.get("path"),
+        "request_id": request_id,
+    }
+    if extensions:
+        body.update({key: value for key, value in extensions.items() if key not in body})
+    # X-Request-ID is added by the request-context middleware, which every response passes through.
+    return Response(
+        json.dumps(body, default=str, separators=(",", ":")),
+        status_code=status,
+        headers=dict(headers or {}),
+        media_type=PROBLEM_MEDIA_TYPE,
+    )
+
+
+def error_response(scope: Scope, error: AigosError) -> Response:
+    """Render one of our exceptions."""
+    return problem_response(
+        scope,
+        status=error.status,
+        code=error.instance_code,
+        title=error.title,
+        detail=error.detail,
+        headers=error.headers,
+        extensions=error.extensions,
+    )
+
+
+def internal_error_response(scope: Scope) -> Response:
+    """The generic 500: says nothing about the cause; the stack goes to the log only."""
+    return problem_response(
+        scope,
+        status=500,
+        code="INTERNAL_ERROR",
+        title="Internal server error",
+        detail="The server failed to handle the request; quote the request id when reporting it.",
+    )
+
+
+def _pointer(loc: Sequence[str | int]) -> str:
+    """A JSON pointer (RFC 6901) or parameter name for a pydantic error location."""
+    where, *path = loc or ("body",)
+    escaped = "/".join(str(p).replace("~", "~0").replace("/", "~1") for p in path)
+    if where == "body":
+        return "/" + escaped if escaped else ""
+    return f"{where}:{escaped}" if escaped else str(where)
+
+
+def _validation_error(exc: RequestValidationError) -> AigosError:
+    errors = exc.errors()
+    if any(err.get("type") == "json_invalid" for err in errors):
+        return MalformedJSON("The request body is not valid JSON.")
+    items = [
+        {"pointer": _pointer(err.get("loc", ())), "detail": str(err.get("msg", "invalid"))} for err in errors
+    ]
+    first = items[0] if items else {"pointer": "", "detail": "invalid"}
+    where = first["pointer"] or "the body"
+    return ValidationFailed(f"{where}: {first['detail']}", errors=items)
+
+
+async def _handle_aigos(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, AigosError)
+    return error_response(request.scope, exc)
+
+
+async def _handle_validation(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(request.scope, _validation_error(exc))
+
+
+async def _handle_http(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    error: AigosError
+    if exc.status_code == 404:
+        error = NotFound(f"No route for {request.method} {request.url.path}.")
+    elif exc.status_code == 405:
+        error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}.")
+    elif exc.status_code == 400:
+        error = MalformedJSON("The request body could not be read.")
+    else:
+        return problem_response(
+            request.scope,
+            status=exc.status_code,
+            code=f"HTTP_{exc.status_code}",
+            title=str(exc.detail),
+            detail=str(exc.detail),
+            headers=exc.headers,
+        )
+    if exc.headers:
+        error.headers.update(exc.headers)
+    return error_response(request.scope, error)
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Make every error the app can produce a problem+json response."""
+    app.add_exception_handler(AigosError, _handle_aigos)
+    app.add_exception_handler(RequestValidationError, _handle_validation)
+    app.add_exception_handler(StarletteHTTPException, _handle_http)

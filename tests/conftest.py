@@ -1,0 +1,133 @@
+"""Fixtures: every API test runs against both backends, each test on its own fresh database.
+
+- ``embedded``: SQLite in the test's tmp dir and the in-process bus.
+- ``postgres``: a new PostgreSQL database cloned from a migrated template, and Redis under a unique prefix.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from httpx import ASGITransport, AsyncClient
+
+from aigos.server.app import create_app
+from aigos.server.config import Settings
+from aigos.server.db.migrate import upgrade
+
+PG_ADMIN_DSN = os.environ.get("AIGOS_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("AIGOS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+SECRET_KEY = "test-secret-key-0123456789abcdef-0123456789"
+ADMIN_TOKEN = "aigos_pat_test_" + "x" * 40
+BACKENDS = ["embedded", "postgres"]
+
+
+def pg_url(database: str) -> str:
+    """SQLAlchemy URL of ``database`` on the test server."""
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    return f"{base}/{database}"
+
+
+async def _admin(sql: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """A PostgreSQL database migrated to head once per session; tests clone it."""
+    import asyncio
+
+    name = f"aigos_tmpl_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    asyncio.run(upgrade(pg_url(name)))
+    yield name
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def pg_database(pg_template: str) -> AsyncIterator[str]:
+    """A fresh database for one test, dropped afterwards."""
+    name = f"aigos_t_{uuid.uuid4().hex[:12]}"
+    await _admin(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+    yield name
+    await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[str]:
+    """A Redis key prefix for one test; every key under it is deleted afterwards."""
+    prefix = f"aigostest:{uuid.uuid4().hex}:"
+    yield prefix
+    client = aioredis.from_url(REDIS_URL)
+    try:
+        keys = [key async for key in client.scan_iter(match=prefix + "*", count=500)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+def embedded_settings(data_dir: Path, **overrides: Any) -> Settings:
+    """Settings for an embedded server whose state lives in ``data_dir``."""
+    values: dict[str, Any] = {
+        "env": "test",
+        "data_dir": data_dir,
+        "secret_key": SECRET_KEY,
+        "bootstrap_admin_token": ADMIN_TOKEN,
+        "log_level": "warning",
+        **overrides,
+    }
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture(params=BACKENDS)
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Server settings for one backend, with state isolated to this test."""
+    if request.param == "embedded":
+        return embedded_settings(tmp_path / "data")
+    # Requested lazily so embedded-only runs never touch PostgreSQL or Redis.
+    database = request.getfixturevalue("pg_database")
+    prefix = request.getfixturevalue("redis_prefix")
+    return embedded_settings(
+        tmp_path / "data", database_url=pg_url(database), redis_url=REDIS_URL, redis_prefix=prefix
+    )
+
+
+@pytest.fixture
+def backend(settings: Settings) -> str:
+    """``embedded`` or ``postgres``."""
+    return "embedded" if settings.database_kind == "sqlite" else "postgres"
+
+
+@pytest.fixture
+def app(settings: Settings) -> FastAPI:
+    """The application for this test's backend, not yet started."""
+    return create_app(settings)
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[AsyncClient]:
+    """An HTTP client talking to the started app in-process."""
+    async with (
+        LifespanManager(app) as manager,
+        AsyncClient(transport=ASGITransport(app=manager.app), base_url="http://testserver") as http,
+    ):
+        yield http
+
+
+@pytest.fixture
+def admin_headers() -> dict[str, str]:
+    """Authorization for the platform-admin token the test servers are bootstrapped with."""
+    return {"Authorization": f"Bearer {ADMIN_TOKEN}"}

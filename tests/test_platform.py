@@ -1,0 +1,46 @@
+"""Health, readiness, info, docs: on both backends."""
+
+from __future__ import annotations
+
+from httpx import AsyncClient
+
+from aigos import __version__
+
+
+async def test_health_is_ok(client: AsyncClient) -> None:
+    response = await client.get("/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+async def test_ready_checks_database_and_bus(client: AsyncClient) -> None:
+    response = await client.get("/health/ready")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready", "checks": {"database": "up", "bus": "up"}}
+
+
+async def test_info_names_version_and_backends(client: AsyncClient, backend: str) -> None:
+    body = (await client.get("/v1/info")).json()
+    assert body["name"] == "aigos"
+    assert body["version"] == __version__
+    expected = (
+        {"database": "sqlite", "bus": "memory", "embedded": True}
+        if backend == "embedded"
+        else {"database": "postgresql", "bus": "redis", "embedded": False}
+    )
+    assert body["backends"] == expected
+    assert "platform" in body["features"]
+
+
+async def test_openapi_and_docs_are_served(client: AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    assert spec["info"]["title"] == "AIGOS"
+    assert "/health/ready" in spec["paths"]
+    assert "Problem" in spec["components"]["schemas"]
+    page = await client.get("/docs")
+    assert page.status_code == 200
+    assert "/docs/static/swagger-ui-bundle.js" in page.text
+    assert "unsafe-inline'; img" in page.headers["content-security-policy"]
+    script = await client.get("/docs/static/swagger-ui-bundle.js")
+    assert script.status_code == 200
+    assert "SwaggerUIBundle" in script.text[:200_000]
