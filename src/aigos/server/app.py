@@ -16,6 +16,7 @@ from aigos import __version__
 from aigos.server.bus import create_bus
 from aigos.server.config import Settings
 from aigos.server.db import Database
+from aigos.server.db.database import APP_ROLE
 from aigos.server.db.migrate import upgrade
 from aigos.server.logging import configure_logging
 from aigos.server.middleware.body_limit import BodyLimitMiddleware
@@ -25,12 +26,16 @@ from aigos.server.openapi import build_openapi
 from aigos.server.platform import api as platform_api
 from aigos.server.platform import docs
 from aigos.server.platform.admin_token import ensure_bootstrap_token
+from aigos.server.tenancy import api as tenancy_api
+from aigos.server.tenancy import members_api, usage_api
 from aigos.server.problems import install_problem_handlers
 from aigos.server.runtime import Runtime
+from aigos.server.tenancy.key_activity import KeyActivity
+from aigos.server.tenancy.usage import UsageMeter
 
 log = structlog.get_logger("aigos.server")
 
-FEATURES = ["platform"]
+FEATURES = ["platform", "tenancy"]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -87,6 +92,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_problem_handlers(app)
     app.include_router(platform_api.router)
+    app.include_router(tenancy_api.router)
+    app.include_router(members_api.router)
+    app.include_router(usage_api.router)
     app.include_router(docs.router)
     app.mount("/docs/static", docs.static_files(), name="docs-static")
 
@@ -106,13 +114,23 @@ async def start_runtime(settings: Settings) -> Runtime:
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
         timeout_seconds=settings.database_timeout_seconds,
+        role=APP_ROLE,
     )
     bus = create_bus(settings.redis_url, settings.redis_prefix)
     preset = settings.bootstrap_admin_token.get_secret_value() if settings.bootstrap_admin_token else None
     token = await ensure_bootstrap_token(database, settings.pepper, preset)
     if token is not None and preset is None:
         _announce_bootstrap_token(token)
-    return Runtime(settings=settings, database=database, bus=bus, features=list(FEATURES))
+    runtime = Runtime(
+        settings=settings,
+        database=database,
+        bus=bus,
+        usage=UsageMeter(database, settings.usage_flush_seconds),
+        key_activity=KeyActivity(database, settings.usage_flush_seconds),
+        features=list(FEATURES),
+    )
+    runtime.start()
+    return runtime
 
 
 def _announce_bootstrap_token(token: str) -> None:

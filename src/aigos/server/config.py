@@ -71,6 +71,17 @@ class Settings(BaseSettings):
         10.0, gt=0, description="On SIGTERM, how long in-flight requests may finish."
     )
     ready_timeout_seconds: float = Field(2.0, gt=0, description="Per-dependency timeout of /health/ready.")
+    signup_enabled: bool = Field(
+        True, description="Anyone may create a tenant; when false only the platform-admin token can."
+    )
+    default_rate_limit_rpm: int = Field(60, ge=1, description="Requests per minute of an API key by default.")
+    default_rate_limit_rph: int = Field(1000, ge=1, description="Requests per hour of an API key by default.")
+    api_key_rotation_grace_seconds: int = Field(
+        86_400, ge=0, description="How long a rotated API key keeps working beside its successor."
+    )
+    usage_flush_seconds: float = Field(
+        10.0, gt=0, description="How often buffered usage counts and key activity are written."
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod

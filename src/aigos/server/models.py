@@ -5,4 +5,5 @@ from __future__ import annotations
 
 def import_all_models() -> None:
     """Import each context's ``models`` module; importing registers its tables on ``Base.metadata``."""
-    import aigos.server.platform.models  # noqa: F401
+    import aigos.server.platform.models
+    import aigos.server.tenancy.models  # noqa: F401

@@ -1,4 +1,4 @@
-"""What one server process holds for its lifetime: settings, the database and the bus."""
+"""What one server process holds for its lifetime: settings, the database, the bus and its buffers."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from aigos.server.bus import Bus
 from aigos.server.config import Settings
 from aigos.server.db import Database
+from aigos.server.tenancy.key_activity import KeyActivity
+from aigos.server.tenancy.usage import UsageMeter
 
 
 @dataclass
@@ -16,9 +18,18 @@ class Runtime:
     settings: Settings
     database: Database
     bus: Bus
+    usage: UsageMeter
+    key_activity: KeyActivity
     features: list[str] = field(default_factory=list)
 
+    def start(self) -> None:
+        """Start the background flushers."""
+        self.usage.start()
+        self.key_activity.start()
+
     async def close(self) -> None:
-        """Release pools: the bus first (it may still flush into the database), then the database."""
+        """Flush buffers into the database, then release the bus and the database pools."""
+        await self.usage.stop()
+        await self.key_activity.stop()
         await self.bus.close()
         await self.database.dispose()

@@ -17,6 +17,9 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from aigos.server.config import DatabaseKind
 
 TENANT_SETTING = "app.tenant_id"
+PLATFORM_SETTING = "app.platform_scope"
+#: The PostgreSQL role the server acts as: no BYPASSRLS, only the privileges the migrations grant it.
+APP_ROLE = "aigos_app"
 
 
 class Database:
@@ -25,6 +28,8 @@ class Database:
     ``session(tenant_id)`` opens a transaction and, on PostgreSQL, sets ``app.tenant_id`` for that
     transaction only, which the row-level security policies read. On SQLite the services scope their
     queries by tenant themselves; the session carries the tenant in ``session.info`` for them.
+    ``role`` (PostgreSQL) is set at connection start, so every connection acts as that role even when the
+    URL names a superuser.
     """
 
     def __init__(
@@ -34,6 +39,7 @@ class Database:
         pool_size: int = 20,
         max_overflow: int = 10,
         timeout_seconds: float = 5.0,
+        role: str | None = None,
         echo: bool = False,
     ) -> None:
         self.url = url
@@ -46,6 +52,9 @@ class Database:
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             options["connect_args"] = {"timeout": timeout_seconds}
         else:
+            server_settings = {"application_name": "aigos"}
+            if role:
+                server_settings["role"] = role
             options.update(
                 pool_size=pool_size,
                 max_overflow=max_overflow,
@@ -53,7 +62,7 @@ class Database:
                 connect_args={
                     "timeout": timeout_seconds,
                     "command_timeout": 60,
-                    "server_settings": {"application_name": "aigos"},
+                    "server_settings": server_settings,
                 },
             )
         self.engine: AsyncEngine = create_async_engine(url, **options)
@@ -97,3 +106,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+async def set_platform_scope(session: AsyncSession) -> None:
+    """Let this transaction read every tenant's rows (platform-admin requests only)."""
+    session.info["platform_scope"] = True
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        await session.execute(text("SELECT set_config(:name, 'on', true)"), {"name": PLATFORM_SETTING})

@@ -1,0 +1,36 @@
+"""The bus: pub/sub, atomic counters, rate limiting and a small cache shared by every server replica.
+
+``create_bus(url)`` gives the Redis implementation (``aigos.server.bus.redis.RedisBus``) for a fleet, or
+the in-process one (``MemoryBus``) for the embedded single-process mode when ``url`` is None.
+"""
+
+from aigos.server.bus.base import (
+    Bus,
+    BusUnavailable,
+    Cache,
+    Counters,
+    Message,
+    MessageKind,
+    PubSub,
+    RateLimiter,
+    RateLimitResult,
+    Subscription,
+)
+from aigos.server.bus.factory import DEFAULT_PREFIX, create_bus
+from aigos.server.bus.memory import MemoryBus
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "Bus",
+    "BusUnavailable",
+    "Cache",
+    "Counters",
+    "MemoryBus",
+    "Message",
+    "MessageKind",
+    "PubSub",
+    "RateLimitResult",
+    "RateLimiter",
+    "Subscription",
+    "create_bus",
+]

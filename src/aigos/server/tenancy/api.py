@@ -1,0 +1,164 @@
+"""Routes of the tenancy context: tenants (signup), API keys."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Response, status
+
+from aigos.server.deps import RuntimeDep, SessionDep
+from aigos.server.errors import Forbidden
+from aigos.server.tenancy import api_keys, tenants
+from aigos.server.tenancy import scopes as scope_catalogue
+from aigos.server.tenancy.deps import OptionalPrincipalDep, PrincipalDep, require, require_tenant
+from aigos.server.tenancy.principal import Principal
+from aigos.server.tenancy.schemas import (
+    ApiKeyCreated,
+    ApiKeyIn,
+    ApiKeyOut,
+    Page,
+    RotateIn,
+    SignupIn,
+    SignupOut,
+    TenantOut,
+    TenantUpdate,
+)
+
+router = APIRouter(prefix="/v1", tags=["tenancy"])
+
+PageNo = Annotated[int, Query(ge=1, le=1_000_000, description="Page number, from 1.")]
+Limit = Annotated[int, Query(ge=1, le=100, description="Items per page.")]
+
+
+@router.post("/tenants", response_model=SignupOut, status_code=status.HTTP_201_CREATED, summary="Sign up")
+async def create_tenant(
+    spec: SignupIn, runtime: RuntimeDep, session: SessionDep, principal: OptionalPrincipalDep
+) -> SignupOut:
+    """Create a tenant with its owner and first API key (shown once).
+
+    Open to anyone unless `AIGOS_SIGNUP_ENABLED=false`; then only the platform-admin token may call it.
+    """
+    is_platform = principal is not None and principal.is_platform
+    if not runtime.settings.signup_enabled and not is_platform:
+        raise Forbidden(
+            "Signup is closed; ask the platform admin to create the tenant.", code="SIGNUP_CLOSED"
+        )
+    return await tenants.signup(session, runtime.settings.pepper, spec, principal)
+
+
+@router.get("/tenants", response_model=Page[TenantOut], summary="List tenants (platform admin)")
+async def list_tenants(
+    session: SessionDep, principal: PrincipalDep, page: PageNo = 1, limit: Limit = 20
+) -> Page[TenantOut]:
+    """Every tenant; the platform-admin token only."""
+    if not principal.is_platform:
+        raise Forbidden("Only the platform admin can list tenants.", code="PLATFORM_ONLY")
+    rows, total = await tenants.page(session, page=page, limit=limit)
+    return Page(data=[TenantOut.model_validate(row) for row in rows], page=page, limit=limit, total=total)
+
+
+@router.get("/tenants/{tenant_id}", response_model=TenantOut, summary="Get a tenant")
+async def get_tenant(
+    tenant_id: uuid.UUID,
+    session: SessionDep,
+    principal: Annotated[Principal, Depends(require("tenant:read"))],
+) -> TenantOut:
+    """The caller's own tenant (any other id answers 404)."""
+    return TenantOut.model_validate(await tenants.get(session, principal, tenant_id))
+
+
+@router.put("/tenants/{tenant_id}", response_model=TenantOut, summary="Update a tenant")
+async def update_tenant(
+    tenant_id: uuid.UUID,
+    spec: TenantUpdate,
+    session: SessionDep,
+    principal: Annotated[Principal, Depends(require("tenant:write"))],
+) -> TenantOut:
+    """Change the name or settings; the platform admin may also change plan and status."""
+    return TenantOut.model_validate(await tenants.update(session, principal, tenant_id, spec))
+
+
+@router.get("/api-keys/scopes", response_model=dict[str, str], summary="List scopes")
+async def list_scopes() -> dict[str, str]:
+    """Every scope a key can hold, with what it allows."""
+    return scope_catalogue.SCOPES
+
+
+@router.post(
+    "/api-keys",
+    response_model=ApiKeyCreated,
+    status_code=status.HTTP_201_CREATED,
+    summary="Create an API key",
+)
+async def create_api_key(
+    spec: ApiKeyIn,
+    runtime: RuntimeDep,
+    session: SessionDep,
+    principal: Annotated[Principal, Depends(require_tenant("api_keys:write"))],
+) -> ApiKeyCreated:
+    """A new key; the secret is in this response only."""
+    return await api_keys.create(session, runtime.settings.pepper, principal, spec)
+
+
+@router.get("/api-keys", response_model=Page[ApiKeyOut], summary="List API keys")
+async def list_api_keys(
+    runtime: RuntimeDep,
+    session: SessionDep,
+    principal: Annotated[Principal, Depends(require_tenant("api_keys:read"))],
+    page: PageNo = 1,
+    limit: Limit = 20,
+    include_revoked: bool = False,
+) -> Page[ApiKeyOut]:
+    """The tenant's keys, newest first, without secrets."""
+    assert principal.tenant_id is not None
+    rows, total = await api_keys.page(
+        session, principal.tenant_id, page=page, limit=limit, include_revoked=include_revoked
+    )
+    data = [api_keys.to_out(row, runtime.key_activity.pending(row.id)) for row in rows]
+    return Page(data=data, page=page, limit=limit, total=total)
+
+
+@router.get("/api-keys/{key_id}", response_model=ApiKeyOut, summary="Get an API key")
+async def get_api_key(
+    key_id: uuid.UUID,
+    runtime: RuntimeDep,
+    session: SessionDep,
+    principal: Annotated[Principal, Depends(require_tenant("api_keys:read"))],
+) -> ApiKeyOut:
+    """One key of the tenant, without its secret."""
+    assert principal.tenant_id is not None
+    key = await api_keys.get(session, principal.tenant_id, key_id)
+    return api_keys.to_out(key, runtime.key_activity.pending(key.id))
+
+
+@router.delete("/api-keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Revoke an API key")
+async def revoke_api_key(
+    key_id: uuid.UUID,
+    session: SessionDep,
+    principal: Annotated[Principal, Depends(require_tenant("api_keys:write"))],
+) -> Response:
+    """Stop the key at once, on every server process. The record stays."""
+    assert principal.tenant_id is not None
+    await api_keys.revoke(session, principal.tenant_id, key_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/api-keys/{key_id}/rotate",
+    response_model=ApiKeyCreated,
+    status_code=status.HTTP_201_CREATED,
+    summary="Rotate an API key",
+)
+async def rotate_api_key(
+    key_id: uuid.UUID,
+    runtime: RuntimeDep,
+    session: SessionDep,
+    principal: Annotated[Principal, Depends(require_tenant("api_keys:write"))],
+    spec: RotateIn | None = None,
+) -> ApiKeyCreated:
+    """A successor key (shown once); the old one works until the grace period ends (0: stops now)."""
+    grace = spec.grace_seconds if spec and spec.grace_seconds is not None else None
+    if grace is None:
+        grace = runtime.settings.api_key_rotation_grace_seconds
+    return await api_keys.rotate(session, runtime.settings.pepper, principal, key_id, grace)

@@ -1,0 +1,33 @@
+"""What an API key may do. Every endpoint names the scope it needs; ``admin`` grants all of them."""
+
+from __future__ import annotations
+
+ADMIN = "admin"
+
+#: Every scope, with what it allows. New endpoints add theirs here.
+SCOPES: dict[str, str] = {
+    "tenant:read": "read the tenant",
+    "tenant:write": "change the tenant's name and settings",
+    "members:read": "list members",
+    "members:write": "add, change and remove members",
+    "api_keys:read": "list API keys",
+    "api_keys:write": "create, rotate and revoke API keys",
+    "usage:read": "read usage and export it",
+    "agents:read": "read agents",
+    "agents:write": "register, change and deregister agents",
+    "policies:read": "read policies",
+    "policies:write": "create, change and delete policies",
+    "killswitch:trigger": "trigger the kill switch",
+    "audit:read": "read and export the audit log",
+    ADMIN: "everything above",
+}
+
+
+def grants(held: frozenset[str], needed: str) -> bool:
+    """Whether a holder of ``held`` may act with ``needed``."""
+    return needed in held or ADMIN in held
+
+
+def unknown(scopes: list[str]) -> list[str]:
+    """The scopes in ``scopes`` that do not exist."""
+    return [scope for scope in scopes if scope not in SCOPES]
