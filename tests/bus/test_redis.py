@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 
 import pytest
@@ -16,6 +17,16 @@ from ._support import REDIS_URL, StallingProxy, eventually, next_message
 
 MakeBus = Callable[..., RedisBus]
 CLOSED_PORT_URL = "redis://127.0.0.1:6390/0"
+
+
+async def kill_pubsub_connection(admin: aioredis.Redis, bus: RedisBus) -> int:
+    """``CLIENT KILL TYPE pubsub``, narrowed to ``bus``'s connection so concurrent test runs are spared."""
+    name = f"{bus.client_name}-pubsub"
+    killed = 0
+    for client in await admin.client_list(_type="pubsub"):
+        if client["name"] == name:
+            killed += await admin.client_kill_filter(_id=client["id"], _type="pubsub")
+    return killed
 
 
 async def test_create_bus_picks_the_implementation() -> None:
@@ -115,12 +126,12 @@ async def test_subscribing_while_redis_is_down_does_not_raise(make_redis_bus: Ma
 async def test_subscription_survives_a_dropped_connection(
     make_redis_bus: MakeBus, redis_admin: aioredis.Redis
 ) -> None:
-    bus = make_redis_bus()
+    bus = make_redis_bus(client_name=f"aigostest-{uuid.uuid4().hex}")
     async with bus.pubsub.subscribe("events") as subscription:
         await bus.pubsub.publish("events", b"before")
         assert await next_message(subscription) == Message("events", b"before")
 
-        assert await redis_admin.client_kill_filter(_type="pubsub") >= 1
+        assert await kill_pubsub_connection(redis_admin, bus) == 1
 
         resync = await next_message(subscription)
         assert resync == Message("events", b"", "resync")
@@ -133,10 +144,10 @@ async def test_subscription_survives_a_dropped_connection(
 async def test_every_subscription_and_channel_is_resynced(
     make_redis_bus: MakeBus, redis_admin: aioredis.Redis
 ) -> None:
-    bus = make_redis_bus()
+    bus = make_redis_bus(client_name=f"aigostest-{uuid.uuid4().hex}")
     async with bus.pubsub.subscribe("a", "b") as both, bus.pubsub.subscribe("b") as only_b:
         for _ in range(2):  # twice: recovery must not be a one-off
-            await redis_admin.client_kill_filter(_type="pubsub")
+            assert await kill_pubsub_connection(redis_admin, bus) == 1
             assert {(await next_message(both)).channel for _ in range(2)} == {"a", "b"}
             assert await next_message(only_b) == Message("b", b"", "resync")
         await bus.pubsub.publish("a", b"1")

@@ -30,6 +30,7 @@ class TenantHandle:
 
 async def signup(client: AsyncClient, name: str = "Acme", **extra: Any) -> TenantHandle:
     """Create a tenant through ``POST /v1/tenants``."""
+    headers = extra.pop("headers", None) or {}
     slug = extra.pop("slug", f"{name.lower()}-{uuid.uuid4().hex[:8]}")
     email = extra.pop("owner_email", f"owner-{uuid.uuid4().hex[:8]}@example.com")
     response = await client.post(
@@ -41,7 +42,7 @@ async def signup(client: AsyncClient, name: str = "Acme", **extra: Any) -> Tenan
             "owner_password": "correct horse battery",
             **extra,
         },
-        headers=extra.pop("headers", None) or {},
+        headers=headers,
     )
     assert response.status_code == 201, response.text
     body = response.json()

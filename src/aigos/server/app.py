@@ -26,10 +26,10 @@ from aigos.server.openapi import build_openapi
 from aigos.server.platform import api as platform_api
 from aigos.server.platform import docs
 from aigos.server.platform.admin_token import ensure_bootstrap_token
-from aigos.server.tenancy import api as tenancy_api
-from aigos.server.tenancy import members_api, usage_api
 from aigos.server.problems import install_problem_handlers
 from aigos.server.runtime import Runtime
+from aigos.server.tenancy import api as tenancy_api
+from aigos.server.tenancy import members_api, usage_api
 from aigos.server.tenancy.key_activity import KeyActivity
 from aigos.server.tenancy.usage import UsageMeter
 

@@ -191,7 +191,7 @@ class RedisPubSub(PubSub):
                 self._failures += 1
                 # One warning per outage, not one per attempt.
                 log = logger.warning if self._failures == 1 else logger.debug
-                log("bus: pub/sub connection lost or refused (%r); reconnecting", exc)
+                log("bus: pub/sub connection lost or refused (%s: %s); reconnecting", type(exc).__name__, exc)
             finally:
                 self._on_lost()
                 await connection.disconnect(nowait=True)
@@ -279,10 +279,12 @@ class _RedisSubscription(QueueSubscription):
                 await self._ready.wait()
         except TimeoutError:
             # Not an error for the caller: delivery starts, with a resync, once Redis is back.
-            logger.warning("bus: subscription to %s not confirmed yet; will resync", ", ".join(self.channels))
+            if not self._ready.is_set():
+                logger.warning("bus: subscription to %s not confirmed yet", ", ".join(self.channels))
 
     def _detach(self) -> None:
         self._pubsub.detach(self)
+        self._ready.set()  # wakes an open() still waiting for a confirmation that no longer matters
 
     def mark_live(self, full_channel: str) -> None:
         """Redis confirmed ``full_channel`` on the current connection."""

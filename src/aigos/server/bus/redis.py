@@ -281,6 +281,7 @@ class RedisBus(Bus):
         client_name: str = "aigos",
     ) -> None:
         self.prefix = prefix
+        self.client_name = client_name
         self._ping_timeout = ping_timeout
         # retries=0: see the module docstring; idempotent calls retry in _Commands instead.
         self._pool = BlockingConnectionPool.from_url(

@@ -94,8 +94,6 @@ async def create(session: AsyncSession, pepper: bytes, principal: Principal, spe
             code="SCOPE_ESCALATION",
             scopes=beyond,
         )
-    if spec.expires_at is not None and spec.expires_at <= utcnow():
-        raise Conflict("expires_at is in the past.", code="VALIDATION_FAILED")
     enforce_limit(plan_of(principal.plan_tier), "api_keys", await count_live(session, principal.tenant_id))
     return await issue(session, pepper, principal.tenant_id, spec, created_by=principal.actor_id)
 

@@ -2,6 +2,71 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Response, status
+
+from aigos.server.deps import SessionDep
+from aigos.server.tenancy import members
+from aigos.server.tenancy.deps import require_tenant
+from aigos.server.tenancy.principal import Principal
+from aigos.server.tenancy.schemas import MemberIn, MemberOut, MemberUpdate, Page
 
 router = APIRouter(prefix="/v1", tags=["tenancy"])
+
+PageNo = Annotated[int, Query(ge=1, le=1_000_000, description="Page number, from 1.")]
+Limit = Annotated[int, Query(ge=1, le=100, description="Items per page.")]
+Reader = Annotated[Principal, Depends(require_tenant("members:read"))]
+Writer = Annotated[Principal, Depends(require_tenant("members:write"))]
+
+
+@router.get("/members", response_model=Page[MemberOut], summary="List members")
+async def list_members(
+    session: SessionDep, principal: Reader, page: PageNo = 1, limit: Limit = 20
+) -> Page[MemberOut]:
+    """The tenant's members, oldest first; `invited` marks users who have not set a password yet."""
+    assert principal.tenant_id is not None
+    rows, total = await members.page(session, principal.tenant_id, page=page, limit=limit)
+    return Page(data=rows, page=page, limit=limit, total=total)
+
+
+@router.post(
+    "/members", response_model=MemberOut, status_code=status.HTTP_201_CREATED, summary="Add a member"
+)
+async def add_member(spec: MemberIn, session: SessionDep, principal: Writer) -> MemberOut:
+    """Add the user with this email, creating them without a password (an invitation) if unknown.
+
+    409 `MEMBER_EXISTS` if already a member, 403 `PLAN_LIMIT_EXCEEDED` past the plan's member limit.
+    Adding an `owner` needs a key with the `admin` scope.
+    """
+    return await members.add(session, principal, spec)
+
+
+@router.get("/members/{user_id}", response_model=MemberOut, summary="Get a member")
+async def get_member(user_id: uuid.UUID, session: SessionDep, principal: Reader) -> MemberOut:
+    """One member of the tenant; 404 `MEMBER_NOT_FOUND` for anyone else."""
+    assert principal.tenant_id is not None
+    return await members.get(session, principal.tenant_id, user_id)
+
+
+@router.patch("/members/{user_id}", response_model=MemberOut, summary="Change a member's role")
+async def update_member(
+    user_id: uuid.UUID, spec: MemberUpdate, session: SessionDep, principal: Writer
+) -> MemberOut:
+    """Give the member another role.
+
+    Making or unmaking an owner needs a key with the `admin` scope; demoting the last owner answers
+    409 `LAST_OWNER`.
+    """
+    return await members.change_role(session, principal, user_id, spec)
+
+
+@router.delete("/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Remove a member")
+async def remove_member(user_id: uuid.UUID, session: SessionDep, principal: Writer) -> Response:
+    """Take the user out of the tenant; the user account stays (it may belong to other tenants).
+
+    Removing an owner needs a key with the `admin` scope; removing the last owner answers 409 `LAST_OWNER`.
+    """
+    await members.remove(session, principal, user_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,106 @@
+"""Tenant isolation through the API: tenant A's key on tenant B's ids answers 404, and B is unchanged.
+
+Every tenant-owned endpoint with an id in its path is listed in ``CROSS_TENANT_CALLS``; a test checks the
+list covers every such route of the app, so a new endpoint cannot be added without joining this suite.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from httpx import AsyncClient
+
+from tests.tenancy.conftest import TenantHandle
+
+# (method, path template, JSON body). {tenant} is B's tenant id, {key} B's key id, {user} B's owner id.
+CROSS_TENANT_CALLS: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("GET", "/v1/tenants/{tenant}", None),
+    ("PUT", "/v1/tenants/{tenant}", {"name": "pwned"}),
+    ("GET", "/v1/api-keys/{key}", None),
+    ("DELETE", "/v1/api-keys/{key}", None),
+    ("POST", "/v1/api-keys/{key}/rotate", {"grace_seconds": 0}),
+    ("GET", "/v1/members/{user}", None),
+    ("PATCH", "/v1/members/{user}", {"role": "viewer"}),
+    ("DELETE", "/v1/members/{user}", None),
+]
+# Routes with an id that are not tenant-owned resources.
+NOT_TENANT_OWNED: set[tuple[str, str]] = set()
+
+
+async def snapshot(client: AsyncClient, tenant: TenantHandle) -> dict[str, Any]:
+    """Everything B can see of itself."""
+    state: dict[str, Any] = {}
+    for path in (
+        f"/v1/tenants/{tenant.id}",
+        "/v1/api-keys?include_revoked=true&limit=100",
+        "/v1/members?limit=100",
+    ):
+        response = await client.get(path, headers=tenant.headers)
+        assert response.status_code == 200, (path, response.text)
+        state[path] = _without_volatile(response.json())
+    return state
+
+
+def _without_volatile(body: Any) -> Any:
+    if isinstance(body, dict):
+        return {key: _without_volatile(value) for key, value in body.items() if key != "last_used_at"}
+    if isinstance(body, list):
+        return [_without_volatile(item) for item in body]
+    return body
+
+
+async def test_cross_tenant_ids_answer_404_and_change_nothing(
+    client: AsyncClient, tenant_a: TenantHandle, tenant_b: TenantHandle
+) -> None:
+    before = await snapshot(client, tenant_b)
+    ids = {"tenant": tenant_b.id, "key": tenant_b.key_id, "user": tenant_b.owner_id}
+    for method, template, body in CROSS_TENANT_CALLS:
+        path = template.format(**ids)
+        response = await client.request(method, path, json=body, headers=tenant_a.headers)
+        assert response.status_code == 404, (method, path, response.status_code, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+        assert tenant_b.id not in response.text
+    assert await snapshot(client, tenant_b) == before
+
+
+async def test_lists_never_show_another_tenant(
+    client: AsyncClient, tenant_a: TenantHandle, tenant_b: TenantHandle
+) -> None:
+    for path in ("/v1/api-keys?include_revoked=true&limit=100", "/v1/members?limit=100", "/v1/usage"):
+        response = await client.get(path, headers=tenant_a.headers)
+        assert response.status_code == 200, (path, response.text)
+        text = response.text
+        assert tenant_b.id not in text
+        assert tenant_b.key_id not in text
+        assert tenant_b.owner_email not in text
+
+
+async def test_the_platform_list_is_refused_to_tenant_keys(
+    client: AsyncClient, tenant_a: TenantHandle, tenant_b: TenantHandle
+) -> None:
+    response = await client.get("/v1/tenants", headers=tenant_a.headers)
+    assert response.status_code == 403
+    assert response.json()["code"] == "PLATFORM_ONLY"
+
+
+async def test_platform_admin_sees_every_tenant(
+    client: AsyncClient, admin_headers: dict[str, str], tenant_a: TenantHandle, tenant_b: TenantHandle
+) -> None:
+    listed = (await client.get("/v1/tenants", headers=admin_headers)).json()
+    assert {tenant["id"] for tenant in listed["data"]} == {tenant_a.id, tenant_b.id}
+    assert listed["total"] == 2
+    one = await client.get(f"/v1/tenants/{tenant_b.id}", headers=admin_headers)
+    assert one.json()["slug"] == tenant_b.slug
+
+
+def test_every_route_with_an_id_is_in_the_suite(app: FastAPI) -> None:
+    covered = {(method, re.sub(r"\{\w+\}", "{}", path)) for method, path, _ in CROSS_TENANT_CALLS}
+    for route in app.routes:
+        if not isinstance(route, APIRoute) or "{" not in route.path:
+            continue
+        for method in route.methods:
+            key = (method, re.sub(r"\{\w+\}", "{}", route.path))
+            assert key in covered or key in NOT_TENANT_OWNED, f"{key} is not in the isolation suite"
