@@ -83,7 +83,9 @@ async def test_unknown_scope_and_naive_expiry_are_validation_errors(
         headers=tenant_a.headers,
     )
     assert past.status_code == 400
-    assert past.json()["errors"] == [{"pointer": "/expires_at", "detail": "Value error, must be in the future"}]
+    assert past.json()["errors"] == [
+        {"pointer": "/expires_at", "detail": "Value error, must be in the future"}
+    ]
 
 
 async def test_expired_key_is_refused(client: AsyncClient, tenant_a: TenantHandle) -> None:

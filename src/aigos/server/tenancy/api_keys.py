@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from aigos.core import secrets
 from aigos.server.db.types import utcnow
 from aigos.server.errors import Conflict, Forbidden, NotFound
+from aigos.server.tenancy.locks import lock_tenant
 from aigos.server.tenancy.models import ApiKey
 from aigos.server.tenancy.plans import enforce_limit, plan_of
 from aigos.server.tenancy.principal import API_KEY_PREFIX, Principal
@@ -94,6 +95,7 @@ async def create(session: AsyncSession, pepper: bytes, principal: Principal, spe
             code="SCOPE_ESCALATION",
             scopes=beyond,
         )
+    await lock_tenant(session, principal.tenant_id)
     enforce_limit(plan_of(principal.plan_tier), "api_keys", await count_live(session, principal.tenant_id))
     return await issue(session, pepper, principal.tenant_id, spec, created_by=principal.actor_id)
 

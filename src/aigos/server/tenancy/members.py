@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,7 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from aigos.server.db.types import utcnow
 from aigos.server.errors import Conflict, Forbidden, NotFound
 from aigos.server.tenancy import scopes
-from aigos.server.tenancy.models import Tenant, TenantMember, User
+from aigos.server.tenancy.locks import dialect_of, lock_tenant, take_sqlite_write_lock
+from aigos.server.tenancy.models import TenantMember, User
 from aigos.server.tenancy.plans import enforce_limit, plan_of
 from aigos.server.tenancy.principal import Principal
 from aigos.server.tenancy.schemas import MemberIn, MemberOut, MemberUpdate
@@ -102,35 +103,13 @@ async def get(session: AsyncSession, tenant_id: uuid.UUID, user_id: uuid.UUID) -
     return to_out(*await _find(session, tenant_id, user_id))
 
 
-def _dialect(session: AsyncSession) -> str:
-    return session.bind.dialect.name if session.bind is not None else "sqlite"
-
-
-async def _sqlite_write_lock(session: AsyncSession, tenant_id: uuid.UUID) -> None:
-    """On SQLite, take the database's write lock now, before the reads a check depends on.
-
-    The driver opens the transaction only at the first write, so without this two requests could both
-    read the same owners (or member count) and both write. A no-op write on the tenant's row makes the
-    transaction start here and wait for any other writer; later reads then see what it committed.
-    """
-    if _dialect(session) != "sqlite":
-        return
-    # Naming updated_at keeps its onupdate from firing: nothing about the tenant changes.
-    await session.execute(
-        update(Tenant)
-        .where(Tenant.id == tenant_id)
-        .values(status=Tenant.status, updated_at=Tenant.updated_at)
-        .execution_options(synchronize_session=False)
-    )
-
-
 async def _lock_owners(session: AsyncSession, tenant_id: uuid.UUID) -> set[uuid.UUID]:
     """Lock the tenant's owner rows until the transaction ends and return their user ids.
 
     Counting happens in Python because PostgreSQL refuses ``FOR UPDATE`` with an aggregate. The stable
     order makes concurrent lockers take the rows in the same sequence, so they queue instead of deadlocking.
     """
-    await _sqlite_write_lock(session, tenant_id)
+    await take_sqlite_write_lock(session, tenant_id)
     stmt = (
         select(TenantMember.user_id)
         .where(TenantMember.tenant_id == tenant_id, TenantMember.role == OWNER)
@@ -147,7 +126,7 @@ async def _ensure_user(session: AsyncSession, email: str) -> User:
     the race waits for the winner and then reads its row, instead of failing on the unique email.
     """
     values = {"id": uuid.uuid4(), "email": email, "password_hash": None, "created_at": utcnow()}
-    if _dialect(session) == "postgresql":
+    if dialect_of(session) == "postgresql":
         await session.execute(postgresql.insert(User).values(values).on_conflict_do_nothing())
     else:
         await session.execute(sqlite.insert(User).values(values).on_conflict_do_nothing())
@@ -165,10 +144,7 @@ async def add(session: AsyncSession, principal: Principal, spec: MemberIn) -> Me
     tenant_id = _tenant_of(principal)
     if spec.role == OWNER:
         _require_owner_level(principal, "add an owner")
-    # Serialise additions per tenant so concurrent requests cannot both pass the plan's limit. NO KEY
-    # UPDATE still lets other transactions insert rows referencing the tenant (their FK check's KEY SHARE).
-    await _sqlite_write_lock(session, tenant_id)
-    await session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update(key_share=True))
+    await lock_tenant(session, tenant_id)
     existing = await session.scalar(
         select(TenantMember.user_id)
         .join(User, User.id == TenantMember.user_id)

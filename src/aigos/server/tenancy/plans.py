@@ -45,7 +45,7 @@ def enforce_limit(plan: Plan, resource: str, current: int) -> None:
     limit: int | None = getattr(plan, f"max_{resource}")
     if limit is not None and current >= limit:
         raise Forbidden(
-            f"The {plan.name} plan allows {limit} {resource.replace('_', ' ')}; upgrade the plan to add more.",
+            f"The {plan.name} plan allows {limit} {resource.replace('_', ' ')}; upgrade it to add more.",
             code="PLAN_LIMIT_EXCEEDED",
             plan=plan.name,
             resource=resource,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 
 from aigos.server.bus import Bus, RateLimitResult
@@ -25,21 +24,25 @@ async def enforce(bus: Bus, settings: Settings, principal: Principal) -> dict[st
         return {}
     plan = plan_of(principal.plan_tier)
     key, tenant = f"rl:key:{principal.api_key_id}", f"rl:tenant:{principal.tenant_id}"
-    results = await asyncio.gather(
-        bus.limiter.hit(key + ":m", principal.rate_limit_rpm or settings.default_rate_limit_rpm, MINUTE),
-        bus.limiter.hit(key + ":h", principal.rate_limit_rph or settings.default_rate_limit_rph, HOUR),
-        bus.limiter.hit(tenant + ":m", plan.tenant_rpm, MINUTE),
-        bus.limiter.hit(tenant + ":h", plan.tenant_rph, HOUR),
+    # Narrowest first, one at a time, stopping at the first refusal: a key hammering past its own limit
+    # must not spend its hourly allowance, nor the tenant's budget that the tenant's other keys share.
+    limits = (
+        (key + ":m", principal.rate_limit_rpm or settings.default_rate_limit_rpm, MINUTE),
+        (key + ":h", principal.rate_limit_rph or settings.default_rate_limit_rph, HOUR),
+        (tenant + ":m", plan.tenant_rpm, MINUTE),
+        (tenant + ":h", plan.tenant_rph, HOUR),
     )
-    denied = [result for result in results if not result.allowed]
-    if denied:
-        worst = max(denied, key=lambda result: result.retry_after)
-        headers = headers_for(worst)
-        headers["Retry-After"] = str(max(1, math.ceil(worst.retry_after)))
-        raise RateLimited(
-            f"Rate limit of {worst.limit} requests exceeded; retry in {headers['Retry-After']} s.",
-            headers=headers,
-        )
+    results: list[RateLimitResult] = []
+    for name, limit, period in limits:
+        result = await bus.limiter.hit(name, limit, period)
+        if not result.allowed:
+            headers = headers_for(result)
+            headers["Retry-After"] = str(max(1, math.ceil(result.retry_after)))
+            raise RateLimited(
+                f"Rate limit of {result.limit} requests exceeded; retry in {headers['Retry-After']} s.",
+                headers=headers,
+            )
+        results.append(result)
     return headers_for(min(results, key=lambda result: result.remaining / result.limit))
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import date
 from typing import Literal
 
@@ -20,7 +22,7 @@ from aigos.server.background import PeriodicFlush
 from aigos.server.db import Database
 from aigos.server.db.database import set_tenant
 from aigos.server.db.types import utcnow
-from aigos.server.tenancy.models import UsageDaily
+from aigos.server.tenancy.models import Tenant, UsageDaily
 
 Metric = Literal["api_calls", "agent_registrations", "policy_checks"]
 METRICS: tuple[Metric, ...] = ("api_calls", "agent_registrations", "policy_checks")
@@ -87,3 +89,65 @@ async def daily_usage(
         stmt = stmt.where(UsageDaily.tenant_id.in_(tenant_ids))
     stmt = stmt.order_by(UsageDaily.tenant_id, UsageDaily.day, UsageDaily.metric)
     return list((await session.scalars(stmt)).all())
+
+
+def combine(
+    stored: Iterable[UsageDaily], pending: Mapping[tuple[date, str], int], start: date, end: date
+) -> dict[tuple[date, str], int]:
+    """Counts per (day, metric): stored rows plus a process's unflushed ones, from ``start`` to ``end``."""
+    counts: Counter[tuple[date, str]] = Counter()
+    for row in stored:
+        if start <= row.day <= end:
+            counts[(row.day, row.metric)] += row.count
+    for (day, metric), amount in pending.items():
+        if start <= day <= end:
+            counts[(day, metric)] += amount
+    return dict(sorted(counts.items()))
+
+
+def totals(counts: Mapping[tuple[date, str], int]) -> dict[str, int]:
+    """Sum per metric over the period; every known metric is present (0 when unused)."""
+    summed: dict[str, int] = dict.fromkeys(METRICS, 0)
+    for (_day, metric), amount in counts.items():
+        summed[metric] = summed.get(metric, 0) + amount
+    return summed
+
+
+@dataclass(frozen=True, slots=True)
+class ExportRow:
+    """One line of a billing export: a tenant's count of one metric on one day."""
+
+    tenant_id: uuid.UUID
+    tenant_slug: str
+    plan_tier: str
+    day: date
+    metric: str
+    count: int
+
+
+EXPORT_COLUMNS: tuple[str, ...] = ("tenant_id", "tenant_slug", "plan_tier", "day", "metric", "count")
+
+
+async def export_rows(
+    session: AsyncSession, tenant_id: uuid.UUID | None, start: date, end: date
+) -> list[ExportRow]:
+    """Stored daily rows between ``start`` and ``end`` inclusive, with each tenant's slug and current plan.
+
+    ``tenant_id`` None exports every tenant; on PostgreSQL the caller must have set the platform scope.
+    """
+    stmt = (
+        select(
+            UsageDaily.tenant_id,
+            Tenant.slug,
+            Tenant.plan_tier,
+            UsageDaily.day,
+            UsageDaily.metric,
+            UsageDaily.count,
+        )
+        .join(Tenant, Tenant.id == UsageDaily.tenant_id)
+        .where(UsageDaily.day >= start, UsageDaily.day <= end)
+    )
+    if tenant_id is not None:
+        stmt = stmt.where(UsageDaily.tenant_id == tenant_id)
+    stmt = stmt.order_by(Tenant.slug, UsageDaily.day, UsageDaily.metric)
+    return [ExportRow(*row) for row in await session.execute(stmt)]

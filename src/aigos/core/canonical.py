@@ -1,0 +1,29 @@
+"""The one canonical serialisation that every hash and signature in AIGOS is computed over.
+
+JSON, UTF-8, object keys sorted, no insignificant whitespace, as ``orjson`` writes it with
+``OPT_SORT_KEYS``. One implementation on both sides (server and verifier) so a float or a non-ASCII
+string can never be written one way and checked another.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+
+class NotCanonicalizable(ValueError):
+    """The value has no canonical JSON form (an integer beyond 64 bits, a non-string key, NaN, ...)."""
+
+
+def canonical(value: Any) -> bytes:
+    """The canonical bytes of a JSON-compatible value."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise NotCanonicalizable(str(exc)) from exc
+
+
+def parse(data: bytes | str) -> Any:
+    """Parse JSON text (the inverse of ``canonical`` for canonical input)."""
+    return orjson.loads(data)
