@@ -14,7 +14,7 @@ from sqlalchemy import Connection, select, text
 
 from aigos.server.config import Settings
 from aigos.server.db import Base, Database
-from aigos.server.db.migrate import current_revision, head_revision, upgrade
+from aigos.server.db.migrate import current_revision, head_revision, include_name, upgrade
 from aigos.server.db.types import UTCDateTime
 from aigos.server.models import import_all_models
 from aigos.server.platform.models import PlatformToken
@@ -30,7 +30,7 @@ async def database(settings: Settings) -> AsyncIterator[Database]:
 
 def _diff(connection: Connection) -> list[object]:
     import_all_models()
-    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    context = MigrationContext.configure(connection, opts={"compare_type": True, "include_name": include_name})
     return list(compare_metadata(context, Base.metadata))
 
 

@@ -13,6 +13,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from aigos import __version__
+from aigos.server.audit.log import EventLog, checkpoint_signer
 from aigos.server.bus import create_bus
 from aigos.server.config import Settings
 from aigos.server.db import Database
@@ -127,6 +128,14 @@ async def start_runtime(settings: Settings) -> Runtime:
         bus=bus,
         usage=UsageMeter(database, settings.usage_flush_seconds),
         key_activity=KeyActivity(database, settings.usage_flush_seconds),
+        events=EventLog(
+            database,
+            checkpoint_signer(settings.pepper),
+            queue_size=settings.audit_queue_size,
+            batch_size=settings.audit_batch_size,
+            flush_seconds=settings.audit_flush_seconds,
+            checkpoint_seconds=settings.audit_checkpoint_seconds,
+        ),
         features=list(FEATURES),
     )
     runtime.start()

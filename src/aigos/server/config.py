@@ -79,6 +79,19 @@ class Settings(BaseSettings):
     api_key_rotation_grace_seconds: int = Field(
         86_400, ge=0, description="How long a rotated API key keeps working beside its successor."
     )
+    audit_retention_days: int = Field(
+        90, ge=1, le=36_500, description="How long event-log entries are kept (whole days; pruned daily)."
+    )
+    audit_checkpoint_seconds: float = Field(
+        60.0, gt=0, description="How often new event-log entries are sealed into a signed checkpoint."
+    )
+    audit_queue_size: int = Field(
+        100_000, ge=100, description="Buffered events held per process before new ones are dropped."
+    )
+    audit_batch_size: int = Field(1_000, ge=1, le=50_000, description="Events appended per transaction.")
+    audit_flush_seconds: float = Field(
+        0.2, gt=0, description="Longest wait before buffered events are written."
+    )
     usage_flush_seconds: float = Field(
         10.0, gt=0, description="How often buffered usage counts and key activity are written."
     )

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response, status
 
+from aigos.server.audit.events import NewEvent, by, current_request_id
 from aigos.server.deps import RuntimeDep, SessionDep
 from aigos.server.errors import Forbidden
 from aigos.server.tenancy import api_keys, tenants
@@ -44,7 +45,28 @@ async def create_tenant(
         raise Forbidden(
             "Signup is closed; ask the platform admin to create the tenant.", code="SIGNUP_CLOSED"
         )
-    return await tenants.signup(session, runtime.settings.pepper, spec, principal)
+    created = await tenants.signup(session, runtime.settings.pepper, spec, principal)
+    actor = (
+        ("platform", principal.actor_id.split(":", 1)[1])
+        if principal
+        else ("user", str(created.owner.user_id))
+    )
+    event = NewEvent(
+        tenant_id=created.tenant.id,
+        event_type="tenant.created",
+        actor_type=actor[0],
+        actor_id=actor[1],
+        data={
+            "name": created.tenant.name,
+            "slug": created.tenant.slug,
+            "plan_tier": created.tenant.plan_tier,
+            "owner_user_id": str(created.owner.user_id),
+            "api_key_id": str(created.api_key.id),
+        },
+        request_id=current_request_id(),
+    )
+    await runtime.events.record(event, session)
+    return created
 
 
 @router.get("/tenants", response_model=Page[TenantOut], summary="List tenants (platform admin)")
@@ -72,11 +94,15 @@ async def get_tenant(
 async def update_tenant(
     tenant_id: uuid.UUID,
     spec: TenantUpdate,
+    runtime: RuntimeDep,
     session: SessionDep,
     principal: Annotated[Principal, Depends(require("tenant:write"))],
 ) -> TenantOut:
     """Change the name or settings; the platform admin may also change plan and status."""
-    return TenantOut.model_validate(await tenants.update(session, principal, tenant_id, spec))
+    tenant = await tenants.update(session, principal, tenant_id, spec)
+    changed = spec.model_dump(exclude_unset=True, exclude_none=True)
+    await runtime.events.record(by(principal, "tenant.updated", changed, tenant_id=tenant.id), session)
+    return TenantOut.model_validate(tenant)
 
 
 @router.get("/api-keys/scopes", response_model=dict[str, str], summary="List scopes")
@@ -98,7 +124,10 @@ async def create_api_key(
     principal: Annotated[Principal, Depends(require_tenant("api_keys:write"))],
 ) -> ApiKeyCreated:
     """A new key; the secret is in this response only."""
-    return await api_keys.create(session, runtime.settings.pepper, principal, spec)
+    key = await api_keys.create(session, runtime.settings.pepper, principal, spec)
+    data = {"api_key_id": str(key.id), "name": key.name, "scopes": key.scopes, "environment": key.environment}
+    await runtime.events.record(by(principal, "api_key.created", data), session)
+    return key
 
 
 @router.get("/api-keys", response_model=Page[ApiKeyOut], summary="List API keys")
@@ -135,12 +164,14 @@ async def get_api_key(
 @router.delete("/api-keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Revoke an API key")
 async def revoke_api_key(
     key_id: uuid.UUID,
+    runtime: RuntimeDep,
     session: SessionDep,
     principal: Annotated[Principal, Depends(require_tenant("api_keys:write"))],
 ) -> Response:
     """Stop the key at once, on every server process. The record stays."""
     assert principal.tenant_id is not None
-    await api_keys.revoke(session, principal.tenant_id, key_id)
+    key = await api_keys.revoke(session, principal.tenant_id, key_id)
+    await runtime.events.record(by(principal, "api_key.revoked", {"api_key_id": str(key.id)}), session)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -161,4 +192,7 @@ async def rotate_api_key(
     grace = spec.grace_seconds if spec and spec.grace_seconds is not None else None
     if grace is None:
         grace = runtime.settings.api_key_rotation_grace_seconds
-    return await api_keys.rotate(session, runtime.settings.pepper, principal, key_id, grace)
+    successor = await api_keys.rotate(session, runtime.settings.pepper, principal, key_id, grace)
+    data = {"api_key_id": str(key_id), "successor_id": str(successor.id), "grace_seconds": grace}
+    await runtime.events.record(by(principal, "api_key.rotated", data), session)
+    return successor

@@ -7,7 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response, status
 
-from aigos.server.deps import SessionDep
+from aigos.server.audit.events import by
+from aigos.server.deps import RuntimeDep, SessionDep
 from aigos.server.tenancy import members
 from aigos.server.tenancy.deps import require_tenant
 from aigos.server.tenancy.principal import Principal
@@ -34,13 +35,18 @@ async def list_members(
 @router.post(
     "/members", response_model=MemberOut, status_code=status.HTTP_201_CREATED, summary="Add a member"
 )
-async def add_member(spec: MemberIn, session: SessionDep, principal: Writer) -> MemberOut:
+async def add_member(
+    spec: MemberIn, runtime: RuntimeDep, session: SessionDep, principal: Writer
+) -> MemberOut:
     """Add the user with this email, creating them without a password (an invitation) if unknown.
 
     409 `MEMBER_EXISTS` if already a member, 403 `PLAN_LIMIT_EXCEEDED` past the plan's member limit.
     Adding an `owner` needs a key with the `admin` scope.
     """
-    return await members.add(session, principal, spec)
+    member = await members.add(session, principal, spec)
+    event = by(principal, "member.added", {"user_id": str(member.user_id), "role": member.role})
+    await runtime.events.record(event, session)
+    return member
 
 
 @router.get("/members/{user_id}", response_model=MemberOut, summary="Get a member")
@@ -52,21 +58,27 @@ async def get_member(user_id: uuid.UUID, session: SessionDep, principal: Reader)
 
 @router.patch("/members/{user_id}", response_model=MemberOut, summary="Change a member's role")
 async def update_member(
-    user_id: uuid.UUID, spec: MemberUpdate, session: SessionDep, principal: Writer
+    user_id: uuid.UUID, spec: MemberUpdate, runtime: RuntimeDep, session: SessionDep, principal: Writer
 ) -> MemberOut:
     """Give the member another role.
 
     Making or unmaking an owner needs a key with the `admin` scope; demoting the last owner answers
     409 `LAST_OWNER`.
     """
-    return await members.change_role(session, principal, user_id, spec)
+    member = await members.change_role(session, principal, user_id, spec)
+    event = by(principal, "member.role_changed", {"user_id": str(user_id), "role": member.role})
+    await runtime.events.record(event, session)
+    return member
 
 
 @router.delete("/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Remove a member")
-async def remove_member(user_id: uuid.UUID, session: SessionDep, principal: Writer) -> Response:
+async def remove_member(
+    user_id: uuid.UUID, runtime: RuntimeDep, session: SessionDep, principal: Writer
+) -> Response:
     """Take the user out of the tenant; the user account stays (it may belong to other tenants).
 
     Removing an owner needs a key with the `admin` scope; removing the last owner answers 409 `LAST_OWNER`.
     """
     await members.remove(session, principal, user_id)
+    await runtime.events.record(by(principal, "member.removed", {"user_id": str(user_id)}), session)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

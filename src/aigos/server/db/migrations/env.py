@@ -6,6 +6,7 @@ from alembic import context
 from sqlalchemy import Connection
 
 from aigos.server.db.base import Base
+from aigos.server.db.migrate import include_name
 from aigos.server.models import import_all_models
 
 import_all_models()
@@ -19,6 +20,7 @@ def run_migrations(connection: Connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_name=include_name,
     )
     with context.begin_transaction():
         context.run_migrations()

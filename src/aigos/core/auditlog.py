@@ -1,0 +1,271 @@
+"""The tamper-evident event log's mathematics: entry hashes, the chain, checkpoints, and verification.
+
+Each tenant's log is a sequence ``1, 2, 3, ...`` of entries. An entry's ``hash`` is the SHA-256 of the
+canonical JSON of all its fields (``prev_hash`` included, ``hash`` excluded), so each entry commits to
+the whole history before it. The entry hashes are also the leaves of an RFC 9162 Merkle tree; a
+checkpoint signs the tree head (``tree_size``, ``root_hash``) and the chain head (``head_hash``).
+Editing, deleting, inserting or reordering any entry changes a hash the next entry or a signed
+checkpoint commits to, and ``verify_export`` names the first entry where that shows.
+
+This module does no I/O: the server and ``aigos audit verify`` (light install) share it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aigos.core import signing
+from aigos.core.canonical import canonical, parse
+from aigos.core.merkle import CompactRange, leaf_hash
+
+GENESIS_HASH = "0" * 64
+EXPORT_FORMAT = "aigos.audit.export.v1"
+CHECKPOINT_TYPE = "aigos.audit.checkpoint.v1"
+
+#: The fields of an entry, all covered by its hash.
+ENTRY_FIELDS = (
+    "tenant_id",
+    "seq",
+    "event_id",
+    "event_type",
+    "agent_id",
+    "timestamp",
+    "recorded_at",
+    "actor",
+    "source",
+    "outcome",
+    "request_id",
+    "trace_id",
+    "span_id",
+    "data",
+    "prev_hash",
+)
+CHECKPOINT_FIELDS = ("type", "tenant_id", "tree_size", "root_hash", "head_hash", "issued_at", "key_id")
+
+
+def entry_hash(entry: Mapping[str, Any]) -> str:
+    """The hex hash of an entry: SHA-256 of the canonical JSON of its ``ENTRY_FIELDS``."""
+    return hashlib.sha256(canonical({name: entry.get(name) for name in ENTRY_FIELDS})).hexdigest()
+
+
+def entry_leaf(hash_hex: str) -> bytes:
+    """The Merkle leaf hash of an entry, from its entry hash."""
+    return leaf_hash(bytes.fromhex(hash_hex))
+
+
+def checkpoint_payload(
+    tenant_id: str, tree_size: int, root_hash: str, head_hash: str, issued_at: str, key_id: str
+) -> dict[str, Any]:
+    """The signed content of a checkpoint."""
+    return {
+        "type": CHECKPOINT_TYPE,
+        "tenant_id": tenant_id,
+        "tree_size": tree_size,
+        "root_hash": root_hash,
+        "head_hash": head_hash,
+        "issued_at": issued_at,
+        "key_id": key_id,
+    }
+
+
+def sign_checkpoint(signer: signing.Signer, payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The payload plus its ``signature``."""
+    return {**payload, "signature": signer.sign(payload)}
+
+
+def verify_checkpoint(checkpoint: Mapping[str, Any], keys: Mapping[str, bytes]) -> str | None:
+    """None if the checkpoint's signature is valid under one of ``keys`` (by key id), else why not."""
+    key = keys.get(str(checkpoint.get("key_id")))
+    if key is None:
+        return f"checkpoint signed by unknown key {checkpoint.get('key_id')!r}"
+    payload = {name: checkpoint.get(name) for name in CHECKPOINT_FIELDS}
+    if payload["type"] != CHECKPOINT_TYPE:
+        return f"not a checkpoint of type {CHECKPOINT_TYPE}"
+    if not signing.verify(key, payload, str(checkpoint.get("signature", ""))):
+        return "checkpoint signature is invalid"
+    return None
+
+
+@dataclass
+class Failure:
+    """Where verification failed: the line, and the entry (sequence number, event id) when there is one."""
+
+    line: int
+    reason: str
+    seq: int | None = None
+    event_id: str | None = None
+
+    def __str__(self) -> str:
+        where = f"entry seq={self.seq} event_id={self.event_id}" if self.seq is not None else "export"
+        return f"line {self.line}: {where}: {self.reason}"
+
+
+@dataclass
+class Report:
+    """The outcome of verifying an export."""
+
+    tenant_id: str | None = None
+    entries: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    checkpoints: int = 0
+    sealed_through: int = 0
+    unsealed: int = 0
+    key_ids: list[str] = field(default_factory=list)
+    failure: Failure | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether everything verified."""
+        return self.failure is None
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON form for the API and the CLI's ``--json``."""
+        return {
+            "ok": self.ok,
+            "tenant_id": self.tenant_id,
+            "entries": self.entries,
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "checkpoints": self.checkpoints,
+            "sealed_through": self.sealed_through,
+            "unsealed": self.unsealed,
+            "key_ids": self.key_ids,
+            "failure": None
+            if self.failure is None
+            else {
+                "line": self.failure.line,
+                "seq": self.failure.seq,
+                "event_id": self.failure.event_id,
+                "reason": self.failure.reason,
+            },
+        }
+
+
+class _Stop(Exception):
+    def __init__(self, failure: Failure) -> None:
+        self.failure = failure
+
+
+def verify_export(lines: Iterable[bytes | str], trusted_keys: Mapping[str, bytes] | None = None) -> Report:
+    """Verify an NDJSON export: header, then entries in order with each checkpoint right after the entry
+    at its ``tree_size``.
+
+    ``trusted_keys`` (key id to raw public key) pins the signing keys; without it the keys in the export's
+    header are used, which proves integrity against everyone who lacks the server's signing key but not
+    against the server itself: pin the keys published at ``/v1/audit/keys`` for that.
+    """
+    report = Report()
+    try:
+        _verify(lines, trusted_keys, report)
+    except _Stop as stop:
+        report.failure = stop.failure
+    return report
+
+
+def _verify(lines: Iterable[bytes | str], trusted: Mapping[str, bytes] | None, report: Report) -> None:
+    keys: Mapping[str, bytes] = {}
+    compact = CompactRange()
+    head = GENESIS_HASH
+    seq = 0
+    number = 0
+    header_seen = False
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = parse(raw)
+        except ValueError as exc:
+            raise _Stop(Failure(number, f"not JSON: {exc}")) from exc
+        if not isinstance(record, dict):
+            raise _Stop(Failure(number, "not a JSON object"))
+        kind = record.get("kind")
+        if not header_seen:
+            if kind != "header" or record.get("format") != EXPORT_FORMAT:
+                raise _Stop(Failure(number, f"expected a {EXPORT_FORMAT} header"))
+            header_seen = True
+            report.tenant_id = str(record.get("tenant_id"))
+            keys = dict(trusted) if trusted is not None else _header_keys(record, number)
+            report.key_ids = sorted(keys)
+            anchor = record.get("anchor")
+            if anchor:
+                compact = CompactRange.from_json(anchor["compact_range"])
+                seq, head = int(anchor["seq"]), str(anchor["head_hash"])
+                if compact.size != seq:
+                    raise _Stop(Failure(number, "anchor: compact range size differs from its seq"))
+            continue
+        if kind == "event":
+            seq, head = _check_entry(record, number, seq, head, report)
+            compact.append(entry_leaf(head))
+        elif kind == "checkpoint":
+            _check_checkpoint(record, number, seq, head, compact, keys, report)
+        else:
+            raise _Stop(Failure(number, f"unknown record kind {kind!r}"))
+    if not header_seen:
+        raise _Stop(Failure(number + 1, "empty export"))
+    report.unsealed = (report.last_seq or 0) - report.sealed_through if report.last_seq else 0
+
+
+def _header_keys(header: Mapping[str, Any], number: int) -> dict[str, bytes]:
+    keys: dict[str, bytes] = {}
+    for entry in header.get("keys") or []:
+        try:
+            raw = signing.unb64url(str(entry["public_key"]))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise _Stop(Failure(number, "header: malformed key")) from exc
+        if signing.key_id(raw) != entry.get("key_id"):
+            raise _Stop(Failure(number, "header: key id does not match its public key"))
+        keys[str(entry["key_id"])] = raw
+    return keys
+
+
+def _check_entry(record: dict[str, Any], number: int, seq: int, head: str, report: Report) -> tuple[int, str]:
+    entry_seq = record.get("seq")
+    event_id = str(record.get("event_id"))
+    if entry_seq != seq + 1:
+        reason = f"expected seq {seq + 1}, found {entry_seq}: an entry is missing, duplicated or out of order"
+        raise _Stop(Failure(number, reason, entry_seq if isinstance(entry_seq, int) else None, event_id))
+    if str(record.get("tenant_id")) != report.tenant_id:
+        raise _Stop(Failure(number, "entry belongs to another tenant", entry_seq, event_id))
+    if record.get("prev_hash") != head:
+        reason = "prev_hash does not match the previous entry's hash"
+        raise _Stop(Failure(number, reason, entry_seq, event_id))
+    computed = entry_hash(record)
+    if record.get("hash") != computed:
+        reason = "content does not match its hash: the entry was altered"
+        raise _Stop(Failure(number, reason, entry_seq, event_id))
+    report.entries += 1
+    report.first_seq = report.first_seq or entry_seq
+    report.last_seq = entry_seq
+    return entry_seq, computed
+
+
+def _check_checkpoint(
+    record: dict[str, Any],
+    number: int,
+    seq: int,
+    head: str,
+    compact: CompactRange,
+    keys: Mapping[str, bytes],
+    report: Report,
+) -> None:
+    size = record.get("tree_size")
+    if size != seq:
+        reason = f"checkpoint for tree size {size} found after entry {seq}: entries are missing"
+        raise _Stop(Failure(number, reason, seq or None))
+    if str(record.get("tenant_id")) != report.tenant_id:
+        raise _Stop(Failure(number, "checkpoint belongs to another tenant", seq or None))
+    problem = verify_checkpoint(record, keys)
+    if problem:
+        raise _Stop(Failure(number, problem, seq or None))
+    if record.get("head_hash") != head:
+        reason = "checkpoint head differs from the chain: the log was rewritten"
+        raise _Stop(Failure(number, reason, seq or None))
+    if record.get("root_hash") != compact.root().hex():
+        reason = "checkpoint root differs from the entries: the log was rewritten"
+        raise _Stop(Failure(number, reason, seq or None))
+    report.checkpoints += 1
+    report.sealed_through = max(report.sealed_through, size)

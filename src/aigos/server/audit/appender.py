@@ -1,0 +1,146 @@
+"""Appending to a tenant's chain: lock the head, hash each entry onto it, insert, move the head.
+
+The head row lock makes appends to one tenant's log strictly sequential across every process, so the
+sequence stays gap-free and the chain linear; different tenants append in parallel.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from aigos.core import auditlog
+from aigos.core.canonical import canonical, parse
+from aigos.core.merkle import CompactRange
+from aigos.server.audit.events import NewEvent
+from aigos.server.audit.models import AuditEvent, AuditHead
+from aigos.server.db.database import set_tenant
+from aigos.server.db.types import utcnow
+
+
+def isoformat(moment: datetime) -> str:
+    """The one timestamp format inside hashed entries: UTC, microseconds, ``Z``."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def entry_of(row: AuditEvent) -> dict[str, Any]:
+    """The hashed entry of a stored row, as exported (without ``hash`` and ``kind``)."""
+    return {
+        "tenant_id": str(row.tenant_id),
+        "seq": row.seq,
+        "event_id": str(row.event_id),
+        "event_type": row.event_type,
+        "agent_id": row.agent_id,
+        "timestamp": isoformat(row.occurred_at),
+        "recorded_at": isoformat(row.recorded_at),
+        "actor": {"type": row.actor_type, "id": row.actor_id},
+        "source": row.source,
+        "outcome": row.outcome,
+        "request_id": row.request_id,
+        "trace_id": row.trace_id,
+        "span_id": row.span_id,
+        "data": parse(row.data),
+        "prev_hash": row.prev_hash,
+    }
+
+
+async def _lock_head(session: AsyncSession, tenant_id: uuid.UUID) -> AuditHead:
+    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    values = {
+        "tenant_id": tenant_id,
+        "seq": 0,
+        "hash": auditlog.GENESIS_HASH,
+        "recorded_at": datetime(1970, 1, 1, tzinfo=UTC),
+        "compact_range": CompactRange().to_json(),
+    }
+    # The first append of a tenant creates its head; a concurrent first append waits on the lock below.
+    ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(AuditHead).values(values)
+    await session.execute(ins.on_conflict_do_nothing(index_elements=["tenant_id"]))
+    head = await session.scalar(
+        select(AuditHead)
+        .where(AuditHead.tenant_id == tenant_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    assert head is not None
+    return head
+
+
+async def append(
+    session: AsyncSession, tenant_id: uuid.UUID, events: Sequence[NewEvent]
+) -> list[dict[str, Any]]:
+    """Append ``events`` (all of ``tenant_id``) in order inside the session's transaction.
+
+    Returns the stored entries with their ``hash``. The caller commits; until then the tenant's head
+    stays locked, so keep the transaction short.
+    """
+    if not events:
+        return []
+    await set_tenant(session, tenant_id)
+    head = await _lock_head(session, tenant_id)
+    compact = CompactRange.from_json(head.compact_range)
+    # Never earlier than the previous entry, even if this process's clock is behind another's: retention
+    # prunes by time, and must cut the chain only at a prefix.
+    recorded = max(utcnow(), head.recorded_at)
+    seq, prev = head.seq, head.hash
+    rows: list[dict[str, Any]] = []
+    stored: list[dict[str, Any]] = []
+    for event in events:
+        if event.tenant_id != tenant_id:
+            raise ValueError("append() takes events of one tenant")
+        seq += 1
+        data_text = canonical(dict(event.data)).decode()
+        occurred = event.occurred_at or recorded
+        entry = {
+            "tenant_id": str(tenant_id),
+            "seq": seq,
+            "event_id": str(event.event_id),
+            "event_type": event.event_type,
+            "agent_id": event.agent_id,
+            "timestamp": isoformat(occurred),
+            "recorded_at": isoformat(recorded),
+            "actor": {"type": event.actor_type, "id": event.actor_id},
+            "source": event.source,
+            "outcome": event.outcome,
+            "request_id": event.request_id,
+            "trace_id": event.trace_id,
+            "span_id": event.span_id,
+            "data": parse(data_text),
+            "prev_hash": prev,
+        }
+        prev = auditlog.entry_hash(entry)
+        compact.append(auditlog.entry_leaf(prev))
+        stored.append({**entry, "hash": prev})
+        rows.append(
+            {
+                "tenant_id": tenant_id,
+                "seq": seq,
+                "recorded_at": recorded,
+                "event_id": event.event_id,
+                "event_type": event.event_type,
+                "agent_id": event.agent_id,
+                "occurred_at": occurred,
+                "actor_type": event.actor_type,
+                "actor_id": event.actor_id,
+                "source": event.source,
+                "outcome": event.outcome,
+                "request_id": event.request_id,
+                "trace_id": event.trace_id,
+                "span_id": event.span_id,
+                "data": data_text,
+                "prev_hash": entry["prev_hash"],
+                "hash": prev,
+            }
+        )
+    await session.execute(insert(AuditEvent), rows)
+    head.seq, head.hash, head.recorded_at = seq, prev, recorded
+    head.compact_range = compact.to_json()
+    await session.flush()
+    return stored

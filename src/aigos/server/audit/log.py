@@ -1,0 +1,213 @@
+"""The event log's one writer interface, used by every context.
+
+- ``record(event, session)``: low-volume events, appended inside the caller's transaction (or a new one),
+  durable before the request returns and atomic with the change they describe.
+- ``enqueue(event)``: high-volume events (decisions, telemetry). It only enqueues; a background task appends
+  in batches, per tenant, in one transaction each. When the queue is full (``AIGOS_AUDIT_QUEUE_SIZE``)
+  the new event is dropped, counted, and the count itself is appended to the tenant's log as an
+  ``audit.events_dropped`` event once there is room, so the loss is on the record. Allowed decisions
+  may be aggregated into one ``policy.decisions_aggregated`` event per tenant and minute.
+- A sealer signs a checkpoint for every tenant with new entries every ``AIGOS_AUDIT_CHECKPOINT_SECONDS``.
+Everything buffered is written on graceful shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import Counter, deque
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from aigos.core.signing import Signer, derive_seed
+from aigos.server.audit import appender, checkpoints
+from aigos.server.audit.events import NewEvent
+from aigos.server.db import Database
+
+log = structlog.get_logger("aigos.audit")
+
+AGGREGATED_TYPE = "policy.decisions_aggregated"
+DROPPED_TYPE = "audit.events_dropped"
+
+
+def checkpoint_signer(pepper: bytes) -> Signer:
+    """The Ed25519 key that signs checkpoints, derived from the server secret (same on every replica)."""
+    return Signer.from_seed(derive_seed(pepper, "audit-checkpoint"))
+
+
+class EventLog:
+    """One process's handle on the tenant logs."""
+
+    def __init__(
+        self,
+        database: Database,
+        signer: Signer,
+        *,
+        queue_size: int = 100_000,
+        batch_size: int = 1_000,
+        flush_seconds: float = 0.2,
+        checkpoint_seconds: float = 60.0,
+    ) -> None:
+        self.database = database
+        self.signer = signer
+        self.queue_size = queue_size
+        self.batch_size = batch_size
+        self.flush_seconds = flush_seconds
+        self.checkpoint_seconds = checkpoint_seconds
+        self._queue: deque[NewEvent] = deque()
+        self._aggregates: dict[tuple[uuid.UUID, str], Counter[str]] = {}
+        self._dropped: Counter[uuid.UUID] = Counter()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.appended_total = 0
+        self.dropped_total = 0
+
+    # -- the writer interface -------------------------------------------------------------------
+
+    async def record(self, event: NewEvent, session: AsyncSession | None = None) -> dict[str, Any]:
+        """Append one event now; with ``session`` it commits (or rolls back) with the caller's transaction."""
+        if session is not None:
+            (entry,) = await appender.append(session, event.tenant_id, [event])
+        else:
+            async with self.database.session() as own:
+                (entry,) = await appender.append(own, event.tenant_id, [event])
+        self.appended_total += 1
+        return entry
+
+    def enqueue(self, event: NewEvent, *, aggregate_allowed: bool = False) -> bool:
+        """Queue a high-volume event without waiting; False if it was dropped because the queue is full.
+
+        With ``aggregate_allowed`` an allowed ``policy.decision`` only increments a per-minute count.
+        """
+        if aggregate_allowed and event.event_type == "policy.decision" and event.outcome == "allowed":
+            minute = (event.occurred_at or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%MZ")
+            self._aggregates.setdefault((event.tenant_id, minute), Counter())[event.agent_id or ""] += 1
+            return True
+        if len(self._queue) >= self.queue_size:
+            self._dropped[event.tenant_id] += 1
+            self.dropped_total += 1
+            if self.dropped_total % 1000 == 1:
+                log.warning("audit_queue_full", queue_size=self.queue_size, dropped_total=self.dropped_total)
+            return False
+        self._queue.append(event)
+        if len(self._queue) >= self.batch_size:
+            self._wake.set()
+        return True
+
+    @property
+    def depth(self) -> int:
+        """Events waiting in the queue."""
+        return len(self._queue)
+
+    # -- background work ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the batch writer and the sealer."""
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self._write_loop(), name="audit-writer"),
+                asyncio.create_task(self._seal_loop(), name="audit-sealer"),
+            ]
+
+    async def stop(self) -> None:
+        """Stop the loops, write everything buffered, and seal what was written."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        try:
+            await self.flush(everything=True)
+            await self.seal_all()
+        except Exception:
+            log.exception("audit_final_flush_failed", depth=self.depth)
+
+    async def flush(self, *, everything: bool = False) -> int:
+        """Append what is queued (and aggregates of finished minutes; all of them with ``everything``)."""
+        self._drain_aggregates(everything)
+        self._drain_dropped()
+        written = 0
+        while self._queue:
+            batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
+            try:
+                await self._append_batch(batch)
+            except Exception:
+                # Put the batch back in order; the next flush retries it.
+                self._queue.extendleft(reversed(batch))
+                raise
+            written += len(batch)
+            if not everything and written >= self.batch_size * 20:
+                break
+        return written
+
+    async def seal_all(self) -> int:
+        """Sign a checkpoint for every tenant with unsealed entries; returns how many were sealed."""
+        async with self.database.session() as session:
+            tenants = await checkpoints.unsealed_tenants(session)
+        for tenant_id in tenants:
+            async with self.database.session() as session:
+                await checkpoints.seal(session, self.signer, tenant_id)
+        return len(tenants)
+
+    async def _append_batch(self, batch: list[NewEvent]) -> None:
+        by_tenant: dict[uuid.UUID, list[NewEvent]] = {}
+        for event in batch:
+            by_tenant.setdefault(event.tenant_id, []).append(event)
+        for tenant_id, events in by_tenant.items():
+            async with self.database.session() as session:
+                await appender.append(session, tenant_id, events)
+            self.appended_total += len(events)
+
+    def _drain_aggregates(self, everything: bool) -> None:
+        current = datetime.now(UTC).strftime("%Y-%m-%dT%H:%MZ")
+        for key in [key for key in self._aggregates if everything or key[1] < current]:
+            tenant_id, minute = key
+            counts = self._aggregates.pop(key)
+            self._queue.append(
+                NewEvent(
+                    tenant_id=tenant_id,
+                    event_type=AGGREGATED_TYPE,
+                    actor_type="system",
+                    actor_id="policy",
+                    outcome="allowed",
+                    data={"minute": minute, "count": sum(counts.values()), "by_agent": dict(counts)},
+                )
+            )
+
+    def _drain_dropped(self) -> None:
+        for tenant_id, count in list(self._dropped.items()):
+            del self._dropped[tenant_id]
+            self._queue.append(
+                NewEvent(
+                    tenant_id=tenant_id,
+                    event_type=DROPPED_TYPE,
+                    actor_type="system",
+                    actor_id="audit",
+                    outcome="failure",
+                    data={"count": count, "reason": "queue full"},
+                )
+            )
+
+    async def _write_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.flush_seconds)
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("audit_flush_failed", depth=self.depth)
+                await asyncio.sleep(1.0)
+
+    async def _seal_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.checkpoint_seconds)
+            try:
+                await self.seal_all()
+            except Exception:
+                log.exception("audit_seal_failed")
