@@ -192,8 +192,11 @@ def _verify(lines: Iterable[bytes | str], trusted: Mapping[str, bytes] | None, r
             report.key_ids = sorted(keys)
             anchor = record.get("anchor")
             if anchor:
-                compact = CompactRange.from_json(anchor["compact_range"])
-                seq, head = int(anchor["seq"]), str(anchor["head_hash"])
+                try:
+                    compact = CompactRange.from_json(anchor["compact_range"])
+                    seq, head = int(anchor["seq"]), str(anchor["head_hash"])
+                except (KeyError, TypeError, ValueError, AssertionError) as exc:
+                    raise _Stop(Failure(number, f"header: malformed anchor ({exc})")) from exc
                 if compact.size != seq:
                     raise _Stop(Failure(number, "anchor: compact range size differs from its seq"))
             continue
@@ -211,7 +214,10 @@ def _verify(lines: Iterable[bytes | str], trusted: Mapping[str, bytes] | None, r
 
 def _header_keys(header: Mapping[str, Any], number: int) -> dict[str, bytes]:
     keys: dict[str, bytes] = {}
-    for entry in header.get("keys") or []:
+    listed = header.get("keys") or []
+    if not isinstance(listed, list):
+        raise _Stop(Failure(number, "header: malformed key list"))
+    for entry in listed:
         try:
             raw = signing.unb64url(str(entry["public_key"]))
         except (KeyError, ValueError, TypeError) as exc:

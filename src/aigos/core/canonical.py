@@ -7,6 +7,7 @@ string can never be written one way and checked another.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import orjson
@@ -19,9 +20,23 @@ class NotCanonicalizable(ValueError):
 def canonical(value: Any) -> bytes:
     """The canonical bytes of a JSON-compatible value."""
     try:
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        encoded = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     except (TypeError, orjson.JSONEncodeError) as exc:
         raise NotCanonicalizable(str(exc)) from exc
+    # orjson writes NaN and infinities as null, which would give them the hash of None.
+    if b"null" in encoded and _has_non_finite(value):
+        raise NotCanonicalizable("NaN and infinity have no JSON form")
+    return encoded
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_non_finite(item) for item in value)
+    return False
 
 
 def parse(data: bytes | str) -> Any:

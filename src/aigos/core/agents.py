@@ -1,0 +1,92 @@
+"""The agent's status lifecycle, versions and capabilities: the rules every context applies the same way."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class AgentStatus(StrEnum):
+    """Where an agent is in its life.
+
+    - ``active``: works normally.
+    - ``paused``: authenticates (so it can hear RESUME) but every policy check answers ``PAUSED``.
+    - ``suspended``: an administrator stopped it for now; its tokens are refused.
+    - ``terminated``: stopped for good (kill switch or deregistration); tokens refused; record kept.
+    - ``archived``: a terminated agent moved out of everyday lists; nothing can bring it back.
+    """
+
+    ACTIVE = "active"
+    PAUSED = "paused"
+    SUSPENDED = "suspended"
+    TERMINATED = "terminated"
+    ARCHIVED = "archived"
+
+
+TRANSITIONS: dict[AgentStatus, frozenset[AgentStatus]] = {
+    AgentStatus.ACTIVE: frozenset({AgentStatus.PAUSED, AgentStatus.SUSPENDED, AgentStatus.TERMINATED}),
+    AgentStatus.PAUSED: frozenset({AgentStatus.ACTIVE, AgentStatus.SUSPENDED, AgentStatus.TERMINATED}),
+    AgentStatus.SUSPENDED: frozenset({AgentStatus.ACTIVE, AgentStatus.TERMINATED}),
+    AgentStatus.TERMINATED: frozenset({AgentStatus.ARCHIVED}),
+    AgentStatus.ARCHIVED: frozenset(),
+}
+
+#: Statuses whose agents may obtain and use tokens.
+TOKEN_HOLDING: frozenset[AgentStatus] = frozenset({AgentStatus.ACTIVE, AgentStatus.PAUSED})
+
+
+def can_transition(current: AgentStatus, target: AgentStatus) -> bool:
+    """Whether ``current`` may become ``target``."""
+    return target in TRANSITIONS[current]
+
+
+def may_hold_tokens(status: AgentStatus | str) -> bool:
+    """Whether an agent in ``status`` may authenticate."""
+    return AgentStatus(status) in TOKEN_HOLDING
+
+
+# Semantic Versioning 2.0.0, the regular expression the specification itself recommends.
+SEMVER = re.compile(
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
+)
+
+
+def is_semver(version: str) -> bool:
+    """Whether ``version`` is a valid semantic version."""
+    return SEMVER.match(version) is not None
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an agent may use: tool and domain patterns (case-insensitive globs) and a budget ceiling."""
+
+    tools: tuple[str, ...] = ()
+    domains: tuple[str, ...] = ()
+    max_budget: float | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def to_claim(self) -> dict[str, object]:
+        """The ``aigos:capabilities`` claim."""
+        return {"tools": list(self.tools), "domains": list(self.domains), "max_budget": self.max_budget}
+
+    def covers(self, child: Capabilities) -> list[str]:
+        """Why ``child`` is not a subset of these capabilities (empty when it is).
+
+        A child pattern is covered when one of ours matches it as a name (``web_*`` covers ``web_search``
+        and ``web_*`` itself); a child budget must not exceed ours.
+        """
+        problems = [f"tool {tool!r}" for tool in child.tools if not _covered(tool, self.tools)]
+        problems += [f"domain {domain!r}" for domain in child.domains if not _covered(domain, self.domains)]
+        if self.max_budget is not None and (child.max_budget is None or child.max_budget > self.max_budget):
+            problems.append(f"max_budget {child.max_budget} above {self.max_budget}")
+        return problems
+
+
+def _covered(pattern: str, allowed: Iterable[str]) -> bool:
+    lowered = pattern.lower()
+    return any(fnmatch.fnmatchcase(lowered, candidate.lower()) for candidate in allowed)
