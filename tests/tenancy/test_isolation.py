@@ -25,6 +25,9 @@ CROSS_TENANT_CALLS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/v1/members/{user}", None),
     ("PATCH", "/v1/members/{user}", {"role": "viewer"}),
     ("DELETE", "/v1/members/{user}", None),
+    # B's event ids are not known here; tests/audit/test_api.py repeats these with B's real event ids.
+    ("GET", "/v1/audit/events/{key}", None),
+    ("GET", "/v1/audit/events/{key}/proof", None),
 ]
 # Routes with an id that are not tenant-owned resources.
 NOT_TENANT_OWNED: set[tuple[str, str]] = set()

@@ -13,12 +13,19 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from aigos import __version__
+from aigos.server.audit import api as audit_api
 from aigos.server.audit.log import EventLog, checkpoint_signer
+from aigos.server.audit.retention import Maintenance, ensure_partitions
 from aigos.server.bus import create_bus
 from aigos.server.config import Settings
 from aigos.server.db import Database
 from aigos.server.db.database import APP_ROLE
 from aigos.server.db.migrate import upgrade
+from aigos.server.db.types import utcnow
+from aigos.server.identity import agents_api, oauth_api
+from aigos.server.identity.keys import SigningKeys
+from aigos.server.identity.models import Agent
+from aigos.server.identity.state import IdentityState
 from aigos.server.logging import configure_logging
 from aigos.server.middleware.body_limit import BodyLimitMiddleware
 from aigos.server.middleware.request_context import RequestContextMiddleware
@@ -31,12 +38,13 @@ from aigos.server.problems import install_problem_handlers
 from aigos.server.runtime import Runtime
 from aigos.server.tenancy import api as tenancy_api
 from aigos.server.tenancy import members_api, usage_api
-from aigos.server.tenancy.key_activity import KeyActivity
+from aigos.server.tenancy.models import ApiKey
 from aigos.server.tenancy.usage import UsageMeter
+from aigos.server.touches import Touches
 
 log = structlog.get_logger("aigos.server")
 
-FEATURES = ["platform", "tenancy"]
+FEATURES = ["platform", "tenancy", "audit", "identity", "oauth2"]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -96,6 +104,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tenancy_api.router)
     app.include_router(members_api.router)
     app.include_router(usage_api.router)
+    app.include_router(audit_api.router)
+    app.include_router(agents_api.router)
+    app.include_router(oauth_api.router)
     app.include_router(docs.router)
     app.mount("/docs/static", docs.static_files(), name="docs-static")
 
@@ -122,20 +133,32 @@ async def start_runtime(settings: Settings) -> Runtime:
     token = await ensure_bootstrap_token(database, settings.pepper, preset)
     if token is not None and preset is None:
         _announce_bootstrap_token(token)
+    # Today's event-log partition must exist before the first entry (maintenance keeps days ahead later).
+    await ensure_partitions(database, utcnow().date())
+    signer = checkpoint_signer(settings.pepper)
+    keys = SigningKeys(database, settings.pepper, settings.token_alg, settings.token_ttl_seconds)
+    await keys.start()
+    identity = IdentityState(database, bus)
+    await identity.start()
     runtime = Runtime(
         settings=settings,
         database=database,
         bus=bus,
         usage=UsageMeter(database, settings.usage_flush_seconds),
-        key_activity=KeyActivity(database, settings.usage_flush_seconds),
+        key_activity=Touches(database, ApiKey, "last_used_at", settings.usage_flush_seconds),
+        keys=keys,
+        identity=identity,
+        agent_seen=Touches(database, Agent, "last_seen_at", settings.usage_flush_seconds),
+        agent_auth_seen=Touches(database, Agent, "last_auth_at", settings.usage_flush_seconds),
         events=EventLog(
             database,
-            checkpoint_signer(settings.pepper),
+            signer,
             queue_size=settings.audit_queue_size,
             batch_size=settings.audit_batch_size,
             flush_seconds=settings.audit_flush_seconds,
             checkpoint_seconds=settings.audit_checkpoint_seconds,
         ),
+        maintenance=Maintenance(database, signer, settings.audit_retention_days),
         features=list(FEATURES),
     )
     runtime.start()

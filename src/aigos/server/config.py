@@ -61,7 +61,9 @@ class Settings(BaseSettings):
         None, description="Platform-admin token to install on first start instead of a random one."
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log threshold.")
-    log_format: Literal["json", "console"] = Field("json", description="Log line format.")
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="Log line format; `auto`: console on a terminal, JSON otherwise."
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated origins allowed by CORS; empty disables CORS."
     )
@@ -78,6 +80,17 @@ class Settings(BaseSettings):
     default_rate_limit_rph: int = Field(1000, ge=1, description="Requests per hour of an API key by default.")
     api_key_rotation_grace_seconds: int = Field(
         86_400, ge=0, description="How long a rotated API key keeps working beside its successor."
+    )
+    issuer: str | None = Field(
+        None,
+        description="OAuth issuer URL put in tokens and discovery (e.g. https://aigos.example.com). "
+        "Unset: the URL the request came in on.",
+    )
+    token_ttl_seconds: int = Field(3600, ge=60, le=86_400, description="Lifetime of agent access tokens.")
+    token_alg: Literal["ES256", "EdDSA"] = Field("ES256", description="Algorithm of new signing keys.")
+    max_lineage_depth: int = Field(5, ge=0, le=32, description="How deep agents may spawn child agents.")
+    credential_rotation_grace_seconds: int = Field(
+        86_400, ge=0, description="How long a rotated agent secret keeps working beside its successor."
     )
     audit_retention_days: int = Field(
         90, ge=1, le=36_500, description="How long event-log entries are kept (whole days; pruned daily)."

@@ -9,8 +9,13 @@ from typing import Any
 import structlog
 
 
-def configure_logging(level: str = "info", fmt: str = "json") -> None:
-    """Route structlog and the standard library's loggers through one renderer on stdout."""
+def configure_logging(level: str = "info", fmt: str = "auto") -> None:
+    """Route structlog and the standard library's loggers through one renderer on stdout.
+
+    ``auto`` renders for people on a terminal and JSON for log shippers everywhere else.
+    """
+    if fmt == "auto":
+        fmt = "console" if sys.stdout.isatty() else "json"
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,

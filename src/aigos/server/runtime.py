@@ -5,11 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from aigos.server.audit.log import EventLog
+from aigos.server.audit.retention import Maintenance
 from aigos.server.bus import Bus
 from aigos.server.config import Settings
 from aigos.server.db import Database
-from aigos.server.tenancy.key_activity import KeyActivity
+from aigos.server.identity.keys import SigningKeys
+from aigos.server.identity.state import IdentityState
+from aigos.server.identity.tokens import VerifiedCache
 from aigos.server.tenancy.usage import UsageMeter
+from aigos.server.touches import Touches
 
 
 @dataclass
@@ -20,20 +24,35 @@ class Runtime:
     database: Database
     bus: Bus
     usage: UsageMeter
-    key_activity: KeyActivity
+    key_activity: Touches
     events: EventLog
+    keys: SigningKeys
+    identity: IdentityState
+    agent_seen: Touches
+    agent_auth_seen: Touches
+    maintenance: Maintenance | None = None
     features: list[str] = field(default_factory=list)
+    token_cache: VerifiedCache = field(default_factory=VerifiedCache)
 
     def start(self) -> None:
         """Start the background flushers."""
         self.usage.start()
         self.key_activity.start()
+        self.agent_seen.start()
+        self.agent_auth_seen.start()
         self.events.start()
+        if self.maintenance is not None:
+            self.maintenance.start()
 
     async def close(self) -> None:
         """Flush buffers into the database, then release the bus and the database pools."""
+        if self.maintenance is not None:
+            await self.maintenance.stop()
         await self.usage.stop()
         await self.key_activity.stop()
+        await self.agent_seen.stop()
+        await self.agent_auth_seen.stop()
+        await self.identity.stop()
         await self.events.stop()
         await self.bus.close()
         await self.database.dispose()

@@ -47,26 +47,46 @@ async def seal(session: AsyncSession, signer: Signer, tenant_id: uuid.UUID) -> A
     head = await session.scalar(select(AuditHead).where(AuditHead.tenant_id == tenant_id))
     if head is None or head.seq == 0:
         return None
+    return await seal_at(
+        session, signer, tenant_id, head.seq, head.hash, CompactRange.from_json(head.compact_range)
+    )
+
+
+async def seal_at(
+    session: AsyncSession,
+    signer: Signer,
+    tenant_id: uuid.UUID,
+    size: int,
+    head_hash: str,
+    compact: CompactRange,
+) -> AuditCheckpoint | None:
+    """A checkpoint of the tenant's log at ``size`` entries, whose chain head is ``head_hash`` and whose
+    Merkle compact range through that entry is ``compact`` (the existing one if that size is sealed).
+
+    The caller has set the tenant on the session and vouches for ``head_hash`` and ``compact``: ``seal``
+    takes them from the head row, retention from the entries it is about to prune.
+    """
+    if size != compact.size:
+        raise ValueError(f"compact range of size {compact.size} given for a checkpoint at {size}")
     existing = await session.scalar(
         select(AuditCheckpoint).where(
-            AuditCheckpoint.tenant_id == tenant_id, AuditCheckpoint.tree_size == head.seq
+            AuditCheckpoint.tenant_id == tenant_id, AuditCheckpoint.tree_size == size
         )
     )
     if existing is not None:
         return existing
-    compact = CompactRange.from_json(head.compact_range)
     payload = auditlog.checkpoint_payload(
-        str(tenant_id), head.seq, compact.root().hex(), head.hash, isoformat(utcnow()), signer.key_id
+        str(tenant_id), size, compact.root().hex(), head_hash, isoformat(utcnow()), signer.key_id
     )
     values = {
         "tenant_id": tenant_id,
-        "tree_size": head.seq,
+        "tree_size": size,
         "root_hash": payload["root_hash"],
-        "head_hash": head.hash,
+        "head_hash": head_hash,
         "issued_at": payload["issued_at"],
         "key_id": signer.key_id,
         "signature": signer.sign(payload),
-        "compact_range": head.compact_range,
+        "compact_range": compact.to_json(),
     }
     dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
     # Two processes may seal the same head at once: the first row stands, the other insert does nothing.
@@ -74,7 +94,7 @@ async def seal(session: AsyncSession, signer: Signer, tenant_id: uuid.UUID) -> A
     await session.execute(ins.on_conflict_do_nothing(index_elements=["tenant_id", "tree_size"]))
     return await session.scalar(
         select(AuditCheckpoint).where(
-            AuditCheckpoint.tenant_id == tenant_id, AuditCheckpoint.tree_size == head.seq
+            AuditCheckpoint.tenant_id == tenant_id, AuditCheckpoint.tree_size == size
         )
     )
 

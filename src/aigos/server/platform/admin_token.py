@@ -9,7 +9,7 @@ from aigos.core import secrets
 from aigos.server.db import Database
 from aigos.server.platform.models import PlatformToken
 
-PLATFORM_TOKEN_PREFIX = "aigos_pat_"  # noqa: S105 - a public prefix, not a secret
+PLATFORM_TOKEN_PREFIX = "aigos_pat_"
 BOOTSTRAP_NAME = "bootstrap"
 
 

@@ -1,0 +1,148 @@
+"""Agent-plane authentication: one dependency that turns a bearer token into the calling agent.
+
+Fast enough for the policy hot path: a token verified once is cached until it expires, and the checks that
+must reflect changes at once (revoked ``jti``, agent status) are dictionary look-ups in the replica's
+``IdentityState``, kept current through the bus. Only while the bus is down do they hit the database.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
+
+from aigos.core.agents import AgentStatus, may_hold_tokens
+from aigos.server.config import Settings
+from aigos.server.db.database import set_tenant
+from aigos.server.deps import RuntimeDep
+from aigos.server.errors import Unauthenticated
+from aigos.server.identity import tokens
+from aigos.server.identity.models import Agent, RevokedToken
+from aigos.server.runtime import Runtime
+
+agent_bearer = HTTPBearer(auto_error=False, description="An agent access token (RuntimeIdentity JWT).")
+
+
+def issuer_for(request: Request, settings: Settings) -> str:
+    """The issuer identifier: configured, or the URL this request came in on."""
+    if settings.issuer:
+        return settings.issuer.rstrip("/")
+    return str(request.base_url).rstrip("/")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentPrincipal:
+    """The agent calling on the agent plane."""
+
+    agent_id: uuid.UUID
+    tenant_id: uuid.UUID
+    status: AgentStatus
+    claims: dict[str, Any]
+
+    @property
+    def actor_id(self) -> str:
+        """How the audit trail names this caller."""
+        return f"agent:{self.agent_id}"
+
+
+def token_error(detail: str, code: str) -> Unauthenticated:
+    """A 401 in the RFC 6750 form (``WWW-Authenticate: Bearer error="invalid_token"``)."""
+    return Unauthenticated(detail, code=code, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+
+class AgentAuthenticator:
+    """Verifies agent tokens against a process's runtime (its keys, its cache, its identity state)."""
+
+    async def authenticate(self, runtime: Runtime, token: str, issuer: str) -> AgentPrincipal:
+        """The agent behind ``token`` or a 401 saying why not."""
+        now = time.time()
+        claims = runtime.token_cache.get(token, now)
+        if claims is None or claims.get("iss") != issuer:
+            claims = await self._verify(runtime, token, issuer)
+            runtime.token_cache.put(token, claims)
+        try:
+            agent_id, tenant_id = uuid.UUID(str(claims["sub"])), uuid.UUID(str(claims["aud"]))
+        except ValueError as exc:
+            raise token_error("The token names no agent.", "INVALID_TOKEN") from exc
+        jti = str(claims["jti"])
+        state = runtime.identity
+        if state.live:
+            revoked, status = state.is_revoked(jti), state.status_of(agent_id)
+        else:
+            revoked, status = await _from_database(runtime, tenant_id, agent_id, jti)
+        if revoked:
+            raise token_error("The token was revoked.", "TOKEN_REVOKED")
+        if not may_hold_tokens(status):
+            raise token_error(f"The agent is {status.value}.", f"AGENT_{status.value.upper()}")
+        return AgentPrincipal(agent_id=agent_id, tenant_id=tenant_id, status=status, claims=claims)
+
+    async def _verify(self, runtime: Runtime, token: str, issuer: str) -> dict[str, Any]:
+        try:
+            return tokens.verify(runtime.keys, token, issuer)
+        except tokens.InvalidToken as first:
+            # A key created on another replica since our last load: reload once, then decide.
+            if not _names_unknown_key(runtime, token):
+                raise token_error(str(first), "INVALID_TOKEN") from first
+            await runtime.keys.reload()
+            try:
+                return tokens.verify(runtime.keys, token, issuer)
+            except tokens.InvalidToken as exc:
+                raise token_error(str(exc), "INVALID_TOKEN") from exc
+
+
+def _names_unknown_key(runtime: Runtime, token: str) -> bool:
+    import base64
+
+    from aigos.core.canonical import parse
+
+    try:
+        header = parse(base64.urlsafe_b64decode(token.split(".", 1)[0] + "=="))
+    except (ValueError, IndexError):
+        return False
+    return (
+        isinstance(header, dict)
+        and isinstance(header.get("kid"), str)
+        and not runtime.keys.knows(header["kid"])
+    )
+
+
+async def _from_database(
+    runtime: Runtime, tenant_id: uuid.UUID, agent_id: uuid.UUID, jti: str
+) -> tuple[bool, AgentStatus]:
+    async with runtime.database.session() as session:
+        await set_tenant(session, tenant_id)
+        status = await session.scalar(
+            select(Agent.status).where(Agent.id == agent_id, Agent.tenant_id == tenant_id)
+        )
+        revoked = await session.scalar(select(RevokedToken.jti).where(RevokedToken.jti == jti))
+    return revoked is not None, AgentStatus(status) if status else AgentStatus.ARCHIVED
+
+
+authenticator = AgentAuthenticator()
+
+
+async def get_agent(
+    request: Request,
+    runtime: RuntimeDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(agent_bearer)],
+) -> AgentPrincipal:
+    """The calling agent; 401 without a valid, unrevoked token of a token-holding agent."""
+    if credentials is None or not credentials.credentials:
+        raise Unauthenticated(
+            "Send `Authorization: Bearer <agent token>`.",
+            code="UNAUTHENTICATED",
+            headers={"WWW-Authenticate": 'Bearer realm="aigos"'},
+        )
+    principal = await authenticator.authenticate(
+        runtime, credentials.credentials, issuer_for(request, runtime.settings)
+    )
+    request.state.tenant_id = str(principal.tenant_id)
+    return principal
+
+
+AgentDep = Annotated[AgentPrincipal, Depends(get_agent)]

@@ -1,0 +1,235 @@
+"""The agent registry: create, read, list, change, and move agents through their status lifecycle.
+
+Every query names the tenant; on PostgreSQL row-level security stands behind it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import String, cast, func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from aigos.core import goldenthread
+from aigos.core.agents import AgentStatus, can_transition
+from aigos.server.db.types import utcnow
+from aigos.server.errors import Conflict, Forbidden, NotFound
+from aigos.server.identity.models import Agent
+from aigos.server.identity.schemas import AgentIn, AgentOut, AgentUpdate, GoldenThreadIn, Lineage
+from aigos.server.tenancy.locks import lock_tenant
+from aigos.server.tenancy.plans import enforce_limit, plan_of
+
+#: Heartbeats are expected about every 30 s; an agent is online within two, stale within ten.
+ONLINE_WITHIN = timedelta(seconds=60)
+STALE_WITHIN = timedelta(minutes=5)
+
+
+def liveness(last_seen: datetime | None, now: datetime | None = None) -> str:
+    """``online``, ``stale`` or ``offline``, derived from the last heartbeat."""
+    if last_seen is None:
+        return "offline"
+    age = (now or utcnow()) - last_seen
+    return "online" if age <= ONLINE_WITHIN else "stale" if age <= STALE_WITHIN else "offline"
+
+
+def to_out(agent: Agent, last_seen: datetime | None = None) -> AgentOut:
+    """The API form of an agent (``last_seen`` may be a heartbeat not yet written)."""
+    seen = max(filter(None, (agent.last_seen_at, last_seen)), default=None)
+    return AgentOut(
+        id=agent.id,
+        tenant_id=agent.tenant_id,
+        client_id=str(agent.id),
+        name=agent.name,
+        email=agent.email,
+        description=agent.description,
+        agent_type=agent.agent_type,
+        version=agent.version,
+        owner=agent.owner,
+        deployment_env=agent.deployment_env,
+        status=AgentStatus(agent.status),
+        liveness=liveness(seen),
+        capabilities=agent.capabilities,
+        asset_card_id=agent.asset_card_id,
+        golden_thread=agent.golden_thread,
+        lineage=Lineage(parent_id=agent.parent_id, depth=agent.lineage_depth),
+        metadata=agent.metadata_,
+        last_seen_at=seen,
+        last_auth_at=agent.last_auth_at,
+        created_at=agent.created_at,
+        updated_at=agent.updated_at,
+    )
+
+
+def golden_thread_record(spec: GoldenThreadIn) -> dict[str, Any]:
+    """The stored Golden Thread, verified when the approval fields are given."""
+    record: dict[str, Any] = {"hash": spec.hash, "ticket_id": spec.ticket_id, "verified": False}
+    if spec.approved_by and spec.approved_at:
+        try:
+            result = goldenthread.verify(spec.hash, spec.ticket_id, spec.approved_by, spec.approved_at)
+        except ValueError:
+            result = goldenthread.Verification(False, None)
+        record.update(
+            verified=result.verified,
+            form=result.form,
+            approved_by=spec.approved_by,
+            approved_at=spec.approved_at,
+        )
+    return record
+
+
+async def count_registered(session: AsyncSession, tenant_id: uuid.UUID) -> int:
+    """Agents that count against the plan: all but terminated and archived ones."""
+    stmt = select(func.count()).where(
+        Agent.tenant_id == tenant_id,
+        Agent.status.not_in([AgentStatus.TERMINATED.value, AgentStatus.ARCHIVED.value]),
+    )
+    return int(await session.scalar(stmt) or 0)
+
+
+async def create(
+    session: AsyncSession, tenant_id: uuid.UUID, plan_tier: str | None, spec: AgentIn, max_depth: int
+) -> Agent:
+    """Register an agent in the tenant, within the plan's agent limit."""
+    await lock_tenant(session, tenant_id)
+    enforce_limit(plan_of(plan_tier), "agents", await count_registered(session, tenant_id))
+    depth = 0
+    if spec.parent_id is not None:
+        parent = await get(session, tenant_id, spec.parent_id)
+        depth = parent.lineage_depth + 1
+        if depth > max_depth:
+            raise Forbidden(
+                f"Lineage depth {depth} exceeds the limit of {max_depth}.",
+                code="DEPTH_EXCEEDED",
+                limit=max_depth,
+            )
+    now = utcnow()
+    agent = Agent(
+        id=uuid.uuid4(),
+        tenant_id=tenant_id,
+        name=spec.name,
+        email=spec.email,
+        description=spec.description,
+        agent_type=spec.agent_type,
+        version=spec.version,
+        owner=spec.owner,
+        deployment_env=spec.deployment_env,
+        status=AgentStatus.ACTIVE.value,
+        capabilities=spec.capabilities.model_dump(),
+        asset_card_id=spec.asset_card_id,
+        golden_thread=golden_thread_record(spec.golden_thread) if spec.golden_thread else None,
+        parent_id=spec.parent_id,
+        lineage_depth=depth,
+        metadata_=spec.metadata,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(agent)
+    await _flush_unique_email(session, spec.email)
+    return agent
+
+
+async def _flush_unique_email(session: AsyncSession, email: str | None) -> None:
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        raise Conflict(
+            f"An agent with email {email!r} exists in this tenant.", code="AGENT_EMAIL_TAKEN"
+        ) from exc
+
+
+async def get(session: AsyncSession, tenant_id: uuid.UUID, agent_id: uuid.UUID) -> Agent:
+    """The tenant's agent; 404 ``AGENT_NOT_FOUND`` for anything else."""
+    agent = await session.scalar(select(Agent).where(Agent.id == agent_id, Agent.tenant_id == tenant_id))
+    if agent is None:
+        raise NotFound(f"No agent {agent_id}.", code="AGENT_NOT_FOUND")
+    return agent
+
+
+async def page(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    *,
+    page: int,
+    limit: int,
+    status: str | None = None,
+    agent_type: str | None = None,
+    owner: str | None = None,
+    deployment_env: str | None = None,
+    query: str | None = None,
+) -> tuple[list[Agent], int]:
+    """One page of the tenant's agents, newest first, with the seed's filters and a text query."""
+    where: list[Any] = [Agent.tenant_id == tenant_id]
+    for column, value in (
+        (Agent.status, status),
+        (Agent.agent_type, agent_type),
+        (Agent.owner, owner),
+        (Agent.deployment_env, deployment_env),
+    ):
+        if value is not None:
+            where.append(column == value)
+    if query:
+        # LIKE wildcards in the query are taken literally.
+        pattern = "%" + query.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        where.append(
+            or_(
+                func.lower(Agent.name).like(pattern, escape="\\"),
+                func.lower(func.coalesce(Agent.description, "")).like(pattern, escape="\\"),
+                func.lower(func.coalesce(Agent.email, "")).like(pattern, escape="\\"),
+                cast(Agent.id, String).like(pattern, escape="\\"),
+            )
+        )
+    total = int(await session.scalar(select(func.count()).select_from(Agent).where(*where)) or 0)
+    rows = await session.scalars(
+        select(Agent)
+        .where(*where)
+        .order_by(Agent.created_at.desc(), Agent.id)
+        .offset((page - 1) * limit)
+        .limit(limit)
+    )
+    return list(rows.all()), total
+
+
+async def update(
+    session: AsyncSession, tenant_id: uuid.UUID, agent_id: uuid.UUID, spec: AgentUpdate
+) -> Agent:
+    """Change the given fields; refused for terminated and archived agents."""
+    agent = await get(session, tenant_id, agent_id)
+    if agent.status in (AgentStatus.TERMINATED.value, AgentStatus.ARCHIVED.value):
+        raise Conflict(f"The agent is {agent.status} and cannot change.", code="AGENT_NOT_MODIFIABLE")
+    changes = spec.model_dump(exclude_unset=True)
+    for field, value in changes.items():
+        if field == "capabilities" and value is not None:
+            agent.capabilities = value
+        elif field == "golden_thread":
+            agent.golden_thread = golden_thread_record(spec.golden_thread) if spec.golden_thread else None
+        elif field == "metadata":
+            agent.metadata_ = value or {}
+        else:
+            setattr(agent, field, value)
+    agent.updated_at = utcnow()
+    await _flush_unique_email(session, agent.email)
+    return agent
+
+
+async def transition(
+    session: AsyncSession, tenant_id: uuid.UUID, agent_id: uuid.UUID, target: AgentStatus
+) -> tuple[Agent, str]:
+    """Move the agent to ``target`` if the lifecycle allows it; returns the agent and its former status."""
+    agent = await get(session, tenant_id, agent_id)
+    current = AgentStatus(agent.status)
+    if current is target:
+        return agent, current.value
+    if not can_transition(current, target):
+        raise Conflict(
+            f"An agent cannot go from {current.value} to {target.value}.",
+            code="INVALID_STATUS_TRANSITION",
+            status=current.value,
+            target=target.value,
+        )
+    agent.status = target.value
+    agent.updated_at = utcnow()
+    await session.flush()
+    return agent, current.value

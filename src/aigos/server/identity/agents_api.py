@@ -1,0 +1,312 @@
+"""Routes of the agent registry (admin plane), registration, credentials, and the agent's heartbeat."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from aigos.core.agents import AgentStatus
+from aigos.server.audit.events import by
+from aigos.server.deps import RuntimeDep, SessionDep
+from aigos.server.errors import Conflict, NotFound
+from aigos.server.identity import agents, credentials, tokens
+from aigos.server.identity.agent_auth import AgentDep, issuer_for
+from aigos.server.identity.models import Agent
+from aigos.server.identity.schemas import (
+    AgentIn,
+    AgentOut,
+    AgentPage,
+    AgentUpdate,
+    CredentialCreated,
+    CredentialIn,
+    CredentialOut,
+    DeploymentEnv,
+    Registered,
+    RotateCredentialIn,
+    StatusChange,
+)
+from aigos.server.runtime import Runtime
+from aigos.server.tenancy.deps import require_tenant
+from aigos.server.tenancy.principal import Principal
+
+router = APIRouter(prefix="/v1/agents", tags=["agents"])
+
+Reader = Annotated[Principal, Depends(require_tenant("agents:read"))]
+Writer = Annotated[Principal, Depends(require_tenant("agents:write"))]
+PageNo = Annotated[int, Query(ge=1, le=1_000_000, description="Page number, from 1.")]
+Limit = Annotated[int, Query(ge=1, le=100, description="Items per page.")]
+
+
+def _tenant(principal: Principal) -> uuid.UUID:
+    assert principal.tenant_id is not None
+    return principal.tenant_id
+
+
+def _out(runtime: Runtime, agent: Agent) -> AgentOut:
+    return agents.to_out(agent, runtime.agent_seen.pending(agent.id))
+
+
+async def _create(runtime: Runtime, session: AsyncSession, principal: Principal, spec: AgentIn) -> Agent:
+    tenant_id = _tenant(principal)
+    agent = await agents.create(
+        session, tenant_id, principal.plan_tier, spec, runtime.settings.max_lineage_depth
+    )
+    runtime.usage.count(tenant_id, "agent_registrations")
+    data = {
+        "name": agent.name,
+        "agent_type": agent.agent_type,
+        "parent_id": str(agent.parent_id or "") or None,
+    }
+    await runtime.events.record(by(principal, "agent.created", data, agent_id=str(agent.id)), session)
+    return agent
+
+
+@router.post("", response_model=AgentOut, status_code=status.HTTP_201_CREATED, summary="Create an agent")
+async def create_agent(
+    spec: AgentIn, runtime: RuntimeDep, session: SessionDep, principal: Writer
+) -> AgentOut:
+    """Add an agent to the registry (no credential yet: add one, or use `/v1/agents/register`)."""
+    return _out(runtime, await _create(runtime, session, principal, spec))
+
+
+@router.post("/register", response_model=Registered, status_code=status.HTTP_201_CREATED, summary="Register")
+async def register_agent(
+    spec: AgentIn, request: Request, runtime: RuntimeDep, session: SessionDep, principal: Writer
+) -> Registered:
+    """Create an agent with a client secret (shown once) and its first identity token (seed E3-S2)."""
+    agent = await _create(runtime, session, principal, spec)
+    secret = await credentials.issue_secret(session, runtime.settings.pepper, agent.tenant_id, agent.id)
+    claims = tokens.claims_for(
+        agent, issuer_for(request, runtime.settings), runtime.settings.token_ttl_seconds
+    )
+    issued = tokens.sign(runtime.keys, claims)
+    assert secret.client_secret is not None
+    return Registered(
+        agent_id=agent.id,
+        client_id=str(agent.id),
+        client_secret=secret.client_secret,
+        identity_token=issued.token,
+        expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+        agent=_out(runtime, agent),
+    )
+
+
+@router.get("", response_model=AgentPage, summary="List agents")
+async def list_agents(
+    runtime: RuntimeDep,
+    session: SessionDep,
+    principal: Reader,
+    page: PageNo = 1,
+    limit: Limit = 20,
+    status_: Annotated[AgentStatus | None, Query(alias="status")] = None,
+    agent_type: Annotated[str | None, Query(max_length=50)] = None,
+    owner: Annotated[str | None, Query(max_length=255)] = None,
+    deployment_env: DeploymentEnv | None = None,
+    q: Annotated[
+        str | None, Query(max_length=200, description="Text in name, description, email or id.")
+    ] = None,
+) -> AgentPage:
+    """The tenant's agents, newest first, filtered."""
+    rows, total = await agents.page(
+        session,
+        _tenant(principal),
+        page=page,
+        limit=limit,
+        status=status_.value if status_ else None,
+        agent_type=agent_type,
+        owner=owner,
+        deployment_env=deployment_env,
+        query=q,
+    )
+    return AgentPage(agents=[_out(runtime, row) for row in rows], total=total, page=page, limit=limit)
+
+
+@router.get("/{agent_id}", response_model=AgentOut, summary="Get an agent")
+async def get_agent(
+    agent_id: uuid.UUID, runtime: RuntimeDep, session: SessionDep, principal: Reader
+) -> AgentOut:
+    """One agent of the tenant; 404 `AGENT_NOT_FOUND` otherwise."""
+    return _out(runtime, await agents.get(session, _tenant(principal), agent_id))
+
+
+@router.patch("/{agent_id}", response_model=AgentOut, summary="Change an agent")
+async def update_agent(
+    agent_id: uuid.UUID, spec: AgentUpdate, runtime: RuntimeDep, session: SessionDep, principal: Writer
+) -> AgentOut:
+    """Change the given fields. New capabilities apply to tokens issued from now on."""
+    agent = await agents.update(session, _tenant(principal), agent_id, spec)
+    changed = sorted(spec.model_dump(exclude_unset=True))
+    await runtime.events.record(
+        by(principal, "agent.updated", {"fields": changed}, agent_id=str(agent.id)), session
+    )
+    return _out(runtime, agent)
+
+
+async def _move(
+    runtime: Runtime,
+    session: AsyncSession,
+    principal: Principal,
+    agent_id: uuid.UUID,
+    target: AgentStatus,
+    event_type: str,
+    reason: str | None,
+) -> Agent:
+    agent, before = await agents.transition(session, _tenant(principal), agent_id, target)
+    if before != target.value:
+        if target is AgentStatus.TERMINATED:
+            await credentials.revoke_all(session, agent.tenant_id, agent.id)
+        data = {"from": before, "to": target.value, "reason": reason}
+        await runtime.events.record(by(principal, event_type, data, agent_id=str(agent.id)), session)
+        # Before the commit: replicas start refusing at once; a failed commit errs on the safe side.
+        await runtime.identity.announce_status(agent.id, target.value)
+    return agent
+
+
+@router.delete("/{agent_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Deregister an agent")
+async def deregister_agent(
+    agent_id: uuid.UUID, runtime: RuntimeDep, session: SessionDep, principal: Writer
+) -> Response:
+    """The agent stops working at once (`terminated`, credentials revoked); record and history stay."""
+    await _move(runtime, session, principal, agent_id, AgentStatus.TERMINATED, "agent.deregistered", None)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{agent_id}/suspend", response_model=AgentOut, summary="Suspend an agent")
+async def suspend_agent(
+    agent_id: uuid.UUID,
+    runtime: RuntimeDep,
+    session: SessionDep,
+    principal: Writer,
+    spec: StatusChange | None = None,
+) -> AgentOut:
+    """Refuse the agent's tokens until it is reactivated."""
+    reason = spec.reason if spec else None
+    return _out(
+        runtime,
+        await _move(runtime, session, principal, agent_id, AgentStatus.SUSPENDED, "agent.suspended", reason),
+    )
+
+
+@router.post("/{agent_id}/reactivate", response_model=AgentOut, summary="Reactivate an agent")
+async def reactivate_agent(
+    agent_id: uuid.UUID,
+    runtime: RuntimeDep,
+    session: SessionDep,
+    principal: Writer,
+    spec: StatusChange | None = None,
+) -> AgentOut:
+    """Let a suspended (or paused) agent work again."""
+    reason = spec.reason if spec else None
+    return _out(
+        runtime,
+        await _move(runtime, session, principal, agent_id, AgentStatus.ACTIVE, "agent.reactivated", reason),
+    )
+
+
+@router.get("/{agent_id}/credentials", response_model=list[CredentialOut], summary="List credentials")
+async def list_credentials(
+    agent_id: uuid.UUID, session: SessionDep, principal: Reader
+) -> list[CredentialOut]:
+    """The agent's client secrets and public keys (never the secrets themselves)."""
+    await agents.get(session, _tenant(principal), agent_id)
+    return [
+        credentials.to_out(row) for row in await credentials.list_for(session, _tenant(principal), agent_id)
+    ]
+
+
+@router.post(
+    "/{agent_id}/credentials",
+    response_model=CredentialCreated,
+    status_code=status.HTTP_201_CREATED,
+    summary="Add a credential",
+)
+async def add_credential(
+    agent_id: uuid.UUID, spec: CredentialIn, runtime: RuntimeDep, session: SessionDep, principal: Writer
+) -> CredentialCreated:
+    """A new client secret (shown once), or, with `public_jwk`, a key for `private_key_jwt`."""
+    agent = await agents.get(session, _tenant(principal), agent_id)
+    if agent.status not in (AgentStatus.ACTIVE.value, AgentStatus.PAUSED.value, AgentStatus.SUSPENDED.value):
+        raise Conflict(
+            f"The agent is {agent.status}; it cannot get credentials.", code="AGENT_NOT_MODIFIABLE"
+        )
+    if spec.public_jwk is not None:
+        created = await credentials.add_public_key(
+            session, agent.tenant_id, agent.id, spec.name, spec.public_jwk
+        )
+    else:
+        created = await credentials.issue_secret(
+            session, runtime.settings.pepper, agent.tenant_id, agent.id, spec.name
+        )
+    data = {"credential_id": str(created.id), "kind": created.kind}
+    await runtime.events.record(
+        by(principal, "agent.credential_created", data, agent_id=str(agent.id)), session
+    )
+    return created
+
+
+@router.post(
+    "/{agent_id}/credentials/{credential_id}/rotate",
+    response_model=CredentialCreated,
+    status_code=status.HTTP_201_CREATED,
+    summary="Rotate a client secret",
+)
+async def rotate_credential(
+    agent_id: uuid.UUID,
+    credential_id: uuid.UUID,
+    runtime: RuntimeDep,
+    session: SessionDep,
+    principal: Writer,
+    spec: RotateCredentialIn | None = None,
+) -> CredentialCreated:
+    """A successor secret (shown once); the old one works until the grace period ends (0: stops now)."""
+    await agents.get(session, _tenant(principal), agent_id)
+    grace = spec.grace_seconds if spec and spec.grace_seconds is not None else None
+    if grace is None:
+        grace = runtime.settings.credential_rotation_grace_seconds
+    created = await credentials.rotate_secret(
+        session, runtime.settings.pepper, _tenant(principal), agent_id, credential_id, grace
+    )
+    data = {"credential_id": str(credential_id), "successor_id": str(created.id), "grace_seconds": grace}
+    await runtime.events.record(
+        by(principal, "agent.credential_rotated", data, agent_id=str(agent_id)), session
+    )
+    return created
+
+
+@router.delete(
+    "/{agent_id}/credentials/{credential_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Revoke a credential",
+)
+async def revoke_credential(
+    agent_id: uuid.UUID, credential_id: uuid.UUID, runtime: RuntimeDep, session: SessionDep, principal: Writer
+) -> Response:
+    """The token endpoint refuses this credential from now on."""
+    await credentials.revoke(session, _tenant(principal), agent_id, credential_id)
+    data = {"credential_id": str(credential_id)}
+    await runtime.events.record(
+        by(principal, "agent.credential_revoked", data, agent_id=str(agent_id)), session
+    )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+class Heartbeat(BaseModel):
+    """The agent's answer to a heartbeat."""
+
+    agent_id: uuid.UUID
+    status: AgentStatus
+    server_time: datetime
+
+
+@router.post("/{agent_id}/heartbeat", response_model=Heartbeat, summary="Heartbeat (agent token)")
+async def heartbeat(agent_id: uuid.UUID, runtime: RuntimeDep, agent: AgentDep) -> Heartbeat:
+    """The agent says it is alive; `last_seen_at` is updated in batches, not one write per beat."""
+    if agent.agent_id != agent_id:
+        raise NotFound(f"No agent {agent_id}.", code="AGENT_NOT_FOUND")
+    runtime.agent_seen.touch(agent.tenant_id, agent.agent_id)
+    return Heartbeat(agent_id=agent.agent_id, status=agent.status, server_time=datetime.now(UTC))

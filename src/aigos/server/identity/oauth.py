@@ -1,0 +1,201 @@
+"""OAuth 2.0 client authentication for agents (RFC 6749 section 2.3, RFC 7523 ``private_key_jwt``).
+
+Errors are raised as ``OAuthError`` and rendered in the RFC 6749 form by the OAuth routes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, KeySet, OKPKey
+from joserfc.jwt import JWTClaimsRegistry
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from aigos.core.canonical import parse
+from aigos.server.db.database import set_tenant
+from aigos.server.identity import credentials
+from aigos.server.identity.keys import ALGORITHMS
+from aigos.server.identity.models import AgentCredential
+from aigos.server.runtime import Runtime
+
+JWT_BEARER_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ASSERTION_MAX_LIFETIME = 300
+
+
+class OAuthError(Exception):
+    """An error answered in the RFC 6749 form: ``{"error": ..., "error_description": ...}``."""
+
+    def __init__(
+        self, error: str, description: str, status: int = 400, headers: dict[str, str] | None = None
+    ):
+        super().__init__(description)
+        self.error = error
+        self.description = description
+        self.status = status
+        self.headers = headers or {}
+
+
+def invalid_client(description: str, basic: bool) -> OAuthError:
+    """401 ``invalid_client``; with Basic auth, a ``WWW-Authenticate`` challenge as RFC 6749 5.2 requires."""
+    headers = {"WWW-Authenticate": 'Basic realm="aigos"'} if basic else {}
+    return OAuthError("invalid_client", description, 401, headers)
+
+
+@dataclass(frozen=True)
+class Client:
+    """An authenticated OAuth client: an agent, and how it proved it."""
+
+    agent_id: uuid.UUID
+    tenant_id: uuid.UUID
+    method: str
+    credential_id: uuid.UUID
+
+
+def _basic(header: str | None) -> tuple[str, str] | None:
+    if not header or not header.lower().startswith("basic "):
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise invalid_client("Malformed Basic credentials.", basic=True) from exc
+    client_id, sep, secret = decoded.partition(":")
+    if not sep:
+        raise invalid_client("Malformed Basic credentials.", basic=True)
+    # RFC 6749 2.3.1: both parts are form-urlencoded before Base64.
+    return unquote(client_id.replace("+", " ")), unquote(secret.replace("+", " "))
+
+
+async def authenticate_client(
+    runtime: Runtime,
+    session: AsyncSession,
+    form: dict[str, str],
+    authorization: str | None,
+    token_endpoint: str,
+    issuer: str,
+) -> Client:
+    """The client making this request, by exactly one of the supported methods."""
+    basic = _basic(authorization)
+    methods = [
+        name
+        for name, present in (
+            ("client_secret_basic", basic is not None),
+            ("client_secret_post", "client_secret" in form),
+            ("private_key_jwt", "client_assertion" in form),
+        )
+        if present
+    ]
+    if len(methods) > 1:
+        raise OAuthError("invalid_request", "Use exactly one client authentication method.")
+    if not methods:
+        raise invalid_client("Client authentication is required.", basic=False)
+    if methods[0] == "private_key_jwt":
+        return await _assertion_client(runtime, session, form, token_endpoint, issuer)
+    client_id, secret = basic if basic is not None else (form.get("client_id", ""), form["client_secret"])
+    if basic is not None and form.get("client_id") not in (None, client_id):
+        raise OAuthError("invalid_request", "client_id differs from the authenticated client.")
+    return await _secret_client(runtime, session, client_id, secret, methods[0], basic is not None)
+
+
+async def _secret_client(
+    runtime: Runtime, session: AsyncSession, client_id: str, secret: str, method: str, basic: bool
+) -> Client:
+    found = await credentials.find_by_secret(session, secret, runtime.settings.pepper)
+    if found is None or str(found["agent_id"]) != client_id:
+        raise invalid_client("Unknown client or wrong secret.", basic)
+    if found["revoked_at"] is not None:
+        raise invalid_client("This client secret was revoked.", basic)
+    if found["expires_at"] is not None and found["expires_at"].timestamp() <= time.time():
+        raise invalid_client("This client secret has expired.", basic)
+    return Client(found["agent_id"], found["tenant_id"], method, found["credential_id"])
+
+
+async def _assertion_client(
+    runtime: Runtime, session: AsyncSession, form: dict[str, str], token_endpoint: str, issuer: str
+) -> Client:
+    if form.get("client_assertion_type") != JWT_BEARER_ASSERTION:
+        raise OAuthError("invalid_request", f"client_assertion_type must be {JWT_BEARER_ASSERTION}.")
+    assertion = form["client_assertion"]
+    # The claimed client picks the keys to check the signature with; nothing else is read unverified.
+    agent_id = _client_id_from(form, assertion)
+    tenant_id = await credentials.tenant_of_agent(session, agent_id)
+    if tenant_id is None:
+        raise invalid_client("Unknown client.", basic=False)
+    await set_tenant(session, tenant_id)
+    rows = (
+        await session.scalars(
+            select(AgentCredential).where(
+                AgentCredential.tenant_id == tenant_id,
+                AgentCredential.agent_id == agent_id,
+                AgentCredential.kind == "public_key",
+            )
+        )
+    ).all()
+    usable = [row for row in rows if credentials.usable(credentials.status_of(row)) and row.public_jwk]
+    if not usable:
+        raise invalid_client("The client has no registered public key.", basic=False)
+    keys: list[Any] = [_import_public(row.public_jwk or {}) for row in usable]
+    try:
+        token = jwt.decode(assertion, KeySet(keys), algorithms=list(ALGORITHMS))
+    except (JoseError, ValueError, TypeError) as exc:
+        raise invalid_client("The client assertion signature is invalid.", basic=False) from exc
+    claims = token.claims
+    registry = JWTClaimsRegistry(
+        leeway=30,
+        iss={"essential": True, "value": str(agent_id)},
+        sub={"essential": True, "value": str(agent_id)},
+        exp={"essential": True},
+        jti={"essential": True},
+    )
+    try:
+        registry.validate(claims)
+    except JoseError as exc:
+        raise invalid_client(
+            f"The client assertion is invalid: {exc.description or exc.error}", False
+        ) from exc
+    audiences = claims.get("aud")
+    audiences = [audiences] if isinstance(audiences, str) else list(audiences or [])
+    if not {issuer, token_endpoint} & set(audiences):
+        raise invalid_client("The client assertion's aud must be the issuer or the token endpoint.", False)
+    if int(claims["exp"]) - int(claims.get("iat", time.time())) > ASSERTION_MAX_LIFETIME:
+        raise invalid_client(f"Client assertions may live at most {ASSERTION_MAX_LIFETIME} s.", False)
+    # Single use across every replica: the first to count this jti wins; the key expires with the assertion.
+    ttl = max(1.0, float(claims["exp"]) - time.time() + 60)
+    first, _ = await runtime.bus.counters.incr_within(f"assertion-jti:{agent_id}:{claims['jti']}", 1, 1, ttl)
+    if not first:
+        raise invalid_client("This client assertion was already used (jti replay).", False)
+    matched = usable[0]
+    kid = token.header.get("kid")
+    for row in usable:
+        if kid and (row.public_jwk or {}).get("kid") == kid:
+            matched = row
+    return Client(agent_id, tenant_id, "private_key_jwt", matched.id)
+
+
+def _client_id_from(form: dict[str, str], assertion: str) -> uuid.UUID:
+    """``client_id`` from the form, else the assertion's unverified ``iss``."""
+    candidate = form.get("client_id")
+    if not candidate:
+        try:
+            payload = assertion.split(".")[1]
+            candidate = str(parse(base64.urlsafe_b64decode(payload + "==")).get("iss", ""))
+        except (IndexError, ValueError, binascii.Error, AttributeError) as exc:
+            raise invalid_client("The client assertion is malformed.", basic=False) from exc
+    try:
+        return uuid.UUID(candidate)
+    except ValueError as exc:
+        raise invalid_client("Unknown client.", basic=False) from exc
+
+
+def _import_public(jwk: dict[str, Any]) -> ECKey | OKPKey:
+    if jwk.get("kty") == "EC":
+        return ECKey.import_key(jwk)
+    return OKPKey.import_key(jwk)

@@ -1,0 +1,139 @@
+"""The RuntimeIdentity token: a JWT access token (RFC 9068) with the seed's AIGOS claims.
+
+Issued with the active signing key; verified against every published key with an algorithm allow-list,
+``typ`` at+jwt, issuer, audience (the tenant) and expiry with a small leeway.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwt import JWTClaimsRegistry
+
+from aigos.server.identity.keys import ALGORITHMS, SigningKeys
+from aigos.server.identity.models import Agent
+
+TOKEN_TYPE = "at+jwt"
+AIGOS_VERSION = "1.0"
+LEEWAY_SECONDS = 30
+#: What an agent token may be used for; asked for nothing, an agent gets all of it.
+AGENT_SCOPES = ("agent", "policies:check", "telemetry:write", "killswitch:listen")
+DEFAULT_SCOPE = " ".join(AGENT_SCOPES)
+
+
+class InvalidToken(Exception):
+    """The token is not one we issued, or no longer valid; the message says why (never echoes the token)."""
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A freshly signed token and its claims."""
+
+    token: str
+    claims: dict[str, Any]
+
+    @property
+    def expires_in(self) -> int:
+        """Seconds until expiry."""
+        return int(self.claims["exp"]) - int(self.claims["iat"])
+
+
+def claims_for(
+    agent: Agent,
+    issuer: str,
+    ttl: int,
+    scope: str = DEFAULT_SCOPE,
+    act: dict[str, Any] | None = None,
+    now: int | None = None,
+) -> dict[str, Any]:
+    """The claim set of an agent's token."""
+    issued_at = int(now if now is not None else time.time())
+    claims: dict[str, Any] = {
+        "iss": issuer,
+        "sub": str(agent.id),
+        "aud": str(agent.tenant_id),
+        "exp": issued_at + ttl,
+        "iat": issued_at,
+        "nbf": issued_at,
+        "jti": uuid.uuid4().hex,
+        "client_id": str(agent.id),
+        "scope": scope,
+        "aigos:version": AIGOS_VERSION,
+        "aigos:capabilities": {
+            "tools": list(agent.capabilities.get("tools", [])),
+            "domains": list(agent.capabilities.get("domains", [])),
+            "max_budget": agent.capabilities.get("max_budget"),
+        },
+    }
+    if agent.golden_thread:
+        claims["aigos:golden_thread"] = {
+            "hash": agent.golden_thread.get("hash"),
+            "ticket_id": agent.golden_thread.get("ticket_id"),
+            "verified": bool(agent.golden_thread.get("verified", False)),
+        }
+    if agent.parent_id is not None:
+        claims["aigos:lineage"] = {"parent_id": str(agent.parent_id), "depth": agent.lineage_depth}
+    if act:
+        claims["act"] = act
+    return claims
+
+
+def sign(keys: SigningKeys, claims: dict[str, Any]) -> Issued:
+    """Sign ``claims`` with the active key."""
+    active = keys.active
+    header = {"alg": active.alg, "kid": active.kid, "typ": TOKEN_TYPE}
+    return Issued(jwt.encode(header, claims, active.key, algorithms=[active.alg]), claims)
+
+
+class VerifiedCache:
+    """Tokens already verified, until they expire: a signature check costs ~100 µs, a lookup ~1 µs."""
+
+    def __init__(self, max_entries: int = 50_000) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def get(self, token: str, now: float) -> dict[str, Any] | None:
+        """The claims of a still-valid verified token."""
+        claims = self._entries.get(token)
+        if claims is None:
+            return None
+        if claims["exp"] + LEEWAY_SECONDS <= now:
+            del self._entries[token]
+            return None
+        return claims
+
+    def put(self, token: str, claims: dict[str, Any]) -> None:
+        """Remember a verified token (evicting the oldest entry past the bound)."""
+        self._entries[token] = claims
+        if len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+
+def verify(keys: SigningKeys, token: str, issuer: str, now: float | None = None) -> dict[str, Any]:
+    """The claims of a valid token; ``InvalidToken`` otherwise."""
+    try:
+        decoded = jwt.decode(token, keys.keyset, algorithms=list(ALGORITHMS))
+    except (JoseError, ValueError, TypeError) as exc:
+        raise InvalidToken(f"token signature or format is invalid ({type(exc).__name__})") from exc
+    if decoded.header.get("typ") != TOKEN_TYPE:
+        raise InvalidToken("token type is not at+jwt")
+    registry = JWTClaimsRegistry(
+        now=int(now) if now is not None else None,
+        leeway=LEEWAY_SECONDS,
+        iss={"essential": True, "value": issuer},
+        sub={"essential": True},
+        aud={"essential": True},
+        exp={"essential": True},
+        jti={"essential": True},
+    )
+    try:
+        registry.validate(decoded.claims)
+    except JoseError as exc:
+        raise InvalidToken(f"token claims are invalid: {exc.description or exc.error}") from exc
+    return dict(decoded.claims)

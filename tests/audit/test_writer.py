@@ -1,0 +1,413 @@
+"""The event log's writer: record, enqueue, drops, aggregation, sealing, and concurrent appenders."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from aigos.core import auditlog, merkle
+from aigos.core.canonical import canonical
+from aigos.core.signing import Signer, b64url
+from aigos.server.audit import appender, checkpoints
+from aigos.server.audit.events import NewEvent
+from aigos.server.audit.log import AGGREGATED_TYPE, DROPPED_TYPE, EventLog, checkpoint_signer
+from aigos.server.audit.models import AuditAnchor, AuditCheckpoint, AuditEvent, AuditHead
+from aigos.server.config import Settings
+from aigos.server.db import Database
+from aigos.server.db.database import APP_ROLE
+from aigos.server.db.migrate import upgrade
+from tests.conftest import ADMIN_TOKEN, REDIS_URL, SECRET_KEY, pg_url
+from tests.server_process import ServerProcess
+
+# -- helpers shared with test_retention ---------------------------------------------------------------
+
+
+async def open_database(settings: Settings) -> Database:
+    """The test's database, migrated, as the server uses it (the application role on PostgreSQL)."""
+    await upgrade(settings.resolved_migration_url)
+    role = APP_ROLE if settings.database_kind == "postgresql" else None
+    return Database(settings.resolved_database_url, role=role)
+
+
+def event(tenant_id: uuid.UUID, event_type: str = "test.happened", **fields: Any) -> NewEvent:
+    """A system event of ``tenant_id``."""
+    fields.setdefault("actor_type", "system")
+    fields.setdefault("actor_id", "test")
+    return NewEvent(tenant_id=tenant_id, event_type=event_type, **fields)
+
+
+async def stored(database: Database, tenant_id: uuid.UUID) -> list[AuditEvent]:
+    """The tenant's stored entries in sequence order."""
+    async with database.session(tenant_id) as session:
+        rows = await session.scalars(
+            select(AuditEvent).where(AuditEvent.tenant_id == tenant_id).order_by(AuditEvent.seq)
+        )
+        return list(rows.all())
+
+
+async def stored_checkpoints(database: Database, tenant_id: uuid.UUID) -> list[AuditCheckpoint]:
+    """The tenant's checkpoints, smallest first."""
+    async with database.session(tenant_id) as session:
+        rows = await session.scalars(
+            select(AuditCheckpoint)
+            .where(AuditCheckpoint.tenant_id == tenant_id)
+            .order_by(AuditCheckpoint.tree_size)
+        )
+        return list(rows.all())
+
+
+def _line(record: dict[str, Any]) -> str:
+    return canonical(record).decode()
+
+
+async def export_lines(database: Database, tenant_id: uuid.UUID, signer: Signer) -> list[str]:
+    """An NDJSON export built straight from the tables, as ``auditlog.verify_export`` reads it.
+
+    With an anchor, it starts after the anchor (older rows possibly left in storage are not part of it).
+    """
+    async with database.session(tenant_id) as session:
+        anchor = await session.get(AuditAnchor, tenant_id)
+    start = anchor.seq if anchor is not None else 0
+    rows = [row for row in await stored(database, tenant_id) if row.seq > start]
+    sealed = {
+        cp.tree_size: cp for cp in await stored_checkpoints(database, tenant_id) if cp.tree_size >= start
+    }
+    header: dict[str, Any] = {
+        "kind": "header",
+        "format": auditlog.EXPORT_FORMAT,
+        "tenant_id": str(tenant_id),
+        "keys": [{"key_id": signer.key_id, "public_key": b64url(signer.public_key)}],
+        "anchor": None
+        if anchor is None
+        else {"seq": anchor.seq, "head_hash": anchor.head_hash, "compact_range": anchor.compact_range},
+    }
+    lines = [_line(header)]
+    if start in sealed:
+        lines.append(_line({"kind": "checkpoint", **checkpoints.to_json(sealed[start])}))
+    for row in rows:
+        lines.append(_line({"kind": "event", **appender.entry_of(row), "hash": row.hash}))
+        if row.seq in sealed:
+            lines.append(_line({"kind": "checkpoint", **checkpoints.to_json(sealed[row.seq])}))
+    return lines
+
+
+def trusted(signer: Signer) -> dict[str, bytes]:
+    """The pinned key set of ``signer``."""
+    return {signer.key_id: signer.public_key}
+
+
+def assert_valid_log(lines: list[str], signer: Signer, count: int) -> auditlog.Report:
+    """The export verifies against the pinned key and holds ``count`` entries ending at the last seq."""
+    report = auditlog.verify_export(lines, trusted(signer))
+    assert report.ok, report.failure
+    assert report.entries == count
+    return report
+
+
+# -- fixtures ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def database(settings: Settings) -> AsyncIterator[Database]:
+    """The migrated database of this test's backend."""
+    db = await open_database(settings)
+    yield db
+    await db.dispose()
+
+
+@pytest.fixture
+def signer(settings: Settings) -> Signer:
+    """The checkpoint key the server would use."""
+    return checkpoint_signer(settings.pepper)
+
+
+@pytest.fixture
+def events(database: Database, signer: Signer) -> EventLog:
+    """An event log that is not started: tests flush and seal it themselves."""
+    return EventLog(database, signer)
+
+
+# -- record ------------------------------------------------------------------------------------------
+
+
+class Boom(Exception):
+    pass
+
+
+async def test_record_commits_and_rolls_back_with_the_callers_transaction(
+    settings: Settings, database: Database, events: EventLog, signer: Signer
+) -> None:
+    tenant = uuid.uuid4()
+    with pytest.raises(Boom):
+        async with database.session() as session:
+            entry = await events.record(event(tenant, "test.rolled_back"), session)
+            assert entry["seq"] == 1
+            raise Boom
+    assert await stored(database, tenant) == []
+    async with database.session(tenant) as session:
+        assert await session.get(AuditHead, tenant) is None
+
+    async with database.session() as session:
+        entry = await events.record(event(tenant, "test.committed", data={"n": 1}), session)
+    assert entry["seq"] == 1
+    assert entry["prev_hash"] == auditlog.GENESIS_HASH
+    assert entry["hash"] == auditlog.entry_hash(entry)
+    await events.record(event(tenant, "test.own_transaction"))
+
+    # Durable: a new connection pool sees both entries, exactly as returned.
+    await database.dispose()
+    fresh = await open_database(settings)
+    try:
+        rows = await stored(fresh, tenant)
+        assert [(row.seq, row.event_type) for row in rows] == [
+            (1, "test.committed"),
+            (2, "test.own_transaction"),
+        ]
+        assert {**appender.entry_of(rows[0]), "hash": rows[0].hash} == entry
+        assert_valid_log(await export_lines(fresh, tenant, signer), signer, 2)
+    finally:
+        await fresh.dispose()
+
+
+async def test_mixed_record_and_enqueue_stay_gap_free_and_chained(
+    database: Database, events: EventLog, signer: Signer
+) -> None:
+    tenant, other = uuid.uuid4(), uuid.uuid4()
+    for n in range(10):
+        if n % 3 == 0:
+            await events.record(event(tenant, data={"n": n}))
+        else:
+            assert events.enqueue(event(tenant, "test.queued", data={"n": n}))
+        assert events.enqueue(event(other, "test.queued", data={"n": n}))
+        if n == 5:
+            await events.flush()
+    assert events.depth > 0
+    assert await events.flush() > 0
+    assert events.depth == 0
+    rows = await stored(database, tenant)
+    assert [row.seq for row in rows] == list(range(1, 11))
+    assert sorted(int(appender.entry_of(row)["data"]["n"]) for row in rows) == list(range(10))
+    assert_valid_log(await export_lines(database, tenant, signer), signer, 10)
+    other_rows = await stored(database, other)
+    assert [int(appender.entry_of(row)["data"]["n"]) for row in other_rows] == list(range(10))
+    assert_valid_log(await export_lines(database, other, signer), signer, 10)
+    assert events.appended_total == 20
+
+
+async def test_enqueue_then_flush_writes_in_order(database: Database, events: EventLog) -> None:
+    tenant = uuid.uuid4()
+    for n in range(5):
+        assert events.enqueue(event(tenant, "policy.decision", outcome="denied", data={"n": n}))
+    assert events.depth == 5
+    assert await stored(database, tenant) == []
+    assert await events.flush() == 5
+    rows = await stored(database, tenant)
+    assert [appender.entry_of(row)["data"] for row in rows] == [{"n": n} for n in range(5)]
+    assert await events.flush() == 0
+
+
+async def test_a_full_queue_drops_counts_and_records_the_loss(database: Database, signer: Signer) -> None:
+    tenant = uuid.uuid4()
+    events = EventLog(database, signer, queue_size=3)
+    accepted = [events.enqueue(event(tenant, data={"n": n})) for n in range(5)]
+    assert accepted == [True, True, True, False, False]
+    assert events.dropped_total == 2
+    await events.flush()
+    rows = await stored(database, tenant)
+    assert [row.event_type for row in rows] == ["test.happened"] * 3 + [DROPPED_TYPE]
+    dropped = appender.entry_of(rows[-1])
+    assert dropped["data"] == {"count": 2, "reason": "queue full"}
+    assert dropped["outcome"] == "failure"
+    # The count is recorded once: the next flush adds nothing.
+    await events.flush()
+    assert len(await stored(database, tenant)) == 4
+
+
+async def test_allowed_decisions_are_aggregated_and_denials_kept_one_by_one(
+    database: Database, events: EventLog
+) -> None:
+    tenant = uuid.uuid4()
+    past = datetime(2020, 1, 1, 12, 30, 15, tzinfo=UTC)
+    future = datetime(2999, 1, 1, 0, 0, tzinfo=UTC)
+
+    def decision(outcome: str, agent: str, at: datetime) -> NewEvent:
+        return event(tenant, "policy.decision", outcome=outcome, agent_id=agent, occurred_at=at)
+
+    for agent in ["agent-a", "agent-a", "agent-b"]:
+        assert events.enqueue(decision("allowed", agent, past), aggregate_allowed=True)
+    for _ in range(2):
+        assert events.enqueue(decision("denied", "agent-a", past), aggregate_allowed=True)
+    # A minute that has not ended yet stays aggregated until a flush of everything.
+    assert events.enqueue(decision("allowed", "agent-c", future), aggregate_allowed=True)
+    # Without aggregation, an allowed decision is an entry of its own.
+    assert events.enqueue(decision("allowed", "agent-d", past))
+    assert events.depth == 3
+
+    await events.flush()
+    rows = [appender.entry_of(row) for row in await stored(database, tenant)]
+    assert [(row["event_type"], row["outcome"]) for row in rows] == [
+        ("policy.decision", "denied"),
+        ("policy.decision", "denied"),
+        ("policy.decision", "allowed"),
+        (AGGREGATED_TYPE, "allowed"),
+    ]
+    assert rows[-1]["data"] == {
+        "minute": "2020-01-01T12:30Z",
+        "count": 3,
+        "by_agent": {"agent-a": 2, "agent-b": 1},
+    }
+
+    await events.flush(everything=True)
+    rows = [appender.entry_of(row) for row in await stored(database, tenant)]
+    assert len(rows) == 5
+    assert rows[-1]["event_type"] == AGGREGATED_TYPE
+    assert rows[-1]["data"] == {"minute": "2999-01-01T00:00Z", "count": 1, "by_agent": {"agent-c": 1}}
+
+
+async def test_stop_writes_everything_and_seals(database: Database, events: EventLog, signer: Signer) -> None:
+    tenant = uuid.uuid4()
+    events.start()
+    for n in range(5):
+        assert events.enqueue(event(tenant, data={"n": n}))
+    await events.record(event(tenant, "test.recorded"))
+    await events.stop()
+    rows = await stored(database, tenant)
+    assert [row.seq for row in rows] == [1, 2, 3, 4, 5, 6]
+    sealed = await stored_checkpoints(database, tenant)
+    assert sealed[-1].tree_size == 6
+    assert sealed[-1].head_hash == rows[-1].hash
+    assert_valid_log(await export_lines(database, tenant, signer), signer, 6)
+
+
+async def test_seal_all_signs_checkpoints_over_the_merkle_root(
+    database: Database, events: EventLog, signer: Signer
+) -> None:
+    tenants = {uuid.uuid4(): 3, uuid.uuid4(): 5}
+    for tenant, count in tenants.items():
+        for n in range(count):
+            await events.record(event(tenant, data={"n": n}))
+    assert await events.seal_all() == 2
+    assert await events.seal_all() == 0
+
+    async def check(tenant: uuid.UUID, size: int) -> None:
+        rows = await stored(database, tenant)
+        async with database.session(tenant) as session:
+            latest = await checkpoints.latest(session, tenant)
+        assert latest is not None
+        published = checkpoints.to_json(latest)
+        assert auditlog.verify_checkpoint(published, trusted(signer)) is None
+        assert published["tree_size"] == size
+        assert published["head_hash"] == rows[size - 1].hash
+        leaves = [auditlog.entry_leaf(row.hash) for row in rows[:size]]
+        assert published["root_hash"] == merkle.root_of(leaves).hex()
+        # A different key is not accepted.
+        other = Signer.from_seed(b"\x07" * 32)
+        assert auditlog.verify_checkpoint(published, trusted(other)) is not None
+        forged = {**published, "root_hash": "0" * 64}
+        assert auditlog.verify_checkpoint(forged, trusted(signer)) == "checkpoint signature is invalid"
+
+    for tenant, count in tenants.items():
+        await check(tenant, count)
+
+    first = next(iter(tenants))
+    await events.record(event(first, "test.later"))
+    assert await events.seal_all() == 1
+    await check(first, 4)
+    report = assert_valid_log(await export_lines(database, first, signer), signer, 4)
+    assert report.checkpoints == 2
+    assert report.sealed_through == 4
+
+
+# -- concurrency -------------------------------------------------------------------------------------
+
+
+async def test_concurrent_appends_to_one_tenant_are_gap_free(
+    database: Database, events: EventLog, signer: Signer
+) -> None:
+    tenant = uuid.uuid4()
+    count = 40
+
+    async def one(n: int) -> None:
+        if n % 2:
+            await events.record(event(tenant, data={"n": n}))
+        else:
+            async with database.session() as session:
+                await events.record(event(tenant, data={"n": n}), session)
+
+    await asyncio.gather(*(one(n) for n in range(count)))
+    rows = await stored(database, tenant)
+    assert [row.seq for row in rows] == list(range(1, count + 1))
+    assert sorted(int(appender.entry_of(row)["data"]["n"]) for row in rows) == list(range(count))
+    await events.seal_all()
+    assert_valid_log(await export_lines(database, tenant, signer), signer, count)
+
+
+@pytest.mark.slow
+def test_two_server_processes_append_to_one_tenant(
+    tmp_path: Path, pg_database: str, redis_prefix: str
+) -> None:
+    env = {
+        "AIGOS_DATABASE_URL": pg_url(pg_database),
+        "AIGOS_REDIS_URL": REDIS_URL,
+        "AIGOS_REDIS_PREFIX": redis_prefix,
+        "AIGOS_SECRET_KEY": SECRET_KEY,
+        "AIGOS_BOOTSTRAP_ADMIN_TOKEN": ADMIN_TOKEN,
+    }
+    per_process = 20
+    with ServerProcess(tmp_path / "one", env) as one, ServerProcess(tmp_path / "two", env) as two:
+        signed_up = httpx.post(
+            one.base_url + "/v1/tenants",
+            json={
+                "name": "Both",
+                "slug": "both",
+                "owner_email": "owner@both.example.com",
+                "owner_password": "correct horse battery",
+                # The free plan's five keys would not do; the platform admin may sign up on another plan.
+                "plan_tier": "enterprise",
+            },
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        )
+        assert signed_up.status_code == 201, signed_up.text
+        tenant = uuid.UUID(signed_up.json()["tenant"]["id"])
+        owner = {"Authorization": f"Bearer {signed_up.json()['api_key']['key']}"}
+
+        def create_key(server: ServerProcess, n: int) -> int:
+            response = httpx.post(
+                server.base_url + "/v1/api-keys",
+                json={"name": f"key-{n}", "scopes": ["tenant:read"]},
+                headers=owner,
+                timeout=30.0,
+            )
+            return response.status_code
+
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            futures = [
+                pool.submit(create_key, server, n) for n in range(per_process) for server in (one, two)
+            ]
+            statuses = [future.result() for future in futures]
+        assert statuses == [201] * (2 * per_process), (one.output(), two.output())
+    # Both processes have stopped, and sealed their heads on the way out.
+
+    signer = checkpoint_signer(SECRET_KEY.encode())
+
+    async def read() -> tuple[list[AuditEvent], list[str]]:
+        database = Database(pg_url(pg_database), role=APP_ROLE)
+        try:
+            return await stored(database, tenant), await export_lines(database, tenant, signer)
+        finally:
+            await database.dispose()
+
+    rows, lines = asyncio.run(read())
+    assert [row.seq for row in rows] == list(range(1, len(rows) + 1))
+    assert [row.event_type for row in rows].count("api_key.created") == 2 * per_process
+    report = assert_valid_log(lines, signer, len(rows))
+    assert report.sealed_through == len(rows)
