@@ -13,11 +13,11 @@ from aigos.server.audit import checkpoints, service
 from aigos.server.audit.schemas import (
     ActorType,
     AuditEntry,
-    Checkpoint,
+    AuditKeys,
+    AuditVerifyReport,
     InclusionProof,
-    PublicKeys,
+    SignedCheckpoint,
     Source,
-    VerifyReport,
 )
 from aigos.server.deps import RuntimeDep, SessionDep
 from aigos.server.errors import ValidationFailed
@@ -105,7 +105,7 @@ async def prove_event(
     return await service.proof(session, runtime.events.signer, principal.tenant_id, event_id)
 
 
-@router.get("/checkpoints/latest", response_model=Checkpoint, summary="Get the latest checkpoint")
+@router.get("/checkpoints/latest", response_model=SignedCheckpoint, summary="Get the latest checkpoint")
 async def latest_checkpoint(
     runtime: RuntimeDep, session: SessionDep, principal: AuditReader
 ) -> dict[str, Any]:
@@ -118,7 +118,7 @@ async def latest_checkpoint(
     return checkpoints.to_json(checkpoint)
 
 
-@router.get("/keys", response_model=PublicKeys, summary="List checkpoint-signing keys")
+@router.get("/keys", response_model=AuditKeys, summary="List checkpoint-signing keys")
 async def list_keys(runtime: RuntimeDep) -> dict[str, Any]:
     """The public keys that sign checkpoints. Public: pin them to verify exports without trusting the
     export's own header."""
@@ -153,7 +153,7 @@ async def export_log(runtime: RuntimeDep, principal: AuditReader) -> StreamingRe
     )
 
 
-@router.post("/verify", response_model=VerifyReport, summary="Verify the log")
+@router.post("/verify", response_model=AuditVerifyReport, summary="Verify the log")
 async def verify_log(runtime: RuntimeDep, principal: AuditReader) -> dict[str, Any]:
     """Verify the tenant's export on the server, trusting only the server's own signing key.
 

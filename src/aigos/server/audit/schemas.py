@@ -11,7 +11,7 @@ ActorType = Literal["api_key", "platform", "session", "user", "agent", "system"]
 Source = Literal["server", "agent"]
 
 
-class Actor(BaseModel):
+class AuditActor(BaseModel):
     """Who caused the event."""
 
     type: str
@@ -32,7 +32,7 @@ class AuditEntry(BaseModel):
     agent_id: str | None
     timestamp: str = Field(description="When the event happened (UTC, microseconds, `Z`).")
     recorded_at: str = Field(description="When the log recorded it (UTC, microseconds, `Z`).")
-    actor: Actor
+    actor: AuditActor
     source: str
     outcome: str | None
     request_id: str | None
@@ -43,7 +43,7 @@ class AuditEntry(BaseModel):
     hash: str
 
 
-class Checkpoint(BaseModel):
+class SignedCheckpoint(BaseModel):
     """A signed tree head: the Merkle root and chain head of the tenant's log at ``tree_size``.
 
     ``signature`` is the Ed25519 signature (base64url) of the canonical JSON of every other field, by the
@@ -72,10 +72,10 @@ class InclusionProof(BaseModel):
     leaf_index: int = Field(description="The entry's leaf index: `seq - 1`.")
     tree_size: int
     proof: list[str] = Field(description="The audit path, hex, from the leaf upwards.")
-    checkpoint: Checkpoint
+    checkpoint: SignedCheckpoint
 
 
-class PublicKey(BaseModel):
+class AuditKey(BaseModel):
     """A checkpoint-signing key."""
 
     key_id: str = Field(description="The first 16 hex characters of SHA-256 of the raw public key.")
@@ -83,13 +83,13 @@ class PublicKey(BaseModel):
     public_key: str = Field(description="The raw 32-byte public key, unpadded base64url.")
 
 
-class PublicKeys(BaseModel):
+class AuditKeys(BaseModel):
     """The keys that sign this server's checkpoints: pin them to verify exports independently."""
 
-    keys: list[PublicKey]
+    keys: list[AuditKey]
 
 
-class VerifyFailure(BaseModel):
+class AuditVerifyFailure(BaseModel):
     """Where verification stopped: the export line, and the entry when there is one."""
 
     line: int
@@ -98,7 +98,7 @@ class VerifyFailure(BaseModel):
     reason: str
 
 
-class VerifyReport(BaseModel):
+class AuditVerifyReport(BaseModel):
     """The outcome of verifying the tenant's export (``aigos audit verify`` prints the same)."""
 
     ok: bool
@@ -110,4 +110,4 @@ class VerifyReport(BaseModel):
     sealed_through: int = Field(description="The largest tree size a verified checkpoint covers.")
     unsealed: int = Field(description="Entries after the last checkpoint.")
     key_ids: list[str]
-    failure: VerifyFailure | None
+    failure: AuditVerifyFailure | None

@@ -44,7 +44,8 @@ BEGIN
           'CREATE TABLE %I PARTITION OF audit_events FOR VALUES FROM (%L) TO (%L)',
           name, d::timestamp AT TIME ZONE 'UTC', (d + 1)::timestamp AT TIME ZONE 'UTC');
         created := created + 1;
-      EXCEPTION WHEN duplicate_table THEN NULL;
+      -- Another process created it, or the DEFAULT partition holds rows of that day: skip the day.
+      EXCEPTION WHEN duplicate_table OR check_violation THEN NULL;
       END;
     END IF;
   END LOOP;
