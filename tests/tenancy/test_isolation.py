@@ -28,6 +28,8 @@ CROSS_TENANT_CALLS: list[tuple[str, str, dict[str, Any] | None]] = [
     # B's event ids are not known here; tests/audit/test_api.py repeats these with B's real event ids.
     ("GET", "/v1/audit/events/{key}", None),
     ("GET", "/v1/audit/events/{key}/proof", None),
+    # B's agent ids are not known here; tests/identity/test_agntcy.py repeats it with B's real agent id.
+    ("GET", "/v1/agents/{key}/oasf", None),
 ]
 # Routes with an id that are not tenant-owned resources.
 NOT_TENANT_OWNED: set[tuple[str, str]] = set()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import fnmatch
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -89,4 +89,17 @@ class Capabilities:
 
 def _covered(pattern: str, allowed: Iterable[str]) -> bool:
     lowered = pattern.lower()
-    return any(fnmatch.fnmatchcase(lowered, candidate.lower()) for candidate in allowed)
+    return any(_within(candidate.lower()).fullmatch(lowered) is not None for candidate in allowed)
+
+
+@functools.lru_cache(maxsize=4096)
+def _within(allowed: str) -> re.Pattern[str]:
+    """What a pattern must look like to match only names ``allowed`` matches.
+
+    Matching a child pattern as a plain name (``fnmatch``) would let ``a?`` cover ``a*``: ``?`` matches the
+    character ``*``. Here ``allowed``'s ``*`` stands for any run of the child pattern, wildcards included;
+    its ``?`` for one character that is not ``*`` (a child's ``?`` is one character too); anything else only
+    for itself.
+    """
+    parts = (".*" if char == "*" else "[^*]" if char == "?" else re.escape(char) for char in allowed)
+    return re.compile("".join(parts), re.DOTALL)

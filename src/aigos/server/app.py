@@ -22,7 +22,7 @@ from aigos.server.db import Database
 from aigos.server.db.database import APP_ROLE
 from aigos.server.db.migrate import upgrade
 from aigos.server.db.types import utcnow
-from aigos.server.identity import agents_api, oauth_api
+from aigos.server.identity import agents_api, agntcy_api, keys_api, oauth_api
 from aigos.server.identity.keys import SigningKeys
 from aigos.server.identity.models import Agent
 from aigos.server.identity.state import IdentityState
@@ -105,8 +105,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(members_api.router)
     app.include_router(usage_api.router)
     app.include_router(audit_api.router)
+    app.include_router(agntcy_api.router)
     app.include_router(agents_api.router)
     app.include_router(oauth_api.router)
+    app.include_router(keys_api.router)
     app.include_router(docs.router)
     app.mount("/docs/static", docs.static_files(), name="docs-static")
 
@@ -138,7 +140,8 @@ async def start_runtime(settings: Settings) -> Runtime:
     signer = checkpoint_signer(settings.pepper)
     keys = SigningKeys(database, settings.pepper, settings.token_alg, settings.token_ttl_seconds)
     await keys.start()
-    identity = IdentityState(database, bus)
+    # A rotation on another replica (or by `aigos keys rotate`) is announced on the bus: reload the keys.
+    identity = IdentityState(database, bus, on_keys_changed=keys.reload)
     await identity.start()
     runtime = Runtime(
         settings=settings,

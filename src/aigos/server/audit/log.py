@@ -158,10 +158,12 @@ class EventLog:
         by_tenant: dict[uuid.UUID, list[NewEvent]] = {}
         for event in batch:
             by_tenant.setdefault(event.tenant_id, []).append(event)
-        for tenant_id, events in by_tenant.items():
-            async with self.database.session() as session:
-                await appender.append(session, tenant_id, events)
-            self.appended_total += len(events)
+        # One transaction for the whole batch; heads locked in a fixed order so concurrent writers
+        # that share tenants queue instead of deadlocking.
+        async with self.database.session() as session:
+            for tenant_id in sorted(by_tenant, key=str):
+                await appender.append(session, tenant_id, by_tenant[tenant_id])
+        self.appended_total += len(batch)
 
     def _drain_aggregates(self, everything: bool) -> None:
         current = datetime.now(UTC).strftime("%Y-%m-%dT%H:%MZ")

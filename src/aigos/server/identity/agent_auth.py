@@ -71,10 +71,17 @@ class AgentAuthenticator:
             raise token_error("The token names no agent.", "INVALID_TOKEN") from exc
         jti = str(claims["jti"])
         state = runtime.identity
+        known: AgentStatus | None
         if state.live:
-            revoked, status = state.is_revoked(jti), state.status_of(agent_id)
+            revoked, known = state.is_revoked(jti), state.status_of(agent_id)
+            if not await state.belongs(agent_id, tenant_id):
+                known = None
         else:
-            revoked, status = await _from_database(runtime, tenant_id, agent_id, jti)
+            revoked, known = await _from_database(runtime, tenant_id, agent_id, jti)
+        if known is None:
+            # Only a token signed with our key gets here: sub and aud must still name one of our agents.
+            raise token_error("The token's agent is not in its audience.", "INVALID_TOKEN")
+        status = known
         if revoked:
             raise token_error("The token was revoked.", "TOKEN_REVOKED")
         if not may_hold_tokens(status):
@@ -113,14 +120,14 @@ def _names_unknown_key(runtime: Runtime, token: str) -> bool:
 
 async def _from_database(
     runtime: Runtime, tenant_id: uuid.UUID, agent_id: uuid.UUID, jti: str
-) -> tuple[bool, AgentStatus]:
+) -> tuple[bool, AgentStatus | None]:
     async with runtime.database.session() as session:
         await set_tenant(session, tenant_id)
         status = await session.scalar(
             select(Agent.status).where(Agent.id == agent_id, Agent.tenant_id == tenant_id)
         )
         revoked = await session.scalar(select(RevokedToken.jti).where(RevokedToken.jti == jti))
-    return revoked is not None, AgentStatus(status) if status else AgentStatus.ARCHIVED
+    return revoked is not None, AgentStatus(status) if status else None
 
 
 authenticator = AgentAuthenticator()

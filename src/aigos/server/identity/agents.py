@@ -5,6 +5,7 @@ Every query names the tenant; on PostgreSQL row-level security stands behind it.
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from aigos.core import goldenthread
 from aigos.core.agents import AgentStatus, can_transition
 from aigos.server.db.types import utcnow
-from aigos.server.errors import Conflict, Forbidden, NotFound
+from aigos.server.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from aigos.server.identity.models import Agent
 from aigos.server.identity.schemas import AgentIn, AgentOut, AgentUpdate, GoldenThreadIn, Lineage
 from aigos.server.tenancy.locks import lock_tenant
@@ -25,6 +26,9 @@ from aigos.server.tenancy.plans import enforce_limit, plan_of
 #: Heartbeats are expected about every 30 s; an agent is online within two, stale within ten.
 ONLINE_WITHIN = timedelta(seconds=60)
 STALE_WITHIN = timedelta(minutes=5)
+_HEX = re.compile(r"^[0-9a-f]{1,32}$")
+#: Columns that cannot be empty: a PATCH may change them but not clear them.
+_REQUIRED = frozenset({"name", "agent_type", "version", "deployment_env", "capabilities"})
 
 
 def liveness(last_seen: datetime | None, now: datetime | None = None) -> str:
@@ -173,14 +177,16 @@ async def page(
     if query:
         # LIKE wildcards in the query are taken literally.
         pattern = "%" + query.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        where.append(
-            or_(
-                func.lower(Agent.name).like(pattern, escape="\\"),
-                func.lower(func.coalesce(Agent.description, "")).like(pattern, escape="\\"),
-                func.lower(func.coalesce(Agent.email, "")).like(pattern, escape="\\"),
-                cast(Agent.id, String).like(pattern, escape="\\"),
-            )
-        )
+        matches = [
+            func.lower(Agent.name).like(pattern, escape="\\"),
+            func.lower(func.coalesce(Agent.description, "")).like(pattern, escape="\\"),
+            func.lower(func.coalesce(Agent.email, "")).like(pattern, escape="\\"),
+        ]
+        # Ids are compared without hyphens: SQLite stores a UUID as 32 hex digits, PostgreSQL prints 36.
+        hex_digits = query.lower().replace("-", "")
+        if _HEX.match(hex_digits):
+            matches.append(func.replace(cast(Agent.id, String), "-", "").like(f"%{hex_digits}%"))
+        where.append(or_(*matches))
     total = int(await session.scalar(select(func.count()).select_from(Agent).where(*where)) or 0)
     rows = await session.scalars(
         select(Agent)
@@ -200,8 +206,14 @@ async def update(
     if agent.status in (AgentStatus.TERMINATED.value, AgentStatus.ARCHIVED.value):
         raise Conflict(f"The agent is {agent.status} and cannot change.", code="AGENT_NOT_MODIFIABLE")
     changes = spec.model_dump(exclude_unset=True)
+    cleared = sorted(field for field in _REQUIRED if field in changes and changes[field] is None)
+    if cleared:
+        raise ValidationFailed(
+            f"/{cleared[0]}: cannot be null",
+            errors=[{"pointer": f"/{field}", "detail": "cannot be null"} for field in cleared],
+        )
     for field, value in changes.items():
-        if field == "capabilities" and value is not None:
+        if field == "capabilities":
             agent.capabilities = value
         elif field == "golden_thread":
             agent.golden_thread = golden_thread_record(spec.golden_thread) if spec.golden_thread else None
@@ -226,7 +238,8 @@ async def transition(
         raise Conflict(
             f"An agent cannot go from {current.value} to {target.value}.",
             code="INVALID_STATUS_TRANSITION",
-            status=current.value,
+            # Not `status`: a problem document's `status` is the HTTP status and would hide this one.
+            current=current.value,
             target=target.value,
         )
     agent.status = target.value

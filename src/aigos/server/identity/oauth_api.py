@@ -26,7 +26,7 @@ from aigos.server.identity import tokens
 from aigos.server.identity.agent_auth import authenticator, issuer_for
 from aigos.server.identity.keys import ALGORITHMS
 from aigos.server.identity.models import Agent, RevokedToken
-from aigos.server.identity.oauth import Client, OAuthError, authenticate_client
+from aigos.server.identity.oauth import Client, OAuthError, authenticate_client, invalid_client
 from aigos.server.runtime import Runtime
 
 router = APIRouter(tags=["oauth2"])
@@ -104,13 +104,17 @@ def _record(
     )
 
 
-async def _load_agent(session: AsyncSession, tenant_id: uuid.UUID, agent_id: uuid.UUID) -> Agent:
-    await set_tenant(session, tenant_id)
-    agent = await session.scalar(select(Agent).where(Agent.id == agent_id, Agent.tenant_id == tenant_id))
+async def _load_agent(session: AsyncSession, client: Client) -> Agent:
+    await set_tenant(session, client.tenant_id)
+    agent = await session.scalar(
+        select(Agent).where(Agent.id == client.agent_id, Agent.tenant_id == client.tenant_id)
+    )
+    # A client that authenticated with Basic gets the challenge RFC 6749 5.2 requires with every 401.
+    basic = client.method == "client_secret_basic"
     if agent is None:
-        raise OAuthError("invalid_client", "Unknown client.", 401)
+        raise invalid_client("Unknown client.", basic)
     if not may_hold_tokens(agent.status):
-        raise OAuthError("invalid_client", f"The agent is {agent.status}.", 401)
+        raise invalid_client(f"The agent is {agent.status}.", basic)
     return agent
 
 
@@ -164,7 +168,7 @@ async def _client_credentials(
     except OAuthError as error:
         await _record_failure(runtime, session, form, request, error)
         raise
-    agent = await _load_agent(session, client.tenant_id, client.agent_id)
+    agent = await _load_agent(session, client)
     issued = tokens.sign(
         runtime.keys,
         tokens.claims_for(agent, issuer, runtime.settings.token_ttl_seconds, _scope(form.get("scope"))),

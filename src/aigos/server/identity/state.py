@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -21,21 +22,41 @@ from aigos.core.agents import AgentStatus
 from aigos.core.canonical import canonical, parse
 from aigos.server.bus import Bus, Subscription
 from aigos.server.db import Database
-from aigos.server.db.database import set_platform_scope
+from aigos.server.db.database import set_platform_scope, set_tenant
 from aigos.server.db.types import utcnow
 from aigos.server.identity.models import Agent, RevokedToken
 
 log = structlog.get_logger("aigos.identity.state")
 CHANNEL = "identity"
+MAX_REMEMBERED_AGENTS = 100_000
+#: Announced after a signing-key rotation: every replica re-reads the published keys.
+KEYS_CHANGED: dict[str, Any] = {"type": "keys"}
+KeysChanged = Callable[[], Awaitable[None]]
+
+
+async def publish_keys_changed(bus: Bus) -> int:
+    """Tell every replica listening on ``bus`` to reload the signing keys; returns how many heard it."""
+    return await bus.pubsub.publish(CHANNEL, canonical(KEYS_CHANGED))
 
 
 class IdentityState:
-    """The replica's copy of agent restrictions and token revocations."""
+    """The replica's copy of agent restrictions and token revocations.
 
-    def __init__(self, database: Database, bus: Bus) -> None:
+    ``on_keys_changed`` is awaited when another process announces a signing-key rotation (and after a
+    lost bus connection, when such an announcement may have been missed).
+    """
+
+    def __init__(self, database: Database, bus: Bus, on_keys_changed: KeysChanged | None = None) -> None:
         self.database = database
         self.bus = bus
+        self.on_keys_changed = on_keys_changed
         self._restricted: dict[uuid.UUID, AgentStatus] = {}
+        #: When the status applied for each agent was announced: an older announcement never wins.
+        self._status_at: dict[uuid.UUID, float] = {}
+        #: Marks this replica's own messages, which it applied before publishing and skips when they return.
+        self._origin = uuid.uuid4().hex
+        #: Agents known to belong to a tenant (that never changes), so tokens are checked against it once.
+        self._tenants: dict[uuid.UUID, uuid.UUID] = {}
         self._revoked: dict[str, float] = {}
         self._subscription: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
@@ -55,12 +76,32 @@ class IdentityState:
         """Whether the token id was revoked."""
         return jti in self._revoked
 
+    async def belongs(self, agent_id: uuid.UUID, tenant_id: uuid.UUID) -> bool:
+        """Whether the agent exists in the tenant: a token's ``sub`` and ``aud`` must agree.
+
+        Asked of the database once per agent and process; the answer, when yes, never changes.
+        """
+        if self._tenants.get(agent_id) == tenant_id:
+            return True
+        async with self.database.session() as session:
+            await set_tenant(session, tenant_id)
+            found = await session.scalar(
+                select(Agent.id).where(Agent.id == agent_id, Agent.tenant_id == tenant_id)
+            )
+        if found is None:
+            return False
+        if len(self._tenants) >= MAX_REMEMBERED_AGENTS:
+            self._tenants.clear()
+        self._tenants[agent_id] = tenant_id
+        return True
+
     # -- writes -----------------------------------------------------------------------------------
 
     async def announce_status(self, agent_id: uuid.UUID, status: str) -> None:
         """Apply a status change here and tell every other replica (call after the commit)."""
-        self._apply({"type": "status", "agent_id": str(agent_id), "status": status})
-        await self._publish({"type": "status", "agent_id": str(agent_id), "status": status})
+        message = {"type": "status", "agent_id": str(agent_id), "status": status, "at": time.time()}
+        self._apply(message)
+        await self._publish(message)
 
     async def announce_revoked(self, jti: str, expires_at: float) -> None:
         """Apply a token revocation here and tell every other replica (call after the commit)."""
@@ -68,9 +109,13 @@ class IdentityState:
         self._apply(message)
         await self._publish(message)
 
+    async def announce_keys(self) -> None:
+        """Tell every other replica that the signing keys changed (call after the rotation committed)."""
+        await self._publish(KEYS_CHANGED)
+
     async def _publish(self, message: dict[str, Any]) -> None:
         try:
-            await self.bus.pubsub.publish(CHANNEL, canonical(message))
+            await self.bus.pubsub.publish(CHANNEL, canonical({**message, "origin": self._origin}))
         except Exception:
             # Other replicas catch up from the database on their next resync; this one is already current.
             log.exception("identity_publish_failed", message=message)
@@ -79,6 +124,12 @@ class IdentityState:
         if message.get("type") == "status":
             agent_id = uuid.UUID(str(message["agent_id"]))
             status = AgentStatus(str(message["status"]))
+            # Suspended on one replica and reactivated on another a moment later: the later change must
+            # win everywhere, whichever message arrives last.
+            at = float(message.get("at") or 0.0)
+            if at < self._status_at.get(agent_id, 0.0):
+                return
+            self._status_at[agent_id] = at
             if status is AgentStatus.ACTIVE:
                 self._restricted.pop(agent_id, None)
             else:
@@ -116,6 +167,7 @@ class IdentityState:
                 select(RevokedToken.jti, RevokedToken.expires_at).where(RevokedToken.expires_at > now)
             )
             self._restricted = {row.id: AgentStatus(row.status) for row in agents}
+            self._status_at = {}
             self._revoked = {row.jti: row.expires_at.timestamp() for row in revoked}
 
     def prune(self) -> None:
@@ -124,13 +176,25 @@ class IdentityState:
         for jti in [jti for jti, exp in self._revoked.items() if exp < now]:
             del self._revoked[jti]
 
+    async def _keys_changed(self) -> None:
+        if self.on_keys_changed is not None:
+            await self.on_keys_changed()
+            log.info("signing_keys_reloaded")
+
     async def _listen(self) -> None:
         assert self._subscription is not None
         async for message in self._subscription:
             try:
                 if message.is_resync:
                     await self.reload()
-                else:
-                    self._apply(parse(message.data))
+                    await self._keys_changed()
+                    continue
+                data = parse(message.data)
+                if isinstance(data, dict) and data.get("type") == KEYS_CHANGED["type"]:
+                    await self._keys_changed()
+                elif isinstance(data, dict) and data.get("origin") != self._origin:
+                    # Our own announcements were applied when made; applying one again when it comes back
+                    # could undo a change made here in between (suspend, then reactivate before the echo).
+                    self._apply(data)
             except Exception:
                 log.exception("identity_state_update_failed")
