@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigos.core import secrets
+from aigos.server.db.paging import paged
 from aigos.server.db.types import utcnow
 from aigos.server.errors import Conflict, Forbidden, NotFound
 from aigos.server.tenancy.locks import lock_tenant
@@ -115,15 +116,9 @@ async def page(
     where = [ApiKey.tenant_id == tenant_id]
     if not include_revoked:
         where.append(ApiKey.revoked_at.is_(None))
-    total = int(await session.scalar(select(func.count()).select_from(ApiKey).where(*where)) or 0)
-    rows = await session.scalars(
-        select(ApiKey)
-        .where(*where)
-        .order_by(ApiKey.created_at.desc(), ApiKey.id)
-        .offset((page - 1) * limit)
-        .limit(limit)
+    return await paged(
+        session, select(ApiKey).where(*where).order_by(ApiKey.created_at.desc(), ApiKey.id), page, limit
     )
-    return list(rows.all()), total
 
 
 async def revoke(session: AsyncSession, tenant_id: uuid.UUID, key_id: uuid.UUID) -> ApiKey:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigos.server.db.database import set_platform_scope, set_tenant
+from aigos.server.db.paging import paged
 from aigos.server.db.types import utcnow
 from aigos.server.errors import Conflict, Forbidden, NotFound
 from aigos.server.tenancy import api_keys, scopes
@@ -106,8 +107,4 @@ async def update(
 async def page(session: AsyncSession, *, page: int, limit: int) -> tuple[list[Tenant], int]:
     """Every tenant, for the platform admin."""
     await set_platform_scope(session)
-    total = int(await session.scalar(select(func.count()).select_from(Tenant)) or 0)
-    rows = await session.scalars(
-        select(Tenant).order_by(Tenant.created_at, Tenant.id).offset((page - 1) * limit).limit(limit)
-    )
-    return list(rows.all()), total
+    return await paged(session, select(Tenant).order_by(Tenant.created_at, Tenant.id), page, limit)
