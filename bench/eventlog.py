@@ -201,28 +201,47 @@ def _postgres_cpu_seconds() -> dict[int, float]:
     return found
 
 
-class PostgresCpu:
-    """Samples the CPU time of every ``postgres`` process on a background thread.
+def _machine_busy_seconds() -> float:
+    """CPU seconds all processes on the machine spent busy (user, nice, system, irq) since boot."""
+    times = psutil.cpu_times()
+    return float(
+        times.user + times.nice + times.system + getattr(times, "irq", 0.0) + getattr(times, "softirq", 0.0)
+    )
 
-    ``share(start, end)`` is the CPU time the server used between two ``time.monotonic()`` instants
-    (bracketed by the nearest samples) over their distance: 1.0 = one core busy. A backend that exits
-    in between counts up to its last sample, one that starts counts from zero.
+
+@dataclass(frozen=True)
+class CpuShares:
+    """CPU time over wall time (1.0 = one core busy) of PostgreSQL and of the whole machine."""
+
+    postgres: float
+    machine: float
+
+
+class CpuSampler:
+    """Samples the CPU time of every ``postgres`` process, and of the machine, on a background thread.
+
+    ``shares(start, end)`` is the CPU time used between two ``time.monotonic()`` instants (bracketed by
+    the nearest samples) over their distance. A backend that exits in between counts up to its last
+    sample, one that starts counts from zero.
     """
 
     def __init__(self, interval: float = 0.1) -> None:
         self.interval = interval
-        self.samples: list[tuple[float, dict[int, float]]] = []
+        self.samples: list[tuple[float, float, dict[int, float]]] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pg-cpu", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+
+    def _sample(self) -> None:
+        self.samples.append((time.monotonic(), _machine_busy_seconds(), _postgres_cpu_seconds()))
 
     def _run(self) -> None:
         while True:
-            self.samples.append((time.monotonic(), _postgres_cpu_seconds()))
+            self._sample()
             if self._stop.wait(self.interval):
-                self.samples.append((time.monotonic(), _postgres_cpu_seconds()))
+                self._sample()
                 return
 
-    def __enter__(self) -> PostgresCpu:
+    def __enter__(self) -> CpuSampler:
         self._thread.start()
         return self
 
@@ -230,19 +249,20 @@ class PostgresCpu:
         self._stop.set()
         self._thread.join(timeout=10)
 
-    def share(self, start: float, end: float) -> float | None:
-        """CPU share of PostgreSQL over ``[start, end]``, or None without samples around it."""
+    def shares(self, start: float, end: float) -> CpuShares | None:
+        """CPU shares over ``[start, end]``, or None without samples around it."""
         samples = list(self.samples)
-        first = max((i for i, (t, _) in enumerate(samples) if t <= start), default=None)
-        last = min((i for i, (t, _) in enumerate(samples) if t >= end), default=None)
+        first = max((i for i, sample in enumerate(samples) if sample[0] <= start), default=None)
+        last = min((i for i, sample in enumerate(samples) if sample[0] >= end), default=None)
         if first is None or last is None or samples[last][0] <= samples[first][0]:
             return None
-        initial = samples[first][1]
+        initial = samples[first][2]
         latest: dict[int, float] = {}
-        for _t, cpu in samples[first : last + 1]:
+        for *_times, cpu in samples[first : last + 1]:
             latest.update(cpu)
-        used = sum(value - initial.get(pid, 0.0) for pid, value in latest.items())
-        return used / (samples[last][0] - samples[first][0])
+        postgres = sum(value - initial.get(pid, 0.0) for pid, value in latest.items())
+        wall = samples[last][0] - samples[first][0]
+        return CpuShares(postgres=postgres / wall, machine=(samples[last][1] - samples[first][1]) / wall)
 
 
 # -- writer processes -----------------------------------------------------------------------------------
@@ -419,9 +439,9 @@ def writer_main(job: WriterJob, barrier: Barrier, results: Any) -> None:
 
 
 def run_writers(
-    ctx: SpawnContext, jobs: list[WriterJob], pg_cpu: PostgresCpu | None
-) -> tuple[list[WriterResult], float | None]:
-    """Run one process per job, started together behind a barrier; results and PostgreSQL's CPU share."""
+    ctx: SpawnContext, jobs: list[WriterJob], cpu: CpuSampler
+) -> tuple[list[WriterResult], CpuShares | None]:
+    """Run one process per job, started together behind a barrier; results and the CPU shares."""
     barrier = ctx.Barrier(len(jobs))
     results = ctx.Queue()
     processes = [ctx.Process(target=writer_main, args=(job, barrier, results), daemon=True) for job in jobs]
@@ -446,20 +466,23 @@ def run_writers(
         raise RuntimeError("\n".join(errors))
     collected.sort(key=lambda r: r.writer)
     start, end = min(r.start for r in collected), max(r.end for r in collected)
-    return collected, (pg_cpu.share(start, end) if pg_cpu is not None else None)
+    return collected, cpu.shares(start, end)
 
 
 def summarise(
     name: str,
     results: list[WriterResult],
-    pg_cpu_share: float | None,
+    shares: CpuShares | None,
     target: float | None,
+    *,
+    postgres: bool = True,
 ) -> dict[str, Any]:
     """Totals of one multi-writer run: events/s over the union of the writers' intervals, and each's."""
     start, end = min(r.start for r in results), max(r.end for r in results)
     wall = end - start
     events = sum(r.events for r in results)
     rate = events / wall
+    writers_cpu = sum(r.cpu_seconds for r in results) / wall
     summary: dict[str, Any] = {
         "name": name,
         "writers": len(results),
@@ -479,8 +502,14 @@ def summarise(
             }
             for r in results
         ],
-        "writers_cpu_share": round(sum(r.cpu_seconds for r in results) / wall, 3),
-        "postgres_cpu_share": round(pg_cpu_share, 3) if pg_cpu_share is not None else None,
+        "writers_cpu_share": round(writers_cpu, 3),
+        "postgres_cpu_share": round(shares.postgres, 3) if shares is not None and postgres else None,
+        # Everything else busy on the machine meanwhile (other programs, the kernel, the sampler itself).
+        "other_cpu_share": round(
+            max(0.0, shares.machine - writers_cpu - (shares.postgres if postgres else 0.0)), 3
+        )
+        if shares is not None
+        else None,
     }
     if target is not None:
         summary["target_events_per_second"] = target
@@ -782,7 +811,7 @@ def _jobs(kind: str, url: str, tenants: list[uuid.UUID], writers: int, settings:
 def run_postgres(ctx: SpawnContext, settings: Settings) -> dict[str, Any]:
     """Buffered (1 and 2 writers), raw peers, and durable, all on one fresh PostgreSQL database."""
     out: dict[str, Any] = {"buffered": [], "raw": [], "checks": {}}
-    with fresh_database() as (url, dsn), PostgresCpu() as pg_cpu:
+    with fresh_database() as (url, dsn), CpuSampler() as cpu:
         asyncio.run(
             _pg_fetch(
                 dsn,
@@ -792,7 +821,7 @@ def run_postgres(ctx: SpawnContext, settings: Settings) -> dict[str, Any]:
         )
         for writers in WRITERS:
             tenants = _new_tenants(settings.tenants)
-            results, share = run_writers(ctx, _jobs("eventlog", url, tenants, writers, settings), pg_cpu)
+            results, share = run_writers(ctx, _jobs("eventlog", url, tenants, writers, settings), cpu)
             name = f"postgres buffered {writers}w"
             out["buffered"].append(summarise(name, results, share, BUFFERED_TARGET_PER_SECOND))
             expected = writers * (settings.events + settings.tenants)  # plus one warm-up event per tenant
@@ -803,8 +832,8 @@ def run_postgres(ctx: SpawnContext, settings: Settings) -> dict[str, Any]:
         writers = max(WRITERS)
         for kind in ("copy", "insert"):
             tenants = _new_tenants(settings.tenants)
-            results, share = run_writers(ctx, _jobs(kind, dsn, tenants, writers, settings), pg_cpu)
-            label = "COPY" if kind == "copy" else "INSERT executemany"
+            results, share = run_writers(ctx, _jobs(kind, dsn, tenants, writers, settings), cpu)
+            label = "COPY" if kind == "copy" else "executemany"
             out["raw"].append(summarise(f"postgres raw {label} {writers}w", results, share, None))
         out["durable"] = run_durable(
             "postgres record()", url, _new_tenants(settings.tenants), settings.durable_events
@@ -822,9 +851,10 @@ def run_sqlite(ctx: SpawnContext, settings: Settings) -> dict[str, Any]:
         url = f"sqlite+aiosqlite:///{path.as_posix()}"
         asyncio.run(upgrade(url))
         tenants = _new_tenants(settings.tenants)
-        results, _share = run_writers(ctx, _jobs("eventlog", url, tenants, 1, settings), None)
+        with CpuSampler() as cpu:
+            results, shares = run_writers(ctx, _jobs("eventlog", url, tenants, 1, settings), cpu)
         name = "sqlite buffered 1w"
-        out["buffered"] = summarise(name, results, None, BUFFERED_TARGET_PER_SECOND)
+        out["buffered"] = summarise(name, results, shares, BUFFERED_TARGET_PER_SECOND, postgres=False)
         out["checks"][name] = check_sqlite(path, tenants, settings.events + settings.tenants)
         out["durable"] = run_durable(
             "sqlite record()", url, _new_tenants(settings.tenants), settings.durable_events
@@ -909,19 +939,20 @@ def format_table(data: dict[str, Any]) -> str:
         f"{settings['events_per_writer']:,} events per writer, pre-built; timed first enqueue -> last commit",
         "",
         f"{'buffered appends':<32} {'events':>8} {'s':>6} {'events/s':>9} {'per writer':>17} "
-        f"{'py cpu':>6} {'pg cpu':>6}  target",
+        f"{'py cpu':>6} {'pg cpu':>6} {'other':>5}  target",
     ]
     for section in [*postgres["buffered"], *postgres["raw"], sqlite["buffered"]]:
         per = "/".join(f"{w['events_per_second']:,.0f}" for w in section["per_writer"])
         lines.append(
             f"{section['name']:<32} {section['events']:>8} {section['seconds']:>6.2f} "
             f"{section['events_per_second']:>9,.0f} {per:>17} {_share(section['writers_cpu_share']):>6} "
-            f"{_share(section['postgres_cpu_share']):>6}  {_verdict(section)}"
+            f"{_share(section['postgres_cpu_share']):>6} {_share(section['other_cpu_share']):>5}  "
+            f"{_verdict(section)}"
         )
     lines.append(
-        "(cpu: CPU time / wall time, 100% = one core; py = writer processes, pg = all postgres processes;"
+        "(cpu: CPU time / wall time, 100% = one core; py = writer processes, pg = all postgres processes,"
     )
-    lines.append(" sqlite: one writer only, SQLite takes one writer at a time)")
+    lines.append(" other = rest of the machine; sqlite: one writer only, SQLite takes one writer at a time)")
     ratios = ", ".join(
         f"{value:.2f} of {name.removeprefix('postgres raw ')}" for name, value in data["ratios"].items()
     )

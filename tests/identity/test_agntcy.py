@@ -102,7 +102,8 @@ async def test_a_foreign_oasf_record_is_imported(client: AsyncClient, tenant_a: 
     agent = response.json()
     assert agent["version"] == "4.0.0"
     assert agent["owner"] == "AGNTCY Contributors"
-    assert agent["status"] == "active" and agent["tenant_id"] == tenant_a.id
+    assert agent["status"] == "active"
+    assert agent["tenant_id"] == tenant_a.id
     assert agent["capabilities"]["tools"] == [record["skills"][0]["name"]]  # type: ignore[index]
     assert agent["metadata"] == {"oasf": {"schema_version": "0.7.0", "annotations": {"key": "value"}}}
 

@@ -41,8 +41,10 @@ def ed25519_jwk() -> dict[str, Any]:
     """A fresh Ed25519 public key as a JWK."""
     from cryptography.hazmat.primitives import serialization
 
-    raw = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    raw = (
+        ed25519.Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     )
     return {"kty": "OKP", "crv": "Ed25519", "x": _b64(raw)}
 
@@ -67,7 +69,9 @@ async def add_credential(
     return body
 
 
-async def list_credentials(client: AsyncClient, tenant: TenantHandle, agent_id: str) -> dict[str, dict[str, Any]]:
+async def list_credentials(
+    client: AsyncClient, tenant: TenantHandle, agent_id: str
+) -> dict[str, dict[str, Any]]:
     """The agent's credentials by id."""
     response = await client.get(f"/v1/agents/{agent_id}/credentials", headers=tenant.headers)
     assert response.status_code == 200, response.text
@@ -136,8 +140,7 @@ async def test_rotation_with_grace_keeps_both_then_only_the_new(
     assert_problem(await rotate(client, tenant_a, agent_id, old_id), 409, "CREDENTIAL_NOT_ACTIVE")
 
     # Wait for the grace period to end (by the server's own expiry time), then the old secret stops.
-    while datetime.now(expires_at.tzinfo) <= expires_at:
-        await asyncio.sleep(0.1)
+    await asyncio.sleep(max(0.0, (expires_at - datetime.now(expires_at.tzinfo)).total_seconds()) + 0.05)
     refused = await client_token(client, reg["client_id"], reg["client_secret"])
     assert refused.status_code == 401
     assert refused.json()["error"] == "invalid_client"
@@ -185,7 +188,11 @@ async def test_rotation_refusals(client: AsyncClient, tenant_a: TenantHandle) ->
     key = await add_credential(client, tenant_a, agent_id, public_jwk=ec_jwk())
     assert_problem(await rotate(client, tenant_a, agent_id, key["id"]), 409, "NOT_ROTATABLE")
     assert_problem(await rotate(client, tenant_a, agent_id, str(uuid.uuid4())), 404, "CREDENTIAL_NOT_FOUND")
-    (secret_id,) = [cid for cid, c in (await list_credentials(client, tenant_a, agent_id)).items() if c["kind"] == "client_secret"]
+    (secret_id,) = [
+        cid
+        for cid, c in (await list_credentials(client, tenant_a, agent_id)).items()
+        if c["kind"] == "client_secret"
+    ]
     other = await register(client, tenant_a, name="other")
     # A credential is reached only through its own agent.
     assert_problem(await rotate(client, tenant_a, other["agent_id"], secret_id), 404, "CREDENTIAL_NOT_FOUND")
@@ -210,28 +217,42 @@ async def test_revoke_stops_a_credential_at_once(client: AsyncClient, tenant_a: 
     assert basic.headers["WWW-Authenticate"].startswith("Basic")
     post = await client.post(
         "/oauth2/token",
-        data={"grant_type": "client_credentials", "client_id": reg["client_id"], "client_secret": reg["client_secret"]},
+        data={
+            "grant_type": "client_credentials",
+            "client_id": reg["client_id"],
+            "client_secret": reg["client_secret"],
+        },
     )
     assert post.status_code == 401
     assert post.json()["error"] == "invalid_client"
     # The other credential and already-issued tokens are unaffected (revoke tokens at /oauth2/revoke).
     assert (await client_token(client, reg["client_id"], spare["client_secret"])).status_code == 200
-    assert (await client.post(f"/v1/agents/{agent_id}/heartbeat", headers={"Authorization": f"Bearer {token}"})).status_code == 200
+    assert (
+        await client.post(f"/v1/agents/{agent_id}/heartbeat", headers={"Authorization": f"Bearer {token}"})
+    ).status_code == 200
     listed = await list_credentials(client, tenant_a, agent_id)
     assert listed[first_id]["status"] == "revoked"
     assert listed[first_id]["revoked_at"] is not None
     # Idempotent; unknown ids are 404.
     again = await client.delete(f"/v1/agents/{agent_id}/credentials/{first_id}", headers=tenant_a.headers)
     assert again.status_code == 204
-    assert (await list_credentials(client, tenant_a, agent_id))[first_id]["revoked_at"] == listed[first_id]["revoked_at"]
-    missing = await client.delete(f"/v1/agents/{agent_id}/credentials/{uuid.uuid4()}", headers=tenant_a.headers)
+    assert (await list_credentials(client, tenant_a, agent_id))[first_id]["revoked_at"] == listed[first_id][
+        "revoked_at"
+    ]
+    missing = await client.delete(
+        f"/v1/agents/{agent_id}/credentials/{uuid.uuid4()}", headers=tenant_a.headers
+    )
     assert_problem(missing, 404, "CREDENTIAL_NOT_FOUND")
     assert_problem(await rotate(client, tenant_a, agent_id, first_id), 409, "CREDENTIAL_NOT_ACTIVE")
 
 
 async def test_credentials_of_unknown_agents_are_404(client: AsyncClient, tenant_a: TenantHandle) -> None:
     unknown = str(uuid.uuid4())
-    assert_problem(await client.get(f"/v1/agents/{unknown}/credentials", headers=tenant_a.headers), 404, "AGENT_NOT_FOUND")
+    assert_problem(
+        await client.get(f"/v1/agents/{unknown}/credentials", headers=tenant_a.headers),
+        404,
+        "AGENT_NOT_FOUND",
+    )
     assert_problem(
         await client.post(f"/v1/agents/{unknown}/credentials", json={}, headers=tenant_a.headers),
         404,
@@ -241,25 +262,33 @@ async def test_credentials_of_unknown_agents_are_404(client: AsyncClient, tenant
 
 async def test_suspended_agents_may_get_credentials(client: AsyncClient, tenant_a: TenantHandle) -> None:
     reg = await register(client, tenant_a)
-    assert (await client.post(f"/v1/agents/{reg['agent_id']}/suspend", headers=tenant_a.headers)).status_code == 200
+    assert (
+        await client.post(f"/v1/agents/{reg['agent_id']}/suspend", headers=tenant_a.headers)
+    ).status_code == 200
     created = await add_credential(client, tenant_a, reg["agent_id"])
     # ...but cannot use them until reactivated.
     assert (await client_token(client, reg["client_id"], created["client_secret"])).status_code == 401
-    assert (await client.post(f"/v1/agents/{reg['agent_id']}/reactivate", headers=tenant_a.headers)).status_code == 200
+    assert (
+        await client.post(f"/v1/agents/{reg['agent_id']}/reactivate", headers=tenant_a.headers)
+    ).status_code == 200
     assert (await client_token(client, reg["client_id"], created["client_secret"])).status_code == 200
 
 
 # -- public keys ------------------------------------------------------------------------------------------
 
 
-async def test_public_keys_are_registered_with_their_thumbprint(client: AsyncClient, tenant_a: TenantHandle) -> None:
+async def test_public_keys_are_registered_with_their_thumbprint(
+    client: AsyncClient, tenant_a: TenantHandle
+) -> None:
     reg = await register(client, tenant_a)
     agent_id = reg["agent_id"]
     for jwk, key_class in ((ec_jwk(), ECKey), (ed25519_jwk(), OKPKey)):
         created = await add_credential(client, tenant_a, agent_id, public_jwk={**jwk, "use": "sig"})
         assert created["jwk_thumbprint"] == key_class.import_key(jwk).thumbprint()
         assert created["status"] == "active"
-    same = await client.post(f"/v1/agents/{agent_id}/credentials", json={"public_jwk": jwk}, headers=tenant_a.headers)
+    same = await client.post(
+        f"/v1/agents/{agent_id}/credentials", json={"public_jwk": jwk}, headers=tenant_a.headers
+    )
     assert_problem(same, 409, "CREDENTIAL_EXISTS")
     # Revoked, the key may be registered again.
     await client.delete(f"/v1/agents/{agent_id}/credentials/{created['id']}", headers=tenant_a.headers)
@@ -277,7 +306,9 @@ async def test_public_keys_are_registered_with_their_thumbprint(client: AsyncCli
         pytest.param(ec_jwk(curve=ec.SECP384R1()), id="ec-p384"),
         pytest.param(ec_jwk(curve=ec.SECP256K1()) | {"crv": "secp256k1"}, id="ec-secp256k1"),
         pytest.param({"kty": "OKP", "crv": "X25519", "x": _b64(b"\x09" * 32)}, id="okp-x25519"),
-        pytest.param({"kty": "EC", "crv": "P-256", "x": _b64(b"\x01" * 32), "y": _b64(b"\x02" * 32)}, id="off-curve"),
+        pytest.param(
+            {"kty": "EC", "crv": "P-256", "x": _b64(b"\x01" * 32), "y": _b64(b"\x02" * 32)}, id="off-curve"
+        ),
         pytest.param({"kty": "EC", "crv": "P-256", "x": "!!"}, id="malformed"),
         pytest.param({"kty": "OKP", "crv": "Ed25519", "x": _b64(b"short")}, id="short-ed25519"),
         pytest.param({}, id="empty"),

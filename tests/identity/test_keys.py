@@ -1,4 +1,4 @@
-"""Signing-key rotation without downtime: old tokens keep verifying, replicas learn of it, keys stay sealed."""
+"""Signing-key rotation without downtime: old tokens keep verifying, replicas learn of it, keys are sealed."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from aigos.server.identity.models import SigningKey
 from aigos.server.identity.state import publish_keys_changed
 from aigos.server.identity.tokens import VerifiedCache
 from aigos.server.runtime import Runtime
-from tests.conftest import SECRET_KEY, embedded_settings
+from tests.conftest import REDIS_URL, SECRET_KEY, embedded_settings, pg_url
 from tests.tenancy.conftest import TenantHandle, signup
 
 KEYS = "/v1/admin/signing-keys"
@@ -71,9 +71,9 @@ async def jwks_kids(client: AsyncClient) -> set[str]:
     return {key["kid"] for key in (await client.get("/.well-known/jwks.json")).json()["keys"]}
 
 
-async def eventually(check: Any, timeout: float = 5.0) -> None:
-    """Wait until the coroutine function ``check`` returns true."""
-    deadline = asyncio.get_running_loop().time() + timeout
+async def eventually(check: Any, within: float = 5.0) -> None:
+    """Wait until the coroutine function ``check`` returns true (at most ``within`` seconds)."""
+    deadline = asyncio.get_running_loop().time() + within
     while not await check():
         assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
         await asyncio.sleep(0.02)
@@ -94,7 +94,8 @@ async def test_rotation_keeps_old_tokens_valid_and_signs_new_ones(
     listed = await client.get(KEYS, headers=admin_headers)
     assert listed.status_code == 200, listed.text
     assert listed.json()["active_kid"] == old_kid
-    assert "private" not in listed.text and '"d"' not in listed.text
+    assert "private" not in listed.text
+    assert '"d"' not in listed.text
 
     rotated = await client.post(f"{KEYS}/rotate", headers=admin_headers)
     assert rotated.status_code == 200, rotated.text
@@ -102,9 +103,12 @@ async def test_rotation_keeps_old_tokens_valid_and_signs_new_ones(
     new_kid = body["active_kid"]
     assert new_kid != old_kid
     by_kid = {key["kid"]: key for key in body["keys"]}
-    assert by_kid[new_kid]["status"] == "active" and by_kid[new_kid]["signing"] is True
-    assert by_kid[old_kid]["status"] == "retired" and by_kid[old_kid]["published"] is True
-    assert by_kid[old_kid]["retired_at"] is not None and by_kid[old_kid]["publish_until"] is not None
+    assert by_kid[new_kid]["status"] == "active"
+    assert by_kid[new_kid]["signing"] is True
+    assert by_kid[old_kid]["status"] == "retired"
+    assert by_kid[old_kid]["published"] is True
+    assert by_kid[old_kid]["retired_at"] is not None
+    assert by_kid[old_kid]["publish_until"] is not None
 
     # Signed before the rotation, first verified after it.
     assert await heartbeat(client, agent["agent_id"], old_token) == 200
@@ -156,7 +160,8 @@ async def test_private_keys_are_encrypted_at_rest(
     for row in rows:
         stored = row.private_key_encrypted
         assert stored.startswith("v1.")
-        assert "BEGIN" not in stored and "PRIVATE" not in stored
+        assert "BEGIN" not in stored
+        assert "PRIVATE" not in stored
         assert "-----" not in json.dumps(row.public_jwk)
         plain = KeyEncryption(settings.pepper).decrypt(stored, row.kid.encode())
         assert plain.startswith(b"-----BEGIN PRIVATE KEY-----")
@@ -166,11 +171,18 @@ async def test_private_keys_are_encrypted_at_rest(
             KeyEncryption(settings.pepper).decrypt(stored, b"another-kid")
 
 
+@pytest.fixture
+def replica_settings(tmp_path: Path, pg_database: str, redis_prefix: str) -> Settings:
+    """Replicas share a database and the Redis bus (the embedded bus is one process's): PostgreSQL only."""
+    return embedded_settings(
+        tmp_path, database_url=pg_url(pg_database), redis_url=REDIS_URL, redis_prefix=redis_prefix
+    )
+
+
 async def test_other_replicas_learn_of_a_rotation(
-    settings: Settings, backend: str, admin_headers: dict[str, str]
+    replica_settings: Settings, admin_headers: dict[str, str]
 ) -> None:
-    if backend != "postgres":
-        pytest.skip("replicas share a database and the Redis bus; the embedded bus is one process's")
+    settings = replica_settings
     first, second = create_app(settings), create_app(settings)
     async with (
         LifespanManager(first) as one,
@@ -204,7 +216,9 @@ async def _served_keys(data_dir: Path) -> tuple[str, set[str]]:
         return runtime_of(app).keys.active.kid, await jwks_kids(client)
 
 
-def test_cli_rotates_the_keys_of_an_embedded_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_rotates_the_keys_of_an_embedded_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AIGOS_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("AIGOS_SECRET_KEY", SECRET_KEY)
     runner = CliRunner()

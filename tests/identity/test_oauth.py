@@ -124,7 +124,9 @@ async def verified(client: AsyncClient, token: str, audience: str) -> dict[str, 
 # -- the token endpoint -----------------------------------------------------------------------------------
 
 
-async def test_client_credentials_token_is_an_rfc9068_jwt(client: AsyncClient, tenant_a: TenantHandle) -> None:
+async def test_client_credentials_token_is_an_rfc9068_jwt(
+    client: AsyncClient, tenant_a: TenantHandle
+) -> None:
     reg = await register(client, tenant_a)
     response = await client_token(client, reg["client_id"], reg["client_secret"])
     assert response.status_code == 200, response.text
@@ -148,7 +150,11 @@ async def test_client_credentials_token_is_an_rfc9068_jwt(client: AsyncClient, t
 
 async def test_client_secret_post(client: AsyncClient, tenant_a: TenantHandle) -> None:
     reg = await register(client, tenant_a)
-    form = {"grant_type": "client_credentials", "client_id": reg["client_id"], "client_secret": reg["client_secret"]}
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": reg["client_id"],
+        "client_secret": reg["client_secret"],
+    }
     response = await client.post("/oauth2/token", data=form)
     assert response.status_code == 200, response.text
     wrong = await client.post("/oauth2/token", data={**form, "client_secret": "aigos_cs_nope"})
@@ -180,16 +186,22 @@ async def test_basic_credentials_are_form_urlencoded(client: AsyncClient, tenant
         ("  agent   telemetry:write ", "agent telemetry:write"),
     ],
 )
-async def test_requested_scopes(client: AsyncClient, tenant_a: TenantHandle, scope: str, expected: str) -> None:
+async def test_requested_scopes(
+    client: AsyncClient, tenant_a: TenantHandle, scope: str, expected: str
+) -> None:
     reg = await register(client, tenant_a)
     response = await client_token(client, reg["client_id"], reg["client_secret"], scope=scope)
     assert response.status_code == 200, response.text
     assert response.json()["scope"] == expected
-    assert jwt.decode(response.json()["access_token"], options={"verify_signature": False})["scope"] == expected
+    assert (
+        jwt.decode(response.json()["access_token"], options={"verify_signature": False})["scope"] == expected
+    )
 
 
 @pytest.mark.parametrize("scope", ["admin", "agent admin", "agents:write", "tenant:read"])
-async def test_unknown_scope_is_invalid_scope(client: AsyncClient, tenant_a: TenantHandle, scope: str) -> None:
+async def test_unknown_scope_is_invalid_scope(
+    client: AsyncClient, tenant_a: TenantHandle, scope: str
+) -> None:
     reg = await register(client, tenant_a)
     response = await client_token(client, reg["client_id"], reg["client_secret"], scope=scope)
     oauth_error(response, 400, "invalid_scope")
@@ -198,11 +210,20 @@ async def test_unknown_scope_is_invalid_scope(client: AsyncClient, tenant_a: Ten
 async def test_grant_type_errors(client: AsyncClient, tenant_a: TenantHandle) -> None:
     reg = await register(client, tenant_a)
     auth = (reg["client_id"], reg["client_secret"])
-    for grant in ("password", "authorization_code", "refresh_token", "urn:ietf:params:oauth:grant-type:jwt-bearer"):
+    for grant in (
+        "password",
+        "authorization_code",
+        "refresh_token",
+        "urn:ietf:params:oauth:grant-type:jwt-bearer",
+    ):
         response = await client.post("/oauth2/token", data={"grant_type": grant}, auth=auth)
         oauth_error(response, 400, "unsupported_grant_type")
-    oauth_error(await client.post("/oauth2/token", data={"scope": "agent"}, auth=auth), 400, "invalid_request")
-    oauth_error(await client.post("/oauth2/token", data={"grant_type": ""}, auth=auth), 400, "invalid_request")
+    oauth_error(
+        await client.post("/oauth2/token", data={"scope": "agent"}, auth=auth), 400, "invalid_request"
+    )
+    oauth_error(
+        await client.post("/oauth2/token", data={"grant_type": ""}, auth=auth), 400, "invalid_request"
+    )
 
 
 async def test_only_form_bodies_are_read(client: AsyncClient, tenant_a: TenantHandle) -> None:
@@ -211,12 +232,17 @@ async def test_only_form_bodies_are_read(client: AsyncClient, tenant_a: TenantHa
     as_json = await client.post("/oauth2/token", json={"grant_type": "client_credentials"}, auth=auth)
     oauth_error(as_json, 400, "invalid_request")
     as_text = await client.post(
-        "/oauth2/token", content=b"grant_type=client_credentials", headers={"Content-Type": "text/plain"}, auth=auth
+        "/oauth2/token",
+        content=b"grant_type=client_credentials",
+        headers={"Content-Type": "text/plain"},
+        auth=auth,
     )
     oauth_error(as_text, 400, "invalid_request")
     empty = await client.post("/oauth2/token", auth=auth)
     oauth_error(empty, 400, "invalid_request")
-    multipart = await client.post("/oauth2/token", files={"grant_type": (None, "client_credentials")}, auth=auth)
+    multipart = await client.post(
+        "/oauth2/token", files={"grant_type": (None, "client_credentials")}, auth=auth
+    )
     oauth_error(multipart, 400, "invalid_request")
     for path in ("/oauth2/introspect", "/oauth2/revoke"):
         oauth_error(await client.post(path, json={"token": "x"}, auth=auth), 400, "invalid_request")
@@ -238,7 +264,9 @@ async def test_only_form_bodies_are_read(client: AsyncClient, tenant_a: TenantHa
         b"grant_type=client_credentials&client_id=a&client_id=a",
     ],
 )
-async def test_repeated_parameters_are_refused(client: AsyncClient, tenant_a: TenantHandle, body: bytes) -> None:
+async def test_repeated_parameters_are_refused(
+    client: AsyncClient, tenant_a: TenantHandle, body: bytes
+) -> None:
     reg = await register(client, tenant_a)
     response = await client.post(
         "/oauth2/token",
@@ -279,14 +307,20 @@ async def test_no_client_authentication(client: AsyncClient) -> None:
     oauth_error(bearer, 401, "invalid_client")
 
 
-async def test_two_authentication_methods_at_once_are_refused(client: AsyncClient, tenant_a: TenantHandle) -> None:
+async def test_two_authentication_methods_at_once_are_refused(
+    client: AsyncClient, tenant_a: TenantHandle
+) -> None:
     reg = await register(client, tenant_a)
     signer = SigningClient(reg["agent_id"])
     await signer.register_key(client, tenant_a)
     auth = (reg["client_id"], reg["client_secret"])
     both = await client.post(
         "/oauth2/token",
-        data={"grant_type": "client_credentials", "client_id": reg["client_id"], "client_secret": reg["client_secret"]},
+        data={
+            "grant_type": "client_credentials",
+            "client_id": reg["client_id"],
+            "client_secret": reg["client_secret"],
+        },
         auth=auth,
     )
     oauth_error(both, 400, "invalid_request")
@@ -325,7 +359,9 @@ async def test_private_key_jwt(client: AsyncClient, tenant_a: TenantHandle, kind
     assert named.status_code == 200, named.text
 
 
-async def test_private_key_jwt_refusals(client: AsyncClient, tenant_a: TenantHandle, tenant_b: TenantHandle) -> None:
+async def test_private_key_jwt_refusals(
+    client: AsyncClient, tenant_a: TenantHandle, tenant_b: TenantHandle
+) -> None:
     reg = await register(client, tenant_a)
     signer = SigningClient(reg["agent_id"])
     key = await signer.register_key(client, tenant_a)
@@ -370,7 +406,9 @@ async def test_private_key_jwt_refusals(client: AsyncClient, tenant_a: TenantHan
     await refused(bad_type, "invalid_request", 400)
     # A revoked key stops at once.
     fresh = signer.form()
-    deleted = await client.delete(f"/v1/agents/{reg['agent_id']}/credentials/{key['id']}", headers=tenant_a.headers)
+    deleted = await client.delete(
+        f"/v1/agents/{reg['agent_id']}/credentials/{key['id']}", headers=tenant_a.headers
+    )
     assert deleted.status_code == 204
     await refused(fresh)
 
@@ -386,15 +424,21 @@ async def test_private_key_jwt_assertions_are_single_use(client: AsyncClient, te
     oauth_error(replay, 401, "invalid_client")
     # The same jti in a new assertion is a replay too.
     jti = jwt.decode(assertion, options={"verify_signature": False})["jti"]
-    oauth_error(await client.post("/oauth2/token", data=signer.form(signer.assertion(jti=jti))), 401, "invalid_client")
+    oauth_error(
+        await client.post("/oauth2/token", data=signer.form(signer.assertion(jti=jti))), 401, "invalid_client"
+    )
     assert (await client.post("/oauth2/token", data=signer.form())).status_code == 200
 
 
-async def test_private_key_jwt_of_a_suspended_agent_is_refused(client: AsyncClient, tenant_a: TenantHandle) -> None:
+async def test_private_key_jwt_of_a_suspended_agent_is_refused(
+    client: AsyncClient, tenant_a: TenantHandle
+) -> None:
     reg = await register(client, tenant_a)
     signer = SigningClient(reg["agent_id"])
     await signer.register_key(client, tenant_a)
-    assert (await client.post(f"/v1/agents/{reg['agent_id']}/suspend", headers=tenant_a.headers)).status_code == 200
+    assert (
+        await client.post(f"/v1/agents/{reg['agent_id']}/suspend", headers=tenant_a.headers)
+    ).status_code == 200
     oauth_error(await client.post("/oauth2/token", data=signer.form()), 401, "invalid_client")
 
 
@@ -409,7 +453,9 @@ async def test_introspection(client: AsyncClient, tenant_a: TenantHandle, tenant
 
     unauthenticated = await client.post("/oauth2/introspect", data={"token": token})
     oauth_error(unauthenticated, 401, "invalid_client")
-    wrong = await client.post("/oauth2/introspect", data={"token": token}, auth=(reg["client_id"], "aigos_cs_x"))
+    wrong = await client.post(
+        "/oauth2/introspect", data={"token": token}, auth=(reg["client_id"], "aigos_cs_x")
+    )
     oauth_error(wrong, 401, "invalid_client")
     missing = await client.post("/oauth2/introspect", data={}, auth=(reg["client_id"], reg["client_secret"]))
     oauth_error(missing, 400, "invalid_request")
@@ -461,7 +507,9 @@ async def test_revocation(client: AsyncClient, tenant_a: TenantHandle, tenant_b:
 
     oauth_error(await client.post("/oauth2/revoke", data={"token": token}), 401, "invalid_client")
     oauth_error(await client.post("/oauth2/revoke", data={}, auth=auth), 400, "invalid_request")
-    hint = await client.post("/oauth2/revoke", data={"token": token, "token_type_hint": "id_token"}, auth=auth)
+    hint = await client.post(
+        "/oauth2/revoke", data={"token": token, "token_type_hint": "id_token"}, auth=auth
+    )
     oauth_error(hint, 400, "unsupported_token_type")
     # Unknown or malformed tokens answer 200 (RFC 7009 2.2).
     for unknown in ("", "nope", "a.b.c", token[:-4] + "AAAA"):
@@ -480,7 +528,9 @@ async def test_revocation(client: AsyncClient, tenant_a: TenantHandle, tenant_b:
     )
     assert revoked.status_code == 200
     assert revoked.content == b""
-    hb = await client.post(f"/v1/agents/{reg['agent_id']}/heartbeat", headers={"Authorization": f"Bearer {token}"})
+    hb = await client.post(
+        f"/v1/agents/{reg['agent_id']}/heartbeat", headers={"Authorization": f"Bearer {token}"}
+    )
     assert hb.status_code == 401
     assert hb.json()["code"] == "TOKEN_REVOKED"
     seen = await client.post("/oauth2/introspect", data={"token": token}, auth=auth)
@@ -488,7 +538,9 @@ async def test_revocation(client: AsyncClient, tenant_a: TenantHandle, tenant_b:
     # Idempotent; other tokens of the agent keep working.
     assert (await client.post("/oauth2/revoke", data={"token": token}, auth=auth)).status_code == 200
     fresh = await access_token(client, reg)
-    hb = await client.post(f"/v1/agents/{reg['agent_id']}/heartbeat", headers={"Authorization": f"Bearer {fresh}"})
+    hb = await client.post(
+        f"/v1/agents/{reg['agent_id']}/heartbeat", headers={"Authorization": f"Bearer {fresh}"}
+    )
     assert hb.status_code == 200
 
 
@@ -556,12 +608,18 @@ async def test_configured_issuer_is_used_everywhere(tmp_path: Any) -> None:
         reg = await register(http, tenant)
         token = await access_token(http, reg)
         assert jwt.decode(token, options={"verify_signature": False})["iss"] == issuer
-        hb = await http.post(f"/v1/agents/{reg['agent_id']}/heartbeat", headers={"Authorization": f"Bearer {token}"})
+        hb = await http.post(
+            f"/v1/agents/{reg['agent_id']}/heartbeat", headers={"Authorization": f"Bearer {token}"}
+        )
         assert hb.status_code == 200
         # Assertions are addressed to the configured issuer, not to the address the request came in on.
         signer = SigningClient(reg["agent_id"])
         await signer.register_key(http, tenant)
-        ok = await http.post("/oauth2/token", data=signer.form(signer.assertion(aud=issuer + "/oauth2/token")))
+        ok = await http.post(
+            "/oauth2/token", data=signer.form(signer.assertion(aud=issuer + "/oauth2/token"))
+        )
         assert ok.status_code == 200, ok.text
-        internal = await http.post("/oauth2/token", data=signer.form(signer.assertion(aud="http://internal:8080")))
+        internal = await http.post(
+            "/oauth2/token", data=signer.form(signer.assertion(aud="http://internal:8080"))
+        )
         assert internal.status_code == 401

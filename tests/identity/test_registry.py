@@ -49,9 +49,7 @@ async def register(client: AsyncClient, tenant: TenantHandle, **spec: Any) -> di
     return body
 
 
-async def client_token(
-    client: AsyncClient, client_id: str, secret: str, **form: str
-) -> Response:
+async def client_token(client: AsyncClient, client_id: str, secret: str, **form: str) -> Response:
     """``client_credentials`` with ``client_secret_basic``."""
     return await client.post(
         "/oauth2/token", data={"grant_type": "client_credentials", **form}, auth=(client_id, secret)
@@ -120,7 +118,11 @@ async def test_create_returns_the_full_record_and_get_reads_it(
         "version": "2.1.0-beta.1+build.7",
         "owner": "team-research",
         "deployment_env": "staging",
-        "capabilities": {"tools": ["web_*"], "domains": ["Docs.Example.com", "*.example.org"], "max_budget": 5},
+        "capabilities": {
+            "tools": ["web_*"],
+            "domains": ["Docs.Example.com", "*.example.org"],
+            "max_budget": 5,
+        },
         "asset_card_id": "card-42",
         "metadata": {"cost_center": "R&D", "nested": {"a": [1, 2]}},
     }
@@ -192,7 +194,9 @@ async def test_register_returns_credentials_and_a_working_token(
 # -- list -------------------------------------------------------------------------------------------------
 
 
-async def test_list_filters_and_pagination(client: AsyncClient, tenant_a: TenantHandle, tenant_b: TenantHandle) -> None:
+async def test_list_filters_and_pagination(
+    client: AsyncClient, tenant_a: TenantHandle, tenant_b: TenantHandle
+) -> None:
     made = [
         await create(
             client,
@@ -274,10 +278,14 @@ async def test_valid_semantic_versions(client: AsyncClient, tenant_a: TenantHand
 
 @pytest.mark.parametrize("version", ["1.0", "v1.0.0", "01.0.0", "1.0.0-", "1.0.0+", "1.0.0-01", "latest", ""])
 async def test_invalid_semantic_versions(client: AsyncClient, tenant_a: TenantHandle, version: str) -> None:
-    response = await client.post("/v1/agents", json={"name": "x", "version": version}, headers=tenant_a.headers)
+    response = await client.post(
+        "/v1/agents", json={"name": "x", "version": version}, headers=tenant_a.headers
+    )
     assert pointers(response) == {"/version"}
     agent = await create(client, tenant_a)
-    patched = await client.patch(f"/v1/agents/{agent['id']}", json={"version": version}, headers=tenant_a.headers)
+    patched = await client.patch(
+        f"/v1/agents/{agent['id']}", json={"version": version}, headers=tenant_a.headers
+    )
     assert pointers(patched) == {"/version"}
 
 
@@ -369,7 +377,9 @@ async def test_email_is_unique_per_tenant_only(
     )
     assert_problem(taken, 409, "AGENT_EMAIL_TAKEN")
     same = await client.patch(
-        f"/v1/agents/{first['id']}", json={"email": "ops-bot@example.com", "name": "renamed"}, headers=tenant_a.headers
+        f"/v1/agents/{first['id']}",
+        json={"email": "ops-bot@example.com", "name": "renamed"},
+        headers=tenant_a.headers,
     )
     assert same.status_code == 200, same.text
     listed = (await client.get("/v1/agents", headers=tenant_a.headers)).json()
@@ -421,7 +431,9 @@ async def test_patch_cannot_clear_required_fields(
     client: AsyncClient, tenant_a: TenantHandle, field: str
 ) -> None:
     reg = await register(client, tenant_a)
-    response = await client.patch(f"/v1/agents/{reg['agent_id']}", json={field: None}, headers=tenant_a.headers)
+    response = await client.patch(
+        f"/v1/agents/{reg['agent_id']}", json={field: None}, headers=tenant_a.headers
+    )
     assert pointers(response) == {f"/{field}"}
     # The agent is intact and still gets tokens.
     got = (await client.get(f"/v1/agents/{reg['agent_id']}", headers=tenant_a.headers)).json()
@@ -435,7 +447,9 @@ async def test_patch_refuses_immutable_fields_and_unknown_agents(
 ) -> None:
     agent = await create(client, tenant_a)
     for field, value in (("status", "active"), ("parent_id", str(uuid.uuid4())), ("id", str(uuid.uuid4()))):
-        response = await client.patch(f"/v1/agents/{agent['id']}", json={field: value}, headers=tenant_a.headers)
+        response = await client.patch(
+            f"/v1/agents/{agent['id']}", json={field: value}, headers=tenant_a.headers
+        )
         assert pointers(response) == {f"/{field}"}
     missing = await client.patch(f"/v1/agents/{uuid.uuid4()}", json={"name": "x"}, headers=tenant_a.headers)
     assert_problem(missing, 404, "AGENT_NOT_FOUND")
@@ -482,7 +496,9 @@ async def test_suspend_refuses_tokens_until_reactivated(client: AsyncClient, ten
     )
     assert seen.json()["active"] is True
     # Reactivating an active agent is a no-op.
-    assert (await client.post(f"/v1/agents/{agent_id}/reactivate", headers=tenant_a.headers)).status_code == 200
+    assert (
+        await client.post(f"/v1/agents/{agent_id}/reactivate", headers=tenant_a.headers)
+    ).status_code == 200
 
 
 async def test_deregister_terminates_revokes_and_keeps_the_record(
@@ -490,7 +506,9 @@ async def test_deregister_terminates_revokes_and_keeps_the_record(
 ) -> None:
     reg = await register(client, tenant_a)
     agent_id = reg["agent_id"]
-    extra = await client.post(f"/v1/agents/{agent_id}/credentials", json={"name": "second"}, headers=tenant_a.headers)
+    extra = await client.post(
+        f"/v1/agents/{agent_id}/credentials", json={"name": "second"}, headers=tenant_a.headers
+    )
     assert extra.status_code == 201
     token = await access_token(client, reg)
 
@@ -530,12 +548,16 @@ async def test_deregister_terminates_revokes_and_keeps_the_record(
         "AGENT_NOT_MODIFIABLE",
     )
     assert (await client.delete(f"/v1/agents/{agent_id}", headers=tenant_a.headers)).status_code == 204
-    assert_problem(await client.delete(f"/v1/agents/{uuid.uuid4()}", headers=tenant_a.headers), 404, "AGENT_NOT_FOUND")
+    assert_problem(
+        await client.delete(f"/v1/agents/{uuid.uuid4()}", headers=tenant_a.headers), 404, "AGENT_NOT_FOUND"
+    )
 
 
 async def test_suspended_agent_can_be_deregistered(client: AsyncClient, tenant_a: TenantHandle) -> None:
     agent = await create(client, tenant_a)
-    assert (await client.post(f"/v1/agents/{agent['id']}/suspend", headers=tenant_a.headers)).status_code == 200
+    assert (
+        await client.post(f"/v1/agents/{agent['id']}/suspend", headers=tenant_a.headers)
+    ).status_code == 200
     assert (await client.delete(f"/v1/agents/{agent['id']}", headers=tenant_a.headers)).status_code == 204
     got = (await client.get(f"/v1/agents/{agent['id']}", headers=tenant_a.headers)).json()
     assert got["status"] == "terminated"
@@ -559,20 +581,28 @@ async def test_free_plan_allows_ten_agents_and_terminated_ones_do_not_count(
         "PLAN_LIMIT_EXCEEDED",
     )
     # Suspended agents still count; another tenant has its own allowance.
-    assert (await client.post(f"/v1/agents/{agents[0]['id']}/suspend", headers=tenant_a.headers)).status_code == 200
-    assert (await client.post("/v1/agents", json={"name": "a10"}, headers=tenant_a.headers)).status_code == 403
+    assert (
+        await client.post(f"/v1/agents/{agents[0]['id']}/suspend", headers=tenant_a.headers)
+    ).status_code == 200
+    assert (
+        await client.post("/v1/agents", json={"name": "a10"}, headers=tenant_a.headers)
+    ).status_code == 403
     await create(client, tenant_b)
     # A terminated agent frees its place.
     assert (await client.delete(f"/v1/agents/{agents[1]['id']}", headers=tenant_a.headers)).status_code == 204
     await create(client, tenant_a, name="a10")
-    assert (await client.post("/v1/agents", json={"name": "a11"}, headers=tenant_a.headers)).status_code == 403
+    assert (
+        await client.post("/v1/agents", json={"name": "a11"}, headers=tenant_a.headers)
+    ).status_code == 403
     assert (await client.get("/v1/agents", headers=tenant_a.headers)).json()["total"] == 11
 
 
 # -- lineage ----------------------------------------------------------------------------------------------
 
 
-async def test_lineage_depth_and_limit(client: AsyncClient, tenant_a: TenantHandle, tenant_b: TenantHandle) -> None:
+async def test_lineage_depth_and_limit(
+    client: AsyncClient, tenant_a: TenantHandle, tenant_b: TenantHandle
+) -> None:
     root = await register(client, tenant_a, name="root")
     chain = [root["agent"]]
     for depth in range(1, 6):  # the default max_lineage_depth is 5
@@ -589,11 +619,16 @@ async def test_lineage_depth_and_limit(client: AsyncClient, tenant_a: TenantHand
     assert sibling["lineage"]["depth"] == 1
     foreign = await create(client, tenant_b, name="foreign")
     for parent in (foreign["id"], str(uuid.uuid4())):
-        response = await client.post("/v1/agents", json={"name": "orphan", "parent_id": parent}, headers=tenant_a.headers)
+        response = await client.post(
+            "/v1/agents", json={"name": "orphan", "parent_id": parent}, headers=tenant_a.headers
+        )
         assert_problem(response, 404, "AGENT_NOT_FOUND")
     # The child's token carries its lineage; a root's has none.
     child_reg = await register(client, tenant_a, name="child", parent_id=root["agent_id"])
-    assert claims_of(child_reg["identity_token"])["aigos:lineage"] == {"parent_id": root["agent_id"], "depth": 1}
+    assert claims_of(child_reg["identity_token"])["aigos:lineage"] == {
+        "parent_id": root["agent_id"],
+        "depth": 1,
+    }
     assert "aigos:lineage" not in claims_of(root["identity_token"])
 
 
@@ -685,12 +720,18 @@ async def test_registry_changes_are_audited(client: AsyncClient, tenant_a: Tenan
     agent_id = reg["agent_id"]
     headers = tenant_a.headers
     creds = (await client.get(f"/v1/agents/{agent_id}/credentials", headers=headers)).json()
-    assert (await client.patch(f"/v1/agents/{agent_id}", json={"owner": "x"}, headers=headers)).status_code == 200
-    assert (await client.post(f"/v1/agents/{agent_id}/suspend", json={"reason": "why"}, headers=headers)).status_code == 200
+    assert (
+        await client.patch(f"/v1/agents/{agent_id}", json={"owner": "x"}, headers=headers)
+    ).status_code == 200
+    assert (
+        await client.post(f"/v1/agents/{agent_id}/suspend", json={"reason": "why"}, headers=headers)
+    ).status_code == 200
     assert (await client.post(f"/v1/agents/{agent_id}/reactivate", headers=headers)).status_code == 200
     added = await client.post(f"/v1/agents/{agent_id}/credentials", json={}, headers=headers)
     rotated = await client.post(
-        f"/v1/agents/{agent_id}/credentials/{creds[0]['id']}/rotate", json={"grace_seconds": 0}, headers=headers
+        f"/v1/agents/{agent_id}/credentials/{creds[0]['id']}/rotate",
+        json={"grace_seconds": 0},
+        headers=headers,
     )
     assert rotated.status_code == 201, rotated.text
     revoked = await client.delete(f"/v1/agents/{agent_id}/credentials/{added.json()['id']}", headers=headers)

@@ -29,10 +29,14 @@ async def exchange(client: AsyncClient, subject_token: str, child_id: str, **ext
     )
 
 
-async def family(client: AsyncClient, tenant: TenantHandle, **child_spec: Any) -> tuple[dict[str, Any], str, dict[str, Any]]:
+async def family(
+    client: AsyncClient, tenant: TenantHandle, **child_spec: Any
+) -> tuple[dict[str, Any], str, dict[str, Any]]:
     """A registered parent, a token of it, and a child registered under it."""
     parent = await register(client, tenant, name="parent")
-    child_spec.setdefault("capabilities", {"tools": ["web_search"], "domains": ["api.example.com"], "max_budget": 10})
+    child_spec.setdefault(
+        "capabilities", {"tools": ["web_search"], "domains": ["api.example.com"], "max_budget": 10}
+    )
     child = await create(client, tenant, name="child", parent_id=parent["agent_id"], **child_spec)
     return parent, await access_token(client, parent), child
 
@@ -50,13 +54,19 @@ async def test_parent_obtains_a_child_token(client: AsyncClient, tenant_a: Tenan
     assert claims["sub"] == claims["client_id"] == child["id"]
     assert claims["act"] == {"sub": parent["agent_id"]}
     assert claims["aigos:lineage"] == {"parent_id": parent["agent_id"], "depth": 1}
-    assert claims["aigos:capabilities"] == {"tools": ["web_search"], "domains": ["api.example.com"], "max_budget": 10.0}
+    assert claims["aigos:capabilities"] == {
+        "tools": ["web_search"],
+        "domains": ["api.example.com"],
+        "max_budget": 10.0,
+    }
     # The child token works for the child, and only for it.
     assert (await heartbeat(client, child["id"], body["access_token"])).status_code == 200
     assert (await heartbeat(client, parent["agent_id"], body["access_token"])).status_code == 404
     # Introspection shows who acts.
     seen = await client.post(
-        "/oauth2/introspect", data={"token": body["access_token"]}, auth=(parent["client_id"], parent["client_secret"])
+        "/oauth2/introspect",
+        data={"token": body["access_token"]},
+        auth=(parent["client_id"], parent["client_secret"]),
     )
     assert seen.json()["act"] == {"sub": parent["agent_id"]}
     assert seen.json()["aigos:lineage"]["depth"] == 1
@@ -68,7 +78,11 @@ async def test_parent_obtains_a_child_token(client: AsyncClient, tenant_a: Tenan
 async def test_exchange_chains_nest_the_actors(client: AsyncClient, tenant_a: TenantHandle) -> None:
     parent, token, child = await family(client, tenant_a, capabilities={"tools": ["web_*"], "max_budget": 50})
     grandchild = await create(
-        client, tenant_a, name="grandchild", parent_id=child["id"], capabilities={"tools": ["web_search"], "max_budget": 5}
+        client,
+        tenant_a,
+        name="grandchild",
+        parent_id=child["id"],
+        capabilities={"tools": ["web_search"], "max_budget": 5},
     )
     child_token = (await exchange(client, token, child["id"])).json()["access_token"]
     response = await exchange(client, child_token, grandchild["id"])
@@ -106,7 +120,9 @@ async def test_child_beyond_its_parent_is_privilege_escalation(
         name="parent",
         capabilities={"tools": ["web_*", "calc", "calc?"], "domains": ["*.example.com"], "max_budget": 100},
     )
-    child = await create(client, tenant_a, name="child", parent_id=parent["agent_id"], capabilities=capabilities)
+    child = await create(
+        client, tenant_a, name="child", parent_id=parent["agent_id"], capabilities=capabilities
+    )
     response = await exchange(client, await access_token(client, parent), child["id"])
     body = oauth_error(response, 400, "invalid_target")
     assert "PRIVILEGE_ESCALATION" in body["error_description"]
@@ -130,7 +146,9 @@ async def test_child_within_its_parent_is_allowed(
         name="parent",
         capabilities={"tools": ["web_*", "calc", "calc?"], "domains": ["*.example.com"], "max_budget": 100},
     )
-    child = await create(client, tenant_a, name="child", parent_id=parent["agent_id"], capabilities=capabilities)
+    child = await create(
+        client, tenant_a, name="child", parent_id=parent["agent_id"], capabilities=capabilities
+    )
     response = await exchange(client, await access_token(client, parent), child["id"])
     assert response.status_code == 200, response.text
 
@@ -150,7 +168,13 @@ async def test_only_own_children(client: AsyncClient, tenant_a: TenantHandle, te
     niece = await create(client, tenant_a, name="niece", parent_id=sibling_parent["agent_id"])
     foreign_parent = await register(client, tenant_b, name="foreign")
     foreign_child = await create(client, tenant_b, name="foreign-child", parent_id=foreign_parent["agent_id"])
-    for target in (stranger["id"], niece["id"], foreign_child["id"], parent["agent_id"], "00000000-0000-0000-0000-000000000000"):
+    for target in (
+        stranger["id"],
+        niece["id"],
+        foreign_child["id"],
+        parent["agent_id"],
+        "00000000-0000-0000-0000-000000000000",
+    ):
         oauth_error(await exchange(client, token, target), 400, "invalid_target")
     # A child cannot obtain its parent's token either.
     child_token = (await exchange(client, token, child["id"])).json()["access_token"]
@@ -159,7 +183,9 @@ async def test_only_own_children(client: AsyncClient, tenant_a: TenantHandle, te
 
 async def test_child_scope_within_the_parent_scope(client: AsyncClient, tenant_a: TenantHandle) -> None:
     parent = await register(client, tenant_a, name="parent")
-    child = await create(client, tenant_a, name="child", parent_id=parent["agent_id"], capabilities={"max_budget": 1})
+    child = await create(
+        client, tenant_a, name="child", parent_id=parent["agent_id"], capabilities={"max_budget": 1}
+    )
     narrow = await access_token(client, parent, scope="agent policies:check")
     beyond = await exchange(client, narrow, child["id"], scope="agent telemetry:write")
     oauth_error(beyond, 400, "invalid_scope")
@@ -170,8 +196,12 @@ async def test_child_scope_within_the_parent_scope(client: AsyncClient, tenant_a
     narrower = await exchange(client, narrow, child["id"], scope="agent")
     assert narrower.json()["scope"] == "agent"
     # The child of a narrowed child cannot widen again.
-    grandchild = await create(client, tenant_a, name="grandchild", parent_id=child["id"], capabilities={"max_budget": 1})
-    widened = await exchange(client, narrower.json()["access_token"], grandchild["id"], scope="agent policies:check")
+    grandchild = await create(
+        client, tenant_a, name="grandchild", parent_id=child["id"], capabilities={"max_budget": 1}
+    )
+    widened = await exchange(
+        client, narrower.json()["access_token"], grandchild["id"], scope="agent policies:check"
+    )
     oauth_error(widened, 400, "invalid_scope")
 
 
@@ -185,16 +215,22 @@ async def test_subject_token_must_be_valid(client: AsyncClient, tenant_a: Tenant
     oauth_error(await exchange(client, token, child["id"]), 400, "invalid_grant")
     # A suspended parent.
     fresh = await access_token(client, parent)
-    assert (await client.post(f"/v1/agents/{parent['agent_id']}/suspend", headers=tenant_a.headers)).status_code == 200
+    assert (
+        await client.post(f"/v1/agents/{parent['agent_id']}/suspend", headers=tenant_a.headers)
+    ).status_code == 200
     body = oauth_error(await exchange(client, fresh, child["id"]), 400, "invalid_grant")
     assert "suspended" in body["error_description"]
 
 
 async def test_child_must_hold_tokens(client: AsyncClient, tenant_a: TenantHandle) -> None:
-    parent, token, child = await family(client, tenant_a)
-    assert (await client.post(f"/v1/agents/{child['id']}/suspend", headers=tenant_a.headers)).status_code == 200
+    _, token, child = await family(client, tenant_a)
+    assert (
+        await client.post(f"/v1/agents/{child['id']}/suspend", headers=tenant_a.headers)
+    ).status_code == 200
     oauth_error(await exchange(client, token, child["id"]), 400, "invalid_target")
-    assert (await client.post(f"/v1/agents/{child['id']}/reactivate", headers=tenant_a.headers)).status_code == 200
+    assert (
+        await client.post(f"/v1/agents/{child['id']}/reactivate", headers=tenant_a.headers)
+    ).status_code == 200
     issued = await exchange(client, token, child["id"])
     assert issued.status_code == 200
     # Deregistering the child refuses its exchanged tokens as well.
@@ -206,17 +242,24 @@ async def test_child_must_hold_tokens(client: AsyncClient, tenant_a: TenantHandl
 
 
 async def test_malformed_exchange_requests(client: AsyncClient, tenant_a: TenantHandle) -> None:
-    parent, token, child = await family(client, tenant_a)
+    _, token, child = await family(client, tenant_a)
     oauth_error(await exchange(client, token, "not-a-uuid"), 400, "invalid_request")
     oauth_error(await exchange(client, token, ""), 400, "invalid_request")
-    oauth_error(await exchange(client, token, child["id"], subject_token_type="urn:ietf:params:oauth:token-type:jwt"), 400, "invalid_request")
     oauth_error(
-        await exchange(client, token, child["id"], requested_token_type="urn:ietf:params:oauth:token-type:refresh_token"),
+        await exchange(client, token, child["id"], subject_token_type="urn:ietf:params:oauth:token-type:jwt"),
+        400,
+        "invalid_request",
+    )
+    oauth_error(
+        await exchange(
+            client, token, child["id"], requested_token_type="urn:ietf:params:oauth:token-type:refresh_token"
+        ),
         400,
         "invalid_request",
     )
     no_type = await client.post(
-        "/oauth2/token", data={"grant_type": TOKEN_EXCHANGE, "subject_token": token, "requested_agent": child["id"]}
+        "/oauth2/token",
+        data={"grant_type": TOKEN_EXCHANGE, "subject_token": token, "requested_agent": child["id"]},
     )
     oauth_error(no_type, 400, "invalid_request")
     explicit = await exchange(client, token, child["id"], requested_token_type=ACCESS_TOKEN)
@@ -244,11 +287,12 @@ async def test_exchange_is_audited(client: AsyncClient, app: Any, tenant_a: Tena
     events: list[dict[str, Any]] = []
     for _ in range(50):
         await app.state.runtime.events.flush(everything=True)
-        events = [e for e in await agent_events(client, tenant_a) if e["event_type"] == "agent.token_exchanged"]
+        events = [
+            e for e in await agent_events(client, tenant_a) if e["event_type"] == "agent.token_exchanged"
+        ]
         if events:
             break
         await asyncio.sleep(0.1)
     (event,) = events
     assert event["agent_id"] == child["id"]
     assert event["data"]["parent_id"] == parent["agent_id"]
-

@@ -17,7 +17,8 @@ from typing import Any
 import structlog
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from joserfc.jwk import ECKey, KeySet, OKPKey
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigos.core.signing import derive_seed
 from aigos.server.db import Database
@@ -27,6 +28,7 @@ from aigos.server.identity.models import SigningKey
 log = structlog.get_logger("aigos.keys")
 
 ALGORITHMS = ("ES256", "EdDSA")
+_ROTATION_LOCK = 0x41_49_47_4B_45_59  # "AIGKEY": any constant shared by every AIGOS process
 JoseKey = ECKey | OKPKey
 
 
@@ -145,34 +147,41 @@ class SigningKeys:
 
     async def rotate(self) -> str:
         """Make a new active key and retire the others (published until their tokens have expired)."""
-        kid = await self._create()
         async with self.database.session() as session:
+            if session.bind is not None and session.bind.dialect.name == "postgresql":
+                # Two rotations at once must not retire each other's new key: they take turns.
+                await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ROTATION_LOCK})
             await session.execute(
                 update(SigningKey)
-                .where(SigningKey.kid != kid, SigningKey.status == "active")
+                .where(SigningKey.status == "active")
                 .values(
                     status="retired",
                     retired_at=utcnow(),
                     publish_until=utcnow() + timedelta(seconds=self.token_ttl + 300),
                 )
             )
+            kid = self._add(session)
         await self.reload()
         log.info("signing_key_rotated", kid=kid)
         return kid
 
     async def _create(self) -> str:
+        async with self.database.session() as session:
+            return self._add(session)
+
+    def _add(self, session: AsyncSession) -> str:
+        """Generate a key and add it, encrypted, to the session's transaction; returns its kid."""
         key = generate(self.alg)
         kid = key.thumbprint()
         pem = key.as_pem(private=True)
-        async with self.database.session() as session:
-            session.add(
-                SigningKey(
-                    kid=kid,
-                    alg=self.alg,
-                    public_jwk={**key.as_dict(private=False), "kid": kid, "alg": self.alg, "use": "sig"},
-                    private_key_encrypted=self.encryption.encrypt(pem, kid.encode()),
-                    status="active",
-                    created_at=utcnow(),
-                )
+        session.add(
+            SigningKey(
+                kid=kid,
+                alg=self.alg,
+                public_jwk={**key.as_dict(private=False), "kid": kid, "alg": self.alg, "use": "sig"},
+                private_key_encrypted=self.encryption.encrypt(pem, kid.encode()),
+                status="active",
+                created_at=utcnow(),
             )
+        )
         return kid

@@ -28,7 +28,9 @@ from aigos.server.identity.models import AgentCredential
 from aigos.server.runtime import Runtime
 
 JWT_BEARER_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-ASSERTION_MAX_LIFETIME = 300
+#: Longest lifetime (exp - iat) of a client assertion. One hour, as Authlib and most client libraries issue
+#: by default (Okta's limit too); each assertion is single-use, so a long one cannot be replayed anyway.
+ASSERTION_MAX_LIFETIME = 3600
 
 
 class OAuthError(Exception):

@@ -20,6 +20,7 @@ from aigos.server.identity.keys import ALGORITHMS, SigningKeys
 from aigos.server.identity.models import Agent
 
 TOKEN_TYPE = "at+jwt"
+ACCEPTED_TYPES = frozenset({TOKEN_TYPE, "application/" + TOKEN_TYPE})
 AIGOS_VERSION = "1.0"
 LEEWAY_SECONDS = 30
 #: What an agent token may be used for; asked for nothing, an agent gets all of it.
@@ -121,7 +122,8 @@ def verify(keys: SigningKeys, token: str, issuer: str, now: float | None = None)
         decoded = jwt.decode(token, keys.keyset, algorithms=list(ALGORITHMS))
     except (JoseError, ValueError, TypeError) as exc:
         raise InvalidToken(f"token signature or format is invalid ({type(exc).__name__})") from exc
-    if decoded.header.get("typ") != TOKEN_TYPE:
+    # RFC 9068 section 4: "at+jwt" or "application/at+jwt"; media types compare case-insensitively.
+    if str(decoded.header.get("typ", "")).lower() not in ACCEPTED_TYPES:
         raise InvalidToken("token type is not at+jwt")
     registry = JWTClaimsRegistry(
         now=int(now) if now is not None else None,

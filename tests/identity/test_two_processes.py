@@ -1,0 +1,174 @@
+"""Two server processes on one PostgreSQL and one Redis: tokens, revocations and suspensions are global."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import REDIS_URL, SECRET_KEY, pg_url
+from tests.server_process import ServerProcess
+
+pytestmark = pytest.mark.slow
+
+#: How long a change made on one process may take to reach the other, should it not be there at once.
+PROPAGATION_LIMIT = 1.0
+
+
+@pytest.fixture
+def processes(
+    tmp_path: Path, pg_database: str, redis_prefix: str
+) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    env = {
+        "AIGOS_DATABASE_URL": pg_url(pg_database),
+        "AIGOS_REDIS_URL": REDIS_URL,
+        "AIGOS_REDIS_PREFIX": redis_prefix,
+        "AIGOS_SECRET_KEY": SECRET_KEY,
+        # Both processes must name the same issuer, as replicas behind one address do.
+        "AIGOS_ISSUER": "https://aigos.example.com",
+    }
+    with ServerProcess(tmp_path / "one", env) as one, ServerProcess(tmp_path / "two", env) as two:
+        yield one, two
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def setup_agent(server: ServerProcess) -> tuple[dict[str, str], dict[str, Any]]:
+    signed_up = httpx.post(
+        server.base_url + "/v1/tenants",
+        json={
+            "name": "Replicas",
+            "slug": "replicas",
+            "owner_email": "owner@replicas.example.com",
+            "owner_password": "correct horse battery",
+        },
+    )
+    assert signed_up.status_code == 201, signed_up.text
+    owner = bearer(signed_up.json()["api_key"]["key"])
+    registered = httpx.post(
+        server.base_url + "/v1/agents/register", json={"name": "replicated"}, headers=owner
+    )
+    assert registered.status_code == 201, registered.text
+    return owner, registered.json()
+
+
+def token_from(server: ServerProcess, agent: dict[str, Any]) -> str:
+    response = httpx.post(
+        server.base_url + "/oauth2/token",
+        data={"grant_type": "client_credentials"},
+        auth=(agent["client_id"], agent["client_secret"]),
+    )
+    assert response.status_code == 200, response.text
+    token: str = response.json()["access_token"]
+    return token
+
+
+def heartbeat(server: ServerProcess, agent: dict[str, Any], token: str) -> httpx.Response:
+    return httpx.post(f"{server.base_url}/v1/agents/{agent['agent_id']}/heartbeat", headers=bearer(token))
+
+
+def settled(
+    check: Callable[[], httpx.Response], done: Callable[[httpx.Response], bool]
+) -> tuple[httpx.Response, int]:
+    """The first answer of ``check``, retried (up to ``PROPAGATION_LIMIT``) until ``done``; and the tries."""
+    deadline = time.monotonic() + PROPAGATION_LIMIT
+    tries = 1
+    response = check()
+    while not done(response) and time.monotonic() < deadline:
+        time.sleep(0.02)
+        tries += 1
+        response = check()
+    return response, tries
+
+
+def test_tokens_and_their_revocation_are_shared(processes: tuple[ServerProcess, ServerProcess]) -> None:
+    one, two = processes
+    _, agent = setup_agent(one)
+    token = token_from(one, agent)
+    # Issued by one process, accepted by the other (and by itself).
+    assert heartbeat(two, agent, token).status_code == 200, two.output()
+    assert heartbeat(one, agent, token).status_code == 200
+    introspected = httpx.post(
+        two.base_url + "/oauth2/introspect",
+        data={"token": token},
+        auth=(agent["client_id"], agent["client_secret"]),
+    )
+    assert introspected.json()["active"] is True
+
+    revoked = httpx.post(
+        one.base_url + "/oauth2/revoke",
+        data={"token": token},
+        auth=(agent["client_id"], agent["client_secret"]),
+    )
+    assert revoked.status_code == 200
+    # Process two had the token verified and cached; the revocation must still reach it.
+    refused, tries = settled(lambda: heartbeat(two, agent, token), lambda r: r.status_code == 401)
+    assert refused.status_code == 401, (one.output(), two.output())
+    assert refused.json()["code"] == "TOKEN_REVOKED"
+    assert tries == 1, f"process two accepted a revoked token {tries - 1} time(s) before refusing it"
+    # Other tokens of the agent are unaffected on either process.
+    fresh = token_from(two, agent)
+    assert heartbeat(one, agent, fresh).status_code == 200
+    assert heartbeat(two, agent, fresh).status_code == 200
+
+
+def test_suspension_and_reactivation_are_shared(processes: tuple[ServerProcess, ServerProcess]) -> None:
+    one, two = processes
+    owner, agent = setup_agent(one)
+    token = token_from(two, agent)
+    assert heartbeat(two, agent, token).status_code == 200
+
+    suspended = httpx.post(f"{one.base_url}/v1/agents/{agent['agent_id']}/suspend", headers=owner)
+    assert suspended.status_code == 200, suspended.text
+    refused, tries = settled(lambda: heartbeat(two, agent, token), lambda r: r.status_code == 401)
+    assert refused.status_code == 401, (one.output(), two.output())
+    assert refused.json()["code"] == "AGENT_SUSPENDED"
+    assert tries == 1, f"process two accepted a suspended agent {tries - 1} time(s) before refusing it"
+    denied = httpx.post(
+        two.base_url + "/oauth2/token",
+        data={"grant_type": "client_credentials"},
+        auth=(agent["client_id"], agent["client_secret"]),
+    )
+    assert denied.status_code == 401
+    assert denied.json()["error"] == "invalid_client"
+
+    # Reactivated on the other process: both accept again, and stay so (no stale message wins later).
+    reactivated = httpx.post(f"{two.base_url}/v1/agents/{agent['agent_id']}/reactivate", headers=owner)
+    assert reactivated.status_code == 200, reactivated.text
+    for server in (one, two, one, two):
+        accepted, _ = settled(partial(heartbeat, server, agent, token), lambda r: r.status_code == 200)
+        assert accepted.status_code == 200, accepted.text
+
+    # Suspend and reactivate back to back on different processes: the later change wins everywhere.
+    assert (
+        httpx.post(f"{one.base_url}/v1/agents/{agent['agent_id']}/suspend", headers=owner).status_code == 200
+    )
+    assert (
+        httpx.post(f"{two.base_url}/v1/agents/{agent['agent_id']}/reactivate", headers=owner).status_code
+        == 200
+    )
+    time.sleep(0.3)
+    for server in (one, two):
+        assert heartbeat(server, agent, token).status_code == 200, server.base_url
+
+
+def test_deregistration_is_shared(processes: tuple[ServerProcess, ServerProcess]) -> None:
+    one, two = processes
+    owner, agent = setup_agent(two)
+    token = token_from(one, agent)
+    assert heartbeat(two, agent, token).status_code == 200
+    assert httpx.delete(f"{one.base_url}/v1/agents/{agent['agent_id']}", headers=owner).status_code == 204
+    refused, _ = settled(lambda: heartbeat(two, agent, token), lambda r: r.status_code == 401)
+    assert refused.status_code == 401
+    assert refused.json()["code"] == "AGENT_TERMINATED"
+    assert (
+        httpx.get(f"{two.base_url}/v1/agents/{agent['agent_id']}", headers=owner).json()["status"]
+        == "terminated"
+    )
