@@ -30,7 +30,8 @@ async def database(settings: Settings) -> AsyncIterator[Database]:
 
 def _diff(connection: Connection) -> list[object]:
     import_all_models()
-    context = MigrationContext.configure(connection, opts={"compare_type": True, "include_name": include_name})
+    options = {"compare_type": True, "include_name": include_name}
+    context = MigrationContext.configure(connection, opts=options)
     return list(compare_metadata(context, Base.metadata))
 
 

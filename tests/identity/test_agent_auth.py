@@ -7,6 +7,7 @@ running app), so that each test isolates the one claim or header it breaks.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -256,3 +257,44 @@ async def test_tokens_survive_a_signing_key_reload(
     await app.state.runtime.keys.reload()
     assert (await heartbeat(client, reg["agent_id"], token)).status_code == 200
     assert claims_of(token)["sub"] == reg["agent_id"]
+
+
+async def test_a_stale_status_message_does_not_undo_a_later_change(
+    client: AsyncClient, app: FastAPI, victim: tuple[dict[str, Any], Forge], tenant_a: TenantHandle
+) -> None:
+    """Suspended on one replica, reactivated on another: the suspension's message may arrive last."""
+    from aigos.core.canonical import canonical
+    from aigos.server.identity.state import CHANNEL
+
+    reg, _ = victim
+    runtime = app.state.runtime
+    announced_before = time.time()
+    assert (
+        await client.post(f"/v1/agents/{reg['agent_id']}/suspend", headers=tenant_a.headers)
+    ).status_code == 200
+    assert (
+        await client.post(f"/v1/agents/{reg['agent_id']}/reactivate", headers=tenant_a.headers)
+    ).status_code == 200
+    # Another replica's suspension, announced before our reactivation, delivered only now; then a marker
+    # that tells when the listener has handled everything before it.
+    stale = {"type": "status", "agent_id": reg["agent_id"], "status": "suspended", "at": announced_before}
+    marker = uuid.uuid4().hex
+    await runtime.bus.pubsub.publish(CHANNEL, canonical({**stale, "origin": "other-replica"}))
+    await runtime.bus.pubsub.publish(
+        CHANNEL,
+        canonical({"type": "revoked", "jti": marker, "exp": time.time() + 60, "origin": "other-replica"}),
+    )
+    for _ in range(100):
+        if runtime.identity.is_revoked(marker):
+            break
+        await asyncio.sleep(0.02)
+    assert runtime.identity.is_revoked(marker)
+    assert (await heartbeat(client, reg["agent_id"], reg["identity_token"])).status_code == 200
+    # A newer one from elsewhere does apply.
+    newer = {**stale, "at": time.time() + 1, "origin": "other-replica"}
+    await runtime.bus.pubsub.publish(CHANNEL, canonical(newer))
+    for _ in range(100):
+        if runtime.identity.status_of(uuid.UUID(reg["agent_id"])).value == "suspended":
+            break
+        await asyncio.sleep(0.02)
+    assert_refused(await heartbeat(client, reg["agent_id"], reg["identity_token"]), "AGENT_SUSPENDED")

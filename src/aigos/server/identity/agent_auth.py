@@ -95,7 +95,8 @@ class AgentAuthenticator:
             # A key created on another replica since our last load: reload once, then decide.
             if not _names_unknown_key(runtime, token):
                 raise token_error(str(first), "INVALID_TOKEN") from first
-            await runtime.keys.reload()
+            if not await runtime.keys.reload_if_stale():
+                raise token_error(str(first), "INVALID_TOKEN") from first
             try:
                 return tokens.verify(runtime.keys, token, issuer)
             except tokens.InvalidToken as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -92,6 +93,7 @@ class SigningKeys:
         self._active: LoadedKey | None = None
         self._keyset = KeySet([])
         self._lock = asyncio.Lock()
+        self._reloaded_at = 0.0
 
     @property
     def active(self) -> LoadedKey:
@@ -124,9 +126,19 @@ class SigningKeys:
             await self._create()
             await self.reload()
 
+    async def reload_if_stale(self, min_interval: float = 5.0) -> bool:
+        """Reload unless a reload happened within ``min_interval`` seconds (unknown kids can be forged
+        by anyone; they must not turn into a database query each)."""
+        now = time.monotonic()
+        if now - self._reloaded_at < min_interval:
+            return False
+        await self.reload()
+        return True
+
     async def reload(self) -> None:
         """Read the published keys from the database (after a rotation elsewhere, or an unknown kid)."""
         async with self._lock:
+            self._reloaded_at = time.monotonic()
             now = utcnow()
             async with self.database.session() as session:
                 rows = (await session.scalars(select(SigningKey))).all()

@@ -276,9 +276,12 @@ def _capabilities(claim: dict[str, Any]) -> Capabilities:
 
 async def _caller(request: Request, runtime: Runtime, session: AsyncSession, form: dict[str, str]) -> Client:
     issuer = issuer_for(request, runtime.settings)
-    return await authenticate_client(
+    client = await authenticate_client(
         runtime, session, form, request.headers.get("authorization"), issuer + "/oauth2/token", issuer
     )
+    # A suspended or terminated agent keeps its secret but may no longer use the OAuth endpoints.
+    await _load_agent(session, client)
+    return client
 
 
 @router.post("/oauth2/introspect", summary="Token introspection (RFC 7662)", openapi_extra=_form_body)
@@ -333,6 +336,10 @@ async def revoke(request: Request, runtime: RuntimeDep, session: SessionDep) -> 
         return Response(status_code=200, headers=NO_STORE)
     if str(claims.get("aud")) != str(caller.tenant_id):
         return Response(status_code=200, headers=NO_STORE)
+    # RFC 7009 2.1: a client revokes tokens issued to itself; a parent also those it obtained for a child.
+    issued_to = {str(claims.get("client_id")), str((claims.get("act") or {}).get("sub"))}
+    if str(caller.agent_id) not in issued_to:
+        return _oauth_error(OAuthError("unauthorized_client", "The token was not issued to this client."))
     await revoke_jti(
         runtime,
         session,
