@@ -44,3 +44,13 @@ async def test_openapi_and_docs_are_served(client: AsyncClient) -> None:
     script = await client.get("/docs/static/swagger-ui-bundle.js")
     assert script.status_code == 200
     assert "SwaggerUIBundle" in script.text[:200_000]
+
+
+async def test_metrics_expose_the_event_log_queue(client: AsyncClient) -> None:
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    lines = dict(line.rsplit(" ", 1) for line in response.text.splitlines() if not line.startswith("#"))
+    assert int(lines["aigos_eventlog_queue_depth"]) >= 0
+    assert int(lines["aigos_eventlog_queue_capacity"]) > 0
+    assert {"aigos_eventlog_appended_total", "aigos_eventlog_dropped_total"} <= set(lines)

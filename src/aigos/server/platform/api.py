@@ -8,6 +8,7 @@ from typing import Any
 
 import structlog
 from fastapi import APIRouter
+from fastapi.responses import PlainTextResponse
 
 from aigos import __version__
 from aigos.server.deps import RuntimeDep
@@ -61,3 +62,39 @@ async def info(runtime: RuntimeDep) -> Info:
         ),
         features=runtime.features,
     )
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format"}},
+)
+async def metrics(runtime: RuntimeDep) -> PlainTextResponse:
+    """This process's counters and gauges in the Prometheus text format (scrape every replica)."""
+    events = runtime.events
+    samples = [
+        ("aigos_eventlog_queue_depth", "gauge", "Buffered events waiting to be appended.", events.depth),
+        (
+            "aigos_eventlog_queue_capacity",
+            "gauge",
+            "Buffered events held before new ones drop.",
+            events.queue_size,
+        ),
+        (
+            "aigos_eventlog_appended_total",
+            "counter",
+            "Events appended by this process.",
+            events.appended_total,
+        ),
+        (
+            "aigos_eventlog_dropped_total",
+            "counter",
+            "Events dropped because the queue was full.",
+            events.dropped_total,
+        ),
+    ]
+    lines: list[str] = []
+    for name, kind, help_text, value in samples:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+    return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
