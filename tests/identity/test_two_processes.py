@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -172,3 +174,35 @@ def test_deregistration_is_shared(processes: tuple[ServerProcess, ServerProcess]
         httpx.get(f"{two.base_url}/v1/agents/{agent['agent_id']}", headers=owner).json()["status"]
         == "terminated"
     )
+
+
+def test_cached_clients_follow_changes_made_on_the_other_process(
+    processes: tuple[ServerProcess, ServerProcess],
+) -> None:
+    """The token endpoint caches authenticated clients; a change on one replica clears them on all."""
+    one, two = processes
+    owner, agent = setup_agent(one)
+    token_from(two, agent)  # process 2 now has the client cached
+    changed = httpx.patch(
+        f"{one.base_url}/v1/agents/{agent['agent_id']}",
+        json={"capabilities": {"tools": ["search"], "domains": [], "max_budget": 5}},
+        headers=owner,
+    )
+    assert changed.status_code == 200, changed.text
+    fresh = token_from(two, agent)
+    payload = fresh.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    assert claims["aigos:capabilities"]["tools"] == ["search"]
+
+    credentials = httpx.get(f"{one.base_url}/v1/agents/{agent['agent_id']}/credentials", headers=owner).json()
+    revoked = httpx.delete(
+        f"{one.base_url}/v1/agents/{agent['agent_id']}/credentials/{credentials[0]['id']}", headers=owner
+    )
+    assert revoked.status_code == 204
+    refused = httpx.post(
+        two.base_url + "/oauth2/token",
+        data={"grant_type": "client_credentials"},
+        auth=(agent["client_id"], agent["client_secret"]),
+    )
+    assert refused.status_code == 401
+    assert refused.json()["error"] == "invalid_client"

@@ -140,6 +140,8 @@ async def update_agent(
 ) -> AgentOut:
     """Change the given fields. New capabilities apply to tokens issued from now on."""
     agent = await agents.update(session, _tenant(principal), agent_id, spec)
+    # New capabilities must reach the next token on every replica: drop cached clients of this agent.
+    await runtime.identity.announce_agent_changed(agent.id)
     changed = sorted(spec.model_dump(exclude_unset=True))
     await runtime.events.record(
         by(principal, "agent.updated", {"fields": changed}, agent_id=str(agent.id)), session
@@ -271,6 +273,7 @@ async def rotate_credential(
     created = await credentials.rotate_secret(
         session, runtime.settings.pepper, _tenant(principal), agent_id, credential_id, grace
     )
+    await runtime.identity.announce_client_changed(credential_id)
     data = {"credential_id": str(credential_id), "successor_id": str(created.id), "grace_seconds": grace}
     await runtime.events.record(
         by(principal, "agent.credential_rotated", data, agent_id=str(agent_id)), session
@@ -288,6 +291,8 @@ async def revoke_credential(
 ) -> Response:
     """The token endpoint refuses this credential from now on."""
     await credentials.revoke(session, _tenant(principal), agent_id, credential_id)
+    # Before the commit, like token revocations: replicas refuse the secret at once.
+    await runtime.identity.announce_client_changed(credential_id)
     data = {"credential_id": str(credential_id)}
     await runtime.events.record(
         by(principal, "agent.credential_revoked", data, agent_id=str(agent_id)), session

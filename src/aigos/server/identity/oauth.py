@@ -20,11 +20,13 @@ from joserfc.jwt import JWTClaimsRegistry
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from aigos.core import secrets
 from aigos.core.canonical import parse
 from aigos.server.db.database import set_tenant
 from aigos.server.identity import credentials
 from aigos.server.identity.keys import ALGORITHMS
 from aigos.server.identity.models import AgentCredential
+from aigos.server.identity.tokens import AgentSnapshot
 from aigos.server.runtime import Runtime
 
 JWT_BEARER_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -60,6 +62,11 @@ class Client:
     tenant_id: uuid.UUID
     method: str
     credential_id: uuid.UUID
+    #: For secret-authenticated clients: the secret's digest (the client cache key).
+    secret_digest: str | None = None
+    #: Set when the client came from the cache: the agent's claim fields, no database read needed.
+    agent: AgentSnapshot | None = None
+    secret_expires_at: float | None = None
 
 
 def _basic(header: str | None) -> tuple[str, str] | None:
@@ -110,6 +117,14 @@ async def authenticate_client(
 async def _secret_client(
     runtime: Runtime, session: AsyncSession, client_id: str, secret: str, method: str, basic: bool
 ) -> Client:
+    digest = secrets.digest(secret, runtime.settings.pepper)
+    cached = runtime.identity.cached_client(digest)
+    if cached is not None and str(cached.agent.id) == client_id:
+        if cached.expires_at is not None and cached.expires_at <= time.time():
+            raise invalid_client("This client secret has expired.", basic)
+        return Client(
+            cached.agent.id, cached.agent.tenant_id, method, cached.credential_id, digest, cached.agent
+        )
     found = await credentials.find_by_secret(session, secret, runtime.settings.pepper)
     if found is None or str(found["agent_id"]) != client_id:
         raise invalid_client("Unknown client or wrong secret.", basic)
@@ -117,7 +132,10 @@ async def _secret_client(
         raise invalid_client("This client secret was revoked.", basic)
     if found["expires_at"] is not None and found["expires_at"].timestamp() <= time.time():
         raise invalid_client("This client secret has expired.", basic)
-    return Client(found["agent_id"], found["tenant_id"], method, found["credential_id"])
+    expires = found["expires_at"].timestamp() if found["expires_at"] is not None else None
+    return Client(
+        found["agent_id"], found["tenant_id"], method, found["credential_id"], digest, None, expires
+    )
 
 
 async def _assertion_client(

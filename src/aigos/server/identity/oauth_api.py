@@ -27,6 +27,7 @@ from aigos.server.identity.agent_auth import authenticator, issuer_for
 from aigos.server.identity.keys import ALGORITHMS
 from aigos.server.identity.models import Agent, RevokedToken
 from aigos.server.identity.oauth import Client, OAuthError, authenticate_client, invalid_client
+from aigos.server.identity.state import CachedClient
 from aigos.server.runtime import Runtime
 
 router = APIRouter(tags=["oauth2"])
@@ -104,6 +105,24 @@ def _record(
     )
 
 
+async def _claims_source(runtime: Runtime, session: AsyncSession, client: Client) -> tokens.ClaimsSource:
+    """The agent a token is issued for: from the client cache when possible, else the database (and then
+    cached). The agent's status is checked either way, against the replica's live identity state."""
+    basic = client.method == "client_secret_basic"
+    if client.agent is not None:
+        status = runtime.identity.status_of(client.agent_id)
+        if not may_hold_tokens(status):
+            raise invalid_client(f"The agent is {status.value}.", basic)
+        return client.agent
+    agent = await _load_agent(session, client)
+    if client.secret_digest is not None:
+        snapshot = tokens.AgentSnapshot.of(agent)
+        runtime.identity.remember_client(
+            client.secret_digest, CachedClient(client.credential_id, client.secret_expires_at, snapshot)
+        )
+    return agent
+
+
 async def _load_agent(session: AsyncSession, client: Client) -> Agent:
     await set_tenant(session, client.tenant_id)
     agent = await session.scalar(
@@ -159,7 +178,7 @@ async def token(request: Request, runtime: RuntimeDep, session: SessionDep) -> R
 
 async def _client_credentials(
     request: Request, runtime: Runtime, session: AsyncSession, form: dict[str, str]
-) -> tuple[tokens.Issued, Agent]:
+) -> tuple[tokens.Issued, tokens.ClaimsSource]:
     issuer = issuer_for(request, runtime.settings)
     try:
         client = await authenticate_client(
@@ -168,7 +187,7 @@ async def _client_credentials(
     except OAuthError as error:
         await _record_failure(runtime, session, form, request, error)
         raise
-    agent = await _load_agent(session, client)
+    agent = await _claims_source(runtime, session, client)
     issued = tokens.sign(
         runtime.keys,
         tokens.claims_for(agent, issuer, runtime.settings.token_ttl_seconds, _scope(form.get("scope"))),
@@ -215,7 +234,7 @@ async def _record_failure(
 
 async def _token_exchange(
     request: Request, runtime: Runtime, session: AsyncSession, form: dict[str, str]
-) -> tuple[tokens.Issued, Agent]:
+) -> tuple[tokens.Issued, tokens.ClaimsSource]:
     issuer = issuer_for(request, runtime.settings)
     if form.get("subject_token_type") != ACCESS_TOKEN_TYPE:
         raise OAuthError("invalid_request", f"subject_token_type must be {ACCESS_TOKEN_TYPE}.")

@@ -13,6 +13,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -25,6 +26,7 @@ from aigos.server.db import Database
 from aigos.server.db.database import set_platform_scope, set_tenant
 from aigos.server.db.types import utcnow
 from aigos.server.identity.models import Agent, RevokedToken
+from aigos.server.identity.tokens import AgentSnapshot
 
 log = structlog.get_logger("aigos.identity.state")
 CHANNEL = "identity"
@@ -37,6 +39,15 @@ KeysChanged = Callable[[], Awaitable[None]]
 async def publish_keys_changed(bus: Bus) -> int:
     """Tell every replica listening on ``bus`` to reload the signing keys; returns how many heard it."""
     return await bus.pubsub.publish(CHANNEL, canonical(KEYS_CHANGED))
+
+
+@dataclass(frozen=True)
+class CachedClient:
+    """A client secret that authenticated before, with what a token for its agent is made of."""
+
+    credential_id: uuid.UUID
+    expires_at: float | None
+    agent: AgentSnapshot
 
 
 class IdentityState:
@@ -58,6 +69,9 @@ class IdentityState:
         #: Agents known to belong to a tenant (that never changes), so tokens are checked against it once.
         self._tenants: dict[uuid.UUID, uuid.UUID] = {}
         self._revoked: dict[str, float] = {}
+        #: Secret digest -> client, so the token endpoint needs no database round trip for a known client.
+        #: Dropped on any change to the credential or the agent, on every replica, through the bus.
+        self._clients: dict[str, CachedClient] = {}
         self._subscription: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -94,6 +108,30 @@ class IdentityState:
             self._tenants.clear()
         self._tenants[agent_id] = tenant_id
         return True
+
+    def cached_client(self, secret_digest: str) -> CachedClient | None:
+        """The client behind a secret digest, if cached and the bus is live (else the caller asks the DB)."""
+        if not self.live:
+            return None
+        return self._clients.get(secret_digest)
+
+    def remember_client(self, secret_digest: str, client: CachedClient) -> None:
+        """Cache a client that just authenticated against the database."""
+        if len(self._clients) >= MAX_REMEMBERED_AGENTS:
+            self._clients.clear()
+        self._clients[secret_digest] = client
+
+    async def announce_client_changed(self, credential_id: uuid.UUID) -> None:
+        """A credential was revoked or rotated: every replica forgets it at once (call before commit)."""
+        message = {"type": "credential", "credential_id": str(credential_id)}
+        self._apply(message)
+        await self._publish(message)
+
+    async def announce_agent_changed(self, agent_id: uuid.UUID) -> None:
+        """An agent's claims changed: every replica forgets its cached clients (call before commit)."""
+        message = {"type": "agent", "agent_id": str(agent_id)}
+        self._apply(message)
+        await self._publish(message)
 
     # -- writes -----------------------------------------------------------------------------------
 
@@ -136,6 +174,12 @@ class IdentityState:
                 self._restricted[agent_id] = status
         elif message.get("type") == "revoked":
             self._revoked[str(message["jti"])] = float(message["exp"])
+        elif message.get("type") == "credential":
+            gone = str(message["credential_id"])
+            self._clients = {k: v for k, v in self._clients.items() if str(v.credential_id) != gone}
+        elif message.get("type") == "agent":
+            gone = str(message["agent_id"])
+            self._clients = {k: v for k, v in self._clients.items() if str(v.agent.id) != gone}
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -166,6 +210,7 @@ class IdentityState:
             revoked = await session.execute(
                 select(RevokedToken.jti, RevokedToken.expires_at).where(RevokedToken.expires_at > now)
             )
+            self._clients = {}
             self._restricted = {row.id: AgentStatus(row.status) for row in agents}
             self._status_at = {}
             self._revoked = {row.jti: row.expires_at.timestamp() for row in revoked}

@@ -10,14 +10,13 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwt import JWTClaimsRegistry
 
 from aigos.server.identity.keys import ALGORITHMS, SigningKeys
-from aigos.server.identity.models import Agent
 
 TOKEN_TYPE = "at+jwt"
 ACCEPTED_TYPES = frozenset({TOKEN_TYPE, "application/" + TOKEN_TYPE})
@@ -45,8 +44,49 @@ class Issued:
         return int(self.claims["exp"]) - int(self.claims["iat"])
 
 
+class ClaimsSource(Protocol):
+    """What a token's claims are built from: an ``Agent`` row, or a cached snapshot of one."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def tenant_id(self) -> uuid.UUID: ...
+    @property
+    def capabilities(self) -> dict[str, Any]: ...
+    @property
+    def golden_thread(self) -> dict[str, Any] | None: ...
+    @property
+    def parent_id(self) -> uuid.UUID | None: ...
+    @property
+    def lineage_depth(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class AgentSnapshot:
+    """The claim-relevant fields of an agent, kept by the token endpoint's client cache."""
+
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    capabilities: dict[str, Any]
+    golden_thread: dict[str, Any] | None
+    parent_id: uuid.UUID | None
+    lineage_depth: int
+
+    @classmethod
+    def of(cls, agent: ClaimsSource) -> AgentSnapshot:
+        """A snapshot of ``agent``."""
+        return cls(
+            agent.id,
+            agent.tenant_id,
+            dict(agent.capabilities),
+            agent.golden_thread,
+            agent.parent_id,
+            agent.lineage_depth,
+        )
+
+
 def claims_for(
-    agent: Agent,
+    agent: ClaimsSource,
     issuer: str,
     ttl: int,
     scope: str = DEFAULT_SCOPE,
