@@ -132,8 +132,12 @@ class EventLog:
         self._drain_aggregates(everything)
         self._drain_dropped()
         written = 0
-        while self._queue:
-            batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
+        # Only what is queued now: events arriving meanwhile wait for the next tick, so steady traffic is
+        # written in full batches rather than one tiny transaction after another.
+        pending = len(self._queue)
+        while self._queue and (everything or written < pending):
+            size = min(self.batch_size, len(self._queue) if everything else pending - written)
+            batch = [self._queue.popleft() for _ in range(size)]
             try:
                 await self._append_batch(batch)
             except Exception:
