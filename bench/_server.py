@@ -255,11 +255,22 @@ def _clean_environ() -> dict[str, str]:
 
 
 def aigos_server(
-    workdir: Path, env: Mapping[str, str], *, name: str = "aigos", port: int | None = None
+    workdir: Path, env: Mapping[str, str], *, name: str = "aigos", port: int | None = None, workers: int = 1
 ) -> ServerProcess:
-    """``python -m aigos serve`` on a free port with one worker, ``workdir`` as its cwd."""
+    """``python -m aigos serve`` on a free port with ``workers`` workers, ``workdir`` as its cwd."""
     port = port or free_port()
-    argv = [sys.executable, "-m", "aigos", "serve", "--host", HOST, "--port", str(port), "--workers", "1"]
+    argv = [
+        sys.executable,
+        "-m",
+        "aigos",
+        "serve",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
     return ServerProcess(name, argv, port=port, cwd=workdir, env=env)
 
 

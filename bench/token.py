@@ -223,19 +223,24 @@ def bench_server(
                 expect_status=200,
             )
             report.scenarios.append(runner.run(scenario))
-        registration = run_scenario(
-            server,
-            "register",
-            fixture.register_request,
-            concurrency=1,
-            requests=registrations,
-            warmup=REGISTRATION_WARMUP,
-            expect_status=201,
-        )
-        report.scenarios.append(runner.run(registration))
+        if registrations:
+            report.scenarios.append(runner.run(_registration(server, fixture, registrations)))
     report.exit_code = server.exit_code
     report.stopped_cleanly = server.stopped_cleanly
     return report
+
+
+def _registration(server: ServerProcess, fixture: Any, registrations: int) -> Any:
+    """The registration scenario at concurrency 1."""
+    return run_scenario(
+        server,
+        "register",
+        fixture.register_request,
+        concurrency=1,
+        requests=registrations,
+        warmup=REGISTRATION_WARMUP,
+        expect_status=201,
+    )
 
 
 def _time_each(check: Callable[[], bool], count: int) -> list[int]:
@@ -306,17 +311,23 @@ def verdicts(reports: list[ServerReport]) -> list[dict[str, Any]]:
     postgres = next((report for report in reports if report.name == "postgres"), None)
     if postgres is None:
         return []
+    # Tokens/s is the machine's: the best of one worker and of one worker per core.
+    throughput = [report for report in reports if report.name in ("postgres", "pg-2w")]
     out: list[dict[str, Any]] = []
     register = postgres.at("register", 1)
     token = postgres.at("token", 1)
-    best = max((s.requests_per_second for s in postgres.scenarios if s.scenario == "token"), default=0.0)
+    best = max(
+        (s.requests_per_second for r in throughput for s in r.scenarios if s.scenario == "token"), default=0.0
+    )
     if register is not None:
         value = register.p99_us / 1000
         out.append(_verdict("registration p99 at c=1 (ms)", value, TARGETS["register_p99_ms"], below=True))
     if token is not None:
         value = token.p99_us / 1000
         out.append(_verdict("token p99 at c=1 (ms)", value, TARGETS["token_p99_ms"], below=True))
-    out.append(_verdict("tokens/s (best concurrency)", best, TARGETS["tokens_per_second"], below=False))
+    out.append(
+        _verdict("tokens/s (best of 1 and 2 workers)", best, TARGETS["tokens_per_second"], below=False)
+    )
     return out
 
 
@@ -350,6 +361,21 @@ def run_all(
                 reports.append(
                     bench_server(server, admin_token, runner, concurrencies, override, registrations, warmup)
                 )
+            if backend == "postgres":
+                # Throughput on the whole machine: PostgreSQL + Redis allow a worker per core.
+                with environment() as env:
+                    env = {
+                        **env,
+                        "AIGOS_BOOTSTRAP_ADMIN_TOKEN": admin_token,
+                        "AIGOS_DEFAULT_RATE_LIMIT_RPM": "10000000",
+                        "AIGOS_DEFAULT_RATE_LIMIT_RPH": "100000000",
+                    }
+                    server = aigos_server(workdir / "postgres-2w", env, name="pg-2w", workers=2)
+                    reports.append(bench_server(server, admin_token, runner, [32], override, 0, warmup))
+                continue
+                reports.append(
+                    bench_server(server, admin_token, runner, concurrencies, override, registrations, warmup)
+                )
         loop_name = runner.loop_name
     reference = secret_check_reference()
     return {
@@ -365,7 +391,7 @@ def run_all(
             "token_requests": {str(c): token_requests_for(c, override) for c in concurrencies},
             "registrations": registrations,
             "warmup_requests": warmup,
-            "server_workers": 1,
+            "server_workers": {"embedded": 1, "postgres": 1, "pg-2w": 2},
             "client_event_loop": loop_name,
         },
         "servers": [server_json(report) for report in reports],
@@ -396,7 +422,8 @@ def format_table(data: dict[str, Any]) -> str:
         f"machine: {machine['cpu']}, {machine['cpus']} CPUs, {machine['python']}, {machine['platform']}",
         f"date: {data['date']}; run {data['elapsed_seconds']:.0f} s",
         f"note: {data['note']} (1-min load average {load['start']:.2f} at start, {load['end']:.2f} at end)",
-        f"setup: one server at a time, 1 worker; {settings['client_event_loop']} client; tokens {counts}; "
+        f"setup: one server at a time, 1 worker (pg-2w: PostgreSQL + Redis, 2 workers); "
+        f"{settings['client_event_loop']} client; tokens {counts}; "
         f"{settings['registrations']} registrations at c=1; {settings['warmup_requests']} warm-up",
         "",
         f"{'server':<9} {'scenario':<9} {'conc':>4} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} "
