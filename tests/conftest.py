@@ -131,3 +131,15 @@ async def client(app: FastAPI) -> AsyncIterator[AsyncClient]:
 def admin_headers() -> dict[str, str]:
     """Authorization for the platform-admin token the test servers are bootstrapped with."""
     return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@pytest.fixture
+def replica_env(pg_database: str, redis_prefix: str) -> dict[str, str]:
+    """Environment for ``aigos serve`` processes that behave as replicas: one database, one Redis."""
+    return {
+        "AIGOS_DATABASE_URL": pg_url(pg_database),
+        "AIGOS_REDIS_URL": REDIS_URL,
+        "AIGOS_REDIS_PREFIX": redis_prefix,
+        "AIGOS_SECRET_KEY": SECRET_KEY,
+        "AIGOS_BOOTSTRAP_ADMIN_TOKEN": ADMIN_TOKEN,
+    }

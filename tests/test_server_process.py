@@ -8,7 +8,6 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import REDIS_URL, SECRET_KEY, pg_url
 from tests.server_process import ServerProcess
 
 TOKEN = re.compile(r"aigos_pat_[A-Za-z0-9_\-]{40,}")
@@ -47,13 +46,8 @@ def test_access_log_is_json_with_request_fields(tmp_path: Path) -> None:
     assert isinstance(entry["latency_ms"], float)
 
 
-def test_two_workers_on_postgres_and_redis(tmp_path: Path, pg_database: str, redis_prefix: str) -> None:
-    env = {
-        "AIGOS_DATABASE_URL": pg_url(pg_database),
-        "AIGOS_REDIS_URL": REDIS_URL,
-        "AIGOS_REDIS_PREFIX": redis_prefix,
-        "AIGOS_SECRET_KEY": SECRET_KEY,
-    }
+def test_two_workers_on_postgres_and_redis(tmp_path: Path, replica_env: dict[str, str]) -> None:
+    env = {key: value for key, value in replica_env.items() if key != "AIGOS_BOOTSTRAP_ADMIN_TOKEN"}
     with ServerProcess(tmp_path, env, args=["--workers", "2"]) as server:
         body = httpx.get(server.base_url + "/v1/info").json()
         assert body["backends"] == {"database": "postgresql", "bus": "redis", "embedded": False}

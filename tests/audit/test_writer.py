@@ -25,7 +25,7 @@ from aigos.server.config import Settings
 from aigos.server.db import Database
 from aigos.server.db.database import APP_ROLE
 from aigos.server.db.migrate import upgrade
-from tests.conftest import ADMIN_TOKEN, REDIS_URL, SECRET_KEY, pg_url
+from tests.conftest import ADMIN_TOKEN, SECRET_KEY
 from tests.server_process import ServerProcess
 
 # -- helpers shared with test_retention ---------------------------------------------------------------
@@ -352,16 +352,8 @@ async def test_concurrent_appends_to_one_tenant_are_gap_free(
 
 
 @pytest.mark.slow
-def test_two_server_processes_append_to_one_tenant(
-    tmp_path: Path, pg_database: str, redis_prefix: str
-) -> None:
-    env = {
-        "AIGOS_DATABASE_URL": pg_url(pg_database),
-        "AIGOS_REDIS_URL": REDIS_URL,
-        "AIGOS_REDIS_PREFIX": redis_prefix,
-        "AIGOS_SECRET_KEY": SECRET_KEY,
-        "AIGOS_BOOTSTRAP_ADMIN_TOKEN": ADMIN_TOKEN,
-    }
+def test_two_server_processes_append_to_one_tenant(tmp_path: Path, replica_env: dict[str, str]) -> None:
+    env = replica_env
     per_process = 20
     with ServerProcess(tmp_path / "one", env) as one, ServerProcess(tmp_path / "two", env) as two:
         signed_up = httpx.post(
@@ -400,7 +392,7 @@ def test_two_server_processes_append_to_one_tenant(
     signer = checkpoint_signer(SECRET_KEY.encode())
 
     async def read() -> tuple[list[AuditEvent], list[str]]:
-        database = Database(pg_url(pg_database), role=APP_ROLE)
+        database = Database(replica_env["AIGOS_DATABASE_URL"], role=APP_ROLE)
         try:
             return await stored(database, tenant), await export_lines(database, tenant, signer)
         finally:

@@ -13,7 +13,6 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import REDIS_URL, SECRET_KEY, pg_url
 from tests.server_process import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -23,14 +22,9 @@ PROPAGATION_LIMIT = 1.0
 
 
 @pytest.fixture
-def processes(
-    tmp_path: Path, pg_database: str, redis_prefix: str
-) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+def processes(tmp_path: Path, replica_env: dict[str, str]) -> Iterator[tuple[ServerProcess, ServerProcess]]:
     env = {
-        "AIGOS_DATABASE_URL": pg_url(pg_database),
-        "AIGOS_REDIS_URL": REDIS_URL,
-        "AIGOS_REDIS_PREFIX": redis_prefix,
-        "AIGOS_SECRET_KEY": SECRET_KEY,
+        **replica_env,
         # Both processes must name the same issuer, as replicas behind one address do.
         "AIGOS_ISSUER": "https://aigos.example.com",
     }

@@ -9,7 +9,6 @@ import httpx
 import pytest
 from httpx import AsyncClient
 
-from tests.conftest import REDIS_URL, SECRET_KEY, pg_url
 from tests.server_process import ServerProcess
 from tests.tenancy.conftest import TenantHandle
 
@@ -104,14 +103,9 @@ async def test_every_key_of_a_tenant_counts_against_the_tenant_limit(
 
 @pytest.mark.slow
 def test_limits_and_revocation_are_global_across_processes(
-    tmp_path: Path, pg_database: str, redis_prefix: str
+    tmp_path: Path, replica_env: dict[str, str]
 ) -> None:
-    env = {
-        "AIGOS_DATABASE_URL": pg_url(pg_database),
-        "AIGOS_REDIS_URL": REDIS_URL,
-        "AIGOS_REDIS_PREFIX": redis_prefix,
-        "AIGOS_SECRET_KEY": SECRET_KEY,
-    }
+    env = replica_env
     with ServerProcess(tmp_path / "one", env) as one, ServerProcess(tmp_path / "two", env) as two:
         signed_up = httpx.post(
             one.base_url + "/v1/tenants",

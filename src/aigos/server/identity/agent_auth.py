@@ -7,6 +7,7 @@ must reflect changes at once (revoked ``jti``, agent status) are dictionary look
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 
 from aigos.core.agents import AgentStatus, may_hold_tokens
+from aigos.core.canonical import parse
 from aigos.server.config import Settings
 from aigos.server.db.database import set_tenant
 from aigos.server.deps import RuntimeDep
@@ -104,10 +106,6 @@ class AgentAuthenticator:
 
 
 def _names_unknown_key(runtime: Runtime, token: str) -> bool:
-    import base64
-
-    from aigos.core.canonical import parse
-
     try:
         header = parse(base64.urlsafe_b64decode(token.split(".", 1)[0] + "=="))
     except (ValueError, IndexError):

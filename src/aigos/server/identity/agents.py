@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigos.core import goldenthread
 from aigos.core.agents import AgentStatus, can_transition
+from aigos.server.db.paging import paged
 from aigos.server.db.types import utcnow
 from aigos.server.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from aigos.server.identity.models import Agent
@@ -187,15 +188,9 @@ async def page(
         if _HEX.match(hex_digits):
             matches.append(func.replace(cast(Agent.id, String), "-", "").like(f"%{hex_digits}%"))
         where.append(or_(*matches))
-    total = int(await session.scalar(select(func.count()).select_from(Agent).where(*where)) or 0)
-    rows = await session.scalars(
-        select(Agent)
-        .where(*where)
-        .order_by(Agent.created_at.desc(), Agent.id)
-        .offset((page - 1) * limit)
-        .limit(limit)
+    return await paged(
+        session, select(Agent).where(*where).order_by(Agent.created_at.desc(), Agent.id), page, limit
     )
-    return list(rows.all()), total
 
 
 async def update(

@@ -174,6 +174,9 @@ class IdentityState:
                 self._restricted[agent_id] = status
         elif message.get("type") == "revoked":
             self._revoked[str(message["jti"])] = float(message["exp"])
+            # Revocations matter only until the token would have expired anyway: forget those now and then.
+            if len(self._revoked) % 1024 == 0:
+                self.prune()
         elif message.get("type") == "credential":
             gone = str(message["credential_id"])
             self._clients = {k: v for k, v in self._clients.items() if str(v.credential_id) != gone}
