@@ -154,7 +154,7 @@ async def test_filters(client: AsyncClient, app: FastAPI) -> None:
     await new_key(client, tenant, "tenant:read")
     await rename(client, tenant, "Alpha 2")
     reported = await record(
-        app, tenant, 2, agent_id="agent-7", source="agent", outcome="denied", event_type="policy.decision"
+        app, tenant, 2, agent_id="agent-7", source="agent", outcome="denied", event_type="policy.checked"
     )
     await record(app, tenant, 1, event_type="api_keys.lookalike")
 

@@ -206,7 +206,7 @@ async def test_mixed_record_and_enqueue_stay_gap_free_and_chained(
 async def test_enqueue_then_flush_writes_in_order(database: Database, events: EventLog) -> None:
     tenant = uuid.uuid4()
     for n in range(5):
-        assert events.enqueue(event(tenant, "policy.decision", outcome="denied", data={"n": n}))
+        assert events.enqueue(event(tenant, "policy.checked", outcome="denied", data={"n": n}))
     assert events.depth == 5
     assert await stored(database, tenant) == []
     assert await events.flush() == 5
@@ -240,7 +240,7 @@ async def test_allowed_decisions_are_aggregated_and_denials_kept_one_by_one(
     future = datetime(2999, 1, 1, 0, 0, tzinfo=UTC)
 
     def decision(outcome: str, agent: str, at: datetime) -> NewEvent:
-        return event(tenant, "policy.decision", outcome=outcome, agent_id=agent, occurred_at=at)
+        return event(tenant, "policy.checked", outcome=outcome, agent_id=agent, occurred_at=at)
 
     for agent in ["agent-a", "agent-a", "agent-b"]:
         assert events.enqueue(decision("allowed", agent, past), aggregate_allowed=True)
@@ -255,9 +255,9 @@ async def test_allowed_decisions_are_aggregated_and_denials_kept_one_by_one(
     await events.flush()
     rows = [appender.entry_of(row) for row in await stored(database, tenant)]
     assert [(row["event_type"], row["outcome"]) for row in rows] == [
-        ("policy.decision", "denied"),
-        ("policy.decision", "denied"),
-        ("policy.decision", "allowed"),
+        ("policy.checked", "denied"),
+        ("policy.checked", "denied"),
+        ("policy.checked", "allowed"),
         (AGGREGATED_TYPE, "allowed"),
     ]
     assert rows[-1]["data"] == {

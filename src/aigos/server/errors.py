@@ -94,6 +94,14 @@ class Conflict(AigosError):
     title = "Conflict"
 
 
+class PreconditionFailed(AigosError):
+    """A conditional request (``If-Match``) names a version that is no longer current."""
+
+    status = 412
+    code = "PRECONDITION_FAILED"
+    title = "Precondition failed"
+
+
 class PayloadTooLarge(AigosError):
     """The body exceeds ``AIGOS_MAX_BODY_BYTES``."""
 

@@ -19,7 +19,7 @@ Source = Literal["server", "agent"]
 class NewEvent:
     """A GovernanceEvent (seed 000) plus actor, source, outcome and request id.
 
-    ``event_type`` is dotted, context first: ``tenant.created``, ``api_key.rotated``, ``policy.decision``.
+    ``event_type`` is dotted, context first: ``tenant.created``, ``api_key.rotated``, ``policy.checked``.
     ``actor_type`` says who caused it: ``api_key``, ``platform``, ``user``, ``agent`` or ``system``.
     """
 

@@ -81,9 +81,9 @@ class EventLog:
     def enqueue(self, event: NewEvent, *, aggregate_allowed: bool = False) -> bool:
         """Queue a high-volume event without waiting; False if it was dropped because the queue is full.
 
-        With ``aggregate_allowed`` an allowed ``policy.decision`` only increments a per-minute count.
+        With ``aggregate_allowed`` an allowed ``policy.checked`` only increments a per-minute count.
         """
-        if aggregate_allowed and event.event_type == "policy.decision" and event.outcome == "allowed":
+        if aggregate_allowed and event.event_type == "policy.checked" and event.outcome == "allowed":
             minute = (event.occurred_at or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%MZ")
             self._aggregates.setdefault((event.tenant_id, minute), Counter())[event.agent_id or ""] += 1
             return True

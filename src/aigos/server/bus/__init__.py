@@ -9,11 +9,13 @@ from aigos.server.bus.base import (
     BusUnavailable,
     Cache,
     Counters,
+    Ledger,
     Message,
     MessageKind,
     PubSub,
     RateLimiter,
     RateLimitResult,
+    Reservation,
     Subscription,
 )
 from aigos.server.bus.factory import DEFAULT_PREFIX, create_bus
@@ -25,12 +27,14 @@ __all__ = [
     "BusUnavailable",
     "Cache",
     "Counters",
+    "Ledger",
     "MemoryBus",
     "Message",
     "MessageKind",
     "PubSub",
     "RateLimitResult",
     "RateLimiter",
+    "Reservation",
     "Subscription",
     "create_bus",
 ]

@@ -1,4 +1,4 @@
-"""The bus interfaces: pub/sub, atomic counters, rate limiting and a small cache, plus their value types.
+"""The bus interfaces: pub/sub, atomic counters, rate limiting, a small cache and a budget ledger.
 
 A bus lets several server replicas behave as one (kill-switch fan-out, cache invalidation, global rate
 limits, budget counters). Two implementations exist: Redis for a fleet, in-process memory for the embedded
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal, Self
@@ -187,13 +187,44 @@ class Cache(ABC):
         """Remove the entry if present."""
 
 
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """What a ledger found: each counter's amount before the reservation, and whether it was added."""
+
+    spent: tuple[float, ...]
+    committed: bool
+
+
+class Ledger(ABC):
+    """Decimal counters drawn against limits, all at once or not at all: what budgets are made of.
+
+    Counters must be seeded (``seed``) before use, because their truth lives in the database: a reservation
+    that finds one missing (new, expired or lost with a Redis restart) changes nothing and returns None,
+    and the caller seeds it from the database and tries again.
+    """
+
+    @abstractmethod
+    async def reserve(
+        self, keys: Sequence[str], limits: Sequence[float | None], amount: float, *, commit: bool
+    ) -> Reservation | None:
+        """Add ``amount`` to every counter if each stays within its limit (None: no limit) and ``commit``.
+
+        Atomic across every process sharing the bus. ``commit=False`` only reads. None: a counter is missing.
+        """
+
+    @abstractmethod
+    async def seed(self, key: str, value: float, ttl_seconds: float | None) -> None:
+        """Create a counter holding ``value`` unless it exists (then nothing changes)."""
+
+
 class Bus(ABC):
-    """The four primitives behind one connection (or one process), plus health and shutdown."""
+    """The five primitives behind one connection (or one process), plus health and shutdown."""
 
     pubsub: PubSub
     counters: Counters
     limiter: RateLimiter
     cache: Cache
+    ledger: Ledger
 
     @property
     @abstractmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Generic, TypeVar
 
 from aigos.server.bus import gcra
@@ -19,10 +19,12 @@ from aigos.server.bus.base import (
     BusUnavailable,
     Cache,
     Counters,
+    Ledger,
     Message,
     PubSub,
     RateLimiter,
     RateLimitResult,
+    Reservation,
     Subscription,
     check_ttl,
 )
@@ -31,6 +33,8 @@ V = TypeVar("V")
 
 DEFAULT_CACHE_MAX_ENTRIES = 10_000
 _NS = 1_000_000_000
+#: Floating-point slack when comparing spend with a limit (a budget of 0.3 takes 0.1 three times).
+LEDGER_TOLERANCE = 1e-9
 
 
 class _Lifecycle:
@@ -279,6 +283,48 @@ class MemoryCache(Cache):
         return len(self._entries)
 
 
+class MemoryLedger(Ledger):
+    """Ledger counters in a dict; expired ones disappear on read, as in Redis."""
+
+    def __init__(self, lifecycle: _Lifecycle) -> None:
+        self._lifecycle = lifecycle
+        self._values: dict[str, tuple[float, float | None]] = {}
+
+    async def reserve(
+        self, keys: Sequence[str], limits: Sequence[float | None], amount: float, *, commit: bool
+    ) -> Reservation | None:
+        """See ``Ledger.reserve``."""
+        self._lifecycle.check()
+        now = time.monotonic()
+        spent: list[float] = []
+        for key in keys:
+            entry = self._values.get(key)
+            if entry is None or (entry[1] is not None and entry[1] <= now):
+                self._values.pop(key, None)
+                return None
+            spent.append(entry[0])
+        fits = all(
+            limit is None or used + amount <= limit + LEDGER_TOLERANCE
+            for used, limit in zip(spent, limits, strict=True)
+        )
+        committed = fits and commit and amount > 0
+        if committed:
+            for key in keys:
+                value, deadline = self._values[key]
+                self._values[key] = (value + amount, deadline)
+        return Reservation(tuple(spent), committed)
+
+    async def seed(self, key: str, value: float, ttl_seconds: float | None) -> None:
+        """See ``Ledger.seed``."""
+        self._lifecycle.check()
+        check_ttl(ttl_seconds)
+        now = time.monotonic()
+        entry = self._values.get(key)
+        if entry is not None and (entry[1] is None or entry[1] > now):
+            return
+        self._values[key] = (value, None if ttl_seconds is None else now + ttl_seconds)
+
+
 class MemoryBus(Bus):
     """The bus of a single process. Create it inside the event loop that will use it."""
 
@@ -293,6 +339,7 @@ class MemoryBus(Bus):
         self.counters: MemoryCounters = MemoryCounters(self._lifecycle)
         self.limiter: MemoryRateLimiter = MemoryRateLimiter(self._lifecycle)
         self.cache: MemoryCache = MemoryCache(self._lifecycle, cache_max_entries)
+        self.ledger: MemoryLedger = MemoryLedger(self._lifecycle)
 
     @property
     def kind(self) -> str:

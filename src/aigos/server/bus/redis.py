@@ -1,8 +1,8 @@
 """The Redis bus: what lets many server replicas behave as one.
 
 Every key and channel is prefixed (``prefix``), so deployments and test runs can share one Redis. Keys get
-a short namespace after the prefix (``c:`` counters, ``rl:`` rate limits, ``kv:`` cache); channels get the
-bare prefix.
+a short namespace after the prefix (``c:`` counters, ``rl:`` rate limits, ``kv:`` cache, ``b:`` budget
+ledger); channels get the bare prefix.
 
 Commands go through one bounded, health-checked connection pool and are never retried by redis-py: a reply
 lost after the server executed ``INCRBY``, ``GETDEL`` or a reservation script must not be replayed (double
@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Final, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
@@ -33,8 +33,10 @@ from aigos.server.bus.base import (
     BusUnavailable,
     Cache,
     Counters,
+    Ledger,
     RateLimiter,
     RateLimitResult,
+    Reservation,
     check_ttl,
 )
 
@@ -45,6 +47,33 @@ logger = logging.getLogger(__name__)
 COUNTER_NS: Final = "c:"
 LIMITER_NS: Final = "rl:"
 CACHE_NS: Final = "kv:"
+LEDGER_NS: Final = "b:"
+
+# KEYS: counters. ARGV: amount, commit (1/0), then one limit per key ('' for none).
+# Returns {status, spent...}: status -1 when counter ARGV[3]... is missing, else 1 if added, 0 if not.
+# Spent values go back as strings: Lua numbers would be truncated to integers in the reply.
+_RESERVE: Final = """
+local amount = tonumber(ARGV[1])
+local spent = {}
+for i = 1, #KEYS do
+  local raw = redis.call('GET', KEYS[i])
+  if not raw then return {-1} end
+  spent[i] = raw
+end
+local fits = true
+for i = 1, #KEYS do
+  local limit = ARGV[2 + i]
+  if limit ~= '' and tonumber(spent[i]) + amount > tonumber(limit) + 1e-9 then fits = false end
+end
+local added = 0
+if fits and ARGV[2] == '1' and amount > 0 then
+  for i = 1, #KEYS do redis.call('INCRBYFLOAT', KEYS[i], ARGV[1]) end
+  added = 1
+end
+local reply = {added}
+for i = 1, #KEYS do reply[i + 1] = spent[i] end
+return reply
+"""
 
 # Create-time TTL: EXISTS before INCRBY, so later increments never extend the expiry.
 _INCR_TTL: Final = """
@@ -255,6 +284,40 @@ class RedisCache(Cache):
         await self._commands.run(lambda: self._client.delete(name), idempotent=True)
 
 
+class RedisLedger(Ledger):
+    """Ledger counters as Redis floats under ``<prefix>b:``; one Lua script per reservation."""
+
+    def __init__(self, commands: _Commands, prefix: str) -> None:
+        self._commands = commands
+        self._client = commands.client
+        self._prefix = prefix + LEDGER_NS
+        self._script = self._client.register_script(_RESERVE)
+
+    async def reserve(
+        self, keys: Sequence[str], limits: Sequence[float | None], amount: float, *, commit: bool
+    ) -> Reservation | None:
+        """See ``Ledger.reserve``."""
+        names = [self._prefix + key for key in keys]
+        args = [
+            repr(float(amount)),
+            "1" if commit else "0",
+            *("" if x is None else repr(float(x)) for x in limits),
+        ]
+        reply = await self._commands.run(lambda: self._script(keys=names, args=args))
+        if int(reply[0]) < 0:
+            return None
+        return Reservation(tuple(float(raw) for raw in reply[1:]), bool(int(reply[0])))
+
+    async def seed(self, key: str, value: float, ttl_seconds: float | None) -> None:
+        """See ``Ledger.seed``."""
+        check_ttl(ttl_seconds)
+        name = self._prefix + key
+        px = None if ttl_seconds is None else _ttl_ms(ttl_seconds)
+        await self._commands.run(
+            lambda: self._client.set(name, repr(float(value)), nx=True, px=px), idempotent=True
+        )
+
+
 class RedisBus(Bus):
     """The bus of a fleet of replicas sharing one Redis. No I/O happens until first use.
 
@@ -319,6 +382,7 @@ class RedisBus(Bus):
         self.counters: RedisCounters = RedisCounters(self._commands, prefix)
         self.limiter: RedisRateLimiter = RedisRateLimiter(self._commands, prefix)
         self.cache: RedisCache = RedisCache(self._commands, prefix)
+        self.ledger: RedisLedger = RedisLedger(self._commands, prefix)
 
     @property
     def kind(self) -> str:

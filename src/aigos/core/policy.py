@@ -1,0 +1,928 @@
+"""The policy model and its evaluator: pure, shared by the server's hot path, simulation and the SDK.
+
+A tenant's policies are compiled once into a ``PolicySet``; for each agent the policies that target it are
+selected once into an ``Effective`` set (cached); a check is then a handful of dictionary look-ups and
+pre-compiled pattern matches. The chain is the seed's, short-circuiting at the first denial:
+
+1. ``kill_switch`` — a paused or terminated agent is denied (``PAUSED``, ``TERMINATED``).
+2. ``capability`` — the tool and domain must be within the agent's capabilities (``CAPABILITY_DENIED``).
+3. ``budget`` — the estimated cost must fit every budget that applies (``BUDGET_EXCEEDED``).
+4. ``domain`` — the tenant's domain patterns: a deny match refuses (``RESOURCE_DENIED``); a policy with an
+   allow list refuses domains outside it (``RESOURCE_NOT_ALLOWED``).
+5. ``custom`` — rules on action, resource, tool, domain, cost, time window, agent attributes and context.
+
+**Precedence** (one rule everywhere): policies apply from the tenant, to agents selected by attributes, to
+one agent, and within them to actions; a matching *deny* anywhere overrides any *allow*. Priority (higher
+first) only decides which rule is reported and the order rules are tried in. A policy whose
+``default_effect`` is ``deny`` refuses requests no rule of the agent's policies allows.
+
+**Dry run**: a policy in ``dry_run`` mode never denies; what it would have denied is reported in
+``would_deny``, so a rule can be watched on live traffic before it is enforced.
+
+Budgets: the evaluator decides which budgets apply; whether they have room is either computed here from a
+``spent`` mapping (simulation, the SDK) or left to the caller, which reserves atomically across processes
+(the server) and then calls ``Decision.with_spent``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from datetime import time as clock
+from enum import StrEnum
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from aigos.core import globs
+
+STAGES = ("kill_switch", "capability", "budget", "domain", "custom")
+PERIODS = ("lifetime", "daily", "monthly")
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+CAPABILITY_BUDGET = "capability"
+_HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+
+
+class Code(StrEnum):
+    """Why a request was denied: the AIGRC runtime specification's codes."""
+
+    TERMINATED = "TERMINATED"
+    PAUSED = "PAUSED"
+    CAPABILITY_DENIED = "CAPABILITY_DENIED"
+    RESOURCE_DENIED = "RESOURCE_DENIED"
+    RESOURCE_NOT_ALLOWED = "RESOURCE_NOT_ALLOWED"
+    BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
+    RATE_LIMITED = "RATE_LIMITED"
+    CUSTOM_DENIED = "CUSTOM_DENIED"
+
+
+# -- the request and its subject ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What an agent asks to do."""
+
+    action: str
+    resource: str
+    tool: str | None = None
+    domain: str | None = None
+    estimated_cost: float = 0.0
+    context: Mapping[str, Any] = field(default_factory=dict)
+    at: datetime | None = None
+
+    @classmethod
+    def of(
+        cls,
+        action: str,
+        resource: str,
+        context: Mapping[str, Any] | None = None,
+        at: datetime | None = None,
+    ) -> Request:
+        """A request in the check API's shape: ``tool``, ``domain``, ``estimated_cost`` in ``context``."""
+        ctx = dict(context or {})
+        tool, domain, cost = ctx.get("tool"), ctx.get("domain"), ctx.get("estimated_cost")
+        return cls(
+            action=action,
+            resource=resource,
+            tool=str(tool) if tool is not None else None,
+            domain=globs.normalize_domain(str(domain)) if domain else None,
+            estimated_cost=float(cost) if cost is not None else 0.0,
+            context=ctx,
+            at=at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """The agent a request comes from: status, capabilities (from its token), attributes (for targeting)."""
+
+    agent_id: str
+    status: str = "active"
+    tools: tuple[str, ...] = ()
+    domains: tuple[str, ...] = ()
+    max_budget: float | None = None
+    agent_type: str | None = None
+    owner: str | None = None
+    deployment_env: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    #: What targeting depends on: the key of the per-agent policy selection.
+    target_key: tuple[Any, ...] = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        key = (
+            self.agent_id,
+            self.agent_type,
+            self.owner,
+            self.deployment_env,
+            tuple(sorted(self.labels.items())),
+        )
+        object.__setattr__(self, "target_key", key)
+
+    @classmethod
+    def of(
+        cls,
+        agent_id: str,
+        *,
+        status: str = "active",
+        capabilities: Mapping[str, Any] | None = None,
+        agent_type: str | None = None,
+        owner: str | None = None,
+        deployment_env: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Subject:
+        """A subject from an agent's record or token claims; labels come from its metadata."""
+        caps = capabilities or {}
+        budget = caps.get("max_budget")
+        return cls(
+            agent_id=agent_id,
+            status=status,
+            tools=tuple(str(tool) for tool in caps.get("tools") or ()),
+            domains=tuple(str(domain) for domain in caps.get("domains") or ()),
+            max_budget=float(budget) if budget is not None else None,
+            agent_type=agent_type,
+            owner=owner,
+            deployment_env=deployment_env,
+            labels=labels_of(metadata or {}),
+        )
+
+    def with_status(self, status: str) -> Subject:
+        """The same subject in another status."""
+        return dataclasses.replace(self, status=status)
+
+    def to_json(self) -> dict[str, Any]:
+        """The subject as JSON (in a signed bundle)."""
+        return {
+            "agent_id": self.agent_id,
+            "status": self.status,
+            "capabilities": {
+                "tools": list(self.tools),
+                "domains": list(self.domains),
+                "max_budget": self.max_budget,
+            },
+            "agent_type": self.agent_type,
+            "owner": self.owner,
+            "deployment_env": self.deployment_env,
+            "labels": dict(self.labels),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Subject:
+        """The inverse of ``to_json``."""
+        return cls.of(
+            str(data["agent_id"]),
+            status=str(data.get("status", "active")),
+            capabilities=data.get("capabilities") or {},
+            agent_type=data.get("agent_type"),
+            owner=data.get("owner"),
+            deployment_env=data.get("deployment_env"),
+            metadata={"labels": data.get("labels") or {}},
+        )
+
+
+def labels_of(metadata: Mapping[str, Any]) -> dict[str, str]:
+    """An agent's labels: its metadata's string values, and the entries of ``metadata.labels``."""
+    found = {key: value for key, value in metadata.items() if isinstance(value, str)}
+    nested = metadata.get("labels")
+    if isinstance(nested, Mapping):
+        found.update({str(key): str(value) for key, value in nested.items()})
+    return found
+
+
+# -- decisions ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """A spending limit that applies to a request: the agent's capability ceiling or a policy's budget."""
+
+    id: str
+    limit: float
+    period: str = "lifetime"
+    shared: bool = False
+    policy_id: str | None = None
+    enforce: bool = True
+    #: How the budget is named to people (its policy's name).
+    label: str | None = None
+
+    def bucket(self, at: datetime) -> str:
+        """Which period a spend at ``at`` counts in: ``all``, a day or a month (UTC)."""
+        if self.period == "daily":
+            return at.strftime("%Y-%m-%d")
+        if self.period == "monthly":
+            return at.strftime("%Y-%m")
+        return "all"
+
+    def key(self, agent_id: str, at: datetime) -> str:
+        """The counter this budget draws from (shared budgets draw from one counter for all agents)."""
+        owner = "*" if self.shared else agent_id
+        return f"{self.id}:{owner}:{self.bucket(at)}"
+
+
+@dataclass(frozen=True, slots=True)
+class WouldDeny:
+    """A denial a dry-run policy would have made."""
+
+    policy_id: str
+    rule: str | None
+    code: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The API form."""
+        return {"policy_id": self.policy_id, "rule": self.rule, "code": self.code, "reason": self.reason}
+
+
+@dataclass(slots=True)
+class Decision:
+    """The answer to a check: allowed or the first denial, with where it came from."""
+
+    allowed: bool
+    code: str | None = None
+    stage: str | None = None
+    reason: str | None = None
+    matched_rule: str | None = None
+    policy_id: str | None = None
+    budget_remaining: float | None = None
+    would_deny: tuple[WouldDeny, ...] = ()
+    trace: tuple[dict[str, Any], ...] | None = None
+    #: Budgets the caller must still reserve against, with their counter keys (set when evaluated without
+    #: ``spent``; see ``needs_budget``).
+    budgets: tuple[tuple[Budget, str], ...] = ()
+    cost: float = 0.0
+
+    @property
+    def needs_budget(self) -> bool:
+        """Whether the verdict waits on budget counters (allowed so far, or denied after the budget stage)."""
+        return bool(self.budgets) and (self.allowed or self.stage in ("domain", "custom"))
+
+    def with_spent(self, spent: Mapping[str, float]) -> Decision:
+        """The final decision once the budgets' counters are known (``spent`` before this request's cost).
+
+        An enforced budget without room turns the decision into ``BUDGET_EXCEEDED`` (the budget stage comes
+        before the domain and custom stages); a dry-run one adds to ``would_deny``.
+        """
+        outcome = settle(self.budgets, spent, self.cost)
+        would = self.would_deny + outcome.would_deny
+        trace = self.trace
+        if outcome.exceeded is not None:
+            reason = _budget_reason(outcome.exceeded)
+            if trace is not None:
+                trace = (*_before(trace, "budget"), _step("budget", "deny", reason))
+            return Decision(
+                allowed=False,
+                code=Code.BUDGET_EXCEEDED.value,
+                stage="budget",
+                reason=reason,
+                policy_id=outcome.exceeded.policy_id,
+                budget_remaining=outcome.remaining,
+                would_deny=would,
+                trace=trace,
+                cost=self.cost,
+            )
+        if trace is not None:
+            trace = tuple(
+                _step("budget", "pass", f"remaining {outcome.remaining}")
+                if step["stage"] == "budget"
+                else step
+                for step in trace
+            )
+        return dataclasses.replace(
+            self, budget_remaining=outcome.remaining, would_deny=would, trace=trace, budgets=()
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The check API's response fields (without ``decision_id``, ``latency_ms`` and versions)."""
+        return {
+            "allowed": self.allowed,
+            "code": self.code,
+            "stage": self.stage,
+            "reason": self.reason,
+            "matched_rule": self.matched_rule,
+            "policy_id": self.policy_id,
+            "budget_remaining": self.budget_remaining,
+            "would_deny": [item.to_json() for item in self.would_deny],
+            "trace": list(self.trace) if self.trace is not None else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetOutcome:
+    """How a cost fits the budgets: the first enforced budget without room, dry-run overruns, room left."""
+
+    exceeded: Budget | None
+    would_deny: tuple[WouldDeny, ...]
+    remaining: float | None
+
+
+def settle(lines: Iterable[tuple[Budget, str]], spent: Mapping[str, float], cost: float) -> BudgetOutcome:
+    """Whether ``cost`` fits each budget given what its counter (``spent[key]``) holds.
+
+    ``remaining`` is the least room left among enforced budgets after this cost (before it, when it does
+    not fit), so an agent sees what it can still spend.
+    """
+    exceeded: Budget | None = None
+    would: list[WouldDeny] = []
+    remaining: float | None = None
+    for budget, key in lines:
+        used = spent.get(key, 0.0)
+        fits = used + cost <= budget.limit + 1e-9
+        if not fits and budget.enforce and exceeded is None:
+            exceeded = budget
+        elif not fits and not budget.enforce:
+            would.append(
+                WouldDeny(str(budget.policy_id), None, Code.BUDGET_EXCEEDED.value, _budget_reason(budget))
+            )
+        if budget.enforce:
+            room = max(budget.limit - used - (cost if fits else 0.0), 0.0)
+            remaining = room if remaining is None else min(remaining, room)
+    return BudgetOutcome(exceeded, tuple(would), remaining)
+
+
+def _budget_reason(budget: Budget) -> str:
+    where = (
+        "the agent's capability budget" if budget.id == CAPABILITY_BUDGET else f"budget of {budget.policy_id}"
+    )
+    return f"The estimated cost exceeds {where} ({budget.limit:g}, {budget.period})."
+
+
+def _step(stage: str, result: str, detail: str | None = None) -> dict[str, Any]:
+    return {"stage": stage, "result": result, "detail": detail}
+
+
+def _before(trace: Iterable[dict[str, Any]], stage: str) -> tuple[dict[str, Any], ...]:
+    order = STAGES.index(stage)
+    return tuple(step for step in trace if STAGES.index(step["stage"]) < order)
+
+
+# -- the policy document -----------------------------------------------------------------------------
+
+
+class PolicyError(ValueError):
+    """A policy document is invalid; ``errors`` are (JSON pointer, detail) pairs."""
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{pointer}: {detail}" for pointer, detail in errors))
+        self.errors = errors
+
+
+_Check = Callable[[object], str | None]
+
+
+def validate(document: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Every pattern, window and budget error in a policy document, as (JSON pointer, detail) pairs.
+
+    Shapes and types are checked by the API schema; this checks what only the evaluator knows: that each
+    pattern compiles to what it looks like, that time zones exist, that windows are well formed.
+    """
+    errors: list[tuple[str, str]] = []
+
+    def patterns(pointer: str, values: Iterable[object] | None, check: _Check) -> None:
+        for index, value in enumerate(values or []):
+            problem = check(value)
+            if problem:
+                errors.append((f"{pointer}/{index}", problem))
+
+    domain_lists = document.get("domains") or {}
+    patterns("/domains/allow", domain_lists.get("allow"), globs.domain_glob_error)
+    patterns("/domains/deny", domain_lists.get("deny"), globs.domain_glob_error)
+    seen: set[str] = set()
+    for index, rule in enumerate(document.get("rules") or []):
+        base = f"/rules/{index}"
+        rule_id = rule.get("id")
+        if rule_id in seen:
+            errors.append((f"{base}/id", f"duplicate rule id {rule_id!r}"))
+        seen.add(rule_id)
+        patterns(f"{base}/actions", rule.get("actions"), globs.name_glob_error)
+        patterns(f"{base}/resources", rule.get("resources"), globs.name_glob_error)
+        conditions = rule.get("conditions") or {}
+        patterns(f"{base}/conditions/tools", conditions.get("tools"), globs.name_glob_error)
+        patterns(f"{base}/conditions/domains", conditions.get("domains"), globs.domain_glob_error)
+        window = conditions.get("time")
+        if window:
+            errors += _window_errors(f"{base}/conditions/time", window)
+    return errors
+
+
+def _window_errors(pointer: str, window: Mapping[str, Any]) -> list[tuple[str, str]]:
+    errors: list[tuple[str, str]] = []
+    for index, day in enumerate(window.get("days") or []):
+        if day not in DAYS:
+            errors.append((f"{pointer}/days/{index}", f"must be one of {', '.join(DAYS)}"))
+    for name in ("start", "end"):
+        value = window.get(name)
+        if value is not None and not _HHMM.match(str(value)):
+            errors.append((f"{pointer}/{name}", "must be HH:MM (24-hour clock)"))
+    tz = window.get("timezone") or "UTC"
+    try:
+        _zone(str(tz))
+    except (ZoneInfoNotFoundError, ValueError):
+        errors.append((f"{pointer}/timezone", f"unknown time zone {tz!r}"))
+    return errors
+
+
+@functools.lru_cache(maxsize=256)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+# -- compiled form -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Window:
+    days: frozenset[int] | None
+    start: clock | None
+    end: clock | None
+    zone: ZoneInfo
+
+    def contains(self, at: datetime) -> bool:
+        local = at.astimezone(self.zone)
+        if self.days is not None and local.weekday() not in self.days:
+            return False
+        if self.start is None or self.end is None:
+            return True
+        now = local.time().replace(tzinfo=None)
+        if self.start <= self.end:
+            return self.start <= now < self.end
+        return now >= self.start or now < self.end  # a window across midnight
+
+
+def _window(spec: Mapping[str, Any]) -> _Window:
+    days = spec.get("days")
+
+    def hhmm(value: object) -> clock | None:
+        return clock.fromisoformat(str(value)) if value else None
+
+    return _Window(
+        days=frozenset(DAYS.index(day) for day in days) if days else None,
+        start=hhmm(spec.get("start")),
+        end=hhmm(spec.get("end")),
+        zone=_zone(str(spec.get("timezone") or "UTC")),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Selector:
+    """Agent attributes a policy or rule applies to; an empty selector selects every agent."""
+
+    agent_types: frozenset[str] | None = None
+    owners: frozenset[str] | None = None
+    envs: frozenset[str] | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+
+    def selects(self, subject: Subject) -> bool:
+        return (
+            (self.agent_types is None or subject.agent_type in self.agent_types)
+            and (self.owners is None or subject.owner in self.owners)
+            and (self.envs is None or subject.deployment_env in self.envs)
+            and all(subject.labels.get(key) == value for key, value in self.labels)
+        )
+
+
+def _selector(spec: Mapping[str, Any] | None) -> _Selector:
+    if not spec:
+        return _Selector()
+
+    def values(name: str) -> frozenset[str] | None:
+        given = spec.get(name)
+        if given is None:
+            return None
+        return frozenset([given] if isinstance(given, str) else (str(item) for item in given))
+
+    return _Selector(
+        agent_types=values("agent_type"),
+        owners=values("owner"),
+        envs=values("deployment_env"),
+        labels=tuple(sorted((str(k), str(v)) for k, v in (spec.get("labels") or {}).items())),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    id: str
+    policy_id: str
+    effect: Literal["allow", "deny"]
+    enforce: bool
+    order: tuple[int, int, int]
+    resource: globs.Matcher
+    tool: globs.Matcher | None
+    domain: globs.Matcher | None
+    cost: tuple[tuple[str, float], ...]
+    window: _Window | None
+    agent: _Selector | None
+    context: tuple[tuple[str, frozenset[str]], ...]
+    description: str | None
+
+    def matches(
+        self, subject: Subject, request: Request, resource: str, tool: str | None, at: datetime | None
+    ) -> bool:
+        if not self.resource(resource):
+            return False
+        if self.tool is not None and (tool is None or not self.tool(tool)):
+            return False
+        if self.domain is not None and (request.domain is None or not self.domain(request.domain)):
+            return False
+        for op, bound in self.cost:
+            if not _COMPARE[op](request.estimated_cost, bound):
+                return False
+        if self.window is not None and not self.window.contains(at or datetime.now(UTC)):
+            return False
+        if self.agent is not None and not self.agent.selects(subject):
+            return False
+        return all(str(request.context.get(key)) in allowed for key, allowed in self.context)
+
+
+_COMPARE = {
+    "gt": lambda value, bound: value > bound,
+    "gte": lambda value, bound: value >= bound,
+    "lt": lambda value, bound: value < bound,
+    "lte": lambda value, bound: value <= bound,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Policy:
+    id: str
+    name: str
+    priority: int
+    enforce: bool
+    default_deny: bool
+    target: str
+    target_agent: str | None
+    selector: _Selector
+    domain_deny: globs.Matcher | None
+    domain_allow: globs.Matcher | None
+    budget: Budget | None
+    rules: tuple[tuple[tuple[str, ...], _Rule], ...]
+    document: Mapping[str, Any]
+
+    def applies_to(self, subject: Subject) -> bool:
+        if self.target == "agent":
+            return self.target_agent == subject.agent_id
+        if self.target == "selector":
+            return self.selector.selects(subject)
+        return True
+
+
+def compile_policy(document: Mapping[str, Any]) -> _Policy:
+    """The compiled form of one (validated) policy document."""
+    errors = validate(document)
+    if errors:
+        raise PolicyError(errors)
+    policy_id = str(document["id"])
+    enforce = document.get("mode", "enforce") != "dry_run"
+    priority = int(document.get("priority") or 0)
+    target = document.get("target") or {"kind": "tenant"}
+    domain_lists = document.get("domains") or {}
+    budget_spec = document.get("budget")
+    budget = None
+    if budget_spec:
+        budget = Budget(
+            id=f"policy:{policy_id}",
+            limit=float(budget_spec["limit"]),
+            period=str(budget_spec.get("period") or "lifetime"),
+            shared=budget_spec.get("scope") == "shared",
+            policy_id=policy_id,
+            enforce=enforce,
+            label=str(document.get("name") or policy_id),
+        )
+    rules: list[tuple[tuple[str, ...], _Rule]] = []
+    for index, spec in enumerate(document.get("rules") or []):
+        conditions = spec.get("conditions") or {}
+        cost = conditions.get("cost") or {}
+        rule = _Rule(
+            id=str(spec.get("id") or f"rule-{index + 1}"),
+            policy_id=policy_id,
+            effect="deny" if spec.get("effect") == "deny" else "allow",
+            enforce=enforce,
+            order=(-int(spec.get("priority") or 0), -priority, index),
+            resource=globs.names(spec.get("resources") or ["*"]),
+            tool=globs.names(conditions["tools"]) if conditions.get("tools") else None,
+            domain=globs.domains(conditions["domains"]) if conditions.get("domains") else None,
+            cost=tuple(
+                (op, float(cost[op])) for op in ("gt", "gte", "lt", "lte") if cost.get(op) is not None
+            ),
+            window=_window(conditions["time"]) if conditions.get("time") else None,
+            agent=_selector(conditions.get("agent")) if conditions.get("agent") else None,
+            context=tuple(
+                (str(key), frozenset([value] if isinstance(value, str) else (str(v) for v in value)))
+                for key, value in sorted((conditions.get("context") or {}).items())
+            ),
+            description=spec.get("description"),
+        )
+        rules.append((tuple(str(a).lower() for a in spec.get("actions") or ["*"]), rule))
+    deny, allow = domain_lists.get("deny"), domain_lists.get("allow")
+    return _Policy(
+        id=policy_id,
+        name=str(document.get("name") or policy_id),
+        priority=priority,
+        enforce=enforce,
+        default_deny=document.get("default_effect") == "deny",
+        target=str(target.get("kind") or "tenant"),
+        target_agent=str(target["agent_id"]) if target.get("agent_id") else None,
+        selector=_selector(target.get("selector")),
+        domain_deny=globs.domains(deny) if deny else None,
+        domain_allow=globs.domains(allow) if allow else None,
+        budget=budget,
+        rules=tuple(rules),
+        document=document,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Effective:
+    """The policies that apply to one agent, arranged for evaluation."""
+
+    policies: tuple[_Policy, ...]
+    #: Rules by lower-cased exact action, each list already holding the wildcard-action rules, in order.
+    by_action: Mapping[str, tuple[_Rule, ...]]
+    #: Rules whose action pattern is a glob: tried for actions not in ``by_action``.
+    glob_rules: tuple[tuple[globs.Matcher, _Rule], ...]
+    domain_rules: tuple[_Policy, ...]
+    budgets: tuple[Budget, ...]
+    default_deny: tuple[_Policy, ...]
+
+    def rules_for(self, action: str) -> Iterable[_Rule]:
+        """The rules that may match ``action`` (lower-cased), in evaluation order."""
+        exact = self.by_action.get(action)
+        if exact is not None:
+            return exact
+        return [rule for match, rule in self.glob_rules if match(action)]
+
+
+def _arrange(policies: Iterable[_Policy]) -> Effective:
+    ordered = tuple(sorted(policies, key=lambda policy: (-policy.priority, policy.id)))
+    entries = sorted(
+        ((actions, rule) for policy in ordered for actions, rule in policy.rules),
+        key=lambda entry: entry[1].order,
+    )
+    exact_names = {
+        action for actions, _ in entries for action in actions if "*" not in action and "?" not in action
+    }
+    glob_rules = tuple(
+        (globs.names(actions), rule)
+        for actions, rule in entries
+        if any("*" in a or "?" in a for a in actions)
+    )
+    by_action: dict[str, tuple[_Rule, ...]] = {}
+    for name in exact_names:
+        by_action[name] = tuple(
+            rule for actions, rule in entries if name in actions or globs.names(actions)(name)
+        )
+    return Effective(
+        policies=ordered,
+        by_action=by_action,
+        glob_rules=glob_rules,
+        domain_rules=tuple(p for p in ordered if p.domain_deny is not None or p.domain_allow is not None),
+        budgets=tuple(p.budget for p in ordered if p.budget is not None),
+        default_deny=tuple(p for p in ordered if p.default_deny),
+    )
+
+
+class PolicySet:
+    """A tenant's compiled policies at one version; per-agent selections are cached."""
+
+    def __init__(
+        self, version: int, documents: Iterable[Mapping[str, Any]], max_cached: int = 50_000
+    ) -> None:
+        self.version = version
+        self.policies = tuple(
+            compile_policy(document) for document in documents if document.get("enabled", True)
+        )
+        self._effective: dict[tuple[Any, ...], Effective] = {}
+        self._max_cached = max_cached
+
+    def effective(self, subject: Subject) -> Effective:
+        """The policies that apply to ``subject`` (cached by the attributes targeting depends on)."""
+        key = subject.target_key
+        found = self._effective.get(key)
+        if found is None:
+            if len(self._effective) >= self._max_cached:
+                self._effective.clear()
+            found = self._effective[key] = _arrange(p for p in self.policies if p.applies_to(subject))
+        return found
+
+    def documents_for(self, subject: Subject) -> list[Mapping[str, Any]]:
+        """The documents of the policies that apply to ``subject`` (a bundle's content)."""
+        return [policy.document for policy in self.effective(subject).policies]
+
+
+@functools.lru_cache(maxsize=16_384)
+def _capability(patterns: tuple[str, ...], kind: str) -> globs.Matcher:
+    return globs.domains(patterns) if kind == "domain" else globs.names(patterns)
+
+
+def evaluate(
+    policies: PolicySet | Effective,
+    subject: Subject,
+    request: Request,
+    *,
+    spent: Mapping[str, float] | None = None,
+    trace: bool = False,
+) -> Decision:
+    """Decide ``request`` for ``subject`` under ``policies``.
+
+    With ``spent`` (counter key -> amount spent), budgets are decided here; without it, the decision lists
+    the budgets still to reserve (``needs_budget``); the caller reserves them and finishes the decision
+    with ``Decision.with_spent``.
+    """
+    at = request.at
+    effective = policies.effective(subject) if isinstance(policies, PolicySet) else policies
+    steps: list[dict[str, Any]] | None = [] if trace else None
+
+    def deny(
+        stage: str, code: Code, reason: str, rule: str | None = None, policy: str | None = None
+    ) -> Decision:
+        if steps is not None:
+            steps.append(_step(stage, "deny", reason))
+        return Decision(
+            allowed=False,
+            code=code.value,
+            stage=stage,
+            reason=reason,
+            matched_rule=rule,
+            policy_id=policy,
+            would_deny=tuple(would),
+            trace=tuple(steps) if steps is not None else None,
+            budgets=budgets if stage in ("domain", "custom") else (),
+            cost=request.estimated_cost,
+        )
+
+    would: list[WouldDeny] = []
+    budgets: tuple[tuple[Budget, str], ...] = ()
+
+    # 1. kill switch
+    if subject.status == "terminated":
+        return deny("kill_switch", Code.TERMINATED, "The agent was terminated.")
+    if subject.status == "paused":
+        return deny("kill_switch", Code.PAUSED, "The agent is paused (AGENT_PAUSED) until it is resumed.")
+    if subject.status != "active":
+        return deny("kill_switch", Code.TERMINATED, f"The agent is {subject.status}.")
+    if steps is not None:
+        steps.append(_step("kill_switch", "pass"))
+
+    # 2. capability
+    tool = request.tool.lower() if request.tool else None
+    if tool is not None and not _capability(subject.tools, "tool")(tool):
+        return deny(
+            "capability", Code.CAPABILITY_DENIED, f"Tool {request.tool!r} is not in the agent's capabilities."
+        )
+    if request.domain is not None and not _capability(subject.domains, "domain")(request.domain):
+        return deny(
+            "capability",
+            Code.CAPABILITY_DENIED,
+            f"Domain {request.domain!r} is not in the agent's capabilities.",
+        )
+    if steps is not None:
+        steps.append(_step("capability", "pass"))
+
+    # 3. budget
+    applicable = effective.budgets
+    if subject.max_budget is not None:
+        applicable = (Budget(CAPABILITY_BUDGET, subject.max_budget), *applicable)
+    remaining: float | None = None
+    if applicable:
+        at = at or datetime.now(UTC)  # budgets count by period: the time is needed now, and only now
+        budgets = tuple((budget, budget.key(subject.agent_id, at)) for budget in applicable)
+    if budgets and spent is not None:
+        outcome = settle(budgets, spent, request.estimated_cost)
+        would.extend(outcome.would_deny)
+        remaining = outcome.remaining
+        if outcome.exceeded is not None:
+            denied = deny(
+                "budget",
+                Code.BUDGET_EXCEEDED,
+                _budget_reason(outcome.exceeded),
+                policy=outcome.exceeded.policy_id,
+            )
+            denied.budget_remaining = remaining
+            return denied
+        budgets = ()
+        if steps is not None:
+            steps.append(_step("budget", "pass", f"remaining {remaining}"))
+    elif steps is not None:
+        steps.append(_step("budget", "pending" if budgets else "skip"))
+
+    # 4. domain patterns
+    domain = request.domain
+    if domain is not None:
+        for policy in effective.domain_rules:
+            code = reason = None
+            if policy.domain_deny is not None and policy.domain_deny(domain):
+                code, reason = Code.RESOURCE_DENIED, f"Domain {domain!r} is denied by policy {policy.name!r}."
+            elif policy.domain_allow is not None and not policy.domain_allow(domain):
+                code, reason = (
+                    Code.RESOURCE_NOT_ALLOWED,
+                    f"Domain {domain!r} is not allowed by policy {policy.name!r}.",
+                )
+            if code is None or reason is None:
+                continue
+            if policy.enforce:
+                return _finish(deny("domain", code, reason, policy=policy.id), remaining)
+            would.append(WouldDeny(policy.id, None, code.value, reason))
+    if steps is not None:
+        steps.append(_step("domain", "pass" if domain is not None else "skip"))
+
+    # 5. custom rules
+    resource = request.resource.lower()
+    allowed_by: _Rule | None = None
+    for rule in effective.rules_for(request.action.lower()):
+        if not rule.matches(subject, request, resource, tool, at):
+            continue
+        if rule.effect == "deny":
+            reason = rule.description or f"Denied by rule {rule.id!r}."
+            if rule.enforce:
+                return _finish(deny("custom", Code.CUSTOM_DENIED, reason, rule.id, rule.policy_id), remaining)
+            would.append(WouldDeny(rule.policy_id, rule.id, Code.CUSTOM_DENIED.value, reason))
+        elif allowed_by is None and rule.enforce:
+            allowed_by = rule
+    if allowed_by is None:
+        for policy in effective.default_deny:
+            reason = (
+                f"No rule allows {request.action!r} on {request.resource!r}"
+                f" (policy {policy.name!r} denies by default)."
+            )
+            if policy.enforce:
+                return _finish(deny("custom", Code.CUSTOM_DENIED, reason, policy=policy.id), remaining)
+            would.append(WouldDeny(policy.id, None, Code.CUSTOM_DENIED.value, reason))
+    if steps is not None:
+        steps.append(
+            _step("custom", "pass", f"allowed by rule {allowed_by.id!r}" if allowed_by else "no rule denies")
+        )
+    return Decision(
+        allowed=True,
+        matched_rule=allowed_by.id if allowed_by else None,
+        policy_id=allowed_by.policy_id if allowed_by else None,
+        budget_remaining=remaining,
+        would_deny=tuple(would),
+        trace=tuple(steps) if steps is not None else None,
+        budgets=budgets,
+        cost=request.estimated_cost,
+    )
+
+
+def _finish(decision: Decision, remaining: float | None) -> Decision:
+    if remaining is not None:
+        decision.budget_remaining = remaining
+    return decision
+
+
+# -- bundles -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """An agent's effective policy as served by ``GET /v1/policies/bundle``, ready for local evaluation."""
+
+    tenant_id: str
+    version: int
+    subject: Subject
+    policies: PolicySet
+    issued_at: str
+    expires_at: str
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> Bundle:
+        """The bundle for a (signature-verified) payload."""
+        return cls(
+            tenant_id=str(payload["tenant_id"]),
+            version=int(payload["version"]),
+            subject=Subject.from_json(payload["agent"]),
+            policies=PolicySet(int(payload["version"]), payload.get("policies") or []),
+            issued_at=str(payload["issued_at"]),
+            expires_at=str(payload["expires_at"]),
+        )
+
+    def evaluate(
+        self,
+        request: Request,
+        *,
+        status: str | None = None,
+        spent: Mapping[str, float] | None = None,
+        trace: bool = False,
+    ) -> Decision:
+        """Decide ``request`` locally (``status`` overrides the bundle's, after a kill-switch command)."""
+        subject = self.subject if status is None else self.subject.with_status(status)
+        return evaluate(self.policies, subject, request, spent=spent, trace=trace)
+
+
+def bundle_payload(
+    tenant_id: str,
+    policies: PolicySet,
+    subject: Subject,
+    issued_at: str,
+    expires_at: str,
+) -> dict[str, Any]:
+    """The signed content of an agent's bundle."""
+    return {
+        "tenant_id": tenant_id,
+        "version": policies.version,
+        "agent": subject.to_json(),
+        "policies": [dict(document) for document in policies.documents_for(subject)],
+        "issued_at": issued_at,
+        "expires_at": expires_at,
+    }

@@ -1,0 +1,375 @@
+"""Routes of the policy context: policy CRUD with versions (admin plane), check and bundle (agent plane),
+simulation, and the keys that sign bundles."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from aigos.core import policy as core
+from aigos.core.canonical import canonical
+from aigos.core.signing import Signer, b64url, derive_seed
+from aigos.server.audit.events import NewEvent, by, current_request_id
+from aigos.server.deps import RuntimeDep, SessionDep
+from aigos.server.errors import BadRequest, NotFound
+from aigos.server.identity import agents as registry
+from aigos.server.identity.agent_auth import AgentDep, AgentPrincipal
+from aigos.server.policy import service
+from aigos.server.policy.schemas import (
+    CheckIn,
+    CheckOut,
+    PolicyIn,
+    PolicyOut,
+    PolicyPage,
+    PolicyVersionOut,
+    PublicKeys,
+    SignedBundle,
+    SimulateIn,
+    SimulateOut,
+)
+from aigos.server.runtime import Runtime
+from aigos.server.tenancy.deps import require_tenant
+from aigos.server.tenancy.principal import Principal
+
+router = APIRouter(prefix="/v1/policies", tags=["policies"])
+
+Reader = Annotated[Principal, Depends(require_tenant("policies:read"))]
+Writer = Annotated[Principal, Depends(require_tenant("policies:write"))]
+PageNo = Annotated[int, Query(ge=1, le=1_000_000, description="Page number, from 1.")]
+Limit = Annotated[int, Query(ge=1, le=100, description="Items per page.")]
+#: How long a bundle may be used offline before the SDK must fetch it again.
+BUNDLE_TTL = timedelta(minutes=5)
+#: Which event a decision is recorded as.
+_EVENT = {None: "policy.checked", core.Code.BUDGET_EXCEEDED.value: "budget.exceeded"}
+
+
+def _tenant(principal: Principal) -> uuid.UUID:
+    assert principal.tenant_id is not None
+    return principal.tenant_id
+
+
+@functools.lru_cache(maxsize=4)
+def bundle_signer(pepper: bytes) -> Signer:
+    """The Ed25519 key that signs policy bundles, derived from the server secret (same on every replica)."""
+    return Signer.from_seed(derive_seed(pepper, "policy-bundle"))
+
+
+# -- the agent plane (static paths first: `/{policy_id}` would otherwise swallow them) -----------------
+
+
+@router.post(
+    "/check",
+    response_model=CheckOut,
+    summary="Check an action (agent token)",
+    responses={503: {"description": "Policy state or budgets unavailable (fail closed); retry."}},
+)
+async def check(body: CheckIn, runtime: RuntimeDep, agent: AgentDep) -> Response:
+    """May the calling agent do this? Answered from memory: no database round trip once warm.
+
+    The chain: kill switch → capability → budget → domain patterns → custom rules; the first denial wins
+    and deny overrides allow. A denial is an answer (`allowed: false` with a `code`), not an HTTP error.
+    """
+    started = time.perf_counter()
+    state = runtime.policy
+    state.ensure_live()
+    subject = await state.subject(agent.tenant_id, agent.agent_id, agent.status.value, agent.claims)
+    policies = await state.policy_set(agent.tenant_id)
+    request = core.Request.of(body.action, body.resource, body.context.model_dump(exclude_none=True))
+    decision = core.evaluate(policies, subject, request, trace=body.trace)
+    if decision.needs_budget:
+        decision = await runtime.budgets.settle(agent.tenant_id, decision)
+    decision_id = uuid.uuid4()
+    _record(runtime, agent, body, decision, decision_id, policies.version)
+    answer = decision.to_json()
+    answer.update(
+        decision_id=str(decision_id),
+        policy_version=policies.version,
+        latency_ms=round((time.perf_counter() - started) * 1000, 3),
+    )
+    return Response(orjson.dumps(answer), media_type="application/json")
+
+
+def _record(
+    runtime: Runtime,
+    agent: AgentPrincipal,
+    body: CheckIn,
+    decision: core.Decision,
+    decision_id: uuid.UUID,
+    version: int,
+) -> None:
+    runtime.usage.count(agent.tenant_id, "policy_checks")
+    event_type = "policy.checked" if decision.allowed else _EVENT.get(decision.code, "policy.violated")
+    data: dict[str, Any] = {
+        "decision_id": str(decision_id),
+        "action": body.action,
+        "resource": body.resource,
+        "context": body.context.model_dump(exclude_none=True),
+        "allowed": decision.allowed,
+        "code": decision.code,
+        "stage": decision.stage,
+        "matched_rule": decision.matched_rule,
+        "policy_id": decision.policy_id,
+        "budget_remaining": decision.budget_remaining,
+        "policy_version": version,
+    }
+    if decision.would_deny:
+        data["would_deny"] = [item.to_json() for item in decision.would_deny]
+    runtime.events.enqueue(
+        NewEvent(
+            tenant_id=agent.tenant_id,
+            event_type=event_type,
+            actor_type="agent",
+            actor_id=str(agent.agent_id),
+            agent_id=str(agent.agent_id),
+            data=data,
+            outcome="allowed" if decision.allowed else "denied",
+            request_id=current_request_id(),
+        )
+    )
+
+
+@router.get(
+    "/bundle",
+    response_model=SignedBundle,
+    summary="Get the agent's signed policy bundle (agent token)",
+    responses={304: {"description": "Not modified (`If-None-Match` matched the ETag)."}},
+)
+async def get_bundle(
+    runtime: RuntimeDep,
+    agent: AgentDep,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """The policies that apply to the calling agent, signed, for local evaluation with `aigos.core.policy`.
+
+    Verify the signature against `GET /v1/policies/keys`. Budgets are not in the bundle: a check with a
+    cost must still go to the server, which reserves it.
+    """
+    state = runtime.policy
+    state.ensure_live()
+    subject = await state.subject(agent.tenant_id, agent.agent_id, agent.status.value, agent.claims)
+    policies = await state.policy_set(agent.tenant_id)
+    content = {
+        "version": policies.version,
+        "agent": subject.to_json(),
+        "policies": policies.documents_for(subject),
+    }
+    etag = '"' + hashlib.sha256(canonical(content)).hexdigest()[:32] + '"'
+    if if_none_match is not None and etag in {tag.strip() for tag in if_none_match.split(",")}:
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
+    now = datetime.now(UTC).replace(microsecond=0)
+    payload = core.bundle_payload(
+        str(agent.tenant_id),
+        policies,
+        subject,
+        now.isoformat().replace("+00:00", "Z"),
+        (now + BUNDLE_TTL).isoformat().replace("+00:00", "Z"),
+    )
+    signer = bundle_signer(runtime.settings.pepper)
+    body = {"payload": payload, "key_id": signer.key_id, "alg": "Ed25519", "signature": signer.sign(payload)}
+    return Response(
+        orjson.dumps(body), media_type="application/json", headers={"ETag": etag, "Cache-Control": "no-cache"}
+    )
+
+
+@router.get("/keys", response_model=PublicKeys, summary="List bundle-signing keys")
+async def list_keys(runtime: RuntimeDep) -> dict[str, Any]:
+    """The public keys that sign policy bundles (public: an SDK pins or fetches them)."""
+    signer = bundle_signer(runtime.settings.pepper)
+    return {"keys": [{"key_id": signer.key_id, "alg": "Ed25519", "public_key": b64url(signer.public_key)}]}
+
+
+@router.post("/simulate", response_model=SimulateOut, summary="Simulate a check")
+async def simulate(
+    body: SimulateIn, runtime: RuntimeDep, session: SessionDep, principal: Reader
+) -> dict[str, Any]:
+    """Evaluate a hypothetical request against the saved policies, drafts, or both, with the full trace.
+
+    Nothing is spent and nothing is recorded: budgets are read as they stand.
+    """
+    tenant_id = _tenant(principal)
+    subject = await _simulated_subject(runtime, session, tenant_id, body)
+    documents: dict[str, dict[str, Any]] = {}
+    version = await service.set_version(session, tenant_id)
+    if not body.only_drafts:
+        documents = await service.current_documents(session, tenant_id)
+    for index, draft in enumerate(body.policies):
+        document = service.document_of(draft.id or uuid.uuid4(), draft)
+        service.check_document(document, f"/policies/{index}")
+        documents[document["id"]] = document
+    policies = core.PolicySet(version, documents.values())
+    context = body.request.context.model_dump(exclude_none=True)
+    request = core.Request.of(body.request.action, body.request.resource, context, at=body.at)
+    decision = core.evaluate(policies, subject, request, trace=True)
+    if decision.budgets:
+        spent = await runtime.budgets.spent(tenant_id, decision.budgets)
+        decision = decision.with_spent(spent)
+    answer = decision.to_json()
+    answer["policy_version"] = version
+    return answer
+
+
+async def _simulated_subject(
+    runtime: Runtime, session: AsyncSession, tenant_id: uuid.UUID, body: SimulateIn
+) -> core.Subject:
+    if body.agent_id is not None:
+        try:
+            agent = await registry.get(session, tenant_id, body.agent_id)
+        except NotFound as exc:
+            raise BadRequest(
+                f"/agent_id: no agent {body.agent_id} in this tenant", code="AGENT_NOT_FOUND"
+            ) from exc
+        return core.Subject.of(
+            str(agent.id),
+            status=agent.status,
+            capabilities=agent.capabilities,
+            agent_type=agent.agent_type,
+            owner=agent.owner,
+            deployment_env=agent.deployment_env,
+            metadata=agent.metadata_,
+        )
+    assert body.agent is not None
+    spec = body.agent
+    return core.Subject.of(
+        "simulated",
+        status=spec.status,
+        capabilities=spec.capabilities,
+        agent_type=spec.agent_type,
+        owner=spec.owner,
+        deployment_env=spec.deployment_env,
+        metadata=spec.metadata,
+    )
+
+
+# -- the admin plane ---------------------------------------------------------------------------------
+
+
+def _etag(version: int) -> dict[str, str]:
+    return {"ETag": f'"{version}"'}
+
+
+@router.post("", response_model=PolicyOut, status_code=status.HTTP_201_CREATED, summary="Create a policy")
+async def create_policy(
+    spec: PolicyIn, response: Response, runtime: RuntimeDep, session: SessionDep, principal: Writer
+) -> PolicyOut:
+    """Save a policy (version 1). Every replica enforces it within a second."""
+    tenant_id = _tenant(principal)
+    policy, version = await service.create(session, tenant_id, spec, principal.actor_id)
+    await _changed(runtime, session, principal, "policy.created", policy, version)
+    response.headers.update(_etag(policy.version))
+    return service.to_out(policy)
+
+
+async def _changed(
+    runtime: Runtime,
+    session: AsyncSession,
+    principal: Principal,
+    event_type: str,
+    policy: Any,
+    set_version: int,
+) -> None:
+    data = {
+        "policy_id": str(policy.id),
+        "name": policy.name,
+        "version": policy.version,
+        "mode": policy.mode,
+        "policy_set_version": set_version,
+    }
+    await runtime.events.record(by(principal, event_type, data), session)
+    # Committed before the announcement, so a replica that reloads on hearing it reads the new version.
+    await session.commit()
+    await runtime.policy.announce(policy.tenant_id, set_version)
+
+
+@router.get("", response_model=PolicyPage, summary="List policies")
+async def list_policies(
+    session: SessionDep,
+    principal: Reader,
+    page: PageNo = 1,
+    limit: Limit = 20,
+    agent_id: Annotated[uuid.UUID | None, Query(description="Only policies targeting this agent.")] = None,
+    mode: Annotated[str | None, Query(pattern="^(enforce|dry_run)$")] = None,
+    enabled: bool | None = None,
+) -> PolicyPage:
+    """The tenant's policies, most recently changed first."""
+    rows, total = await service.page(
+        session, _tenant(principal), page=page, limit=limit, agent_id=agent_id, mode=mode, enabled=enabled
+    )
+    return PolicyPage(policies=[service.to_out(row) for row in rows], total=total, page=page, limit=limit)
+
+
+@router.get("/{policy_id}", response_model=PolicyOut, summary="Get a policy")
+async def get_policy(
+    policy_id: uuid.UUID, response: Response, session: SessionDep, principal: Reader
+) -> PolicyOut:
+    """The policy at its current version (`ETag` is the version, for `If-Match` on `PUT`)."""
+    policy = await service.get(session, _tenant(principal), policy_id)
+    response.headers.update(_etag(policy.version))
+    return service.to_out(policy)
+
+
+@router.put("/{policy_id}", response_model=PolicyOut, summary="Replace a policy")
+async def replace_policy(
+    policy_id: uuid.UUID,
+    spec: PolicyIn,
+    request: Request,
+    response: Response,
+    runtime: RuntimeDep,
+    session: SessionDep,
+    principal: Writer,
+) -> PolicyOut:
+    """Save a new version; the previous one stays readable. `If-Match: "<version>"` guards lost updates."""
+    policy, version = await service.replace(
+        session, _tenant(principal), policy_id, spec, principal.actor_id, _if_match(request)
+    )
+    await _changed(runtime, session, principal, "policy.updated", policy, version)
+    response.headers.update(_etag(policy.version))
+    return service.to_out(policy)
+
+
+def _if_match(request: Request) -> int | None:
+    raw = request.headers.get("if-match")
+    if raw is None or raw.strip() == "*":
+        return None
+    text = raw.strip().removeprefix("W/").strip('"')
+    if not text.isdigit():
+        raise BadRequest('If-Match must be a policy version ETag, such as "3".', code="INVALID_IF_MATCH")
+    return int(text)
+
+
+@router.delete("/{policy_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a policy")
+async def delete_policy(
+    policy_id: uuid.UUID, runtime: RuntimeDep, session: SessionDep, principal: Writer
+) -> Response:
+    """Stop enforcing the policy; its versions (and a final `deleted` one) stay readable."""
+    policy, version = await service.delete(session, _tenant(principal), policy_id, principal.actor_id)
+    await _changed(runtime, session, principal, "policy.deleted", policy, version)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get(
+    "/{policy_id}/versions", response_model=list[PolicyVersionOut], summary="List a policy's versions"
+)
+async def list_versions(
+    policy_id: uuid.UUID, session: SessionDep, principal: Reader
+) -> list[PolicyVersionOut]:
+    """Every version ever saved, oldest first, including after deletion."""
+    return await service.versions(session, _tenant(principal), policy_id)
+
+
+@router.get("/{policy_id}/versions/{version}", response_model=PolicyVersionOut, summary="Get one version")
+async def get_version(
+    policy_id: uuid.UUID, version: Annotated[int, Path(ge=1)], session: SessionDep, principal: Reader
+) -> PolicyVersionOut:
+    """One saved version of the policy."""
+    for found in await service.versions(session, _tenant(principal), policy_id):
+        if found.version == version:
+            return found
+    raise NotFound(f"Policy {policy_id} has no version {version}.", code="POLICY_VERSION_NOT_FOUND")

@@ -1,0 +1,283 @@
+"""API shapes of the policy context: the policy document, its versions, checks, simulations and bundles."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Pattern = Annotated[str, Field(min_length=1, max_length=256)]
+RuleId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+Money = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class Strict(BaseModel):
+    """Unknown fields are refused: a misspelt condition must not silently match everything."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Selector(Strict):
+    """Agent attributes; every attribute given must match (labels: every pair, from the agent's metadata)."""
+
+    agent_type: list[str] | None = Field(default=None, max_length=50)
+    owner: list[str] | None = Field(default=None, max_length=50)
+    deployment_env: list[str] | None = Field(default=None, max_length=10)
+    labels: dict[str, str] | None = None
+
+
+class Target(Strict):
+    """Which agents a policy applies to: the whole tenant, one agent, or agents selected by attributes."""
+
+    kind: Literal["tenant", "agent", "selector"] = "tenant"
+    agent_id: uuid.UUID | None = None
+    selector: Selector | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> Target:
+        if self.kind == "agent" and self.agent_id is None:
+            raise ValueError("a target of kind 'agent' needs agent_id")
+        if self.kind == "selector" and self.selector is None:
+            raise ValueError("a target of kind 'selector' needs selector")
+        return self
+
+
+class DomainPatterns(Strict):
+    """Domain globs (``api.company.com``, ``*.company.com``, ``*``): deny wins; allow, if given, limits."""
+
+    allow: list[Pattern] = Field(default_factory=list, max_length=500)
+    deny: list[Pattern] = Field(default_factory=list, max_length=500)
+
+
+class CostCondition(Strict):
+    """Bounds on the request's ``estimated_cost`` (missing cost counts as 0)."""
+
+    gt: Money | None = None
+    gte: Money | None = None
+    lt: Money | None = None
+    lte: Money | None = None
+
+
+class TimeWindow(Strict):
+    """When a rule applies: days of week and a HH:MM range in a time zone (a range may cross midnight)."""
+
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] | None = None
+    start: str | None = None
+    end: str | None = None
+    timezone: str = "UTC"
+
+    @model_validator(mode="after")
+    def _both_ends(self) -> TimeWindow:
+        if (self.start is None) != (self.end is None):
+            raise ValueError("start and end go together")
+        return self
+
+
+class Conditions(Strict):
+    """What else must hold for a rule to match; all given conditions must."""
+
+    tools: list[Pattern] | None = Field(default=None, max_length=200)
+    domains: list[Pattern] | None = Field(default=None, max_length=200)
+    cost: CostCondition | None = None
+    time: TimeWindow | None = None
+    agent: Selector | None = None
+    context: dict[str, str | list[str]] | None = None
+
+
+class Rule(Strict):
+    """One rule: ``effect`` on requests whose action and resource match and whose conditions all hold."""
+
+    id: RuleId | None = Field(default=None, description="Unique within the policy; `rule-N` when omitted.")
+    effect: Literal["allow", "deny"]
+    actions: list[Pattern] = Field(default_factory=lambda: ["*"], min_length=1, max_length=100)
+    resources: list[Pattern] = Field(default_factory=lambda: ["*"], min_length=1, max_length=100)
+    conditions: Conditions | None = None
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    description: str | None = Field(default=None, max_length=500)
+
+
+class BudgetSpec(Strict):
+    """A spending limit on ``estimated_cost``: per agent, or shared by every agent the policy targets."""
+
+    limit: Money
+    period: Literal["lifetime", "daily", "monthly"] = "lifetime"
+    scope: Literal["agent", "shared"] = "agent"
+
+
+class PolicyIn(Strict):
+    """A policy as written by an administrator."""
+
+    name: str = Field(min_length=1, max_length=255)
+    description: str | None = Field(default=None, max_length=2000)
+    target: Target = Field(default_factory=Target)
+    mode: Literal["enforce", "dry_run"] = "enforce"
+    enabled: bool = True
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    default_effect: Literal["allow", "deny"] = "allow"
+    domains: DomainPatterns | None = None
+    budget: BudgetSpec | None = None
+    rules: list[Rule] = Field(default_factory=list, max_length=500)
+
+
+class PolicyOut(PolicyIn):
+    """A stored policy at its current version."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class PolicyPage(BaseModel):
+    """One page of policies."""
+
+    policies: list[PolicyOut]
+    total: int
+    page: int
+    limit: int
+
+
+class PolicyVersionOut(BaseModel):
+    """A saved version of a policy: what it said, who changed it and how."""
+
+    policy_id: uuid.UUID
+    version: int
+    change: Literal["created", "updated", "deleted"]
+    changed_by: str | None
+    created_at: datetime
+    document: dict[str, Any]
+
+
+class CheckContext(BaseModel):
+    """The seed's check context; other keys are kept for rules' `context` conditions."""
+
+    model_config = ConfigDict(extra="allow")
+
+    tool: str | None = Field(default=None, max_length=256)
+    domain: str | None = Field(default=None, max_length=2048)
+    estimated_cost: Money | None = None
+
+
+class CheckIn(BaseModel):
+    """`POST /v1/policies/check`: may the calling agent do this?"""
+
+    action: str = Field(min_length=1, max_length=256)
+    resource: str = Field(min_length=1, max_length=2048)
+    context: CheckContext = Field(default_factory=CheckContext)
+    trace: bool = Field(default=False, description="Return each stage's result.")
+
+
+class WouldDenyOut(BaseModel):
+    """A denial a dry-run policy would have made."""
+
+    policy_id: str
+    rule: str | None
+    code: str
+    reason: str
+
+
+class TraceStep(BaseModel):
+    """One stage of the evaluation chain."""
+
+    stage: Literal["kill_switch", "capability", "budget", "domain", "custom"]
+    result: Literal["pass", "deny", "skip", "pending"]
+    detail: str | None = None
+
+
+class CheckOut(BaseModel):
+    """The decision (the seed's fields, plus the denial code and stage, dry-run findings and ids)."""
+
+    allowed: bool
+    code: str | None = Field(
+        description="Why not: TERMINATED, PAUSED, CAPABILITY_DENIED, RESOURCE_DENIED, RESOURCE_NOT_ALLOWED, "
+        "BUDGET_EXCEEDED, RATE_LIMITED or CUSTOM_DENIED."
+    )
+    stage: str | None
+    reason: str | None
+    matched_rule: str | None
+    policy_id: str | None
+    budget_remaining: float | None
+    would_deny: list[WouldDenyOut]
+    decision_id: uuid.UUID
+    policy_version: int
+    latency_ms: float
+    trace: list[TraceStep] | None
+
+
+class SimulatedAgent(Strict):
+    """A hypothetical agent, for simulating before the agent exists."""
+
+    status: Literal["active", "paused", "suspended", "terminated", "archived"] = "active"
+    capabilities: dict[str, Any] = Field(default_factory=dict)
+    agent_type: str | None = None
+    owner: str | None = None
+    deployment_env: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class DraftPolicy(PolicyIn):
+    """A policy not saved yet; with ``id`` it stands in for that saved policy."""
+
+    id: uuid.UUID | None = None
+
+
+class SimulateIn(Strict):
+    """Evaluate a request for an agent against the saved policies, drafts, or both."""
+
+    agent_id: uuid.UUID | None = Field(
+        default=None, description="A registered agent (its status, capabilities)."
+    )
+    agent: SimulatedAgent | None = Field(default=None, description="Or a hypothetical one.")
+    request: CheckIn
+    policies: list[DraftPolicy] = Field(default_factory=list, max_length=100)
+    only_drafts: bool = Field(default=False, description="Ignore the saved policies.")
+    at: datetime | None = Field(default=None, description="Evaluate as of this time (time windows, periods).")
+
+    @model_validator(mode="after")
+    def _one_agent(self) -> SimulateIn:
+        if (self.agent_id is None) == (self.agent is None):
+            raise ValueError("give exactly one of agent_id and agent")
+        return self
+
+
+class SimulateOut(BaseModel):
+    """A simulated decision with its full trace; no budget is spent and nothing is recorded."""
+
+    allowed: bool
+    code: str | None
+    stage: str | None
+    reason: str | None
+    matched_rule: str | None
+    policy_id: str | None
+    budget_remaining: float | None
+    would_deny: list[WouldDenyOut]
+    trace: list[TraceStep]
+    policy_version: int
+
+
+class SignedBundle(BaseModel):
+    """An agent's effective policy, signed (Ed25519 over the canonical JSON of ``payload``)."""
+
+    payload: dict[str, Any]
+    key_id: str
+    alg: Literal["Ed25519"] = "Ed25519"
+    signature: str
+
+
+class PublicKey(BaseModel):
+    """A public key that signs bundles."""
+
+    key_id: str
+    alg: Literal["Ed25519"] = "Ed25519"
+    public_key: str = Field(description="The raw 32-byte key, base64url.")
+
+
+class PublicKeys(BaseModel):
+    """The keys a bundle's signature may be checked against."""
+
+    keys: list[PublicKey]

@@ -1,0 +1,258 @@
+"""Policies: create, read, list, replace and delete, each change a new version kept forever.
+
+Every change raises the tenant's policy-set version in the same transaction, so the replicas' compiled
+snapshots are named by a number that only grows; the caller announces the new version after the commit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from aigos.core import policy as core
+from aigos.server.db.paging import paged
+from aigos.server.db.types import utcnow
+from aigos.server.errors import NotFound, PreconditionFailed, ValidationFailed
+from aigos.server.identity.models import Agent
+from aigos.server.policy.models import Policy, PolicySetVersion, PolicyVersion
+from aigos.server.policy.schemas import PolicyIn, PolicyOut, PolicyVersionOut
+from aigos.server.tenancy.locks import lock_tenant
+
+
+def document_of(policy_id: uuid.UUID, spec: PolicyIn) -> dict[str, Any]:
+    """The stored (and compiled) form of a policy: the API fields, rule ids filled in, the policy id."""
+    document = spec.model_dump(mode="json", exclude={"id"} if hasattr(spec, "id") else None)
+    for index, rule in enumerate(document["rules"]):
+        rule["id"] = rule.get("id") or f"rule-{index + 1}"
+    document["id"] = str(policy_id)
+    return document
+
+
+def check_document(document: dict[str, Any], pointer: str = "") -> None:
+    """Refuse a document whose patterns, windows or rule ids the evaluator cannot take, naming each field."""
+    errors = core.validate(document)
+    if errors:
+        first_pointer, first_detail = errors[0]
+        raise ValidationFailed(
+            f"{pointer}{first_pointer}: {first_detail}",
+            errors=[{"pointer": pointer + where, "detail": detail} for where, detail in errors],
+        )
+
+
+def to_out(policy: Policy) -> PolicyOut:
+    """The API form of a stored policy."""
+    return PolicyOut.model_validate(
+        {
+            **policy.document,
+            "id": policy.id,
+            "tenant_id": policy.tenant_id,
+            "version": policy.version,
+            "created_at": policy.created_at,
+            "updated_at": policy.updated_at,
+        }
+    )
+
+
+async def _check_target(
+    session: AsyncSession, tenant_id: uuid.UUID, spec: PolicyIn, pointer: str = ""
+) -> None:
+    if spec.target.kind != "agent":
+        return
+    found = await session.scalar(
+        select(Agent.id).where(Agent.id == spec.target.agent_id, Agent.tenant_id == tenant_id)
+    )
+    if found is None:
+        raise ValidationFailed(
+            f"{pointer}/target/agent_id: no agent {spec.target.agent_id} in this tenant",
+            errors=[{"pointer": f"{pointer}/target/agent_id", "detail": "no such agent in this tenant"}],
+        )
+
+
+async def _next_set_version(session: AsyncSession, tenant_id: uuid.UUID) -> int:
+    # The tenant lock serialises changes, so two replicas never hand out one version twice.
+    await lock_tenant(session, tenant_id)
+    row = await session.get(PolicySetVersion, tenant_id)
+    if row is None:
+        row = PolicySetVersion(tenant_id=tenant_id, version=0)
+        session.add(row)
+    row.version += 1
+    row.updated_at = utcnow()
+    return row.version
+
+
+async def current_documents(session: AsyncSession, tenant_id: uuid.UUID) -> dict[str, dict[str, Any]]:
+    """The documents of the tenant's policies as they stand, by policy id."""
+    rows = await session.execute(
+        select(Policy.id, Policy.document).where(Policy.tenant_id == tenant_id, Policy.deleted_at.is_(None))
+    )
+    return {str(row.id): row.document for row in rows}
+
+
+async def set_version(session: AsyncSession, tenant_id: uuid.UUID) -> int:
+    """The tenant's current policy-set version (0 before any policy)."""
+    version = await session.scalar(
+        select(PolicySetVersion.version).where(PolicySetVersion.tenant_id == tenant_id)
+    )
+    return int(version or 0)
+
+
+def _keep(session: AsyncSession, policy: Policy, change: str, actor: str | None) -> None:
+    session.add(
+        PolicyVersion(
+            policy_id=policy.id,
+            version=policy.version,
+            tenant_id=policy.tenant_id,
+            change=change,
+            document=policy.document,
+            changed_by=actor,
+            created_at=utcnow(),
+        )
+    )
+
+
+async def create(
+    session: AsyncSession, tenant_id: uuid.UUID, spec: PolicyIn, actor: str | None
+) -> tuple[Policy, int]:
+    """Save a new policy (version 1); returns it and the tenant's new policy-set version."""
+    policy_id = uuid.uuid4()
+    document = document_of(policy_id, spec)
+    check_document(document)
+    await _check_target(session, tenant_id, spec)
+    set_version = await _next_set_version(session, tenant_id)
+    now = utcnow()
+    policy = Policy(
+        id=policy_id,
+        tenant_id=tenant_id,
+        version=1,
+        created_at=now,
+        updated_at=now,
+        **_columns(document, spec),
+    )
+    session.add(policy)
+    _keep(session, policy, "created", actor)
+    await session.flush()
+    return policy, set_version
+
+
+def _columns(document: dict[str, Any], spec: PolicyIn) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "description": spec.description,
+        "target_kind": spec.target.kind,
+        "target_agent_id": spec.target.agent_id,
+        "mode": spec.mode,
+        "enabled": spec.enabled,
+        "priority": spec.priority,
+        "document": document,
+    }
+
+
+async def get(session: AsyncSession, tenant_id: uuid.UUID, policy_id: uuid.UUID) -> Policy:
+    """The tenant's (not deleted) policy; 404 ``POLICY_NOT_FOUND`` otherwise."""
+    policy = await session.scalar(
+        select(Policy).where(
+            Policy.id == policy_id, Policy.tenant_id == tenant_id, Policy.deleted_at.is_(None)
+        )
+    )
+    if policy is None:
+        raise NotFound(f"No policy {policy_id}.", code="POLICY_NOT_FOUND")
+    return policy
+
+
+async def replace(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    policy_id: uuid.UUID,
+    spec: PolicyIn,
+    actor: str | None,
+    if_match: int | None = None,
+) -> tuple[Policy, int]:
+    """Replace the policy with ``spec`` as a new version (``if_match``: only if still at that version)."""
+    policy = await _locked(session, tenant_id, policy_id)
+    if if_match is not None and policy.version != if_match:
+        raise PreconditionFailed(
+            f"The policy is at version {policy.version}, not {if_match}.", current_version=policy.version
+        )
+    document = document_of(policy_id, spec)
+    check_document(document)
+    await _check_target(session, tenant_id, spec)
+    set_version = await _next_set_version(session, tenant_id)
+    for column, value in _columns(document, spec).items():
+        setattr(policy, column, value)
+    policy.version += 1
+    policy.updated_at = utcnow()
+    _keep(session, policy, "updated", actor)
+    await session.flush()
+    return policy, set_version
+
+
+async def delete(
+    session: AsyncSession, tenant_id: uuid.UUID, policy_id: uuid.UUID, actor: str | None
+) -> tuple[Policy, int]:
+    """Delete the policy (its versions stay readable, a last ``deleted`` version is added)."""
+    policy = await _locked(session, tenant_id, policy_id)
+    set_version = await _next_set_version(session, tenant_id)
+    policy.version += 1
+    policy.deleted_at = policy.updated_at = utcnow()
+    _keep(session, policy, "deleted", actor)
+    await session.flush()
+    return policy, set_version
+
+
+async def _locked(session: AsyncSession, tenant_id: uuid.UUID, policy_id: uuid.UUID) -> Policy:
+    # Lock first, read second: two concurrent changes must produce versions n+1 and n+2, not two n+1.
+    await lock_tenant(session, tenant_id)
+    policy = await get(session, tenant_id, policy_id)
+    await session.refresh(policy)
+    return policy
+
+
+async def page(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    *,
+    page: int,
+    limit: int,
+    agent_id: uuid.UUID | None = None,
+    mode: str | None = None,
+    enabled: bool | None = None,
+) -> tuple[list[Policy], int]:
+    """One page of the tenant's policies, most recently changed first."""
+    where: list[Any] = [Policy.tenant_id == tenant_id, Policy.deleted_at.is_(None)]
+    if agent_id is not None:
+        where.append(Policy.target_agent_id == agent_id)
+    if mode is not None:
+        where.append(Policy.mode == mode)
+    if enabled is not None:
+        where.append(Policy.enabled == enabled)
+    stmt = select(Policy).where(*where).order_by(Policy.updated_at.desc(), Policy.id)
+    return await paged(session, stmt, page, limit)
+
+
+async def versions(
+    session: AsyncSession, tenant_id: uuid.UUID, policy_id: uuid.UUID
+) -> list[PolicyVersionOut]:
+    """Every saved version of a policy, deleted or not, oldest first."""
+    rows = (
+        await session.scalars(
+            select(PolicyVersion)
+            .where(PolicyVersion.policy_id == policy_id, PolicyVersion.tenant_id == tenant_id)
+            .order_by(PolicyVersion.version)
+        )
+    ).all()
+    if not rows:
+        raise NotFound(f"No policy {policy_id}.", code="POLICY_NOT_FOUND")
+    return [
+        PolicyVersionOut(
+            policy_id=row.policy_id,
+            version=row.version,
+            change=row.change,
+            changed_by=row.changed_by,
+            created_at=row.created_at,
+            document=row.document,
+        )
+        for row in rows
+    ]

@@ -1,0 +1,224 @@
+"""What each replica holds for the check hot path: compiled policy sets per tenant and agents' attributes.
+
+A tenant's policies are loaded once and compiled (``aigos.core.policy.PolicySet``), named by the tenant's
+policy-set version. A change raises the version in the database, commits, then is announced on the bus;
+each replica drops what is older and loads the new set on the next check. Agents' targeting attributes
+(type, owner, environment, labels) are loaded once per agent and dropped when the identity context
+announces the agent changed.
+
+Fail closed: while the bus connection is down a replica cannot know what changed, so checks answer 503
+``POLICY_STATE_STALE`` until the connection is back and the state was reloaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from sqlalchemy import select
+
+from aigos.core.canonical import canonical, parse
+from aigos.core.policy import PolicySet, Subject, labels_of
+from aigos.server.bus import Bus, Subscription
+from aigos.server.db import Database
+from aigos.server.db.database import set_tenant
+from aigos.server.errors import ServiceUnavailable
+from aigos.server.identity.models import Agent
+from aigos.server.policy.models import Policy, PolicySetVersion
+
+log = structlog.get_logger("aigos.policy.state")
+CHANNEL = "policy"
+IDENTITY_CHANNEL = "identity"
+MAX_AGENTS = 100_000
+#: An agent change is announced before its commit: forget the agent again once it has surely committed.
+REFORGET_AFTER_SECONDS = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Attributes:
+    """An agent's targeting attributes, as stored."""
+
+    agent_type: str | None
+    owner: str | None
+    deployment_env: str | None
+    labels: dict[str, str]
+
+
+class PolicyState:
+    """The replica's compiled policy sets and agent attributes, kept current through the bus."""
+
+    def __init__(self, database: Database, bus: Bus) -> None:
+        self.database = database
+        self.bus = bus
+        self._sets: dict[uuid.UUID, PolicySet] = {}
+        #: The newest version announced per tenant: a cached set older than this is reloaded.
+        self._announced: dict[uuid.UUID, int] = {}
+        self._loading: dict[uuid.UUID, asyncio.Lock] = {}
+        self._attributes: dict[uuid.UUID, Attributes] = {}
+        #: Subjects by token id, rebuilt when the agent's status or attributes change.
+        self._subjects: dict[str, tuple[str, Attributes, Subject]] = {}
+        self._origin = uuid.uuid4().hex
+        self._subscription: Subscription | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stale = False
+
+    # -- hot path ---------------------------------------------------------------------------------
+
+    def ensure_live(self) -> None:
+        """Raise 503 ``POLICY_STATE_STALE`` unless bus notifications are flowing and were applied."""
+        subscription = self._subscription
+        if subscription is None or not subscription.connected:
+            self._stale = True
+        if self._stale:
+            raise ServiceUnavailable(
+                "This server lost its connection to the bus and is reloading policies; retry shortly.",
+                code="POLICY_STATE_STALE",
+                headers={"Retry-After": "1"},
+            )
+
+    async def policy_set(self, tenant_id: uuid.UUID) -> PolicySet:
+        """The tenant's compiled policies, loaded from the database when missing or older than announced."""
+        current = self._sets.get(tenant_id)
+        if current is not None and current.version >= self._announced.get(tenant_id, 0):
+            return current
+        lock = self._loading.setdefault(tenant_id, asyncio.Lock())
+        async with lock:
+            current = self._sets.get(tenant_id)
+            if current is None or current.version < self._announced.get(tenant_id, 0):
+                current = await self.load(tenant_id)
+                self._sets[tenant_id] = current
+        return current
+
+    async def load(self, tenant_id: uuid.UUID) -> PolicySet:
+        """Read and compile the tenant's current policies (bypassing the cache)."""
+        async with self.database.session() as session:
+            await set_tenant(session, tenant_id)
+            version = await session.scalar(
+                select(PolicySetVersion.version).where(PolicySetVersion.tenant_id == tenant_id)
+            )
+            documents = await session.scalars(
+                select(Policy.document).where(Policy.tenant_id == tenant_id, Policy.deleted_at.is_(None))
+            )
+            return PolicySet(int(version or 0), list(documents.all()))
+
+    async def subject(
+        self, tenant_id: uuid.UUID, agent_id: uuid.UUID, status: str, claims: dict[str, Any]
+    ) -> Subject:
+        """The agent as the evaluator sees it: status now, capabilities from its token, stored attributes."""
+        attributes = self._attributes.get(agent_id)
+        if attributes is None:
+            attributes = await self._load_attributes(tenant_id, agent_id)
+        jti = str(claims.get("jti"))
+        cached = self._subjects.get(jti)
+        if cached is not None and cached[0] == status and cached[1] is attributes:
+            return cached[2]
+        subject = Subject.of(
+            str(agent_id),
+            status=status,
+            capabilities=claims.get("aigos:capabilities") or {},
+            agent_type=attributes.agent_type,
+            owner=attributes.owner,
+            deployment_env=attributes.deployment_env,
+            metadata={"labels": attributes.labels},
+        )
+        if len(self._subjects) >= MAX_AGENTS:
+            self._subjects.clear()
+        self._subjects[jti] = (status, attributes, subject)
+        return subject
+
+    async def attributes(self, tenant_id: uuid.UUID, agent_id: uuid.UUID) -> Attributes | None:
+        """An agent's targeting attributes (None if it is not in the tenant)."""
+        found = self._attributes.get(agent_id)
+        if found is not None:
+            return found
+        try:
+            return await self._load_attributes(tenant_id, agent_id)
+        except LookupError:
+            return None
+
+    async def _load_attributes(self, tenant_id: uuid.UUID, agent_id: uuid.UUID) -> Attributes:
+        async with self.database.session() as session:
+            await set_tenant(session, tenant_id)
+            row = (
+                await session.execute(
+                    select(Agent.agent_type, Agent.owner, Agent.deployment_env, Agent.metadata_).where(
+                        Agent.id == agent_id, Agent.tenant_id == tenant_id
+                    )
+                )
+            ).first()
+        if row is None:
+            raise LookupError(agent_id)
+        attributes = Attributes(row.agent_type, row.owner, row.deployment_env, labels_of(row.metadata_ or {}))
+        if len(self._attributes) >= MAX_AGENTS:
+            self._attributes.clear()
+        self._attributes[agent_id] = attributes
+        return attributes
+
+    # -- changes ----------------------------------------------------------------------------------
+
+    async def announce(self, tenant_id: uuid.UUID, version: int) -> None:
+        """A tenant's policies changed (call after the commit): every replica reloads them."""
+        message = {"type": "policy", "tenant_id": str(tenant_id), "version": version}
+        self._apply(message)
+        try:
+            await self.bus.pubsub.publish(CHANNEL, canonical({**message, "origin": self._origin}))
+        except Exception:
+            # Replicas that missed it reload everything on their next resync; this one is current.
+            log.exception("policy_publish_failed", tenant_id=str(tenant_id))
+
+    def _apply(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "policy":
+            tenant_id = uuid.UUID(str(message["tenant_id"]))
+            version = int(message["version"])
+            if version > self._announced.get(tenant_id, 0):
+                self._announced[tenant_id] = version
+        elif kind == "agent":
+            agent_id = uuid.UUID(str(message["agent_id"]))
+            self._forget_agent(agent_id)
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().call_later(REFORGET_AFTER_SECONDS, self._forget_agent, agent_id)
+
+    def _forget_agent(self, agent_id: uuid.UUID) -> None:
+        self._attributes.pop(agent_id, None)
+
+    def forget_all(self) -> None:
+        """Drop every cached set and attribute (after a lost bus connection)."""
+        self._sets = {}
+        self._attributes = {}
+        self._subjects = {}
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Subscribe to policy and identity announcements."""
+        self._subscription = self.bus.pubsub.subscribe(CHANNEL, IDENTITY_CHANNEL)
+        await self._subscription.open()
+        self._task = asyncio.create_task(self._listen(), name="policy-state")
+
+    async def stop(self) -> None:
+        """Stop listening."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._subscription is not None:
+            await self._subscription.close()
+
+    async def _listen(self) -> None:
+        assert self._subscription is not None
+        async for message in self._subscription:
+            try:
+                if message.is_resync:
+                    self.forget_all()
+                    self._stale = False
+                    continue
+                data = parse(message.data)
+                if isinstance(data, dict) and data.get("origin") != self._origin:
+                    self._apply(data)
+            except Exception:
+                log.exception("policy_state_update_failed")
