@@ -15,7 +15,7 @@ from httpx import AsyncClient
 from tests.tenancy.conftest import TenantHandle
 
 # (method, path template, JSON body). {tenant} is B's tenant id, {key} B's key id, {user} B's owner id,
-# {agent} B's agent id and {credential} that agent's client secret id.
+# {agent} B's agent id, {credential} that agent's client secret id and {policy} B's policy id.
 CROSS_TENANT_CALLS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/v1/tenants/{tenant}", None),
     ("PUT", "/v1/tenants/{tenant}", {"name": "pwned"}),
@@ -39,12 +39,21 @@ CROSS_TENANT_CALLS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("DELETE", "/v1/agents/{agent}/credentials/{credential}", None),
     # B's agent ids are not known here; tests/identity/test_agntcy.py repeats it with B's real agent id.
     ("GET", "/v1/agents/{key}/oasf", None),
+    # B's command ids are not known here; tests/killswitch/test_api.py repeats it with B's real command id.
+    ("GET", "/v1/kill-switch/commands/{key}", None),
+    ("GET", "/v1/policies/{policy}", None),
+    ("PUT", "/v1/policies/{policy}", {"name": "pwned"}),
+    ("DELETE", "/v1/policies/{policy}", None),
+    ("GET", "/v1/policies/{policy}/versions", None),
+    ("GET", "/v1/policies/{policy}/versions/{version}", None),
 ]
 # Routes with an id that are not tenant-owned resources.
 NOT_TENANT_OWNED: set[tuple[str, str]] = {
     # The agent plane: authenticated by the agent's own token, not a tenant key (a tenant key gets 401).
     # Another tenant's agent id answers 404 there too: tests/identity/test_agent_auth.py.
     ("POST", "/v1/agents/{}/heartbeat"),
+    # The agent acknowledges its own command; another agent's command answers 404 (tests/killswitch).
+    ("POST", "/v1/kill-switch/commands/{}/ack"),
 }
 
 
@@ -56,6 +65,7 @@ async def snapshot(client: AsyncClient, tenant: TenantHandle) -> dict[str, Any]:
         "/v1/api-keys?include_revoked=true&limit=100",
         "/v1/members?limit=100",
         "/v1/agents?limit=100",
+        "/v1/policies?limit=100",
     ):
         response = await client.get(path, headers=tenant.headers)
         assert response.status_code == 200, (path, response.text)
@@ -74,7 +84,11 @@ async def ids_of(client: AsyncClient, tenant: TenantHandle) -> dict[str, str]:
     assert registered.status_code == 201, registered.text
     agent_id = registered.json()["agent_id"]
     credentials = await client.get(f"/v1/agents/{agent_id}/credentials", headers=tenant.headers)
+    policy = await client.post("/v1/policies", json={"name": "Beta policy"}, headers=tenant.headers)
+    assert policy.status_code == 201, policy.text
     return {
+        "policy": policy.json()["id"],
+        "version": "1",
         "tenant": tenant.id,
         "key": tenant.key_id,
         "user": tenant.owner_id,

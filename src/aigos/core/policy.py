@@ -343,9 +343,9 @@ def settle(lines: Iterable[tuple[Budget, str]], spent: Mapping[str, float], cost
 
 
 def _budget_reason(budget: Budget) -> str:
-    where = (
-        "the agent's capability budget" if budget.id == CAPABILITY_BUDGET else f"budget of {budget.policy_id}"
-    )
+    where = "the agent's capability budget"
+    if budget.id != CAPABILITY_BUDGET:
+        where = f"the budget of policy {budget.label or budget.policy_id!r}"
     return f"The estimated cost exceeds {where} ({budget.limit:g}, {budget.period})."
 
 
