@@ -78,7 +78,7 @@ async def list_keys(database: Database, keys: SigningKeys) -> SigningKeyList:
     )
 
 
-def _platform_only(principal: PrincipalDep) -> Principal:
+async def _platform_only(principal: PrincipalDep) -> Principal:
     if not principal.is_platform:
         raise Forbidden("Only the platform admin can manage signing keys.", code="PLATFORM_ONLY")
     return principal
