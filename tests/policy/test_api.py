@@ -11,7 +11,7 @@ from httpx import AsyncClient
 
 from aigos.core import policy as core
 from aigos.core.signing import unb64url, verify
-from tests.identity.test_registry import assert_problem, bearer, pointers, register
+from tests.identity.test_registry import access_token, assert_problem, bearer, pointers, register
 from tests.tenancy.conftest import TenantHandle
 
 CAPS = {"tools": ["web_*", "file_read"], "domains": ["*.company.com"], "max_budget": 10.0}
@@ -429,3 +429,13 @@ async def test_the_bundle_is_signed_and_decides_like_the_server(
     )
     assert changed.status_code == 200
     assert changed.json()["payload"]["version"] == 2
+
+
+async def test_the_check_needs_the_policies_check_scope(client: AsyncClient, agent: dict[str, Any]) -> None:
+    narrow = await access_token(client, agent, scope="agent")
+    response = await client.post(
+        "/v1/policies/check", json={"action": "a", "resource": "r"}, headers=bearer(narrow)
+    )
+    assert assert_problem(response, 403, "INSUFFICIENT_SCOPE")["scope"] == "policies:check"
+    scoped = await access_token(client, agent, scope="policies:check")
+    assert (await check(client, scoped))["allowed"] is True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -22,7 +23,7 @@ from aigos.core.canonical import parse
 from aigos.server.config import Settings
 from aigos.server.db.database import set_tenant
 from aigos.server.deps import RuntimeDep
-from aigos.server.errors import Unauthenticated
+from aigos.server.errors import Forbidden, Unauthenticated
 from aigos.server.identity import tokens
 from aigos.server.identity.models import Agent, RevokedToken
 from aigos.server.runtime import Runtime
@@ -152,3 +153,18 @@ async def get_agent(
 
 
 AgentDep = Annotated[AgentPrincipal, Depends(get_agent)]
+
+
+def agent_scope(scope: str) -> Callable[[AgentPrincipal], Awaitable[AgentPrincipal]]:
+    """A dependency admitting agents whose token carries ``scope`` (403 ``INSUFFICIENT_SCOPE`` otherwise).
+
+    Tokens get every agent scope unless asked for fewer (a token exchanged down to ``policies:check``, say).
+    """
+
+    async def check(agent: AgentDep) -> AgentPrincipal:
+        if scope not in str(agent.claims.get("scope", "")).split():
+            raise Forbidden(f"The token lacks the `{scope}` scope.", code="INSUFFICIENT_SCOPE", scope=scope)
+        return agent
+
+    check.__name__ = f"agent_scope_{scope.replace(':', '_')}"
+    return check

@@ -21,7 +21,7 @@ from aigos.server.audit.events import NewEvent, by, current_request_id
 from aigos.server.deps import RuntimeDep, SessionDep
 from aigos.server.errors import BadRequest, NotFound
 from aigos.server.identity import agents as registry
-from aigos.server.identity.agent_auth import AgentDep, AgentPrincipal
+from aigos.server.identity.agent_auth import AgentPrincipal, agent_scope
 from aigos.server.policy import service
 from aigos.server.policy.schemas import (
     CheckIn,
@@ -41,6 +41,7 @@ from aigos.server.tenancy.principal import Principal
 
 router = APIRouter(prefix="/v1/policies", tags=["policies"])
 
+Checker = Annotated[AgentPrincipal, Depends(agent_scope("policies:check"))]
 Reader = Annotated[Principal, Depends(require_tenant("policies:read"))]
 Writer = Annotated[Principal, Depends(require_tenant("policies:write"))]
 PageNo = Annotated[int, Query(ge=1, le=1_000_000, description="Page number, from 1.")]
@@ -71,7 +72,7 @@ def bundle_signer(pepper: bytes) -> Signer:
     summary="Check an action (agent token)",
     responses={503: {"description": "Policy state or budgets unavailable (fail closed); retry."}},
 )
-async def check(body: CheckIn, runtime: RuntimeDep, agent: AgentDep) -> Response:
+async def check(body: CheckIn, runtime: RuntimeDep, agent: Checker) -> Response:
     """May the calling agent do this? Answered from memory: no database round trip once warm.
 
     The chain: kill switch → capability → budget → domain patterns → custom rules; the first denial wins
@@ -144,7 +145,7 @@ def _record(
 )
 async def get_bundle(
     runtime: RuntimeDep,
-    agent: AgentDep,
+    agent: Checker,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """The policies that apply to the calling agent, signed, for local evaluation with `aigos.core.policy`.
