@@ -26,6 +26,8 @@ from aigos.server.identity import agents_api, agntcy_api, keys_api, oauth_api
 from aigos.server.identity.keys import SigningKeys
 from aigos.server.identity.models import Agent
 from aigos.server.identity.state import IdentityState
+from aigos.server.killswitch import api as killswitch_api
+from aigos.server.killswitch.hub import create_hub
 from aigos.server.logging import configure_logging
 from aigos.server.middleware.body_limit import BodyLimitMiddleware
 from aigos.server.middleware.request_context import RequestContextMiddleware
@@ -34,8 +36,12 @@ from aigos.server.openapi import build_openapi
 from aigos.server.platform import api as platform_api
 from aigos.server.platform import docs
 from aigos.server.platform.admin_token import ensure_bootstrap_token
+from aigos.server.policy import api as policy_api
+from aigos.server.policy.budgets import BudgetBook
+from aigos.server.policy.state import PolicyState
 from aigos.server.problems import install_problem_handlers
 from aigos.server.runtime import Runtime
+from aigos.server.telemetry import api as telemetry_api
 from aigos.server.tenancy import api as tenancy_api
 from aigos.server.tenancy import members_api, usage_api
 from aigos.server.tenancy.models import ApiKey
@@ -44,7 +50,7 @@ from aigos.server.touches import Touches
 
 log = structlog.get_logger("aigos.server")
 
-FEATURES = ["platform", "tenancy", "audit", "identity", "oauth2"]
+FEATURES = ["platform", "tenancy", "audit", "identity", "oauth2", "telemetry", "killswitch", "policy"]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -100,6 +106,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     install_problem_handlers(app)
+    # Routes are matched in order: the hot path (`/v1/policies/check`) first.
+    app.include_router(policy_api.router)
     app.include_router(platform_api.router)
     app.include_router(tenancy_api.router)
     app.include_router(members_api.router)
@@ -109,6 +117,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(agents_api.router)
     app.include_router(oauth_api.router)
     app.include_router(keys_api.router)
+    app.include_router(killswitch_api.router)
+    app.include_router(telemetry_api.router)
     app.include_router(docs.router)
     app.mount("/docs/static", docs.static_files(), name="docs-static")
 
@@ -143,6 +153,8 @@ async def start_runtime(settings: Settings) -> Runtime:
     # A rotation on another replica (or by `aigos keys rotate`) is announced on the bus: reload the keys.
     identity = IdentityState(database, bus, on_keys_changed=keys.reload)
     await identity.start()
+    policy = PolicyState(database, bus)
+    await policy.start()
     runtime = Runtime(
         settings=settings,
         database=database,
@@ -153,6 +165,9 @@ async def start_runtime(settings: Settings) -> Runtime:
         identity=identity,
         agent_seen=Touches(database, Agent, "last_seen_at", settings.usage_flush_seconds),
         agent_auth_seen=Touches(database, Agent, "last_auth_at", settings.usage_flush_seconds),
+        killswitch=create_hub(database, bus, settings),
+        policy=policy,
+        budgets=BudgetBook(database, bus.ledger, settings.usage_flush_seconds),
         events=EventLog(
             database,
             signer,
@@ -165,6 +180,7 @@ async def start_runtime(settings: Settings) -> Runtime:
         features=list(FEATURES),
     )
     runtime.start()
+    await runtime.killswitch.start(runtime.events)
     return runtime
 
 

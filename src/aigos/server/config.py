@@ -108,6 +108,15 @@ class Settings(BaseSettings):
     usage_flush_seconds: float = Field(
         10.0, gt=0, description="How often buffered usage counts and key activity are written."
     )
+    killswitch_command_ttl_seconds: int = Field(
+        86_400, ge=60, le=30 * 86_400, description="How long a kill-switch command stays valid for delivery."
+    )
+    killswitch_keepalive_seconds: float = Field(
+        15.0, gt=0, description="Interval of keep-alive comments on kill-switch streams."
+    )
+    killswitch_delivery_flush_seconds: float = Field(
+        0.5, gt=0, description="How often kill-switch deliveries are recorded in the database (batched)."
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -7,5 +7,7 @@ def import_all_models() -> None:
     """Import each context's ``models`` module; importing registers its tables on ``Base.metadata``."""
     import aigos.server.audit.models
     import aigos.server.identity.models
+    import aigos.server.killswitch.models
     import aigos.server.platform.models
+    import aigos.server.policy.models
     import aigos.server.tenancy.models  # noqa: F401

@@ -12,6 +12,9 @@ from aigos.server.db import Database
 from aigos.server.identity.keys import SigningKeys
 from aigos.server.identity.state import IdentityState
 from aigos.server.identity.tokens import VerifiedCache
+from aigos.server.killswitch.hub import Hub
+from aigos.server.policy.budgets import BudgetBook
+from aigos.server.policy.state import PolicyState
 from aigos.server.tenancy.usage import UsageMeter
 from aigos.server.touches import Touches
 
@@ -30,6 +33,9 @@ class Runtime:
     identity: IdentityState
     agent_seen: Touches
     agent_auth_seen: Touches
+    killswitch: Hub
+    policy: PolicyState
+    budgets: BudgetBook
     maintenance: Maintenance | None = None
     features: list[str] = field(default_factory=list)
     token_cache: VerifiedCache = field(default_factory=VerifiedCache)
@@ -40,6 +46,7 @@ class Runtime:
         self.key_activity.start()
         self.agent_seen.start()
         self.agent_auth_seen.start()
+        self.budgets.start()
         self.events.start()
         if self.maintenance is not None:
             self.maintenance.start()
@@ -52,6 +59,9 @@ class Runtime:
         await self.key_activity.stop()
         await self.agent_seen.stop()
         await self.agent_auth_seen.stop()
+        await self.budgets.stop()
+        await self.policy.stop()
+        await self.killswitch.stop()
         await self.identity.stop()
         await self.events.stop()
         await self.bus.close()

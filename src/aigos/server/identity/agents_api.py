@@ -14,7 +14,7 @@ from aigos.core.agents import AgentStatus
 from aigos.server.audit.events import by
 from aigos.server.deps import RuntimeDep, SessionDep
 from aigos.server.errors import Conflict, NotFound
-from aigos.server.identity import agents, credentials, tokens
+from aigos.server.identity import agents, credentials, lifecycle, tokens
 from aigos.server.identity.agent_auth import AgentDep, issuer_for
 from aigos.server.identity.models import Agent
 from aigos.server.identity.schemas import (
@@ -158,14 +158,9 @@ async def _move(
     event_type: str,
     reason: str | None,
 ) -> Agent:
-    agent, before = await agents.transition(session, _tenant(principal), agent_id, target)
-    if before != target.value:
-        if target is AgentStatus.TERMINATED:
-            await credentials.revoke_all(session, agent.tenant_id, agent.id)
-        data = {"from": before, "to": target.value, "reason": reason}
-        await runtime.events.record(by(principal, event_type, data, agent_id=str(agent.id)), session)
-        # Before the commit: replicas start refusing at once; a failed commit errs on the safe side.
-        await runtime.identity.announce_status(agent.id, target.value)
+    agent, _ = await lifecycle.change_status(
+        runtime, session, principal, agent_id, target, event_type, reason
+    )
     return agent
 
 

@@ -1,0 +1,110 @@
+"""Moving agents through their status lifecycle, with every effect that must go with it.
+
+One piece of code for the registry's suspend / reactivate / deregister routes and for the kill switch, so
+a status change always does the same things: the transition (409 when the lifecycle forbids it),
+credentials revoked on termination, one event per agent recorded in the caller's transaction, and every
+replica told at once. It works on many agents in a few statements, so a tenant-wide kill switch costs
+about as much as a single one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from aigos.core.agents import AgentStatus, can_transition
+from aigos.server.audit import appender
+from aigos.server.audit.events import by
+from aigos.server.db.types import utcnow
+from aigos.server.errors import Conflict
+from aigos.server.identity import agents
+from aigos.server.identity.models import Agent, AgentCredential
+from aigos.server.tenancy.principal import Principal
+
+if TYPE_CHECKING:
+    from aigos.server.runtime import Runtime
+
+#: Status announcements published at once (each is one bus message).
+ANNOUNCE_CONCURRENCY = 64
+
+
+async def change_status(
+    runtime: Runtime,
+    session: AsyncSession,
+    principal: Principal,
+    agent_id: uuid.UUID,
+    target: AgentStatus,
+    event_type: str,
+    reason: str | None,
+) -> tuple[Agent, str]:
+    """Move the principal's tenant's agent to ``target``; returns the agent and its former status.
+
+    Nothing happens (no event, no announcement) when the agent already is in ``target``.
+    """
+    assert principal.tenant_id is not None
+    agent = await agents.get(session, principal.tenant_id, agent_id)
+    (before,) = await change_statuses(runtime, session, principal, [agent], target, event_type, reason)
+    return agent, before
+
+
+async def change_statuses(
+    runtime: Runtime,
+    session: AsyncSession,
+    principal: Principal,
+    targets: Sequence[Agent],
+    target: AgentStatus,
+    event_type: str,
+    reason: str | None,
+) -> list[str]:
+    """Move the principal's tenant's ``targets`` to ``target``; returns their former statuses, in order.
+
+    409 ``INVALID_STATUS_TRANSITION`` (and nothing changed) if any of them cannot make the move.
+    """
+    assert principal.tenant_id is not None
+    tenant_id = principal.tenant_id
+    befores = [agent.status for agent in targets]
+    for agent in targets:
+        current = AgentStatus(agent.status)
+        if current is not target and not can_transition(current, target):
+            raise Conflict(
+                f"An agent cannot go from {current.value} to {target.value}.",
+                code="INVALID_STATUS_TRANSITION",
+                # Not `status`: a problem document's `status` is the HTTP status and would hide this one.
+                current=current.value,
+                target=target.value,
+            )
+    moved = [agent for agent in targets if agent.status != target.value]
+    if not moved:
+        return befores
+    now = utcnow()
+    events = []
+    for agent in moved:
+        data = {"from": agent.status, "to": target.value, "reason": reason}
+        events.append(by(principal, event_type, data, agent_id=str(agent.id)))
+        agent.status = target.value
+        agent.updated_at = now
+    await session.flush()
+    if target is AgentStatus.TERMINATED:
+        await session.execute(
+            update(AgentCredential)
+            .where(
+                AgentCredential.tenant_id == tenant_id,
+                AgentCredential.agent_id.in_([agent.id for agent in moved]),
+                AgentCredential.revoked_at.is_(None),
+            )
+            .values(revoked_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    # One append for all of them: the same durable, in-transaction record as EventLog.record, batched.
+    await appender.append(session, tenant_id, events)
+    runtime.events.appended_total += len(events)
+    # Before the commit: replicas start refusing at once; a failed commit errs on the safe side.
+    for start in range(0, len(moved), ANNOUNCE_CONCURRENCY):
+        chunk = moved[start : start + ANNOUNCE_CONCURRENCY]
+        await asyncio.gather(*(runtime.identity.announce_status(agent.id, target.value) for agent in chunk))
+    return befores

@@ -1,0 +1,1 @@
+"""The kill switch: signed TERMINATE / PAUSE / RESUME commands, delivered over SSE on every replica."""

@@ -1,0 +1,180 @@
+"""Kill-switch routes: trigger and read commands (admin plane), stream and acknowledge (agent plane)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query, status
+from fastapi.responses import StreamingResponse
+
+from aigos.core.agents import AgentStatus
+from aigos.core.signing import b64url
+from aigos.server.db.database import set_tenant
+from aigos.server.deps import RuntimeDep, SessionDep
+from aigos.server.errors import BadRequest, ServiceUnavailable
+from aigos.server.killswitch import service
+from aigos.server.killswitch.hub import Outgoing
+from aigos.server.killswitch.listener import ListenerDep
+from aigos.server.killswitch.schemas import (
+    AckIn,
+    CommandName,
+    CommandOut,
+    CommandPage,
+    CommandRef,
+    CommandStatus,
+    PublicKey,
+    PublicKeys,
+    Skipped,
+    TriggerIn,
+    TriggerOut,
+)
+from aigos.server.killswitch.stream import events
+from aigos.server.tenancy.deps import require_tenant
+from aigos.server.tenancy.principal import Principal
+
+router = APIRouter(prefix="/v1/kill-switch", tags=["kill-switch"])
+
+Trigger = Annotated[Principal, Depends(require_tenant("killswitch:trigger"))]
+Reader = Annotated[Principal, Depends(require_tenant("agents:read"))]
+PageNo = Annotated[int, Query(ge=1, le=1_000_000, description="Page number, from 1.")]
+Limit = Annotated[int, Query(ge=1, le=100, description="Items per page.")]
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _tenant(principal: Principal) -> uuid.UUID:
+    assert principal.tenant_id is not None
+    return principal.tenant_id
+
+
+@router.post(
+    "/trigger",
+    response_model=TriggerOut,
+    status_code=status.HTTP_201_CREATED,
+    summary="Trigger the kill switch",
+)
+async def trigger(spec: TriggerIn, runtime: RuntimeDep, principal: Trigger) -> TriggerOut:
+    """TERMINATE, PAUSE or RESUME one agent (with its descendants unless `cascade` is false) or every agent.
+
+    Each affected agent gets its own signed command and its status changes at once on every replica
+    (terminated agents' tokens are refused; paused agents' policy checks answer `PAUSED`). The commands
+    are delivered to the agents' streams, on any replica, as soon as the trigger is committed.
+    """
+    hub = runtime.killswitch
+    async with runtime.database.session() as session:
+        await set_tenant(session, _tenant(principal))
+        result = await service.trigger(runtime, session, principal, hub.signer, spec)
+        refs = [CommandRef(command_id=row.id, agent_id=row.agent_id, status="pending") for row in result.rows]
+    # Committed: now every replica may deliver.
+    await hub.publish(result.commands)
+    return TriggerOut(
+        command_id=refs[0].command_id if refs else uuid.uuid4(),
+        status="pending",
+        issued_at=result.issued_at,
+        commands=refs,
+        skipped=[Skipped(agent_id=agent_id, reason=why) for agent_id, why in result.skipped],
+    )
+
+
+@router.get("/commands", response_model=CommandPage, summary="List kill-switch commands")
+async def list_commands(
+    session: SessionDep,
+    principal: Reader,
+    page: PageNo = 1,
+    limit: Limit = 20,
+    agent_id: uuid.UUID | None = None,
+    command: CommandName | None = None,
+    status_: Annotated[CommandStatus | None, Query(alias="status")] = None,
+    root_command_id: uuid.UUID | None = None,
+) -> CommandPage:
+    """The tenant's commands, newest first, with issued, delivered and acknowledged times."""
+    rows, total = await service.page(
+        session,
+        _tenant(principal),
+        page=page,
+        limit=limit,
+        agent_id=agent_id,
+        command=command,
+        status=status_,
+        root_command_id=root_command_id,
+    )
+    return CommandPage(commands=[service.to_out(row) for row in rows], total=total, page=page, limit=limit)
+
+
+@router.get("/commands/{command_id}", response_model=CommandOut, summary="Get a kill-switch command")
+async def get_command(command_id: uuid.UUID, session: SessionDep, principal: Reader) -> CommandOut:
+    """One command of the tenant; 404 `COMMAND_NOT_FOUND` otherwise."""
+    return service.to_out(await service.get(session, _tenant(principal), command_id))
+
+
+@router.post(
+    "/commands/{command_id}/ack", response_model=CommandOut, summary="Acknowledge a command (agent token)"
+)
+async def acknowledge(
+    command_id: uuid.UUID, spec: AckIn, runtime: RuntimeDep, agent: ListenerDep
+) -> CommandOut:
+    """The agent reports what it did with its command (terminated agents may still acknowledge)."""
+    async with runtime.database.session() as session:
+        await set_tenant(session, agent.tenant_id)
+        row = await service.acknowledge(runtime, session, agent.tenant_id, agent.agent_id, command_id, spec)
+        return service.to_out(row)
+
+
+@router.get(
+    "/stream",
+    response_class=StreamingResponse,
+    summary="Stream kill-switch commands (agent token, Server-Sent Events)",
+    responses={
+        200: {
+            "description": "`event: kill-switch` frames whose `data` is a signed command; `: keep-alive` "
+            "comments in between.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        }
+    },
+)
+async def stream(
+    runtime: RuntimeDep,
+    agent: ListenerDep,
+    last_event_id: Annotated[
+        str | None,
+        Header(alias="Last-Event-ID", max_length=20, description="Resume after this sequence."),
+    ] = None,
+) -> StreamingResponse:
+    """The agent's commands as they are issued; first those it has not acknowledged (after `Last-Event-ID`).
+
+    A terminated agent receives its pending TERMINATE, then the stream closes.
+    """
+    after = 0
+    if last_event_id is not None and last_event_id.strip():
+        try:
+            after = int(last_event_id.strip())
+        except ValueError as exc:
+            raise BadRequest(
+                "Last-Event-ID must be a sequence number.", code="INVALID_LAST_EVENT_ID"
+            ) from exc
+        if after < 0:
+            raise BadRequest("Last-Event-ID must not be negative.", code="INVALID_LAST_EVENT_ID")
+    hub = runtime.killswitch
+    if hub.closing:
+        raise ServiceUnavailable(
+            "The server is shutting down.", code="SHUTTING_DOWN", headers={"Retry-After": "1"}
+        )
+    # Registered before the backlog is read: a command committed in between arrives live (sent once).
+    connection = hub.connect(agent.agent_id, agent.tenant_id, after)
+    try:
+        async with runtime.database.session() as session:
+            await set_tenant(session, agent.tenant_id)
+            rows = await service.pending(session, agent.tenant_id, [agent.agent_id], after)
+            backlog = [Outgoing.of(service.signed(row)) for row in rows]
+    except BaseException:
+        hub.disconnect(connection)
+        raise
+    body = events(hub, connection, backlog, end_after_backlog=agent.status is AgentStatus.TERMINATED)
+    return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+@router.get("/keys", response_model=PublicKeys, summary="Kill-switch public keys")
+async def keys(runtime: RuntimeDep) -> PublicKeys:
+    """The Ed25519 keys that sign commands; an agent verifies every command against them before obeying."""
+    signer = runtime.killswitch.signer
+    return PublicKeys(keys=[PublicKey(key_id=signer.key_id, public_key=b64url(signer.public_key))])

@@ -1,0 +1,335 @@
+"""Issuing, reading and acknowledging kill-switch commands (no HTTP here).
+
+A trigger moves each affected agent through the identity lifecycle (``lifecycle.change_status``: status,
+credentials, event, announcement to every replica) and writes one signed command per agent, with the
+agent's next sequence number. Sequences are allocated under a lock on the agent's row, so two replicas
+triggering at once never hand out the same one (the unique constraint stands behind that).
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from aigos.core.agents import AgentStatus, can_transition
+from aigos.core.commands import SignedCommand, format_time, sign_command
+from aigos.core.signing import Signer, derive_seed
+from aigos.server.audit.events import NewEvent, by, current_request_id
+from aigos.server.db.paging import paged
+from aigos.server.db.types import utcnow
+from aigos.server.errors import NotFound
+from aigos.server.identity import lifecycle
+from aigos.server.identity.models import Agent
+from aigos.server.killswitch.models import KillSwitchCommand
+from aigos.server.killswitch.schemas import AckIn, CommandOut, TriggerIn
+from aigos.server.tenancy.locks import lock_tenant
+from aigos.server.tenancy.principal import Principal
+
+if TYPE_CHECKING:
+    from aigos.server.runtime import Runtime
+
+#: What each command makes of the agent, and the event that records the status change.
+TARGETS: dict[str, tuple[AgentStatus, str]] = {
+    "TERMINATE": (AgentStatus.TERMINATED, "agent.terminated"),
+    "PAUSE": (AgentStatus.PAUSED, "agent.paused"),
+    "RESUME": (AgentStatus.ACTIVE, "agent.resumed"),
+}
+#: Agents beyond reach of any command: nothing can change them any more.
+FINAL = (AgentStatus.TERMINATED.value, AgentStatus.ARCHIVED.value)
+
+
+def command_signer(pepper: bytes) -> Signer:
+    """The kill-switch signing key: derived from the server secret, so every replica holds the same one."""
+    return Signer.from_seed(derive_seed(pepper, "kill-switch"))
+
+
+def signed(row: KillSwitchCommand) -> SignedCommand:
+    """The command as the agent receives it (rebuilt from its row; the stored signature covers it)."""
+    return SignedCommand(
+        command_id=str(row.id),
+        tenant_id=str(row.tenant_id),
+        agent_id=str(row.agent_id),
+        command=row.command,
+        reason=row.reason,
+        issued_at=format_time(row.issued_at),
+        expires_at=format_time(row.expires_at),
+        nonce=row.nonce,
+        sequence=row.sequence,
+        key_id=row.key_id,
+        alg="Ed25519",
+        signature=row.signature,
+    )
+
+
+def to_out(row: KillSwitchCommand) -> CommandOut:
+    """The API form of a command."""
+    return CommandOut(
+        command_id=row.id,
+        tenant_id=row.tenant_id,
+        agent_id=row.agent_id,
+        root_command_id=row.root_command_id,
+        command=row.command,
+        reason=row.reason,
+        cascade=row.cascade,
+        sequence=row.sequence,
+        status=row.status,
+        issued_at=row.issued_at,
+        expires_at=row.expires_at,
+        delivered_at=row.delivered_at,
+        acknowledged_at=row.acknowledged_at,
+        ack_outcome=row.ack_outcome,
+        ack_detail=row.ack_detail,
+        issued_by=row.issued_by,
+        key_id=row.key_id,
+    )
+
+
+@dataclass
+class Triggered:
+    """The outcome of one trigger: the rows written and the agents left out."""
+
+    issued_at: datetime
+    rows: list[KillSwitchCommand] = field(default_factory=list)
+    skipped: list[tuple[uuid.UUID, str]] = field(default_factory=list)
+
+    @property
+    def commands(self) -> list[SignedCommand]:
+        """The signed commands, to deliver once the transaction has committed."""
+        return [signed(row) for row in self.rows]
+
+
+async def _locked(session: AsyncSession, tenant_id: uuid.UUID, *where: Any) -> list[Agent]:
+    """The tenant's agents matching ``where``, locked until the commit (in id order, so never a deadlock).
+
+    The lock serialises triggers for the same agents across replicas: sequences and statuses stay exact.
+    """
+    rows = await session.scalars(
+        select(Agent).where(Agent.tenant_id == tenant_id, *where).order_by(Agent.id).with_for_update()
+    )
+    return list(rows.all())
+
+
+async def _targets(
+    runtime: Runtime, session: AsyncSession, tenant_id: uuid.UUID, spec: TriggerIn
+) -> tuple[list[Agent], Agent | None]:
+    """The agents a trigger is about, locked: root first then its descendants level by level, or everyone."""
+    if spec.agent_id is None:
+        found = await _locked(session, tenant_id, Agent.status.not_in(FINAL))
+        return sorted(found, key=lambda a: (a.lineage_depth, a.created_at, str(a.id))), None
+    roots = await _locked(session, tenant_id, Agent.id == spec.agent_id)
+    if not roots:
+        raise NotFound(f"No agent {spec.agent_id}.", code="AGENT_NOT_FOUND")
+    found = list(roots)
+    level = [roots[0].id]
+    # Lineage depth is bounded by the settings, so this takes at most that many rounds.
+    for _ in range(runtime.settings.max_lineage_depth + 1 if spec.cascade else 0):
+        children = await _locked(session, tenant_id, Agent.parent_id.in_(level))
+        if not children:
+            break
+        found.extend(sorted(children, key=lambda a: (a.created_at, str(a.id))))
+        level = [child.id for child in children]
+    return found, roots[0]
+
+
+async def _next_sequences(session: AsyncSession, agent_ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """Each agent's next command sequence (call with the agents' rows locked)."""
+    rows = await session.execute(
+        select(KillSwitchCommand.agent_id, func.max(KillSwitchCommand.sequence))
+        .where(KillSwitchCommand.agent_id.in_(agent_ids))
+        .group_by(KillSwitchCommand.agent_id)
+    )
+    highest = {agent_id: int(top or 0) for agent_id, top in rows.all()}
+    return {agent_id: highest.get(agent_id, 0) + 1 for agent_id in agent_ids}
+
+
+async def trigger(
+    runtime: Runtime, session: AsyncSession, principal: Principal, signer: Signer, spec: TriggerIn
+) -> Triggered:
+    """Change the affected agents' status and write one signed command each (the caller commits).
+
+    The root agent must accept the transition (409 ``INVALID_STATUS_TRANSITION`` otherwise); cascade
+    members and tenant-wide targets that cannot take it (RESUME of a terminated agent, say) are skipped and
+    reported. An agent already in the target status still gets the command, so it hears it again.
+    """
+    assert principal.tenant_id is not None
+    tenant_id = principal.tenant_id
+    target, event_type = TARGETS[spec.command]
+    # One trigger per tenant at a time, on every replica: a cascade and a tenant-wide trigger would
+    # otherwise lock overlapping agents in different orders, and two triggers could draw one sequence.
+    await lock_tenant(session, tenant_id)
+    targets, root = await _targets(runtime, session, tenant_id, spec)
+    now = utcnow()
+    # Milliseconds: the signed text of the time must be rebuilt exactly from the stored value.
+    issued = now.replace(microsecond=now.microsecond // 1000 * 1000)
+    expires = issued + timedelta(seconds=runtime.settings.killswitch_command_ttl_seconds)
+    result = Triggered(issued_at=issued)
+    eligible: list[Agent] = []
+    for agent in targets:
+        current = AgentStatus(agent.status)
+        if agent is root or current is target or can_transition(current, target):
+            eligible.append(agent)
+        else:
+            result.skipped.append((agent.id, f"the agent is {current.value}"))
+    # The root's transition raises 409 when the lifecycle forbids it; the others were checked above.
+    await lifecycle.change_statuses(runtime, session, principal, eligible, target, event_type, spec.reason)
+    sequences = await _next_sequences(session, [agent.id for agent in eligible])
+    root_command_id = uuid.uuid4()
+    for agent in eligible:
+        command_id = root_command_id if not result.rows else uuid.uuid4()
+        command = sign_command(
+            signer,
+            command_id=str(command_id),
+            tenant_id=str(tenant_id),
+            agent_id=str(agent.id),
+            command=spec.command,
+            reason=spec.reason,
+            issued_at=issued,
+            expires_at=expires,
+            nonce=secrets.token_hex(16),
+            sequence=sequences[agent.id],
+        )
+        result.rows.append(
+            KillSwitchCommand(
+                id=command_id,
+                tenant_id=tenant_id,
+                agent_id=agent.id,
+                root_command_id=root_command_id,
+                command=spec.command,
+                reason=spec.reason,
+                cascade=spec.cascade,
+                sequence=command.sequence,
+                nonce=command.nonce,
+                issued_at=issued,
+                expires_at=expires,
+                key_id=command.key_id,
+                signature=command.signature,
+                status="pending",
+                issued_by=principal.actor_id,
+            )
+        )
+    session.add_all(result.rows)
+    await session.flush()
+    data: dict[str, Any] = {
+        "command_id": str(root_command_id),
+        "command": spec.command,
+        "reason": spec.reason,
+        "cascade": spec.cascade,
+        "all_agents": spec.all_agents,
+        "commands": [
+            {"command_id": str(row.id), "agent_id": str(row.agent_id), "sequence": row.sequence}
+            for row in result.rows
+        ],
+        "skipped": [{"agent_id": str(agent_id), "reason": why} for agent_id, why in result.skipped],
+    }
+    root_agent = str(spec.agent_id) if spec.agent_id else None
+    await runtime.events.record(by(principal, "killswitch.triggered", data, agent_id=root_agent), session)
+    return result
+
+
+async def get(session: AsyncSession, tenant_id: uuid.UUID, command_id: uuid.UUID) -> KillSwitchCommand:
+    """The tenant's command; 404 ``COMMAND_NOT_FOUND`` otherwise."""
+    row = await session.scalar(
+        select(KillSwitchCommand).where(
+            KillSwitchCommand.id == command_id, KillSwitchCommand.tenant_id == tenant_id
+        )
+    )
+    if row is None:
+        raise NotFound(f"No kill-switch command {command_id}.", code="COMMAND_NOT_FOUND")
+    return row
+
+
+async def page(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    *,
+    page: int,
+    limit: int,
+    agent_id: uuid.UUID | None = None,
+    command: str | None = None,
+    status: str | None = None,
+    root_command_id: uuid.UUID | None = None,
+) -> tuple[list[KillSwitchCommand], int]:
+    """One page of the tenant's commands, newest first, filtered."""
+    where: list[Any] = [KillSwitchCommand.tenant_id == tenant_id]
+    for column, value in (
+        (KillSwitchCommand.agent_id, agent_id),
+        (KillSwitchCommand.command, command),
+        (KillSwitchCommand.status, status),
+        (KillSwitchCommand.root_command_id, root_command_id),
+    ):
+        if value is not None:
+            where.append(column == value)
+    stmt = (
+        select(KillSwitchCommand)
+        .where(*where)
+        .order_by(KillSwitchCommand.issued_at.desc(), KillSwitchCommand.agent_id, KillSwitchCommand.sequence)
+    )
+    return await paged(session, stmt, page, limit)
+
+
+async def pending(
+    session: AsyncSession, tenant_id: uuid.UUID, agent_ids: list[uuid.UUID], after: int = 0
+) -> list[KillSwitchCommand]:
+    """Commands still to deliver to ``agent_ids``: not acknowledged, not expired, sequence above ``after``."""
+    rows = await session.scalars(
+        select(KillSwitchCommand)
+        .where(
+            KillSwitchCommand.tenant_id == tenant_id,
+            KillSwitchCommand.agent_id.in_(agent_ids),
+            KillSwitchCommand.sequence > after,
+            KillSwitchCommand.status != "acknowledged",
+            KillSwitchCommand.expires_at > utcnow(),
+        )
+        .order_by(KillSwitchCommand.agent_id, KillSwitchCommand.sequence)
+    )
+    return list(rows.all())
+
+
+async def acknowledge(
+    runtime: Runtime,
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    agent_id: uuid.UUID,
+    command_id: uuid.UUID,
+    spec: AckIn,
+) -> KillSwitchCommand:
+    """Record the agent's acknowledgement (the first one stands; repeating it changes nothing)."""
+    row = await get(session, tenant_id, command_id)
+    if row.agent_id != agent_id:
+        # Another agent's command is as invisible as another tenant's.
+        raise NotFound(f"No kill-switch command {command_id}.", code="COMMAND_NOT_FOUND")
+    if row.status == "acknowledged":
+        return row
+    now = utcnow()
+    row.status = "acknowledged"
+    row.acknowledged_at = now
+    row.delivered_at = row.delivered_at or now
+    row.ack_outcome = spec.outcome
+    row.ack_detail = spec.detail
+    await session.flush()
+    data = {
+        "command_id": str(row.id),
+        "command": row.command,
+        "sequence": row.sequence,
+        "outcome": spec.outcome,
+        "detail": spec.detail,
+    }
+    event = NewEvent(
+        tenant_id=tenant_id,
+        event_type="killswitch.acknowledged",
+        actor_type="agent",
+        actor_id=str(agent_id),
+        data=data,
+        agent_id=str(agent_id),
+        outcome="success" if spec.outcome not in ("failed", "rejected") else "failure",
+        source="agent",
+        request_id=current_request_id(),
+    )
+    await runtime.events.record(event, session)
+    return row

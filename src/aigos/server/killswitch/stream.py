@@ -1,0 +1,48 @@
+"""The body of one kill-switch stream: backlog first, then live commands, keep-alives, and the end.
+
+A stream sends each sequence at most once (the backlog read from the database and the live commands may
+overlap), and ends when the client goes away, after it sent a TERMINATE, when it fell too far behind, or
+when the server shuts down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aigos.server.killswitch.hub import CLOSE, KEEPALIVE, TICK, Connection, Hub, Outgoing
+
+OPENED = b": connected\n\n"
+
+
+async def events(
+    hub: Hub, connection: Connection, backlog: list[Outgoing], *, end_after_backlog: bool = False
+) -> AsyncIterator[bytes]:
+    """The SSE frames of ``connection``; ``end_after_backlog`` for an agent that can receive no more."""
+    try:
+        yield OPENED
+        for item in backlog:
+            if item.sequence <= connection.sent:
+                continue
+            connection.sent = item.sequence
+            yield item.frame
+            hub.delivered(connection, item)
+            if item.command == "TERMINATE":
+                return
+        if end_after_backlog:
+            return
+        while not hub.closing and not connection.overflowed:
+            queued = await connection.queue.get()
+            if queued is CLOSE:
+                return
+            if queued is TICK:
+                yield KEEPALIVE
+                continue
+            if not isinstance(queued, Outgoing) or queued.sequence <= connection.sent:
+                continue
+            connection.sent = queued.sequence
+            yield queued.frame
+            hub.delivered(connection, queued)
+            if queued.command == "TERMINATE":
+                return
+    finally:
+        hub.disconnect(connection)

@@ -1,0 +1,226 @@
+"""The kill-switch API on both backends: trigger, list, get, acknowledge, validation and isolation."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from httpx import AsyncClient
+
+from tests.tenancy.conftest import TenantHandle
+
+
+async def register(
+    client: AsyncClient, owner: TenantHandle, name: str, parent: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"name": name}
+    if parent is not None:
+        body["parent_id"] = parent["agent_id"]
+    response = await client.post("/v1/agents/register", json=body, headers=owner.headers)
+    assert response.status_code == 201, response.text
+    agent: dict[str, Any] = response.json()
+    return agent
+
+
+async def trigger(client: AsyncClient, owner: TenantHandle, **body: Any) -> Any:
+    body.setdefault("reason", "test")
+    return await client.post("/v1/kill-switch/trigger", json=body, headers=owner.headers)
+
+
+def bearer(agent: dict[str, Any]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {agent['identity_token']}"}
+
+
+async def status_of(client: AsyncClient, owner: TenantHandle, agent: dict[str, Any]) -> str:
+    response = await client.get(f"/v1/agents/{agent['agent_id']}", headers=owner.headers)
+    value: str = response.json()["status"]
+    return value
+
+
+async def test_trigger_list_get_ack_and_events(client: AsyncClient, tenant_a: TenantHandle) -> None:
+    root = await register(client, tenant_a, "root")
+    child = await register(client, tenant_a, "child", parent=root)
+    grandchild = await register(client, tenant_a, "grandchild", parent=child)
+    other = await register(client, tenant_a, "other")
+
+    # PAUSE without cascade: the root only.
+    alone = await trigger(client, tenant_a, agent_id=root["agent_id"], command="PAUSE", cascade=False)
+    assert alone.status_code == 201, alone.text
+    assert [c["agent_id"] for c in alone.json()["commands"]] == [root["agent_id"]]
+    assert await status_of(client, tenant_a, root) == "paused"
+    assert await status_of(client, tenant_a, child) == "active"
+
+    # Terminate the grandchild, then RESUME the tree: the terminated member is skipped and reported.
+    assert (await trigger(client, tenant_a, agent_id=grandchild["agent_id"])).status_code == 201
+    resumed = await trigger(client, tenant_a, agent_id=root["agent_id"], command="RESUME")
+    assert resumed.status_code == 201, resumed.text
+    assert {c["agent_id"] for c in resumed.json()["commands"]} == {root["agent_id"], child["agent_id"]}
+    assert resumed.json()["skipped"] == [
+        {"agent_id": grandchild["agent_id"], "reason": "the agent is terminated"}
+    ]
+    assert await status_of(client, tenant_a, root) == "active"
+
+    # Tenant-wide PAUSE: every agent that can still act.
+    everyone = await trigger(client, tenant_a, all_agents=True, command="PAUSE", reason="incident")
+    assert everyone.status_code == 201, everyone.text
+    paused = {c["agent_id"] for c in everyone.json()["commands"]}
+    assert paused == {root["agent_id"], child["agent_id"], other["agent_id"]}
+    for agent in (root, child, other):
+        assert await status_of(client, tenant_a, agent) == "paused"
+
+    listed = await client.get("/v1/kill-switch/commands?limit=100", headers=tenant_a.headers)
+    assert listed.status_code == 200, listed.text
+    assert listed.json()["total"] == 1 + 1 + 2 + 3
+    mine = await client.get(
+        f"/v1/kill-switch/commands?agent_id={root['agent_id']}&command=PAUSE", headers=tenant_a.headers
+    )
+    assert [c["sequence"] for c in mine.json()["commands"]] == [3, 1]
+    grouped = await client.get(
+        f"/v1/kill-switch/commands?root_command_id={everyone.json()['command_id']}&status=pending",
+        headers=tenant_a.headers,
+    )
+    assert grouped.json()["total"] == 3
+
+    command_id = everyone.json()["commands"][0]["command_id"]
+    got = await client.get(f"/v1/kill-switch/commands/{command_id}", headers=tenant_a.headers)
+    assert got.status_code == 200
+    command = got.json()
+    assert command["command"] == "PAUSE"
+    assert command["reason"] == "incident"
+    assert command["status"] == "pending"
+    assert command["issued_at"] is not None
+    assert command["delivered_at"] is None
+    owner_of = next(a for a in (root, child, other) if a["agent_id"] == command["agent_id"])
+
+    # Only the command's own agent may acknowledge it.
+    stranger = next(a for a in (root, child, other) if a["agent_id"] != command["agent_id"])
+    wrong = await client.post(
+        f"/v1/kill-switch/commands/{command_id}/ack", json={"outcome": "paused"}, headers=bearer(stranger)
+    )
+    assert wrong.status_code == 404
+    assert wrong.json()["code"] == "COMMAND_NOT_FOUND"
+    bad = await client.post(
+        f"/v1/kill-switch/commands/{command_id}/ack", json={"outcome": "exploded"}, headers=bearer(owner_of)
+    )
+    assert bad.status_code == 400
+    ack = await client.post(
+        f"/v1/kill-switch/commands/{command_id}/ack",
+        json={"outcome": "paused", "detail": "stopped at step 3"},
+        headers=bearer(owner_of),
+    )
+    assert ack.status_code == 200, ack.text
+    acked = ack.json()
+    assert acked["status"] == "acknowledged"
+    assert acked["ack_detail"] == "stopped at step 3"
+    assert acked["acknowledged_at"] is not None
+    assert acked["delivered_at"] is not None
+    # An admin key is not an agent token.
+    assert (
+        await client.post(
+            f"/v1/kill-switch/commands/{command_id}/ack", json={"outcome": "paused"}, headers=tenant_a.headers
+        )
+    ).status_code == 401
+
+    events = await client.get("/v1/audit/events?limit=100", headers=tenant_a.headers)
+    assert events.status_code == 200, events.text
+    types = [entry["event_type"] for entry in events.json()["data"]]
+    assert types.count("killswitch.triggered") == 4
+    assert types.count("killswitch.acknowledged") == 1
+    assert {"agent.paused", "agent.terminated", "agent.resumed"} <= set(types)
+
+
+async def test_validation_and_refusals(client: AsyncClient, tenant_a: TenantHandle) -> None:
+    agent = await register(client, tenant_a, "agent")
+    unknown = await trigger(client, tenant_a, agent_id=str(uuid.uuid4()))
+    assert unknown.status_code == 404
+    assert unknown.json()["code"] == "AGENT_NOT_FOUND"
+    for body in (
+        {"agent_id": agent["agent_id"], "command": "EXPLODE"},
+        {"agent_id": agent["agent_id"], "reason": ""},
+        {"agent_id": "not-a-uuid"},
+        {},
+        {"agent_id": agent["agent_id"], "all_agents": True},
+    ):
+        response = await trigger(client, tenant_a, **body)
+        assert response.status_code == 400, (body, response.text)
+        assert response.json()["code"] == "VALIDATION_FAILED"
+    no_reason = await client.post(
+        "/v1/kill-switch/trigger", json={"agent_id": agent["agent_id"]}, headers=tenant_a.headers
+    )
+    assert no_reason.status_code == 400
+    assert (
+        await client.post("/v1/kill-switch/trigger", json={"agent_id": agent["agent_id"]})
+    ).status_code == 401
+    # A key without the scope.
+    created = await client.post(
+        "/v1/api-keys", json={"name": "reader", "scopes": ["agents:read"]}, headers=tenant_a.headers
+    )
+    assert created.status_code == 201, created.text
+    reader = {"Authorization": f"Bearer {created.json()['key']}"}
+    forbidden = await client.post(
+        "/v1/kill-switch/trigger", json={"agent_id": agent["agent_id"], "reason": "x"}, headers=reader
+    )
+    assert forbidden.status_code == 403
+    assert (await client.get("/v1/kill-switch/commands", headers=reader)).status_code == 200
+    missing = await client.get(f"/v1/kill-switch/commands/{uuid.uuid4()}", headers=tenant_a.headers)
+    assert missing.status_code == 404
+    assert missing.json()["code"] == "COMMAND_NOT_FOUND"
+    assert (await trigger(client, tenant_a, agent_id=agent["agent_id"])).status_code == 201
+    bad_resume = await trigger(client, tenant_a, agent_id=agent["agent_id"], command="RESUME")
+    assert bad_resume.status_code == 409
+    assert bad_resume.json()["code"] == "INVALID_STATUS_TRANSITION"
+    bad_id = await client.get("/v1/kill-switch/stream", headers={**bearer(agent), "Last-Event-ID": "abc"})
+    assert bad_id.status_code == 400
+    assert bad_id.json()["code"] == "INVALID_LAST_EVENT_ID"
+    keys = await client.get("/v1/kill-switch/keys")
+    assert keys.status_code == 200
+    (key,) = keys.json()["keys"]
+    assert key["alg"] == "Ed25519"
+
+
+async def test_tenants_cannot_reach_each_others_commands(
+    client: AsyncClient, tenant_a: TenantHandle, tenant_b: TenantHandle
+) -> None:
+    theirs = await register(client, tenant_b, "theirs")
+    ours = await register(client, tenant_a, "ours")
+    # A's key cannot trigger B's agent.
+    refused = await trigger(client, tenant_a, agent_id=theirs["agent_id"])
+    assert refused.status_code == 404
+    assert refused.json()["code"] == "AGENT_NOT_FOUND"
+    assert await status_of(client, tenant_b, theirs) == "active"
+    # B's command is invisible to A, and to A's agents.
+    issued = await trigger(client, tenant_b, agent_id=theirs["agent_id"], command="PAUSE")
+    command_id = issued.json()["command_id"]
+    assert (
+        await client.get(f"/v1/kill-switch/commands/{command_id}", headers=tenant_a.headers)
+    ).status_code == 404
+    assert (await client.get("/v1/kill-switch/commands", headers=tenant_a.headers)).json()["total"] == 0
+    ack = await client.post(
+        f"/v1/kill-switch/commands/{command_id}/ack", json={"outcome": "paused"}, headers=bearer(ours)
+    )
+    assert ack.status_code == 404
+    # A tenant-wide trigger of A touches none of B's agents.
+    await trigger(client, tenant_a, all_agents=True, command="TERMINATE")
+    assert await status_of(client, tenant_b, theirs) == "paused"
+    assert await status_of(client, tenant_a, ours) == "terminated"
+
+
+async def test_concurrent_triggers_are_serialised(client: AsyncClient, tenant_a: TenantHandle) -> None:
+    parent = await register(client, tenant_a, "parent")
+    await register(client, tenant_a, "child", parent=parent)
+    bodies = [
+        {"agent_id": parent["agent_id"], "command": command, "reason": "race"}
+        for command in ("PAUSE", "RESUME", "PAUSE", "RESUME", "PAUSE")
+    ] + [{"all_agents": True, "command": "PAUSE", "reason": "race"}]
+    responses = await asyncio.gather(
+        *(client.post("/v1/kill-switch/trigger", json=body, headers=tenant_a.headers) for body in bodies)
+    )
+    assert {response.status_code for response in responses} <= {201, 409}, [r.text for r in responses]
+    listed = await client.get(
+        "/v1/kill-switch/commands",
+        params={"agent_id": parent["agent_id"], "limit": 100},
+        headers=tenant_a.headers,
+    )
+    sequences = [command["sequence"] for command in listed.json()["commands"]]
+    assert sorted(sequences) == list(range(1, len(sequences) + 1))

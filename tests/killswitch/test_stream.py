@@ -1,0 +1,174 @@
+"""Kill-switch streams with a real HTTP client: offline and live delivery, resume, PAUSE and RESUME."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from aigos.core.commands import ReplayGuard, SignedCommand, verify_command
+from aigos.core.signing import unb64url
+from tests.killswitch.conftest import Live
+from tests.killswitch.sse import Event, SseClient
+from tests.tenancy.conftest import TenantHandle
+
+
+async def public_keys(live: Live) -> dict[str, bytes]:
+    response = await live.http.get("/v1/kill-switch/keys")
+    assert response.status_code == 200
+    return {key["key_id"]: unb64url(key["public_key"]) for key in response.json()["keys"]}
+
+
+async def agent_status(live: Live, owner: TenantHandle, agent: dict[str, Any]) -> str:
+    response = await live.http.get(f"/v1/agents/{agent['agent_id']}", headers=owner.headers)
+    status: str = response.json()["status"]
+    return status
+
+
+def command_of(event: Event | None, sequence: int) -> SignedCommand:
+    assert event is not None, "the stream ended"
+    assert event.event == "kill-switch"
+    assert event.id == str(sequence)
+    return SignedCommand.from_json(event.json)
+
+
+async def settled(live: Live, owner: TenantHandle, command_id: str, status: str) -> dict[str, Any]:
+    """The command once it reached ``status`` (deliveries are written every half second)."""
+    for _ in range(50):
+        response = await live.http.get(f"/v1/kill-switch/commands/{command_id}", headers=owner.headers)
+        assert response.status_code == 200, response.text
+        if response.json()["status"] == status:
+            body: dict[str, Any] = response.json()
+            return body
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"command {command_id} never became {status}: {response.json()}")
+
+
+def bearer(agent: dict[str, Any]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {agent['identity_token']}"}
+
+
+async def test_pause_resume_round_trip_offline_delivery_and_resume(live: Live) -> None:
+    owner = await live.tenant()
+    agent = await live.agent(owner, "worker")
+    keys = await public_keys(live)
+    guard = ReplayGuard()
+    sse = SseClient(live.http)
+    try:
+        # Offline: a PAUSE issued before the agent connects is delivered on connect.
+        paused = await live.trigger(owner, agent=agent, command="PAUSE", reason="maintenance")
+        assert paused.status_code == 201, paused.text
+        body = paused.json()
+        assert body["status"] == "pending"
+        assert [c["agent_id"] for c in body["commands"]] == [agent["agent_id"]]
+        assert await agent_status(live, owner, agent) == "paused"
+
+        # A paused agent's token still opens the stream.
+        stream = await sse.open(agent["identity_token"])
+        pause = command_of(await stream.next(), 1)
+        verify_command(keys, pause, agent_id=agent["agent_id"])
+        guard.check(pause)
+        guard.accept(pause)
+        assert (pause.command, pause.reason) == ("PAUSE", "maintenance")
+        assert pause.command_id == body["command_id"]
+        assert pause.tenant_id == owner.id
+        assert pause.issued_at.endswith("Z")
+
+        # Live: RESUME arrives on the open stream; keep-alive comments flow in between.
+        await stream.wait_comment("keep-alive")
+        resumed = await live.trigger(owner, agent=agent, command="RESUME")
+        assert resumed.status_code == 201, resumed.text
+        resume = command_of(await stream.next(), 2)
+        verify_command(keys, resume, agent_id=agent["agent_id"])
+        guard.check(resume)
+        guard.accept(resume)
+        assert resume.command == "RESUME"
+        assert await agent_status(live, owner, agent) == "active"
+        # Replaying the first command is detected by the agent.
+        assert guard.highest(agent["agent_id"]) == 2
+
+        ack = await live.http.post(
+            f"/v1/kill-switch/commands/{resume.command_id}/ack",
+            json={"outcome": "resumed", "detail": "back to work"},
+            headers=bearer(agent),
+        )
+        assert ack.status_code == 200, ack.text
+        assert ack.json()["status"] == "acknowledged"
+        assert ack.json()["ack_outcome"] == "resumed"
+
+        # Reconnecting: unacknowledged commands after Last-Event-ID come again, acknowledged ones do not.
+        again = await sse.open(agent["identity_token"], last_event_id=0)
+        assert command_of(await again.next(), 1).command_id == pause.command_id
+        third = await live.trigger(owner, agent=agent, command="PAUSE")
+        assert third.status_code == 201
+        # Sequence 2 was acknowledged: the next one is 3.
+        assert command_of(await again.next(), 3).command == "PAUSE"
+        # Delivery is recorded (in batches) with its time.
+        delivered = await settled(live, owner, pause.command_id, "delivered")
+        assert delivered["delivered_at"] is not None
+        assert delivered["acknowledged_at"] is None
+        resumed_after = await sse.open(agent["identity_token"], last_event_id=3)
+        with pytest.raises(TimeoutError):
+            await resumed_after.next(within=0.8)
+    finally:
+        await sse.aclose()
+
+
+async def test_cascading_terminate_reaches_every_descendant_and_closes_their_streams(live: Live) -> None:
+    owner = await live.tenant()
+    root = await live.agent(owner, "root")
+    child = await live.agent(owner, "child", parent=root)
+    grandchild = await live.agent(owner, "grandchild", parent=child)
+    bystander = await live.agent(owner, "bystander")
+    keys = await public_keys(live)
+    sse = SseClient(live.http)
+    try:
+        # Root and grandchild are online; the child is offline.
+        root_stream = await sse.open(root["identity_token"])
+        grandchild_stream = await sse.open(grandchild["identity_token"])
+        triggered = await live.trigger(owner, agent=root, command="TERMINATE", reason="rogue")
+        assert triggered.status_code == 201, triggered.text
+        body = triggered.json()
+        by_agent = {c["agent_id"]: c["command_id"] for c in body["commands"]}
+        assert set(by_agent) == {root["agent_id"], child["agent_id"], grandchild["agent_id"]}
+        assert body["command_id"] == by_agent[root["agent_id"]]
+        assert len(set(by_agent.values())) == 3
+
+        for stream, agent in ((root_stream, root), (grandchild_stream, grandchild)):
+            command = command_of(await stream.next(), 1)
+            verify_command(keys, command, agent_id=agent["agent_id"])
+            assert command.command == "TERMINATE"
+            assert command.command_id == by_agent[agent["agent_id"]]
+            # The stream closes after a TERMINATE.
+            assert await stream.next() is None
+        for agent in (root, child, grandchild):
+            assert await agent_status(live, owner, agent) == "terminated"
+        assert await agent_status(live, owner, bystander) == "active"
+
+        # Terminated agents' tokens are refused elsewhere...
+        beat = await live.http.post(f"/v1/agents/{child['agent_id']}/heartbeat", headers=bearer(child))
+        assert beat.status_code == 401
+        assert beat.json()["code"] == "AGENT_TERMINATED"
+        # ...but the offline child still gets its pending TERMINATE on connect, then the stream closes.
+        late = await sse.open(child["identity_token"])
+        command = command_of(await late.next(), 1)
+        assert command.command_id == by_agent[child["agent_id"]]
+        assert await late.next() is None
+        ack = await live.http.post(
+            f"/v1/kill-switch/commands/{command.command_id}/ack",
+            json={"outcome": "terminated"},
+            headers=bearer(child),
+        )
+        assert ack.status_code == 200, ack.text
+        assert ack.json()["ack_outcome"] == "terminated"
+        # Acknowledged: nothing is pending any more, so a reconnecting terminated agent is sent nothing.
+        empty = await sse.open(child["identity_token"])
+        assert await empty.next() is None
+
+        # RESUME of a terminated agent: 409 for the agent itself.
+        refused = await live.trigger(owner, agent=root, command="RESUME")
+        assert refused.status_code == 409
+        assert refused.json()["code"] == "INVALID_STATUS_TRANSITION"
+    finally:
+        await sse.aclose()
