@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigos.core import goldenthread
-from aigos.core.agents import AgentStatus, can_transition
+from aigos.core.agents import AgentStatus
 from aigos.server.db.paging import paged
 from aigos.server.db.types import utcnow
 from aigos.server.errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -219,25 +219,3 @@ async def update(
     agent.updated_at = utcnow()
     await _flush_unique_email(session, agent.email)
     return agent
-
-
-async def transition(
-    session: AsyncSession, tenant_id: uuid.UUID, agent_id: uuid.UUID, target: AgentStatus
-) -> tuple[Agent, str]:
-    """Move the agent to ``target`` if the lifecycle allows it; returns the agent and its former status."""
-    agent = await get(session, tenant_id, agent_id)
-    current = AgentStatus(agent.status)
-    if current is target:
-        return agent, current.value
-    if not can_transition(current, target):
-        raise Conflict(
-            f"An agent cannot go from {current.value} to {target.value}.",
-            code="INVALID_STATUS_TRANSITION",
-            # Not `status`: a problem document's `status` is the HTTP status and would hide this one.
-            current=current.value,
-            target=target.value,
-        )
-    agent.status = target.value
-    agent.updated_at = utcnow()
-    await session.flush()
-    return agent, current.value

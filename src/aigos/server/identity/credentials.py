@@ -170,16 +170,6 @@ async def revoke(
     return credential
 
 
-async def revoke_all(session: AsyncSession, tenant_id: uuid.UUID, agent_id: uuid.UUID) -> int:
-    """Stop every credential of the agent (deregistration)."""
-    count = 0
-    for credential in await list_for(session, tenant_id, agent_id):
-        if credential.revoked_at is None:
-            credential.revoked_at = utcnow()
-            count += 1
-    return count
-
-
 async def rotate_secret(
     session: AsyncSession,
     pepper: bytes,
