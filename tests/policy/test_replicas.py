@@ -3,6 +3,7 @@ other within a second, and a replica cut off from the bus refuses to answer from
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -140,6 +141,7 @@ async def test_a_replica_that_lost_the_bus_fails_closed_then_catches_up(
         )
         if response.status_code == 200:
             break
+        await asyncio.sleep(0.01)
     assert response.status_code == 200
     # The first answer after reconnecting already reflects the change made while cut off.
     assert response.json()["code"] == "CUSTOM_DENIED"
@@ -153,3 +155,4 @@ async def _check_until_stale(client: AsyncClient, token: str) -> httpx.Response:
         )
         if response.status_code != 200 or time.monotonic() > deadline:
             return response
+        await asyncio.sleep(0.01)  # in-process requests never yield: let the bus notice the cut

@@ -123,7 +123,9 @@ def normalize_domain(value: str) -> str:
 
     Agents pass what they have, often a URL; the policy must see the host it will actually contact.
     """
-    text = value.strip().lower()
+    # A backslash is a slash to URL parsers that follow the WHATWG standard (browsers, urllib3): read it
+    # as one, or `https://evil.com\\@good.com/` would pass for good.com while requests go to evil.com.
+    text = value.strip().lower().replace("\\", "/")
     if "/" in text or "@" in text or text.count(":") == 1:
         try:
             host = urlsplit(text if "//" in text else "//" + text).hostname

@@ -210,6 +210,7 @@ class Budget:
 
     def bucket(self, at: datetime) -> str:
         """Which period a spend at ``at`` counts in: ``all``, a day or a month (UTC)."""
+        at = at.astimezone(UTC)
         if self.period == "daily":
             return at.strftime("%Y-%m-%d")
         if self.period == "monthly":
@@ -266,7 +267,8 @@ class Decision:
         before the domain and custom stages); a dry-run one adds to ``would_deny``.
         """
         outcome = settle(self.budgets, spent, self.cost)
-        would = self.would_deny + outcome.would_deny
+        # As if evaluated in order: budget findings first; past a budget denial, no later stage ran.
+        would = outcome.would_deny if outcome.exceeded is not None else outcome.would_deny + self.would_deny
         trace = self.trace
         if outcome.exceeded is not None:
             reason = _budget_reason(outcome.exceeded)
@@ -389,10 +391,14 @@ def validate(document: Mapping[str, Any]) -> list[tuple[str, str]]:
     domain_lists = document.get("domains") or {}
     patterns("/domains/allow", domain_lists.get("allow"), globs.domain_glob_error)
     patterns("/domains/deny", domain_lists.get("deny"), globs.domain_glob_error)
+    budget = document.get("budget")
+    if budget:
+        errors += _budget_errors(budget)
     seen: set[str] = set()
     for index, rule in enumerate(document.get("rules") or []):
         base = f"/rules/{index}"
-        rule_id = rule.get("id")
+        # Ids left out are filled in as rule-N: those count too, or two rules could share one.
+        rule_id = str(rule.get("id") or f"rule-{index + 1}")
         if rule_id in seen:
             errors.append((f"{base}/id", f"duplicate rule id {rule_id!r}"))
         seen.add(rule_id)
@@ -407,8 +413,25 @@ def validate(document: Mapping[str, Any]) -> list[tuple[str, str]]:
     return errors
 
 
+def _budget_errors(budget: Mapping[str, Any]) -> list[tuple[str, str]]:
+    errors: list[tuple[str, str]] = []
+    limit = budget.get("limit")
+    if not isinstance(limit, int | float) or isinstance(limit, bool) or not 0 <= limit < float("inf"):
+        errors.append(("/budget/limit", "must be a number >= 0"))
+    if budget.get("period", "lifetime") not in PERIODS:
+        errors.append(("/budget/period", f"must be one of {', '.join(PERIODS)}"))
+    if budget.get("scope", "agent") not in ("agent", "shared"):
+        errors.append(("/budget/scope", "must be agent or shared"))
+    return errors
+
+
 def _window_errors(pointer: str, window: Mapping[str, Any]) -> list[tuple[str, str]]:
     errors: list[tuple[str, str]] = []
+    start, end = window.get("start"), window.get("end")
+    if (start is None) != (end is None):
+        errors.append((f"{pointer}/{'end' if end is None else 'start'}", "start and end go together"))
+    elif start is not None and start == end:
+        errors.append((f"{pointer}/end", "must differ from start (leave both out for the whole day)"))
     for index, day in enumerate(window.get("days") or []):
         if day not in DAYS:
             errors.append((f"{pointer}/days/{index}", f"must be one of {', '.join(DAYS)}"))
@@ -441,14 +464,17 @@ class _Window:
 
     def contains(self, at: datetime) -> bool:
         local = at.astimezone(self.zone)
-        if self.days is not None and local.weekday() not in self.days:
-            return False
-        if self.start is None or self.end is None:
-            return True
-        now = local.time().replace(tzinfo=None)
-        if self.start <= self.end:
-            return self.start <= now < self.end
-        return now >= self.start or now < self.end  # a window across midnight
+        day = local.weekday()
+        if self.start is not None and self.end is not None:
+            now = local.time().replace(tzinfo=None)
+            if self.start <= self.end:
+                if not self.start <= now < self.end:
+                    return False
+            elif now < self.end:
+                day = (day - 1) % 7  # after midnight in a window that began the day before
+            elif now < self.start:
+                return False
+        return self.days is None or day in self.days
 
 
 def _window(spec: Mapping[str, Any]) -> _Window:
@@ -533,7 +559,16 @@ class _Rule:
             return False
         if self.agent is not None and not self.agent.selects(subject):
             return False
-        return all(str(request.context.get(key)) in allowed for key, allowed in self.context)
+        return all(_text(request.context.get(key)) in allowed for key, allowed in self.context)
+
+
+def _text(value: object) -> str | None:
+    """A context value as a condition compares it: JSON's spelling of booleans; nothing for a missing key."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 _COMPARE = {
@@ -830,6 +865,8 @@ def evaluate(
     # 5. custom rules
     resource = request.resource.lower()
     allowed_by: _Rule | None = None
+    #: Whether any allow rule matched, dry-run ones included: a dry-run default deny asks as if enforced.
+    any_allow = False
     for rule in effective.rules_for(request.action.lower()):
         if not rule.matches(subject, request, resource, tool, at):
             continue
@@ -838,10 +875,14 @@ def evaluate(
             if rule.enforce:
                 return _finish(deny("custom", Code.CUSTOM_DENIED, reason, rule.id, rule.policy_id), remaining)
             would.append(WouldDeny(rule.policy_id, rule.id, Code.CUSTOM_DENIED.value, reason))
-        elif allowed_by is None and rule.enforce:
-            allowed_by = rule
+        else:
+            any_allow = True
+            if allowed_by is None and rule.enforce:
+                allowed_by = rule
     if allowed_by is None:
         for policy in effective.default_deny:
+            if any_allow and not policy.enforce:
+                continue
             reason = (
                 f"No rule allows {request.action!r} on {request.resource!r}"
                 f" (policy {policy.name!r} denies by default)."

@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigos.core import policy as core
@@ -21,7 +23,7 @@ from aigos.server.audit.events import NewEvent, by, current_request_id
 from aigos.server.deps import RuntimeDep, SessionDep
 from aigos.server.errors import BadRequest, NotFound
 from aigos.server.identity import agents as registry
-from aigos.server.identity.agent_auth import AgentPrincipal, agent_scope
+from aigos.server.identity.agent_auth import AgentPrincipal, admit, agent_scope, bearer_token
 from aigos.server.policy import service
 from aigos.server.policy.schemas import (
     CheckIn,
@@ -66,25 +68,42 @@ def bundle_signer(pepper: bytes) -> Signer:
 # -- the agent plane (static paths first: `/{policy_id}` would otherwise swallow them) -----------------
 
 
+_CHECK_IN: TypeAdapter[CheckIn] = TypeAdapter(CheckIn)
+
+
 @router.post(
     "/check",
     response_model=CheckOut,
     summary="Check an action (agent token)",
     responses={503: {"description": "Policy state or budgets unavailable (fail closed); retry."}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CheckIn"}}},
+        },
+        "security": [{"HTTPBearer": []}],
+    },
 )
-async def check(body: CheckIn, runtime: RuntimeDep, agent: Checker) -> Response:
+async def check(request: Request) -> Response:
     """May the calling agent do this? Answered from memory: no database round trip once warm.
 
     The chain: kill switch → capability → budget → domain patterns → custom rules; the first denial wins
     and deny overrides allow. A denial is an answer (`allowed: false` with a `code`), not an HTTP error.
     """
+    # No FastAPI dependencies or body parameter here: resolving them costs more than the decision.
     started = time.perf_counter()
+    runtime: Runtime = request.app.state.runtime
+    agent = await admit(request, runtime, bearer_token(request), "policies:check")
+    try:
+        body = _CHECK_IN.validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in exc.errors()]) from exc
     state = runtime.policy
     state.ensure_live()
     subject = await state.subject(agent.tenant_id, agent.agent_id, agent.status.value, agent.claims)
     policies = await state.policy_set(agent.tenant_id)
-    request = core.Request.of(body.action, body.resource, body.context.model_dump(exclude_none=True))
-    decision = core.evaluate(policies, subject, request, trace=body.trace)
+    asked = core.Request.of(body.action, body.resource, body.context.model_dump(exclude_none=True))
+    decision = core.evaluate(policies, subject, asked, trace=body.trace)
     if decision.needs_budget:
         decision = await runtime.budgets.settle(agent.tenant_id, decision)
     decision_id = uuid.uuid4()

@@ -48,7 +48,10 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
-            ["agent_id"], ["agents.id"], name=op.f("fk_kill_switch_commands_agent_id_agents"), ondelete="CASCADE"
+            ["agent_id"],
+            ["agents.id"],
+            name=op.f("fk_kill_switch_commands_agent_id_agents"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_kill_switch_commands")),
         sa.UniqueConstraint("agent_id", "sequence", name="uq_kill_switch_commands_agent_id_sequence"),
