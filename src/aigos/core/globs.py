@@ -100,7 +100,7 @@ def any_of(matchers: Iterable[Matcher]) -> Matcher:
     """One matcher that matches when any of ``matchers`` does (or never, for none)."""
     items = tuple(matchers)
     if not items:
-        return _nothing
+        return nothing
     if len(items) == 1:
         return items[0]
     if _everything in items:
@@ -109,13 +109,80 @@ def any_of(matchers: Iterable[Matcher]) -> Matcher:
 
 
 def names(patterns: Iterable[str]) -> Matcher:
-    """A matcher for any of the name globs ``patterns``."""
-    return any_of(name_matcher(pattern) for pattern in patterns)
+    """A matcher for any of the name globs ``patterns``, compiled into as few C-level tests as possible.
+
+    Exact names become one set look-up, ``prefix*`` patterns one ``str.startswith(tuple)``, ``*suffix``
+    patterns one ``str.endswith(tuple)``, and the rest one alternation: a rule with ten tool patterns
+    costs about what a rule with one does.
+    """
+    lowered = tuple(dict.fromkeys(pattern.lower() for pattern in patterns))
+    if not lowered:
+        return nothing
+    if "*" in lowered:
+        return _everything
+    if len(lowered) == 1:
+        return name_matcher(lowered[0])
+    exact: set[str] = set()
+    prefixes: list[str] = []
+    suffixes: list[str] = []
+    other: list[str] = []
+    for pattern in lowered:
+        stars = pattern.count("*")
+        if "?" in pattern or stars > 1:
+            other.append(pattern)
+        elif stars == 0:
+            exact.add(pattern)
+        elif pattern.endswith("*"):
+            prefixes.append(pattern[:-1])
+        elif pattern.startswith("*"):
+            suffixes.append(pattern[1:])
+        else:
+            other.append(pattern)
+    return _combine(frozenset(exact), tuple(prefixes), tuple(suffixes), _alternation(other))
 
 
 def domains(patterns: Iterable[str]) -> Matcher:
-    """A matcher for any of the domain globs ``patterns``."""
-    return any_of(domain_matcher(pattern) for pattern in patterns)
+    """A matcher for any of the domain globs ``patterns`` (one set look-up and one ``endswith``)."""
+    hosts = tuple(dict.fromkeys(pattern.lower().rstrip(".") for pattern in patterns))
+    if not hosts:
+        return nothing
+    if "*" in hosts:
+        return _everything
+    if len(hosts) == 1:
+        return domain_matcher(hosts[0])
+    exact = frozenset(host for host in hosts if not host.startswith("*."))
+    suffixes = tuple(host[1:] for host in hosts if host.startswith("*."))
+    return _combine(exact, (), suffixes, None)
+
+
+def _alternation(patterns: list[str]) -> re.Pattern[str] | None:
+    if not patterns:
+        return None
+    parts = (
+        "".join(".*" if char == "*" else "." if char == "?" else re.escape(char) for char in pattern)
+        for pattern in patterns
+    )
+    return re.compile("(?:" + "|".join(parts) + ")", re.DOTALL)
+
+
+def _combine(
+    exact: frozenset[str], prefixes: tuple[str, ...], suffixes: tuple[str, ...], regex: re.Pattern[str] | None
+) -> Matcher:
+    # One closure per shape, so a call tests only what the patterns need.
+    if regex is None and not prefixes and not suffixes:
+        return exact.__contains__
+    if regex is None and not suffixes:
+        return lambda value: value in exact or value.startswith(prefixes)
+    if regex is None and not prefixes:
+        return lambda value: value in exact or value.endswith(suffixes)
+    if regex is None:
+        return lambda value: value in exact or value.startswith(prefixes) or value.endswith(suffixes)
+    return lambda value: (
+        value in exact
+        or (bool(prefixes) and value.startswith(prefixes))
+        or (bool(suffixes) and value.endswith(suffixes))
+        or regex.fullmatch(value) is not None
+    )
 
 
 def normalize_domain(value: str) -> str:
@@ -139,5 +206,6 @@ def _everything(_: str) -> bool:
     return True
 
 
-def _nothing(_: str) -> bool:
+def nothing(_: str) -> bool:
+    """The matcher of an empty pattern list: nothing matches."""
     return False

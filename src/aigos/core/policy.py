@@ -43,6 +43,8 @@ STAGES = ("kill_switch", "capability", "budget", "domain", "custom")
 PERIODS = ("lifetime", "daily", "monthly")
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 CAPABILITY_BUDGET = "capability"
+#: Per agent: how many (action, tool) pairs keep their candidate rules cached.
+MAX_CANDIDATE_SETS = 512
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
 
@@ -111,8 +113,13 @@ class Subject:
     labels: Mapping[str, str] = field(default_factory=dict)
     #: What targeting depends on: the key of the per-agent policy selection.
     target_key: tuple[Any, ...] = field(default=(), compare=False)
+    #: The capabilities compiled (set when the subject is made).
+    tool_matcher: globs.Matcher = field(default=globs.nothing, compare=False, repr=False)
+    domain_matcher: globs.Matcher = field(default=globs.nothing, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "tool_matcher", globs.names(self.tools))
+        object.__setattr__(self, "domain_matcher", globs.domains(self.domains))
         key = (
             self.agent_id,
             self.agent_type,
@@ -534,7 +541,8 @@ class _Rule:
     effect: Literal["allow", "deny"]
     enforce: bool
     order: tuple[int, int, int]
-    resource: globs.Matcher
+    #: None when the rule applies to every resource (the common case: no call at all).
+    resource: globs.Matcher | None
     tool: globs.Matcher | None
     domain: globs.Matcher | None
     cost: tuple[tuple[str, float], ...]
@@ -542,14 +550,20 @@ class _Rule:
     agent: _Selector | None
     context: tuple[tuple[str, frozenset[str]], ...]
     description: str | None
+    #: Whether any condition beyond resource and tool is set, so most rules stop after two tests.
+    more: bool = False
 
     def matches(
         self, subject: Subject, request: Request, resource: str, tool: str | None, at: datetime | None
     ) -> bool:
-        if not self.resource(resource):
+        if self.resource is not None and not self.resource(resource):
             return False
         if self.tool is not None and (tool is None or not self.tool(tool)):
             return False
+        return not self.more or self.more_hold(subject, request, at)
+
+    def more_hold(self, subject: Subject, request: Request, at: datetime | None) -> bool:
+        """Whether the conditions beyond resource and tool hold."""
         if self.domain is not None and (request.domain is None or not self.domain(request.domain)):
             return False
         for op, bound in self.cost:
@@ -629,13 +643,14 @@ def compile_policy(document: Mapping[str, Any]) -> _Policy:
     for index, spec in enumerate(document.get("rules") or []):
         conditions = spec.get("conditions") or {}
         cost = conditions.get("cost") or {}
+        resources = [str(pattern) for pattern in spec.get("resources") or ["*"]]
         rule = _Rule(
             id=str(spec.get("id") or f"rule-{index + 1}"),
             policy_id=policy_id,
             effect="deny" if spec.get("effect") == "deny" else "allow",
             enforce=enforce,
             order=(-int(spec.get("priority") or 0), -priority, index),
-            resource=globs.names(spec.get("resources") or ["*"]),
+            resource=None if "*" in resources else globs.names(resources),
             tool=globs.names(conditions["tools"]) if conditions.get("tools") else None,
             domain=globs.domains(conditions["domains"]) if conditions.get("domains") else None,
             cost=tuple(
@@ -649,6 +664,9 @@ def compile_policy(document: Mapping[str, Any]) -> _Policy:
             ),
             description=spec.get("description"),
         )
+        more = bool(rule.domain or rule.cost or rule.window or rule.agent or rule.context)
+        if more:
+            rule = dataclasses.replace(rule, more=True)
         rules.append((tuple(str(a).lower() for a in spec.get("actions") or ["*"]), rule))
     deny, allow = domain_lists.get("deny"), domain_lists.get("allow")
     return _Policy(
@@ -680,6 +698,8 @@ class Effective:
     domain_rules: tuple[_Policy, ...]
     budgets: tuple[Budget, ...]
     default_deny: tuple[_Policy, ...]
+    #: ``candidates`` answers, by (action, tool): agents repeat the same few calls.
+    _candidates: dict[tuple[str, str | None], tuple[_Rule, ...]] = field(default_factory=dict)
 
     def rules_for(self, action: str) -> Iterable[_Rule]:
         """The rules that may match ``action`` (lower-cased), in evaluation order."""
@@ -687,6 +707,21 @@ class Effective:
         if exact is not None:
             return exact
         return [rule for match, rule in self.glob_rules if match(action)]
+
+    def candidates(self, action: str, tool: str | None) -> tuple[_Rule, ...]:
+        """The rules that may match ``action`` with ``tool`` (both lower-cased), in evaluation order."""
+        key = (action, tool)
+        found = self._candidates.get(key)
+        if found is None:
+            found = tuple(
+                rule
+                for rule in self.rules_for(action)
+                if rule.tool is None or (tool is not None and rule.tool(tool))
+            )
+            if len(self._candidates) >= MAX_CANDIDATE_SETS:
+                self._candidates.clear()
+            self._candidates[key] = found
+        return found
 
 
 def _arrange(policies: Iterable[_Policy]) -> Effective:
@@ -746,11 +781,6 @@ class PolicySet:
         return [policy.document for policy in self.effective(subject).policies]
 
 
-@functools.lru_cache(maxsize=16_384)
-def _capability(patterns: tuple[str, ...], kind: str) -> globs.Matcher:
-    return globs.domains(patterns) if kind == "domain" else globs.names(patterns)
-
-
 def evaluate(
     policies: PolicySet | Effective,
     subject: Subject,
@@ -802,11 +832,11 @@ def evaluate(
 
     # 2. capability
     tool = request.tool.lower() if request.tool else None
-    if tool is not None and not _capability(subject.tools, "tool")(tool):
+    if tool is not None and not subject.tool_matcher(tool):
         return deny(
             "capability", Code.CAPABILITY_DENIED, f"Tool {request.tool!r} is not in the agent's capabilities."
         )
-    if request.domain is not None and not _capability(subject.domains, "domain")(request.domain):
+    if request.domain is not None and not subject.domain_matcher(request.domain):
         return deny(
             "capability",
             Code.CAPABILITY_DENIED,
@@ -867,8 +897,11 @@ def evaluate(
     allowed_by: _Rule | None = None
     #: Whether any allow rule matched, dry-run ones included: a dry-run default deny asks as if enforced.
     any_allow = False
-    for rule in effective.rules_for(request.action.lower()):
-        if not rule.matches(subject, request, resource, tool, at):
+    for rule in effective.candidates(request.action.lower(), tool):
+        # `matches` without its tool test (candidates passed it), inlined: this loop is the hot path.
+        if rule.resource is not None and not rule.resource(resource):
+            continue
+        if rule.more and not rule.more_hold(subject, request, at):
             continue
         if rule.effect == "deny":
             reason = rule.description or f"Denied by rule {rule.id!r}."

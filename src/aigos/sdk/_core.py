@@ -1,0 +1,203 @@
+"""What the sync and async clients share: configuration, the agent's token, check bodies and answers,
+the kill-switch state and the telemetry buffer. No I/O here: each client does its own."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from aigos.sdk.config import ClientConfig
+from aigos.sdk.control import AgentControl
+from aigos.sdk.errors import (
+    AgentTerminated,
+    AigosError,
+    AigosUnavailable,
+    AuthenticationError,
+    ConfigurationError,
+)
+from aigos.sdk.local import LocalPolicy
+from aigos.sdk.models import Decision, Identity
+from aigos.sdk.telemetry import TelemetryBuffer
+from aigos.sdk.transport import HttpResponse, raise_for_problem
+
+log = logging.getLogger("aigos.sdk")
+
+DEFAULT_ACTION = "tool.call"
+#: 401 codes after which a fresh token (from the client credentials) may succeed.
+REFRESHABLE = frozenset({"INVALID_TOKEN", "TOKEN_REVOKED", "TOKEN_EXPIRED"})
+#: 401 codes that mean the agent itself may no longer act.
+GONE = frozenset({"AGENT_TERMINATED", "AGENT_SUSPENDED", "AGENT_ARCHIVED"})
+
+
+class ClientCore:
+    """State and pure helpers of ``AigosClient`` and ``AsyncAigosClient``."""
+
+    def __init__(self, config: ClientConfig) -> None:
+        self.config = config
+        self.control = AgentControl(on_pause=config.on_pause, pause_timeout=config.pause_timeout)
+        self.telemetry = TelemetryBuffer(config.telemetry_batch)
+        self.identity: Identity | None = None
+        self.agent_id: str | None = config.client_id
+        self._client_id = config.client_id
+        self._client_secret = config.client_secret
+        self._token: str | None = config.agent_token
+        # A given token's lifetime is unknown: use it until the server refuses it.
+        self._refresh_at = float("inf") if config.agent_token else 0.0
+        self._token_lock = threading.Lock()
+        self.local: LocalPolicy | None = None
+        self.listening = False
+        if config.agent_token and not self.agent_id:
+            self.agent_id = _subject_of(config.agent_token)
+
+    # -- identity and token ---------------------------------------------------------------------------
+
+    @property
+    def can_refresh(self) -> bool:
+        """Whether client credentials are known, so a new token can be had at the token endpoint."""
+        return bool(self._client_id and self._client_secret)
+
+    def _token_is_fresh(self) -> bool:
+        return self._token is not None and time.time() < self._refresh_at
+
+    def _adopt_token(self, token: str, expires_in: float | None) -> None:
+        self._token = token
+        if expires_in is None:
+            self._refresh_at = float("inf")
+            return
+        margin = self.config.refresh_margin
+        # Refresh ``margin`` seconds before expiry; for tokens shorter-lived than that, at half-life.
+        lead = margin if margin < expires_in else expires_in / 2
+        self._refresh_at = time.time() + expires_in - lead
+
+    def _adopt_identity(self, identity: Identity) -> None:
+        self.identity = identity
+        self.agent_id = identity.agent_id
+        self._client_id = identity.client_id
+        if identity.client_secret:
+            self._client_secret = identity.client_secret
+        expires_in = identity.expires_at.timestamp() - time.time() if identity.expires_at else None
+        self._adopt_token(identity.identity_token, expires_in)
+
+    def _token_form(self) -> dict[str, str]:
+        if not self.can_refresh:
+            raise ConfigurationError(
+                "no agent identity: call register(), or set client_id/client_secret (AIGOS_CLIENT_ID/SECRET)"
+            )
+        return {
+            "grant_type": "client_credentials",
+            "client_id": str(self._client_id),
+            "client_secret": str(self._client_secret),
+        }
+
+    def _take_token_response(self, response: HttpResponse) -> str:
+        raise_for_problem(response)
+        body = response.json()
+        token = str(body["access_token"])
+        expires_in = body.get("expires_in")
+        self._adopt_token(token, float(expires_in) if expires_in is not None else None)
+        return token
+
+    def _admin_headers(self) -> dict[str, str]:
+        if not self.config.api_key:
+            raise ConfigurationError("registering needs an admin API key (api_key= or AIGOS_API_KEY)")
+        return {"Authorization": f"Bearer {self.config.api_key}"}
+
+    def _registration(
+        self, name: str, capabilities: dict[str, Any] | None, fields: dict[str, Any]
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": name, **fields}
+        if capabilities is not None:
+            body["capabilities"] = _capabilities(capabilities)
+        if self.config.asset_card_id and "asset_card_id" not in body:
+            body["asset_card_id"] = self.config.asset_card_id
+        return body
+
+    # -- checks ---------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_body(
+        action: str,
+        resource: str | None,
+        tool: str | None,
+        domain: str | None,
+        estimated_cost: float | None,
+        context: dict[str, Any] | None,
+        trace: bool,
+    ) -> dict[str, Any]:
+        ctx: dict[str, Any] = dict(context or {})
+        if tool is not None:
+            ctx["tool"] = tool
+        if domain is not None:
+            ctx["domain"] = domain
+        if estimated_cost is not None:
+            ctx["estimated_cost"] = estimated_cost
+        body: dict[str, Any] = {"action": action, "resource": resource or tool or action, "context": ctx}
+        if trace:
+            body["trace"] = True
+        return body
+
+    def _local_decision(
+        self, action: str, resource: str | None, tool: str | None, domain: str | None, cost: float | None
+    ) -> Decision | None:
+        """A decision from the cached signed bundle, or ``None`` when the server must decide."""
+        local = self.local
+        if local is None or cost:
+            return None
+        return local.decide(action, resource or tool or action, tool, domain, self.control.state)
+
+    def _decision_from(self, response: HttpResponse) -> Decision:
+        if response.status == 401:
+            problem = _problem(response)
+            if problem.get("code") in GONE:
+                self._agent_gone(str(problem.get("code")), str(problem.get("detail") or ""))
+        raise_for_problem(response)
+        return Decision.from_json(response.json())
+
+    def _agent_gone(self, code: str, detail: str) -> None:
+        """The server says the agent may not act any more: refuse every guarded call from now on."""
+        self.control.apply("TERMINATE", detail or code)
+        raise AgentTerminated(detail or "the agent was terminated", code=code, status=401)
+
+    def _unreachable(self, exc: AigosUnavailable, what: str) -> Decision:
+        """Fail closed (raise) by default; fail open (allow, flagged) only if configured; logged."""
+        if self.config.fail_open:
+            log.warning("aigos server unreachable during %s; failing OPEN as configured: %s", what, exc)
+            return Decision(allowed=True, code="FAIL_OPEN", reason=str(exc), fail_open=True)
+        log.error("aigos server unreachable during %s; failing closed: %s", what, exc)
+        raise exc
+
+    @staticmethod
+    def _refreshable(error: AigosError) -> bool:
+        return isinstance(error, AuthenticationError) and error.code in REFRESHABLE
+
+
+def _problem(response: HttpResponse) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _capabilities(capabilities: dict[str, Any]) -> dict[str, Any]:
+    """Accept the seed's camelCase (``maxBudget``) as well as the API's snake_case."""
+    out = dict(capabilities)
+    if "maxBudget" in out:
+        out["max_budget"] = out.pop("maxBudget")
+    return out
+
+
+def _subject_of(token: str) -> str | None:
+    """The ``sub`` claim of a JWT, unverified: only to name the agent in requests (the server verifies)."""
+    import base64
+
+    import orjson
+
+    try:
+        part = token.split(".")[1]
+        claims = orjson.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+        return str(claims["sub"])
+    except (IndexError, KeyError, ValueError, TypeError):
+        return None

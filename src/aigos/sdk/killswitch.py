@@ -1,0 +1,462 @@
+"""The kill-switch listener: an SSE client of ``GET /v1/kill-switch/stream`` that verifies, obeys and
+acknowledges each command.
+
+Every command is checked before it is obeyed: its Ed25519 signature against the keys published at
+``/v1/kill-switch/keys``, its expiry, that it names this agent, and (``ReplayGuard``) that it is new and in
+sequence. The stream is resumed with ``Last-Event-ID``; a dropped connection is retried with exponential
+backoff and jitter. A thread runs it for ``AigosClient``, a task for ``AsyncAigosClient``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import socket
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import orjson
+
+from aigos.core.commands import CommandRejected, ReplayGuard, SignedCommand, verify_command
+from aigos.sdk.errors import AigosError, AigosUnavailable, AuthenticationError
+from aigos.sdk.local import public_keys
+from aigos.sdk.models import KillSwitchCommand
+
+if TYPE_CHECKING:
+    from aigos.sdk.aclient import AsyncAigosClient
+    from aigos.sdk.client import AigosClient
+
+log = logging.getLogger("aigos.sdk")
+
+STREAM = "/v1/kill-switch/stream"
+KEYS = "/v1/kill-switch/keys"
+#: Longer than the server's 15 s keep-alive comments: silence beyond it means the connection is dead.
+READ_TIMEOUT = 45.0
+BACKOFF_START, BACKOFF_MAX = 0.25, 30.0
+
+Handler = Callable[[KillSwitchCommand], Any]
+AsyncHandler = Callable[[KillSwitchCommand], Awaitable[Any] | Any]
+
+
+@dataclass
+class SseEvent:
+    """One server-sent event."""
+
+    id: str | None = None
+    event: str = "message"
+    data: str = ""
+
+
+@dataclass
+class SseParser:
+    """Turns the stream's lines into events (the WHATWG rules we need: id, event, data, comments)."""
+
+    _id: str | None = None
+    _event: str = "message"
+    _data: list[str] = field(default_factory=list)
+
+    def feed(self, line: str) -> SseEvent | None:
+        """Feed one line (without its newline); returns an event when a blank line completes one."""
+        if not line:
+            if not self._data:
+                self._event = "message"
+                return None
+            event = SseEvent(self._id, self._event, "\n".join(self._data))
+            self._event, self._data = "message", []
+            return event
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id" and "\x00" not in value:
+            self._id = value
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What processing one event came to: the command (if valid), and how to acknowledge it."""
+
+    command: KillSwitchCommand | None
+    command_id: str | None
+    ack: str | None
+    detail: str | None = None
+
+
+class CommandProcessor:
+    """Verifies and applies commands to a client's ``AgentControl`` (shared by the thread and the task)."""
+
+    def __init__(self, agent_id: str) -> None:
+        self.agent_id = agent_id
+        self.keys: dict[str, bytes] = {}
+        self.replay = ReplayGuard()
+        self.last_event_id: str | None = None
+
+    def parse(self, event: SseEvent) -> SignedCommand | Outcome:
+        """The signed command in ``event``, or an ``Outcome`` to report a malformed one."""
+        try:
+            data = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            return Outcome(None, None, None, "not JSON")
+        try:
+            return SignedCommand.from_json(data)
+        except CommandRejected as exc:
+            command_id = data.get("command_id") if isinstance(data, dict) else None
+            return Outcome(None, str(command_id) if command_id else None, "rejected", exc.code)
+
+    def verify(self, command: SignedCommand) -> None:
+        """Raise ``CommandRejected`` unless ``command`` is authentic, current, ours and new."""
+        verify_command(self.keys, command, agent_id=self.agent_id)
+        self.replay.check(command)
+
+    def accept(self, command: SignedCommand) -> KillSwitchCommand:
+        """Record ``command`` as obeyed."""
+        self.replay.accept(command)
+        return KillSwitchCommand.from_json(command.to_json())
+
+
+def _backoff(delay: float) -> float:
+    return min(BACKOFF_MAX, delay * 2) if delay else BACKOFF_START
+
+
+def _jitter(delay: float) -> float:
+    return delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
+
+
+def default_exit() -> None:
+    """Shut this process down gracefully: SIGTERM runs the application's handlers (``sys.exit`` in a
+    thread would only end that thread)."""
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+class KillSwitchListener:
+    """The sync client's listener thread."""
+
+    def __init__(self, client: AigosClient, handler: Handler | None) -> None:
+        if not client.agent_id:
+            raise AigosError("on_kill_switch needs an agent identity: register() or client credentials first")
+        self.client = client
+        self.handler = handler
+        self.processor = CommandProcessor(client.agent_id)
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+        self._sock: socket.socket | None = None
+        self.thread = threading.Thread(target=self._run, name="aigos-kill-switch", daemon=True)
+
+    def start(self) -> KillSwitchListener:
+        """Start listening in the background."""
+        self.thread.start()
+        return self
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop listening (closes the stream so a blocked read returns at once)."""
+        self._stop.set()
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        if threading.current_thread() is not self.thread and self.thread.is_alive():
+            self.thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        """Whether the thread is alive."""
+        return self.thread.is_alive()
+
+    def _run(self) -> None:
+        delay = 0.0
+        # Runs on after a termination learnt elsewhere (a 401 on a check): the TERMINATE itself is still
+        # pending on the stream and must be acknowledged; the server closes the stream after it.
+        while not self._stop.is_set():
+            try:
+                if self._stream():
+                    delay = 0.0
+            except AuthenticationError as exc:
+                if exc.code in ("AGENT_TERMINATED", "AGENT_SUSPENDED", "AGENT_ARCHIVED"):
+                    log.error("kill switch: the server says %s; stopping guarded calls", exc.code)
+                    self._terminate_locally(exc.message or exc.code)
+                    return
+                log.warning("kill switch stream refused: %s", exc)
+            except (AigosError, OSError, ValueError) as exc:
+                if self._stop.is_set():
+                    return
+                log.warning("kill switch stream lost (%s); reconnecting", exc)
+            finally:
+                self.connected.clear()
+                self._sock = None
+            if self._stop.is_set() or self.client.control.terminated:
+                return
+            delay = _backoff(delay)
+            self._stop.wait(_jitter(delay))
+
+    def _refresh_keys(self) -> None:
+        response = self.client.transport.request("GET", KEYS)
+        if response.status == 200:
+            self.processor.keys = public_keys(response.json())
+
+    def _stream(self) -> bool:
+        """One connection: returns True if it was established (the backoff restarts)."""
+        if not self.processor.keys:
+            self._refresh_keys()
+        token = self.client.token()
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Accept": "text/event-stream",
+            "Cache-Control": "no-cache",
+        }
+        if self.processor.last_event_id:
+            headers["Last-Event-ID"] = self.processor.last_event_id
+        conn = self.client.transport.connect(timeout=READ_TIMEOUT)
+        try:
+            self._sock = conn.sock
+            if self._stop.is_set():
+                return False
+            conn.request("GET", self.client.transport.url(STREAM), headers=headers)
+            response = conn.getresponse()
+            if response.status != 200:
+                body = response.read()
+                error = _problem_error(response.status, body)
+                if isinstance(error, AuthenticationError) and self.client._refreshable(error):
+                    self.client.refresh_token()
+                    return False
+                raise error
+            self.connected.set()
+            parser = SseParser()
+            for line in _lines(response):
+                event = parser.feed(line)
+                if event is not None and event.event == "kill-switch":
+                    self._handle(event)
+                if self._stop.is_set():
+                    break
+            return True
+        finally:
+            conn.close()
+
+    def _handle(self, event: SseEvent) -> None:
+        parsed = self.processor.parse(event)
+        if isinstance(parsed, Outcome):
+            log.error("kill switch: malformed command refused (%s)", parsed.detail)
+            if parsed.command_id:
+                self._ack(parsed.command_id, "rejected", parsed.detail)
+            self.processor.last_event_id = event.id
+            return
+        try:
+            try:
+                self.processor.verify(parsed)
+            except CommandRejected as exc:
+                if exc.code != "UNKNOWN_KEY":
+                    raise
+                self._refresh_keys()  # a key rotated since we loaded them
+                self.processor.verify(parsed)
+        except CommandRejected as exc:
+            self.processor.last_event_id = event.id
+            if exc.code in ("REPLAYED", "OUT_OF_ORDER"):
+                log.info("kill switch: ignoring %s command %s", exc.code, parsed.command_id)
+                return
+            log.error("kill switch: command %s refused: %s", parsed.command_id, exc)
+            self._ack(parsed.command_id, "rejected", exc.code)
+            return
+        command = self.processor.accept(parsed)
+        self.processor.last_event_id = event.id
+        outcome = self.client.control.apply(command.command, command.reason)
+        log.warning("kill switch: %s obeyed (%s)", command.command, command.reason)
+        self._ack(command.command_id, outcome, None)
+        if self.handler is not None:
+            try:
+                self.handler(command)
+            except Exception:
+                log.exception("kill switch handler failed")
+        if command.command == "TERMINATE":
+            self._after_terminate()
+
+    def _ack(self, command_id: str, outcome: str, detail: str | None) -> None:
+        body: dict[str, Any] = {"outcome": outcome}
+        if detail:
+            body["detail"] = detail
+        try:
+            response = self.client.agent_request("POST", f"/v1/kill-switch/commands/{command_id}/ack", body)
+            if response.status >= 400:
+                log.warning("kill switch ack of %s answered %s", command_id, response.status)
+        except AigosError as exc:
+            log.warning("kill switch ack of %s failed: %s", command_id, exc)
+
+    def _terminate_locally(self, reason: str) -> None:
+        self.client.control.apply("TERMINATE", reason)
+        self._after_terminate()
+
+    def _after_terminate(self) -> None:
+        self._stop.set()
+        if self.handler is None and self.client.config.on_terminate == "exit":
+            self.client.shutdown()  # flushes first: the last calls' outcomes must not die with the process
+            return
+        try:
+            self.client.flush()
+        except AigosError as exc:
+            log.warning("telemetry flush after TERMINATE failed: %s", exc)
+
+
+def _lines(response: Any) -> Iterator[str]:
+    while True:
+        raw = response.readline(65_536)
+        if not raw:
+            return
+        yield raw.decode("utf-8", "replace").rstrip("\r\n")
+
+
+def _problem_error(status: int, body: bytes) -> AigosError:
+    from aigos.sdk.transport import HttpResponse, raise_for_problem
+
+    try:
+        raise_for_problem(HttpResponse(status, {}, body))
+    except AigosError as exc:
+        return exc
+    return AigosUnavailable(f"unexpected status {status}", status=status)
+
+
+class AsyncKillSwitchListener:
+    """The async client's listener task."""
+
+    def __init__(self, client: AsyncAigosClient, handler: AsyncHandler | None) -> None:
+        if not client.agent_id:
+            raise AigosError("on_kill_switch needs an agent identity: register() or client credentials first")
+        self.client = client
+        self.handler = handler
+        self.processor = CommandProcessor(client.agent_id)
+        self.connected = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    def start(self) -> AsyncKillSwitchListener:
+        """Start the task on the running loop."""
+        self.task = asyncio.get_running_loop().create_task(self._run(), name="aigos-kill-switch")
+        return self
+
+    async def stop(self) -> None:
+        """Cancel the task and wait for it."""
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    async def _run(self) -> None:
+        delay = 0.0
+        while not self._stopped:
+            try:
+                if await self._stream():
+                    delay = 0.0
+            except AuthenticationError as exc:
+                if exc.code in ("AGENT_TERMINATED", "AGENT_SUSPENDED", "AGENT_ARCHIVED"):
+                    self.client.control.apply("TERMINATE", exc.message or exc.code)
+                    await self._after_terminate()
+                    return
+                log.warning("kill switch stream refused: %s", exc)
+            except (AigosError, httpx.HTTPError, OSError, ValueError) as exc:
+                log.warning("kill switch stream lost (%s); reconnecting", exc)
+            finally:
+                self.connected.clear()
+            if self.client.control.terminated:
+                return
+            delay = _backoff(delay)
+            await asyncio.sleep(_jitter(delay))
+
+    async def _refresh_keys(self) -> None:
+        response = await self.client.transport.request("GET", KEYS)
+        if response.status == 200:
+            self.processor.keys = public_keys(response.json())
+
+    async def _stream(self) -> bool:
+        if not self.processor.keys:
+            await self._refresh_keys()
+        token = await self.client.token()
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Accept": "text/event-stream",
+            "Cache-Control": "no-cache",
+        }
+        if self.processor.last_event_id:
+            headers["Last-Event-ID"] = self.processor.last_event_id
+        timeout = httpx.Timeout(self.client.config.timeout, read=READ_TIMEOUT)
+        async with self.client.transport.client.stream(
+            "GET", STREAM, headers=headers, timeout=timeout
+        ) as response:
+            if response.status_code != 200:
+                error = _problem_error(response.status_code, await response.aread())
+                if isinstance(error, AuthenticationError) and self.client._refreshable(error):
+                    await self.client.refresh_token()
+                    return False
+                raise error
+            self.connected.set()
+            parser = SseParser()
+            async for line in response.aiter_lines():
+                event = parser.feed(line.rstrip("\r\n"))
+                if event is not None and event.event == "kill-switch":
+                    await self._handle(event)
+                if self._stopped:
+                    break
+        return True
+
+    async def _handle(self, event: SseEvent) -> None:
+        parsed = self.processor.parse(event)
+        if isinstance(parsed, Outcome):
+            if parsed.command_id:
+                await self._ack(parsed.command_id, "rejected", parsed.detail)
+            self.processor.last_event_id = event.id
+            return
+        try:
+            try:
+                self.processor.verify(parsed)
+            except CommandRejected as exc:
+                if exc.code != "UNKNOWN_KEY":
+                    raise
+                await self._refresh_keys()
+                self.processor.verify(parsed)
+        except CommandRejected as exc:
+            self.processor.last_event_id = event.id
+            if exc.code not in ("REPLAYED", "OUT_OF_ORDER"):
+                log.error("kill switch: command %s refused: %s", parsed.command_id, exc)
+                await self._ack(parsed.command_id, "rejected", exc.code)
+            return
+        command = self.processor.accept(parsed)
+        self.processor.last_event_id = event.id
+        outcome = self.client.control.apply(command.command, command.reason)
+        log.warning("kill switch: %s obeyed (%s)", command.command, command.reason)
+        await self._ack(command.command_id, outcome, None)
+        if self.handler is not None:
+            try:
+                result = self.handler(command)
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                log.exception("kill switch handler failed")
+        if command.command == "TERMINATE":
+            await self._after_terminate()
+
+    async def _ack(self, command_id: str, outcome: str, detail: str | None) -> None:
+        body: dict[str, Any] = {"outcome": outcome}
+        if detail:
+            body["detail"] = detail
+        try:
+            await self.client.agent_request("POST", f"/v1/kill-switch/commands/{command_id}/ack", body)
+        except AigosError as exc:
+            log.warning("kill switch ack of %s failed: %s", command_id, exc)
+
+    async def _after_terminate(self) -> None:
+        self._stopped = True
+        if self.handler is None and self.client.config.on_terminate == "exit":
+            await self.client.shutdown()
+            return
+        try:
+            await self.client.flush()
+        except AigosError as exc:
+            log.warning("telemetry flush after TERMINATE failed: %s", exc)

@@ -1,0 +1,92 @@
+"""Telemetry batching: events are appended to a bounded buffer (cheap, never blocks a guarded call) and
+flushed to ``POST /v1/telemetry`` in batches of at most 500, every few seconds, when enough are waiting,
+and at close."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from datetime import UTC, datetime
+from typing import Any
+
+log = logging.getLogger("aigos.sdk")
+
+MAX_BATCH = 500
+
+
+class TelemetryBuffer:
+    """A bounded, thread-safe queue of events waiting to be sent; the oldest are dropped when full.
+
+    ``add`` keeps only what it must (type, time, data, ids): ids and timestamps are rendered when a batch
+    is taken, off the guarded call's path.
+    """
+
+    def __init__(self, batch_size: int = 200, max_events: int = 10_000) -> None:
+        self.batch_size = min(max(batch_size, 1), MAX_BATCH)
+        self._events: deque[Pending] = deque(maxlen=max_events)
+        self.dropped = 0
+        self.sent = 0
+        self.wake = threading.Event()
+
+    def add(
+        self,
+        event_type: str,
+        data: dict[str, Any] | None = None,
+        *,
+        trace_id: str | None = None,
+        span_id: str | None = None,
+    ) -> None:
+        """Queue one event (``tool.completed``, ``llm.call``, ``custom.*`` ...)."""
+        events = self._events
+        if len(events) == events.maxlen:
+            self.dropped += 1
+        events.append((event_type, time.time(), data, trace_id, span_id))
+        if len(events) >= self.batch_size and not self.wake.is_set():
+            self.wake.set()
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def take(self) -> list[dict[str, Any]]:
+        """Up to one batch of the oldest events, rendered (removed; ``put_back`` them on failure)."""
+        batch: list[dict[str, Any]] = []
+        while self._events and len(batch) < self.batch_size:
+            try:
+                pending = self._events.popleft()
+            except IndexError:
+                break
+            batch.append(pending if isinstance(pending, dict) else _render(pending))
+            if len(batch) % 16 == 0:
+                # Rendering runs on the flusher thread: let go of the GIL now and then, or a guarded call
+                # waiting for it on another thread stalls for up to the 5 ms switch interval.
+                time.sleep(0)
+        return batch
+
+    def put_back(self, batch: list[dict[str, Any]]) -> None:
+        """Return an unsent batch to the front, so order is kept and nothing is lost while there is room."""
+        room = (self._events.maxlen or 0) - len(self._events)
+        keep = batch[-room:] if room > 0 else []
+        self.dropped += len(batch) - len(keep)
+        self._events.extendleft(reversed(keep))
+
+
+Pending = tuple[str, float, dict[str, Any] | None, str | None, str | None] | dict[str, Any]
+
+
+def _render(pending: tuple[str, float, dict[str, Any] | None, str | None, str | None]) -> dict[str, Any]:
+    event_type, at, data, trace_id, span_id = pending
+    event: dict[str, Any] = {
+        "event_type": event_type,
+        "timestamp": datetime.fromtimestamp(at, UTC).isoformat(),
+        "data": data or {},
+        # Stable across retries of the same batch: the server can tell a resend from a new event.
+        "event_id": str(uuid.uuid4()),
+    }
+    if trace_id:
+        event["trace_id"] = trace_id
+    if span_id:
+        event["span_id"] = span_id
+    return event

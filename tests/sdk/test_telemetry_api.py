@@ -1,0 +1,89 @@
+"""``POST /v1/telemetry``: agent-reported events land in the tenant's event log, marked as the agent's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from httpx import AsyncClient
+
+from tests.identity.test_registry import access_token, bearer, register
+from tests.tenancy.conftest import TenantHandle
+
+
+async def report(client: AsyncClient, token: str, events: list[dict[str, Any]]) -> Any:
+    """``POST /v1/telemetry`` with an agent token."""
+    return await client.post("/v1/telemetry", json={"events": events}, headers=bearer(token))
+
+
+async def test_reported_events_appear_in_the_audit_log_as_the_agents(
+    client: AsyncClient, app: FastAPI, tenant_a: TenantHandle
+) -> None:
+    agent = await register(client, tenant_a, name="reporter")
+    token = agent["identity_token"]
+    events = [
+        {"event_type": "tool.completed", "data": {"tool": "web_search", "duration_ms": 12.5}},
+        {
+            "event_type": "llm.call",
+            "timestamp": "2026-01-02T03:04:05Z",
+            "data": {"model": "m"},
+            "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+            "span_id": "00f067aa0ba902b7",
+            "event_id": "9f1c2a54-3b8f-4c35-9a53-6f3b43f0f1aa",
+        },
+    ]
+    response = await report(client, token, events)
+    assert response.status_code == 202, response.text
+    assert response.json() == {"accepted": 2}
+    await app.state.runtime.events.flush(everything=True)
+
+    listed = await client.get("/v1/audit/events", params={"source": "agent"}, headers=tenant_a.headers)
+    assert listed.status_code == 200, listed.text
+    entries = {e["event_type"]: e for e in listed.json()["data"]}
+    assert set(entries) == {"tool.completed", "llm.call"}
+    tool, llm = entries["tool.completed"], entries["llm.call"]
+    assert tool["source"] == "agent"
+    assert tool["agent_id"] == agent["agent_id"]
+    assert tool["actor"] == {"type": "agent", "id": agent["agent_id"]}
+    assert tool["data"] == {"tool": "web_search", "duration_ms": 12.5}
+    assert llm["timestamp"].startswith("2026-01-02T03:04:05")
+    assert (llm["trace_id"], llm["span_id"]) == ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")
+    assert llm["event_id"] == "9f1c2a54-3b8f-4c35-9a53-6f3b43f0f1aa"
+
+
+async def test_refusals(client: AsyncClient, tenant_a: TenantHandle) -> None:
+    agent = await register(client, tenant_a, name="reporter")
+    token = agent["identity_token"]
+
+    for reserved in ("policy.decision", "killswitch.acknowledged", "Agent.created", "budget.spent"):
+        response = await report(client, token, [{"event_type": "tool.ok"}, {"event_type": reserved}])
+        assert response.status_code == 400, reserved
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert response.json()["code"] == "RESERVED_EVENT_TYPE"
+        assert reserved in response.json()["detail"]
+
+    empty = await report(client, token, [])
+    assert empty.status_code == 400
+    assert empty.json()["code"] == "VALIDATION_FAILED"
+    too_many = await report(client, token, [{"event_type": "custom.n"}] * 501)
+    assert too_many.status_code == 400
+    most = await report(client, token, [{"event_type": "custom.n"}] * 500)
+    assert most.status_code == 202
+    assert most.json() == {"accepted": 500}
+
+    for bad in ({"event_type": "nodots"}, {"event_type": "tool.*"}, {"event_type": "x.y", "data": []}):
+        assert (await report(client, token, [bad])).status_code == 400, bad
+
+    # The agent plane only: no token, an admin key, a garbage token.
+    anonymous = await client.post("/v1/telemetry", json={"events": [{"event_type": "tool.ok"}]})
+    assert anonymous.status_code == 401
+    assert (await report(client, tenant_a.key, [{"event_type": "tool.ok"}])).status_code == 401
+    assert (await report(client, "not-a-token", [{"event_type": "tool.ok"}])).status_code == 401
+
+
+async def test_needs_the_telemetry_scope(client: AsyncClient, tenant_a: TenantHandle) -> None:
+    agent = await register(client, tenant_a, name="narrow")
+    narrow = await access_token(client, agent, scope="agent policies:check")
+    response = await report(client, narrow, [{"event_type": "tool.ok"}])
+    assert response.status_code == 403
+    assert response.json()["code"] == "INSUFFICIENT_SCOPE"
