@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import Counter, deque
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -77,6 +78,13 @@ class EventLog:
                 (entry,) = await appender.append(own, event.tenant_id, [event])
         self.appended_total += 1
         return entry
+
+    async def record_many(
+        self, tenant_id: uuid.UUID, events: Sequence[NewEvent], session: AsyncSession
+    ) -> None:
+        """Append several events of one tenant now, in one statement, with the caller's transaction."""
+        await appender.append(session, tenant_id, events)
+        self.appended_total += len(events)
 
     def enqueue(self, event: NewEvent, *, aggregate_allowed: bool = False) -> bool:
         """Queue a high-volume event without waiting; False if it was dropped because the queue is full.

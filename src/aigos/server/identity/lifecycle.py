@@ -18,7 +18,6 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigos.core.agents import AgentStatus, can_transition
-from aigos.server.audit import appender
 from aigos.server.audit.events import by
 from aigos.server.db.types import utcnow
 from aigos.server.errors import Conflict
@@ -100,9 +99,8 @@ async def change_statuses(
             .values(revoked_at=now)
             .execution_options(synchronize_session=False)
         )
-    # One append for all of them: the same durable, in-transaction record as EventLog.record, batched.
-    await appender.append(session, tenant_id, events)
-    runtime.events.appended_total += len(events)
+    # One append for all of them: durable with the caller's transaction, as EventLog.record is.
+    await runtime.events.record_many(tenant_id, events, session)
     # Before the commit: replicas start refusing at once; a failed commit errs on the safe side.
     for start in range(0, len(moved), ANNOUNCE_CONCURRENCY):
         chunk = moved[start : start + ANNOUNCE_CONCURRENCY]
