@@ -28,6 +28,10 @@ REDIS_URL = os.environ.get("AIGOS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 SECRET_KEY = "test-secret-key-0123456789abcdef-0123456789"
 ADMIN_TOKEN = "aigos_pat_test_" + "x" * 40
 BACKENDS = ["embedded", "postgres"]
+# Owners' passwords are hashed at every signup: at the production cost (64 MiB, ~120 ms) that alone would
+# take minutes of the suite. Set in the environment so server processes started by tests inherit it.
+os.environ.setdefault("AIGOS_PASSWORD_HASH_MEMORY_KIB", "1024")
+os.environ.setdefault("AIGOS_PASSWORD_HASH_TIME_COST", "1")
 
 
 def pg_url(database: str) -> str:

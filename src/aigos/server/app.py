@@ -46,6 +46,7 @@ from aigos.server.telemetry import api as telemetry_api
 from aigos.server.tenancy import api as tenancy_api
 from aigos.server.tenancy import members_api, usage_api
 from aigos.server.tenancy.models import ApiKey
+from aigos.server.tenancy.passwords import Passwords
 from aigos.server.tenancy.usage import UsageMeter
 from aigos.server.touches import Touches
 
@@ -183,6 +184,7 @@ async def start_runtime(settings: Settings) -> Runtime:
         ),
         maintenance=Maintenance(database, signer, settings.audit_retention_days),
         features=list(FEATURES),
+        passwords=Passwords(settings.password_hash_memory_kib, settings.password_hash_time_cost),
     )
     runtime.start()
     await runtime.killswitch.start(runtime.events)

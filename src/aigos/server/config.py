@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     token_ttl_seconds: int = Field(3600, ge=60, le=86_400, description="Lifetime of agent access tokens.")
     token_alg: Literal["ES256", "EdDSA"] = Field("ES256", description="Algorithm of new signing keys.")
     max_lineage_depth: int = Field(5, ge=0, le=32, description="How deep agents may spawn child agents.")
+    password_hash_memory_kib: int = Field(
+        65_536, ge=1_024, le=4_194_304, description="argon2id memory per human-password hash, in KiB."
+    )
+    password_hash_time_cost: int = Field(3, ge=1, le=20, description="argon2id passes per password hash.")
     credential_rotation_grace_seconds: int = Field(
         86_400, ge=0, description="How long a rotated agent secret keeps working beside its successor."
     )

@@ -15,6 +15,7 @@ from aigos.server.identity.tokens import VerifiedCache
 from aigos.server.killswitch.hub import Hub
 from aigos.server.policy.budgets import BudgetBook
 from aigos.server.policy.state import PolicyState
+from aigos.server.tenancy.passwords import Passwords
 from aigos.server.tenancy.usage import UsageMeter
 from aigos.server.touches import Touches
 
@@ -38,6 +39,7 @@ class Runtime:
     budgets: BudgetBook
     maintenance: Maintenance | None = None
     features: list[str] = field(default_factory=list)
+    passwords: Passwords = field(default_factory=Passwords)
     token_cache: VerifiedCache = field(default_factory=VerifiedCache)
 
     def start(self) -> None:

@@ -45,7 +45,7 @@ async def create_tenant(
         raise Forbidden(
             "Signup is closed; ask the platform admin to create the tenant.", code="SIGNUP_CLOSED"
         )
-    created = await tenants.signup(session, runtime.settings.pepper, spec, principal)
+    created = await tenants.signup(session, runtime.settings.pepper, runtime.passwords, spec, principal)
     actor = (
         ("platform", principal.actor_id.split(":", 1)[1])
         if principal

@@ -14,13 +14,13 @@ from aigos.server.db.types import utcnow
 from aigos.server.errors import Conflict, Forbidden, NotFound
 from aigos.server.tenancy import api_keys, scopes
 from aigos.server.tenancy.models import Tenant, TenantMember, User
-from aigos.server.tenancy.passwords import hash_password, verify_password
+from aigos.server.tenancy.passwords import Passwords
 from aigos.server.tenancy.principal import Principal
 from aigos.server.tenancy.schemas import ApiKeyIn, MemberOut, SignupIn, SignupOut, TenantOut, TenantUpdate
 
 
 async def signup(
-    session: AsyncSession, pepper: bytes, spec: SignupIn, principal: Principal | None
+    session: AsyncSession, pepper: bytes, passwords: Passwords, spec: SignupIn, principal: Principal | None
 ) -> SignupOut:
     """Create a tenant, make the user its owner, and issue its first (admin) API key."""
     if spec.plan_tier not in (None, "free") and (principal is None or not principal.is_platform):
@@ -28,13 +28,13 @@ async def signup(
     user = await session.scalar(select(User).where(User.email == spec.owner_email))
     if user is not None and user.password_hash is not None:
         # One person may own several tenants, but only by proving they are that person.
-        if not await verify_password(user.password_hash, spec.owner_password):
+        if not await passwords.verify(user.password_hash, spec.owner_password):
             raise Conflict("This email is registered; sign up with its password.", code="EMAIL_TAKEN")
     elif user is not None:
-        user.password_hash = await hash_password(spec.owner_password)
+        user.password_hash = await passwords.hash(spec.owner_password)
     else:
         user = User(
-            id=uuid.uuid4(), email=spec.owner_email, password_hash=await hash_password(spec.owner_password)
+            id=uuid.uuid4(), email=spec.owner_email, password_hash=await passwords.hash(spec.owner_password)
         )
         session.add(user)
     tenant = Tenant(
