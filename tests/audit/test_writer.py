@@ -215,6 +215,14 @@ async def test_enqueue_then_flush_writes_in_order(database: Database, events: Ev
     assert await events.flush() == 0
 
 
+async def test_data_that_is_not_json_is_refused_at_the_door(events: EventLog) -> None:
+    tenant = uuid.uuid4()
+    for data in ({"tags": {"a", "b"}}, {"ratio": float("nan")}):
+        with pytest.raises(ValueError, match="not JSON"):
+            events.enqueue(event(tenant, data=data))
+    assert events.depth == 0
+
+
 async def test_a_full_queue_drops_counts_and_records_the_loss(database: Database, signer: Signer) -> None:
     tenant = uuid.uuid4()
     events = EventLog(database, signer, queue_size=3)

@@ -74,6 +74,15 @@ async def test_refusals(client: AsyncClient, tenant_a: TenantHandle) -> None:
     for bad in ({"event_type": "nodots"}, {"event_type": "tool.*"}, {"event_type": "x.y", "data": []}):
         assert (await report(client, token, [bad])).status_code == 400, bad
 
+    # NaN parses (Python's JSON reader takes it) but is not JSON: refused, never queued as a poison event.
+    nan = await client.post(
+        "/v1/telemetry",
+        content=b'{"events": [{"event_type": "tool.ok"}, {"event_type": "tool.x", "data": {"v": NaN}}]}',
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    assert nan.status_code == 400, nan.text
+    assert nan.json()["errors"][0]["pointer"] in ("/events/1/data", "/events/1/data/v")
+
     # The agent plane only: no token, an admin key, a garbage token.
     anonymous = await client.post("/v1/telemetry", json={"events": [{"event_type": "tool.ok"}]})
     assert anonymous.status_code == 401

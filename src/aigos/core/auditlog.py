@@ -48,8 +48,12 @@ CHECKPOINT_FIELDS = ("type", "tenant_id", "tree_size", "root_hash", "head_hash",
 
 def entry_hash(entry: Mapping[str, Any]) -> str:
     """The hex hash of an entry: SHA-256 of the canonical JSON of its ``ENTRY_FIELDS``."""
-    # Entries are built from parsed JSON (the appender canonicalises ``data`` with the check first).
-    fields = {name: entry.get(name) for name in ENTRY_FIELDS}
+    return fields_hash({name: entry.get(name) for name in ENTRY_FIELDS})
+
+
+def fields_hash(fields: Mapping[str, Any]) -> str:
+    """``entry_hash`` of a mapping holding exactly the ``ENTRY_FIELDS`` (as the appender builds them)."""
+    # Entries are built from JSON-ready values (the appender canonicalises ``data`` with the check first).
     return hashlib.sha256(canonical(fields, check_finite=False)).hexdigest()
 
 

@@ -24,14 +24,18 @@ from typing import Any
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from aigos.core.canonical import canonical
 from aigos.core.signing import Signer, derive_seed
 from aigos.server.audit import appender, checkpoints
 from aigos.server.audit.events import NewEvent
 from aigos.server.db import Database
+from aigos.server.db.database import set_tenant
 
 log = structlog.get_logger("aigos.audit")
 
 AGGREGATED_TYPE = "policy.decisions_aggregated"
+#: Tenants whose events one flush writes at the same time (each on its own connection).
+PARALLEL_TENANTS = 4
 DROPPED_TYPE = "audit.events_dropped"
 
 
@@ -90,7 +94,13 @@ class EventLog:
         """Queue a high-volume event without waiting; False if it was dropped because the queue is full.
 
         With ``aggregate_allowed`` an allowed ``policy.checked`` only increments a per-minute count.
+        ``data`` that is not JSON (a set, NaN) raises ``ValueError`` here, at the caller: once queued, such
+        an event could never be written and would hold back every later event of its tenant.
         """
+        try:
+            canonical(dict(event.data))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"event data is not JSON: {exc}") from exc
         if aggregate_allowed and event.event_type == "policy.checked" and event.outcome == "allowed":
             minute = (event.occurred_at or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%MZ")
             self._aggregates.setdefault((event.tenant_id, minute), Counter())[event.agent_id or ""] += 1
@@ -146,12 +156,7 @@ class EventLog:
         while self._queue and (everything or written < pending):
             size = min(self.batch_size, len(self._queue) if everything else pending - written)
             batch = [self._queue.popleft() for _ in range(size)]
-            try:
-                await self._append_batch(batch)
-            except Exception:
-                # Put the batch back in order; the next flush retries it.
-                self._queue.extendleft(reversed(batch))
-                raise
+            await self._append_batch(batch)
             written += len(batch)
             if not everything and written >= self.batch_size * 20:
                 break
@@ -170,12 +175,40 @@ class EventLog:
         by_tenant: dict[uuid.UUID, list[NewEvent]] = {}
         for event in batch:
             by_tenant.setdefault(event.tenant_id, []).append(event)
-        # One transaction for the whole batch; heads locked in a fixed order so concurrent writers
-        # that share tenants queue instead of deadlocking.
-        async with self.database.session() as session:
-            for tenant_id in sorted(by_tenant, key=str):
-                await appender.append(session, tenant_id, by_tenant[tenant_id])
-        self.appended_total += len(batch)
+        # One transaction per tenant: it holds that tenant's head alone, so writers in other processes
+        # append to other tenants meanwhile, and one lock per transaction cannot deadlock. Committed
+        # without waiting for the WAL flush: these events were only in memory a moment ago anyway.
+        # Tenants are independent chains, so several are written at once: the round trips of one overlap
+        # with the others' (one writer alone would mostly wait on them).
+        written: set[uuid.UUID] = set()
+        if self.database.kind == "sqlite":
+            # SQLite takes one writer at a time: one transaction for the whole batch is the fastest there.
+            try:
+                async with self.database.session() as session:
+                    for tenant_id, events in by_tenant.items():
+                        await appender.append(session, tenant_id, events)
+            except Exception:
+                self._queue.extendleft(reversed(batch))
+                raise
+            self.appended_total += len(batch)
+            return
+        slots = asyncio.Semaphore(PARALLEL_TENANTS)
+
+        async def write(tenant_id: uuid.UUID, events: list[NewEvent]) -> None:
+            async with slots, self.database.session() as session:
+                await set_tenant(session, tenant_id, relaxed_commit=True)
+                await appender.append(session, tenant_id, events)
+            written.add(tenant_id)
+            self.appended_total += len(events)
+
+        outcomes = await asyncio.gather(
+            *(write(tenant_id, events) for tenant_id, events in by_tenant.items()), return_exceptions=True
+        )
+        failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        if failures:
+            # What was not committed goes back in order; the next flush retries it.
+            self._queue.extendleft(reversed([event for event in batch if event.tenant_id not in written]))
+            raise failures[0]
 
     def _drain_aggregates(self, everything: bool) -> None:
         current = datetime.now(UTC).strftime("%Y-%m-%dT%H:%MZ")

@@ -89,14 +89,27 @@ class Database:
         await self.engine.dispose()
 
 
-async def set_tenant(session: AsyncSession, tenant_id: uuid.UUID) -> None:
-    """Bind the session's current transaction to one tenant (``SET LOCAL app.tenant_id`` on PostgreSQL)."""
+async def set_tenant(session: AsyncSession, tenant_id: uuid.UUID, *, relaxed_commit: bool = False) -> None:
+    """Bind the session's current transaction to one tenant (``SET LOCAL app.tenant_id`` on PostgreSQL).
+
+    ``relaxed_commit``: the commit returns before its WAL record is flushed (``synchronous_commit = off``),
+    for writes that are batched anyway; a PostgreSQL crash may lose the last few hundred milliseconds of
+    them, never order or consistency.
+    """
     session.info["tenant_id"] = tenant_id
     if session.bind is not None and session.bind.dialect.name == "postgresql":
         # set_config(..., true) is SET LOCAL with a bind parameter: it ends with the transaction.
-        await session.execute(
-            text("SELECT set_config(:name, :value, true)"), {"name": TENANT_SETTING, "value": str(tenant_id)}
-        )
+        params = {"name": TENANT_SETTING, "value": str(tenant_id)}
+        if relaxed_commit:
+            await session.execute(_SET_TENANT_RELAXED, params)
+        else:
+            await session.execute(_SET_TENANT, params)
+
+
+_SET_TENANT = text("SELECT set_config(:name, :value, true)")
+_SET_TENANT_RELAXED = text(
+    "SELECT set_config(:name, :value, true), set_config('synchronous_commit', 'off', true)"
+)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:

@@ -6,9 +6,10 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter, status
 
+from aigos.core.canonical import canonical
 from aigos.server.audit.events import NewEvent, current_request_id
 from aigos.server.deps import RuntimeDep
-from aigos.server.errors import BadRequest, ServiceUnavailable
+from aigos.server.errors import BadRequest, ServiceUnavailable, ValidationFailed
 from aigos.server.telemetry.reporter import ReporterDep
 from aigos.server.telemetry.schemas import TelemetryAccepted, TelemetryBatch
 
@@ -74,6 +75,15 @@ async def report(batch: TelemetryBatch, runtime: RuntimeDep, agent: ReporterDep)
         )
         for item in batch.events
     ]
+    for index, event in enumerate(events):
+        try:
+            canonical(dict(event.data))
+        except (TypeError, ValueError) as exc:
+            pointer = f"/events/{index}/data"
+            raise ValidationFailed(
+                f"{pointer}: not JSON ({exc})",
+                errors=[{"pointer": pointer, "detail": "NaN and infinities are not JSON"}],
+            ) from exc
     accepted = 0
     for event in events:
         if runtime.events.enqueue(event):
