@@ -6,6 +6,7 @@ sequence stays gap-free and the chain linear; different tenants append in parall
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -23,6 +24,9 @@ from aigos.server.audit.events import NewEvent
 from aigos.server.audit.models import AuditEvent, AuditHead
 from aigos.server.db.database import set_tenant
 from aigos.server.db.types import utcnow
+
+#: Entries hashed between two chances for other coroutines to run.
+YIELD_EVERY = 64
 
 
 def isoformat(moment: datetime) -> str:
@@ -106,9 +110,12 @@ async def append(
     seq, prev = head.seq, head.hash
     rows: list[tuple[Any, ...]] = []
     stored: list[dict[str, Any]] = []
-    for event in events:
+    for index, event in enumerate(events):
         if event.tenant_id != tenant_id:
             raise ValueError("append() takes events of one tenant")
+        if index and index % YIELD_EVERY == 0:
+            # Hashing a large batch is CPU work on the server's event loop: let requests through meanwhile.
+            await asyncio.sleep(0)
         seq += 1
         data = dict(event.data)
         data_text = canonical(data).decode()
