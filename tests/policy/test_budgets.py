@@ -12,7 +12,7 @@ from httpx import ASGITransport, AsyncClient
 from aigos.server.app import create_app
 from aigos.server.config import Settings
 from tests.conftest import REDIS_URL
-from tests.identity.test_registry import register
+from tests.identity.test_registry import pointers, register
 from tests.policy.test_api import CAPS, check, create_policy
 from tests.tenancy.conftest import TenantHandle, signup
 
@@ -89,3 +89,37 @@ async def test_spend_survives_a_restart_and_a_lost_ledger(settings: Settings, ba
     finally:
         await client.aclose()
         await manager.__aexit__(None, None, None)
+
+
+async def test_rate_limits_refuse_past_the_limit_and_dry_runs_only_report(
+    client: AsyncClient, tenant_a: TenantHandle
+) -> None:
+    agent = await register(client, tenant_a, capabilities=CAPS)
+    other = await register(client, tenant_a, capabilities=CAPS)
+    await create_policy(client, tenant_a, name="slow down", rate_limit={"requests": 3, "per_seconds": 3600})
+    await create_policy(
+        client, tenant_a, name="watch", mode="dry_run", rate_limit={"requests": 1, "per_seconds": 3600}
+    )
+    decisions = [await check(client, agent["identity_token"]) for _ in range(4)]
+    assert [d["allowed"] for d in decisions] == [True, True, True, False]
+    assert decisions[1]["would_deny"][0]["code"] == "RATE_LIMITED"
+    assert decisions[3]["code"] == "RATE_LIMITED"
+    assert decisions[3]["stage"] == "budget"
+    assert "3 checks per 3600 s" in decisions[3]["reason"]
+    # Per agent by default: another agent has its own allowance.
+    assert (await check(client, other["identity_token"]))["allowed"] is True
+    # A request refused by a later stage is not counted, but still reported as rate limited.
+    await create_policy(client, tenant_a, name="no rm", rules=[{"effect": "deny", "actions": ["rm"]}])
+    assert (await check(client, agent["identity_token"], "rm"))["code"] == "RATE_LIMITED"
+
+
+async def test_bad_rate_limits_point_at_the_field(client: AsyncClient, tenant_a: TenantHandle) -> None:
+    for spec, pointer in (
+        ({"requests": 0, "per_seconds": 1}, "/rate_limit/requests"),
+        ({"requests": 1, "per_seconds": 0}, "/rate_limit/per_seconds"),
+        ({"requests": 1, "per_seconds": 1, "scope": "everyone"}, "/rate_limit/scope"),
+    ):
+        response = await client.post(
+            "/v1/policies", json={"name": "bad", "rate_limit": spec}, headers=tenant_a.headers
+        )
+        assert pointer in pointers(response)

@@ -6,7 +6,8 @@ pre-compiled pattern matches. The chain is the seed's, short-circuiting at the f
 
 1. ``kill_switch`` — a paused or terminated agent is denied (``PAUSED``, ``TERMINATED``).
 2. ``capability`` — the tool and domain must be within the agent's capabilities (``CAPABILITY_DENIED``).
-3. ``budget`` — the estimated cost must fit every budget that applies (``BUDGET_EXCEEDED``).
+3. ``budget`` — the request must fit every rate limit (``RATE_LIMITED``) and its estimated cost every
+   budget (``BUDGET_EXCEEDED``) that applies.
 4. ``domain`` — the tenant's domain patterns: a deny match refuses (``RESOURCE_DENIED``); a policy with an
    allow list refuses domains outside it (``RESOURCE_NOT_ALLOWED``).
 5. ``custom`` — rules on action, resource, tool, domain, cost, time window, agent attributes and context.
@@ -29,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from datetime import time as clock
@@ -231,6 +232,29 @@ class Budget:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimit:
+    """At most ``limit`` checks per ``period_seconds`` (bursts up to ``limit``), per agent or shared."""
+
+    id: str
+    limit: int
+    period_seconds: float
+    shared: bool = False
+    policy_id: str | None = None
+    enforce: bool = True
+    label: str | None = None
+
+    def key(self, agent_id: str) -> str:
+        """The limiter this rate limit counts on."""
+        return f"{self.id}:{'*' if self.shared else agent_id}"
+
+    @property
+    def reason(self) -> str:
+        """Why a request over this limit is refused."""
+        name = self.label or self.policy_id
+        return f"Policy {name!r} allows {self.limit} checks per {self.period_seconds:g} s."
+
+
+@dataclass(frozen=True, slots=True)
 class WouldDeny:
     """A denial a dry-run policy would have made."""
 
@@ -260,7 +284,42 @@ class Decision:
     #: Budgets the caller must still reserve against, with their counter keys (set when evaluated without
     #: ``spent``; see ``needs_budget``).
     budgets: tuple[tuple[Budget, str], ...] = ()
+    #: Rate limits the caller must still count against (only the server can: they are shared counters).
+    rate_limits: tuple[tuple[RateLimit, str], ...] = ()
     cost: float = 0.0
+
+    @property
+    def needs_rate(self) -> bool:
+        """Whether the verdict waits on rate limiters (allowed so far, or denied after the budget stage)."""
+        return bool(self.rate_limits) and (self.allowed or self.stage in ("domain", "custom"))
+
+    def with_rates(self, exceeded: Sequence[RateLimit]) -> Decision:
+        """The decision once the rate limiters answered: ``exceeded`` are the limits that had no room.
+
+        An enforced one turns the decision into ``RATE_LIMITED`` (its stage comes before the domain and
+        custom stages); a dry-run one adds to ``would_deny``.
+        """
+        enforced = [limit for limit in exceeded if limit.enforce]
+        shadows = tuple(
+            WouldDeny(str(limit.policy_id), None, Code.RATE_LIMITED.value, limit.reason)
+            for limit in exceeded
+            if not limit.enforce
+        )
+        if enforced:
+            trace = self.trace
+            if trace is not None:
+                trace = (*_before(trace, "budget"), _step("budget", "deny", enforced[0].reason))
+            return Decision(
+                allowed=False,
+                code=Code.RATE_LIMITED.value,
+                stage="budget",
+                reason=enforced[0].reason,
+                policy_id=enforced[0].policy_id,
+                would_deny=shadows,
+                trace=trace,
+                cost=self.cost,
+            )
+        return dataclasses.replace(self, would_deny=shadows + self.would_deny, rate_limits=())
 
     @property
     def needs_budget(self) -> bool:
@@ -401,6 +460,9 @@ def validate(document: Mapping[str, Any]) -> list[tuple[str, str]]:
     budget = document.get("budget")
     if budget:
         errors += _budget_errors(budget)
+    rate = document.get("rate_limit")
+    if rate:
+        errors += _rate_errors(rate)
     seen: set[str] = set()
     for index, rule in enumerate(document.get("rules") or []):
         base = f"/rules/{index}"
@@ -417,6 +479,18 @@ def validate(document: Mapping[str, Any]) -> list[tuple[str, str]]:
         window = conditions.get("time")
         if window:
             errors += _window_errors(f"{base}/conditions/time", window)
+    return errors
+
+
+def _rate_errors(rate: Mapping[str, Any]) -> list[tuple[str, str]]:
+    errors: list[tuple[str, str]] = []
+    requests, period = rate.get("requests"), rate.get("per_seconds")
+    if not isinstance(requests, int) or isinstance(requests, bool) or not 1 <= requests <= 1_000_000:
+        errors.append(("/rate_limit/requests", "must be a whole number from 1 to 1,000,000"))
+    if not isinstance(period, int | float) or isinstance(period, bool) or not 0 < period <= 86_400:
+        errors.append(("/rate_limit/per_seconds", "must be more than 0 and at most 86400"))
+    if rate.get("scope", "agent") not in ("agent", "shared"):
+        errors.append(("/rate_limit/scope", "must be agent or shared"))
     return errors
 
 
@@ -606,6 +680,7 @@ class _Policy:
     domain_deny: globs.Matcher | None
     domain_allow: globs.Matcher | None
     budget: Budget | None
+    rate_limit: RateLimit | None
     rules: tuple[tuple[tuple[str, ...], _Rule], ...]
     document: Mapping[str, Any]
 
@@ -635,6 +710,18 @@ def compile_policy(document: Mapping[str, Any]) -> _Policy:
             limit=float(budget_spec["limit"]),
             period=str(budget_spec.get("period") or "lifetime"),
             shared=budget_spec.get("scope") == "shared",
+            policy_id=policy_id,
+            enforce=enforce,
+            label=str(document.get("name") or policy_id),
+        )
+    rate_spec = document.get("rate_limit")
+    rate_limit = None
+    if rate_spec:
+        rate_limit = RateLimit(
+            id=f"policy:{policy_id}",
+            limit=int(rate_spec["requests"]),
+            period_seconds=float(rate_spec["per_seconds"]),
+            shared=rate_spec.get("scope") == "shared",
             policy_id=policy_id,
             enforce=enforce,
             label=str(document.get("name") or policy_id),
@@ -681,6 +768,7 @@ def compile_policy(document: Mapping[str, Any]) -> _Policy:
         domain_deny=globs.domains(deny) if deny else None,
         domain_allow=globs.domains(allow) if allow else None,
         budget=budget,
+        rate_limit=rate_limit,
         rules=tuple(rules),
         document=document,
     )
@@ -697,6 +785,7 @@ class Effective:
     glob_rules: tuple[tuple[globs.Matcher, _Rule], ...]
     domain_rules: tuple[_Policy, ...]
     budgets: tuple[Budget, ...]
+    rate_limits: tuple[RateLimit, ...]
     default_deny: tuple[_Policy, ...]
     #: ``candidates`` answers, by (action, tool): agents repeat the same few calls.
     _candidates: dict[tuple[str, str | None], tuple[_Rule, ...]] = field(default_factory=dict)
@@ -749,6 +838,7 @@ def _arrange(policies: Iterable[_Policy]) -> Effective:
         glob_rules=glob_rules,
         domain_rules=tuple(p for p in ordered if p.domain_deny is not None or p.domain_allow is not None),
         budgets=tuple(p.budget for p in ordered if p.budget is not None),
+        rate_limits=tuple(p.rate_limit for p in ordered if p.rate_limit is not None),
         default_deny=tuple(p for p in ordered if p.default_deny),
     )
 
@@ -814,11 +904,13 @@ def evaluate(
             would_deny=tuple(would),
             trace=tuple(steps) if steps is not None else None,
             budgets=budgets if stage in ("domain", "custom") else (),
+            rate_limits=rates if stage in ("domain", "custom") else (),
             cost=request.estimated_cost,
         )
 
     would: list[WouldDeny] = []
     budgets: tuple[tuple[Budget, str], ...] = ()
+    rates: tuple[tuple[RateLimit, str], ...] = ()
 
     # 1. kill switch
     if subject.status == "terminated":
@@ -845,7 +937,9 @@ def evaluate(
     if steps is not None:
         steps.append(_step("capability", "pass"))
 
-    # 3. budget
+    # 3. budget and rate: rate limits are counted by the caller (shared counters), budgets here or there
+    if effective.rate_limits:
+        rates = tuple((limit, limit.key(subject.agent_id)) for limit in effective.rate_limits)
     applicable = effective.budgets
     if subject.max_budget is not None:
         applicable = (Budget(CAPABILITY_BUDGET, subject.max_budget), *applicable)
@@ -935,6 +1029,7 @@ def evaluate(
         would_deny=tuple(would),
         trace=tuple(steps) if steps is not None else None,
         budgets=budgets,
+        rate_limits=rates,
         cost=request.estimated_cost,
     )
 

@@ -86,6 +86,8 @@ class LocalPolicy:
         )
         # Re-deriving the subject for another status costs more than the evaluation: only when it differs.
         decided = self.bundle.evaluate(request, status=None if status == self._status else status)
+        if decided.needs_rate:
+            return None  # rate limits are counters shared by every caller: only the server can count them
         return Decision(
             allowed=decided.allowed,
             code=decided.code,

@@ -173,7 +173,7 @@ async def start_runtime(settings: Settings) -> Runtime:
         agent_auth_seen=Touches(database, Agent, "last_auth_at", settings.usage_flush_seconds),
         killswitch=create_hub(database, bus, settings),
         policy=policy,
-        budgets=BudgetBook(database, bus.ledger, settings.usage_flush_seconds),
+        budgets=BudgetBook(database, bus.ledger, bus.limiter, settings.usage_flush_seconds),
         events=EventLog(
             database,
             signer,

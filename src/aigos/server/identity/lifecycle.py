@@ -9,7 +9,6 @@ about as much as a single one.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -27,9 +26,6 @@ from aigos.server.tenancy.principal import Principal
 
 if TYPE_CHECKING:
     from aigos.server.runtime import Runtime
-
-#: Status announcements published at once (each is one bus message).
-ANNOUNCE_CONCURRENCY = 64
 
 
 async def change_status(
@@ -102,7 +98,5 @@ async def change_statuses(
     # One append for all of them: durable with the caller's transaction, as EventLog.record is.
     await runtime.events.record_many(tenant_id, events, session)
     # Before the commit: replicas start refusing at once; a failed commit errs on the safe side.
-    for start in range(0, len(moved), ANNOUNCE_CONCURRENCY):
-        chunk = moved[start : start + ANNOUNCE_CONCURRENCY]
-        await asyncio.gather(*(runtime.identity.announce_status(agent.id, target.value) for agent in chunk))
+    await runtime.identity.announce_statuses([agent.id for agent in moved], target.value)
     return befores

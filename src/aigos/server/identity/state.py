@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,8 @@ from aigos.server.identity.tokens import AgentSnapshot
 log = structlog.get_logger("aigos.identity.state")
 CHANNEL = "identity"
 MAX_REMEMBERED_AGENTS = 100_000
+#: Agents per status message: a tenant-wide kill switch is a few messages, not one per agent.
+STATUS_BATCH = 500
 #: Announced after a signing-key rotation: every replica re-reads the published keys.
 KEYS_CHANGED: dict[str, Any] = {"type": "keys"}
 KeysChanged = Callable[[], Awaitable[None]]
@@ -137,9 +139,16 @@ class IdentityState:
 
     async def announce_status(self, agent_id: uuid.UUID, status: str) -> None:
         """Apply a status change here and tell every other replica (call after the commit)."""
-        message = {"type": "status", "agent_id": str(agent_id), "status": status, "at": time.time()}
-        self._apply(message)
-        await self._publish(message)
+        await self.announce_statuses([agent_id], status)
+
+    async def announce_statuses(self, agent_ids: Sequence[uuid.UUID], status: str) -> None:
+        """``announce_status`` for many agents in one message per ``STATUS_BATCH`` (a tenant-wide stop)."""
+        at = time.time()
+        for start in range(0, len(agent_ids), STATUS_BATCH):
+            chunk = [str(agent_id) for agent_id in agent_ids[start : start + STATUS_BATCH]]
+            message = {"type": "statuses", "agent_ids": chunk, "status": status, "at": at}
+            self._apply(message)
+            await self._publish(message)
 
     async def announce_revoked(self, jti: str, expires_at: float) -> None:
         """Apply a token revocation here and tell every other replica (call after the commit)."""
@@ -159,7 +168,10 @@ class IdentityState:
             log.exception("identity_publish_failed", message=message)
 
     def _apply(self, message: dict[str, Any]) -> None:
-        if message.get("type") == "status":
+        if message.get("type") == "statuses":
+            for agent_id in message["agent_ids"]:
+                self._apply({**message, "type": "status", "agent_id": agent_id})
+        elif message.get("type") == "status":
             agent_id = uuid.UUID(str(message["agent_id"]))
             status = AgentStatus(str(message["status"]))
             # Suspended on one replica and reactivated on another a moment later: the later change must

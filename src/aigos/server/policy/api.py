@@ -104,6 +104,8 @@ async def check(request: Request) -> Response:
     policies = await state.policy_set(agent.tenant_id)
     asked = core.Request.of(body.action, body.resource, body.context.model_dump(exclude_none=True))
     decision = core.evaluate(policies, subject, asked, trace=body.trace)
+    if decision.needs_rate:
+        decision = await runtime.budgets.count_rates(agent.tenant_id, decision)
     if decision.needs_budget:
         decision = await runtime.budgets.settle(agent.tenant_id, decision)
     decision_id = uuid.uuid4()

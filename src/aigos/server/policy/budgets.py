@@ -1,4 +1,5 @@
-"""Budgets: reserved atomically on the bus's ledger at check time, persisted to the database in batches.
+"""Budgets and rate limits at check time: budgets reserved atomically on the bus's ledger and persisted to
+the database in batches; rate limits counted on the bus's limiter (GCRA, shared by every replica).
 
 The ledger (Redis, or memory in embedded mode) answers at request speed and is shared by every replica;
 the database is where spend survives restarts. A ledger counter that is missing (first use, expiry, a
@@ -18,9 +19,9 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from aigos.core.policy import Budget, Decision
+from aigos.core.policy import Budget, Decision, RateLimit
 from aigos.server.background import PeriodicFlush
-from aigos.server.bus import BusUnavailable, Ledger
+from aigos.server.bus import BusUnavailable, Ledger, RateLimiter
 from aigos.server.db import Database
 from aigos.server.db.database import set_tenant
 from aigos.server.db.types import utcnow
@@ -36,10 +37,11 @@ class BudgetBook(PeriodicFlush):
 
     name = "budget-book"
 
-    def __init__(self, database: Database, ledger: Ledger, interval: float) -> None:
+    def __init__(self, database: Database, ledger: Ledger, limiter: RateLimiter, interval: float) -> None:
         super().__init__(interval)
         self.database = database
         self.ledger = ledger
+        self.limiter = limiter
         self._unwritten: defaultdict[tuple[uuid.UUID, str], float] = defaultdict(float)
 
     async def settle(self, tenant_id: uuid.UUID, decision: Decision) -> Decision:
@@ -47,6 +49,28 @@ class BudgetBook(PeriodicFlush):
         lines = decision.budgets
         spent = await self.reserve(tenant_id, lines, decision.cost, commit=decision.allowed)
         return decision.with_spent(spent)
+
+    async def count_rates(self, tenant_id: uuid.UUID, decision: Decision) -> Decision:
+        """Count the check on its rate limits (only if allowed so far: else just look) and finish it.
+
+        Raises 503 ``RATE_LIMIT_UNAVAILABLE`` (fail closed) when the limiter cannot be reached.
+        """
+        cost = 1 if decision.allowed else 0
+        exceeded: list[RateLimit] = []
+        try:
+            for limit, key in decision.rate_limits:
+                hit = await self.limiter.hit(
+                    f"{tenant_id}:rate:{key}", limit.limit, limit.period_seconds, cost
+                )
+                if not hit.allowed or (hit.remaining < 1 and cost == 0):
+                    exceeded.append(limit)
+        except BusUnavailable as exc:
+            raise ServiceUnavailable(
+                "Rate limits cannot be checked right now; retry shortly.",
+                code="RATE_LIMIT_UNAVAILABLE",
+                headers={"Retry-After": "1"},
+            ) from exc
+        return decision.with_rates(exceeded)
 
     async def reserve(
         self, tenant_id: uuid.UUID, lines: Sequence[tuple[Budget, str]], amount: float, *, commit: bool

@@ -106,6 +106,14 @@ class BudgetSpec(Strict):
     scope: Literal["agent", "shared"] = "agent"
 
 
+class RateLimitSpec(Strict):
+    """At most ``requests`` checks per ``per_seconds`` (bursts up to ``requests``), per agent or shared."""
+
+    requests: int = Field(ge=1, le=1_000_000)
+    per_seconds: float = Field(gt=0, le=86_400, allow_inf_nan=False)
+    scope: Literal["agent", "shared"] = "agent"
+
+
 class PolicyIn(Strict):
     """A policy as written by an administrator."""
 
@@ -118,6 +126,7 @@ class PolicyIn(Strict):
     default_effect: Literal["allow", "deny"] = "allow"
     domains: DomainPatterns | None = None
     budget: BudgetSpec | None = None
+    rate_limit: RateLimitSpec | None = None
     rules: list[Rule] = Field(default_factory=list, max_length=500)
 
 
