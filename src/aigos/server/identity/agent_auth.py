@@ -143,12 +143,18 @@ async def get_agent(
 
 
 async def admit(
-    request: Request, runtime: Runtime, token: str | None, scope: str | None = None
+    request: Request,
+    runtime: Runtime,
+    token: str | None,
+    scope: str | None = None,
+    *,
+    terminated_too: bool = False,
 ) -> AgentPrincipal:
     """The agent behind ``token``, also holding ``scope`` if one is named (401 / 403 otherwise).
 
     The dependency-free form of ``AgentDep``, for the hot path: FastAPI's dependency resolution costs more
-    than the policy decision itself.
+    than the policy decision itself. ``terminated_too`` admits a terminated agent's still valid token, for
+    the few things it must still do: hear its TERMINATE, acknowledge it, report its last outcomes.
     """
     if not token:
         raise Unauthenticated(
@@ -156,11 +162,31 @@ async def admit(
             code="UNAUTHENTICATED",
             headers={"WWW-Authenticate": 'Bearer realm="aigos"'},
         )
-    principal = await authenticator.authenticate(runtime, token, issuer_for(request, runtime.settings))
+    try:
+        principal = await authenticator.authenticate(runtime, token, issuer_for(request, runtime.settings))
+    except Unauthenticated as exc:
+        terminated = _terminated(runtime, token, exc) if terminated_too else None
+        if terminated is None:
+            raise
+        principal = terminated
     request.state.tenant_id = str(principal.tenant_id)
     if scope is not None and scope not in str(principal.claims.get("scope", "")).split():
         raise Forbidden(f"The token lacks the `{scope}` scope.", code="INSUFFICIENT_SCOPE", scope=scope)
     return principal
+
+
+def _terminated(runtime: Runtime, token: str, refusal: Unauthenticated) -> AgentPrincipal | None:
+    # The authenticator refuses on status only after the signature, issuer, revocation and tenant checks
+    # passed and the verified claims were cached: those claims are then the terminated agent's.
+    claims = runtime.token_cache.get(token, time.time())
+    if refusal.instance_code != "AGENT_TERMINATED" or claims is None:
+        return None
+    return AgentPrincipal(
+        agent_id=uuid.UUID(str(claims["sub"])),
+        tenant_id=uuid.UUID(str(claims["aud"])),
+        status=AgentStatus.TERMINATED,
+        claims=claims,
+    )
 
 
 def bearer_token(request: Request) -> str | None:
@@ -172,7 +198,7 @@ def bearer_token(request: Request) -> str | None:
 AgentDep = Annotated[AgentPrincipal, Depends(get_agent)]
 
 
-def agent_scope(scope: str) -> Callable[..., Awaitable[AgentPrincipal]]:
+def agent_scope(scope: str, *, terminated_too: bool = False) -> Callable[..., Awaitable[AgentPrincipal]]:
     """A dependency admitting agents whose token carries ``scope`` (403 ``INSUFFICIENT_SCOPE`` otherwise).
 
     Tokens get every agent scope unless asked for fewer (a token exchanged down to ``policies:check``, say).
@@ -183,7 +209,8 @@ def agent_scope(scope: str) -> Callable[..., Awaitable[AgentPrincipal]]:
         runtime: RuntimeDep,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(agent_bearer)],
     ) -> AgentPrincipal:
-        return await admit(request, runtime, credentials.credentials if credentials else None, scope)
+        token = credentials.credentials if credentials else None
+        return await admit(request, runtime, token, scope, terminated_too=terminated_too)
 
     check.__name__ = f"agent_scope_{scope.replace(':', '_')}"
     return check
