@@ -26,7 +26,7 @@ from aigos.core.policy import PolicySet, Subject, labels_of
 from aigos.server.bus import Bus, Subscription
 from aigos.server.db import Database
 from aigos.server.db.database import set_tenant
-from aigos.server.errors import ServiceUnavailable
+from aigos.server.errors import ServiceUnavailable, Unauthenticated
 from aigos.server.identity.models import Agent
 from aigos.server.policy.models import Policy, PolicySetVersion
 
@@ -111,7 +111,11 @@ class PolicyState:
         """The agent as the evaluator sees it: status now, capabilities from its token, stored attributes."""
         attributes = self._attributes.get(agent_id)
         if attributes is None:
-            attributes = await self._load_attributes(tenant_id, agent_id)
+            try:
+                attributes = await self._load_attributes(tenant_id, agent_id)
+            except LookupError as exc:
+                # A valid token of an agent whose record is gone (its tenant was removed): not one of ours.
+                raise Unauthenticated("The token's agent no longer exists.", code="INVALID_TOKEN") from exc
         jti = str(claims.get("jti"))
         cached = self._subjects.get(jti)
         if cached is not None and cached[0] == status and cached[1] is attributes:
