@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from aigos.core.agents import AgentStatus, can_transition
 from aigos.server.audit.events import by
@@ -81,9 +82,17 @@ async def change_statuses(
     for agent in moved:
         data = {"from": agent.status, "to": target.value, "reason": reason}
         events.append(by(principal, event_type, data, agent_id=str(agent.id)))
-        agent.status = target.value
-        agent.updated_at = now
-    await session.flush()
+    # One statement for all of them; the loaded objects are told the new values without becoming dirty
+    # (the ORM would otherwise flush one UPDATE per agent).
+    await session.execute(
+        update(Agent)
+        .where(Agent.tenant_id == tenant_id, Agent.id.in_([agent.id for agent in moved]))
+        .values(status=target.value, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    for agent in moved:
+        set_committed_value(agent, "status", target.value)
+        set_committed_value(agent, "updated_at", now)
     if target is AgentStatus.TERMINATED:
         await session.execute(
             update(AgentCredential)

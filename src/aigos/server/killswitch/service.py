@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigos.core.agents import AgentStatus, can_transition
@@ -213,8 +213,12 @@ async def trigger(
                 issued_by=principal.actor_id,
             )
         )
-    session.add_all(result.rows)
-    await session.flush()
+    # Core insert of every row in one statement: the ORM's unit of work costs ~60 µs an object, which a
+    # tenant-wide trigger multiplies by every agent. The objects stay as they are, for the caller to read.
+    columns = [column.key for column in KillSwitchCommand.__table__.columns]
+    await session.execute(
+        insert(KillSwitchCommand), [{key: getattr(row, key) for key in columns} for row in result.rows]
+    )
     data: dict[str, Any] = {
         "command_id": str(root_command_id),
         "command": spec.command,
