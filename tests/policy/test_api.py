@@ -439,3 +439,32 @@ async def test_the_check_needs_the_policies_check_scope(client: AsyncClient, age
     assert assert_problem(response, 403, "INSUFFICIENT_SCOPE")["scope"] == "policies:check"
     scoped = await access_token(client, agent, scope="policies:check")
     assert (await check(client, scoped))["allowed"] is True
+
+
+async def test_a_tenant_may_count_allowed_decisions_per_minute(
+    app: FastAPI, client: AsyncClient, tenant_a: TenantHandle, agent: dict[str, Any]
+) -> None:
+    token = agent["identity_token"]
+    await check(client, token)  # the replica now holds the tenant's set, with the setting off
+    changed = await client.put(
+        f"/v1/tenants/{tenant_a.id}",
+        json={"settings": {"aggregate_allowed_decisions": True}},
+        headers=tenant_a.headers,
+    )
+    assert changed.status_code == 200, changed.text
+    for _ in range(3):
+        assert (await check(client, token))["allowed"] is True
+    assert (await check(client, token, tool="shell"))["allowed"] is False
+    await app.state.runtime.events.flush(everything=True)
+    listed = await client.get(
+        "/v1/audit/events", params={"event_type": "policy.*", "limit": 20}, headers=tenant_a.headers
+    )
+    kinds = [event["event_type"] for event in listed.json()["data"]]
+    # The first check was recorded one by one; the three after the change only as a count; denials always.
+    assert kinds.count("policy.checked") == 1
+    assert kinds.count("policy.violated") == 1
+    aggregated = [
+        event for event in listed.json()["data"] if event["event_type"] == "policy.decisions_aggregated"
+    ]
+    assert [event["data"]["count"] for event in aggregated] == [3]
+    assert aggregated[0]["data"]["by_agent"] == {agent["agent_id"]: 3}

@@ -144,6 +144,7 @@ def _record(
     }
     if decision.would_deny:
         data["would_deny"] = [item.to_json() for item in decision.would_deny]
+    aggregate = runtime.policy.aggregates(agent.tenant_id) and not decision.would_deny
     runtime.events.enqueue(
         NewEvent(
             tenant_id=agent.tenant_id,
@@ -154,7 +155,8 @@ def _record(
             data=data,
             outcome="allowed" if decision.allowed else "denied",
             request_id=current_request_id(),
-        )
+        ),
+        aggregate_allowed=aggregate,
     )
 
 

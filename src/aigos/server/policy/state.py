@@ -29,6 +29,7 @@ from aigos.server.db.database import set_tenant
 from aigos.server.errors import ServiceUnavailable, Unauthenticated
 from aigos.server.identity.models import Agent
 from aigos.server.policy.models import Policy, PolicySetVersion
+from aigos.server.tenancy import tenants
 
 log = structlog.get_logger("aigos.policy.state")
 CHANNEL = "policy"
@@ -55,6 +56,8 @@ class PolicyState:
         self.database = database
         self.bus = bus
         self._sets: dict[uuid.UUID, PolicySet] = {}
+        #: Tenants that record allowed decisions as per-minute counts (loaded with their policy set).
+        self._aggregating: set[uuid.UUID] = set()
         #: The newest version announced per tenant: a cached set older than this is reloaded.
         self._announced: dict[uuid.UUID, int] = {}
         self._loading: dict[uuid.UUID, asyncio.Lock] = {}
@@ -103,7 +106,15 @@ class PolicyState:
             documents = await session.scalars(
                 select(Policy.document).where(Policy.tenant_id == tenant_id, Policy.deleted_at.is_(None))
             )
+            if await tenants.aggregates_allowed_decisions(session, tenant_id):
+                self._aggregating.add(tenant_id)
+            else:
+                self._aggregating.discard(tenant_id)
             return PolicySet(int(version or 0), list(documents.all()))
+
+    def aggregates(self, tenant_id: uuid.UUID) -> bool:
+        """Whether the tenant's allowed decisions are recorded as per-minute counts."""
+        return tenant_id in self._aggregating
 
     async def subject(
         self, tenant_id: uuid.UUID, agent_id: uuid.UUID, status: str, claims: dict[str, Any]
@@ -174,9 +185,20 @@ class PolicyState:
             # Replicas that missed it reload everything on their next resync; this one is current.
             log.exception("policy_publish_failed", tenant_id=str(tenant_id))
 
+    async def announce_tenant_changed(self, tenant_id: uuid.UUID) -> None:
+        """A tenant's settings changed (call after the commit): every replica reloads its set with them."""
+        message = {"type": "tenant", "tenant_id": str(tenant_id)}
+        self._apply(message)
+        try:
+            await self.bus.pubsub.publish(CHANNEL, canonical({**message, "origin": self._origin}))
+        except Exception:
+            log.exception("policy_publish_failed", tenant_id=str(tenant_id))
+
     def _apply(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
-        if kind == "policy":
+        if kind == "tenant":
+            self._sets.pop(uuid.UUID(str(message["tenant_id"])), None)
+        elif kind == "policy":
             tenant_id = uuid.UUID(str(message["tenant_id"]))
             version = int(message["version"])
             if version > self._announced.get(tenant_id, 0):

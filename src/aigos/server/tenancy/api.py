@@ -102,6 +102,10 @@ async def update_tenant(
     tenant = await tenants.update(session, principal, tenant_id, spec)
     changed = spec.model_dump(exclude_unset=True, exclude_none=True)
     await runtime.events.record(by(principal, "tenant.updated", changed, tenant_id=tenant.id), session)
+    if "settings" in changed:
+        # Committed first, so a replica that reloads on hearing it reads the new settings.
+        await session.commit()
+        await runtime.policy.announce_tenant_changed(tenant.id)
     return TenantOut.model_validate(tenant)
 
 

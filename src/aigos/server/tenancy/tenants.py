@@ -104,6 +104,16 @@ async def update(
     return tenant
 
 
+#: Tenant setting: record allowed policy decisions as per-minute counts (denials stay one by one).
+AGGREGATE_ALLOWED_DECISIONS = "aggregate_allowed_decisions"
+
+
+async def aggregates_allowed_decisions(session: AsyncSession, tenant_id: uuid.UUID) -> bool:
+    """Whether the tenant asked for allowed decisions to be counted per minute instead of one by one."""
+    settings = await session.scalar(select(Tenant.settings).where(Tenant.id == tenant_id))
+    return bool((settings or {}).get(AGGREGATE_ALLOWED_DECISIONS, False))
+
+
 async def page(session: AsyncSession, *, page: int, limit: int) -> tuple[list[Tenant], int]:
     """Every tenant, for the platform admin."""
     await set_platform_scope(session)
