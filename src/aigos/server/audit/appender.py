@@ -18,7 +18,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigos.core import auditlog
-from aigos.core.canonical import canonical, parse
+from aigos.core.canonical import parse
 from aigos.core.merkle import CompactRange
 from aigos.server.audit.events import NewEvent
 from aigos.server.audit.models import AuditEvent, AuditHead
@@ -118,7 +118,7 @@ async def append(
             await asyncio.sleep(0)
         seq += 1
         data = dict(event.data)
-        data_text = canonical(data).decode()
+        data_text = event.data_text
         occurred = event.occurred_at or recorded
         entry = {
             "tenant_id": tenant_text,

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import structlog
 
+from aigos.core.canonical import canonical
 from aigos.server.tenancy.principal import Principal
 
 Source = Literal["server", "agent"]
@@ -36,6 +37,17 @@ class NewEvent:
     trace_id: str | None = None
     span_id: str | None = None
     event_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    #: ``data`` as canonical JSON, made once here: what the log stores, and proof that ``data`` is JSON.
+    data_text: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Refused here, at the caller: an event that could never be written (a set, NaN) must not reach
+        # the buffered writer, where it would hold back every later event of its tenant.
+        try:
+            text = canonical(dict(self.data)).decode()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"event data is not JSON: {exc}") from exc
+        object.__setattr__(self, "data_text", text)
 
 
 def current_request_id() -> str | None:

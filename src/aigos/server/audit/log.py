@@ -24,7 +24,6 @@ from typing import Any
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from aigos.core.canonical import canonical
 from aigos.core.signing import Signer, derive_seed
 from aigos.server.audit import appender, checkpoints
 from aigos.server.audit.events import NewEvent
@@ -94,13 +93,7 @@ class EventLog:
         """Queue a high-volume event without waiting; False if it was dropped because the queue is full.
 
         With ``aggregate_allowed`` an allowed ``policy.checked`` only increments a per-minute count.
-        ``data`` that is not JSON (a set, NaN) raises ``ValueError`` here, at the caller: once queued, such
-        an event could never be written and would hold back every later event of its tenant.
         """
-        try:
-            canonical(dict(event.data))
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"event data is not JSON: {exc}") from exc
         if aggregate_allowed and event.event_type == "policy.checked" and event.outcome == "allowed":
             minute = (event.occurred_at or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%MZ")
             self._aggregates.setdefault((event.tenant_id, minute), Counter())[event.agent_id or ""] += 1

@@ -8,8 +8,6 @@ from the database, and while the connection is down answers fall back to the dat
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -20,8 +18,9 @@ import structlog
 from sqlalchemy import select
 
 from aigos.core.agents import AgentStatus
-from aigos.core.canonical import canonical, parse
-from aigos.server.bus import Bus, Subscription
+from aigos.core.canonical import canonical
+from aigos.server.bus import Bus
+from aigos.server.bus.follower import Follower
 from aigos.server.db import Database
 from aigos.server.db.database import set_platform_scope, set_tenant
 from aigos.server.db.types import utcnow
@@ -52,37 +51,30 @@ class CachedClient:
     agent: AgentSnapshot
 
 
-class IdentityState:
+class IdentityState(Follower):
     """The replica's copy of agent restrictions and token revocations.
 
     ``on_keys_changed`` is awaited when another process announces a signing-key rotation (and after a
     lost bus connection, when such an announcement may have been missed).
     """
 
+    name = "identity-state"
+
     def __init__(self, database: Database, bus: Bus, on_keys_changed: KeysChanged | None = None) -> None:
+        super().__init__(bus, CHANNEL)
         self.database = database
-        self.bus = bus
         self.on_keys_changed = on_keys_changed
         self._restricted: dict[uuid.UUID, AgentStatus] = {}
         #: When the status applied for each agent was announced: an older announcement never wins.
         self._status_at: dict[uuid.UUID, float] = {}
-        #: Marks this replica's own messages, which it applied before publishing and skips when they return.
-        self._origin = uuid.uuid4().hex
         #: Agents known to belong to a tenant (that never changes), so tokens are checked against it once.
         self._tenants: dict[uuid.UUID, uuid.UUID] = {}
         self._revoked: dict[str, float] = {}
         #: Secret digest -> client, so the token endpoint needs no database round trip for a known client.
         #: Dropped on any change to the credential or the agent, on every replica, through the bus.
         self._clients: dict[str, CachedClient] = {}
-        self._subscription: Subscription | None = None
-        self._task: asyncio.Task[None] | None = None
 
     # -- reads (hot path) -------------------------------------------------------------------------
-
-    @property
-    def live(self) -> bool:
-        """Whether bus notifications are flowing, so the memory state can be trusted."""
-        return self._subscription is not None and self._subscription.connected
 
     def status_of(self, agent_id: uuid.UUID) -> AgentStatus:
         """The agent's status as far as restrictions go (``active`` unless restricted)."""
@@ -127,13 +119,13 @@ class IdentityState:
         """A credential was revoked or rotated: every replica forgets it at once (call before commit)."""
         message = {"type": "credential", "credential_id": str(credential_id)}
         self._apply(message)
-        await self._publish(message)
+        await self.publish(CHANNEL, message)
 
     async def announce_agent_changed(self, agent_id: uuid.UUID) -> None:
         """An agent's claims changed: every replica forgets its cached clients (call before commit)."""
         message = {"type": "agent", "agent_id": str(agent_id)}
         self._apply(message)
-        await self._publish(message)
+        await self.publish(CHANNEL, message)
 
     # -- writes -----------------------------------------------------------------------------------
 
@@ -148,24 +140,17 @@ class IdentityState:
             chunk = [str(agent_id) for agent_id in agent_ids[start : start + STATUS_BATCH]]
             message = {"type": "statuses", "agent_ids": chunk, "status": status, "at": at}
             self._apply(message)
-            await self._publish(message)
+            await self.publish(CHANNEL, message)
 
     async def announce_revoked(self, jti: str, expires_at: float) -> None:
         """Apply a token revocation here and tell every other replica (call after the commit)."""
         message = {"type": "revoked", "jti": jti, "exp": expires_at}
         self._apply(message)
-        await self._publish(message)
+        await self.publish(CHANNEL, message)
 
     async def announce_keys(self) -> None:
         """Tell every other replica that the signing keys changed (call after the rotation committed)."""
-        await self._publish(KEYS_CHANGED)
-
-    async def _publish(self, message: dict[str, Any]) -> None:
-        try:
-            await self.bus.pubsub.publish(CHANNEL, canonical({**message, "origin": self._origin}))
-        except Exception:
-            # Other replicas catch up from the database on their next resync; this one is already current.
-            log.exception("identity_publish_failed", message=message)
+        await self.publish(CHANNEL, KEYS_CHANGED)
 
     def _apply(self, message: dict[str, Any]) -> None:
         if message.get("type") == "statuses":
@@ -198,21 +183,21 @@ class IdentityState:
 
     # -- lifecycle --------------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Subscribe, then load the state (in that order, so nothing published in between is missed)."""
-        self._subscription = self.bus.pubsub.subscribe(CHANNEL)
-        await self._subscription.open()
+    async def load(self) -> None:
+        """Read the state at start."""
         await self.reload()
-        self._task = asyncio.create_task(self._listen(), name="identity-state")
 
-    async def stop(self) -> None:
-        """Stop listening."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._subscription is not None:
-            await self._subscription.close()
+    async def resync(self) -> None:
+        """Reload everything, keys too: an announcement may have been missed."""
+        await self.reload()
+        await self._keys_changed()
+
+    async def receive(self, message: dict[str, Any]) -> None:
+        """Apply another replica's (or the CLI's key-rotation) announcement."""
+        if message.get("type") == KEYS_CHANGED["type"]:
+            await self._keys_changed()
+        else:
+            self._apply(message)
 
     async def reload(self) -> None:
         """Read every restricted agent and unexpired revocation from the database."""
@@ -240,21 +225,3 @@ class IdentityState:
         if self.on_keys_changed is not None:
             await self.on_keys_changed()
             log.info("signing_keys_reloaded")
-
-    async def _listen(self) -> None:
-        assert self._subscription is not None
-        async for message in self._subscription:
-            try:
-                if message.is_resync:
-                    await self.reload()
-                    await self._keys_changed()
-                    continue
-                data = parse(message.data)
-                if isinstance(data, dict) and data.get("type") == KEYS_CHANGED["type"]:
-                    await self._keys_changed()
-                elif isinstance(data, dict) and data.get("origin") != self._origin:
-                    # Our own announcements were applied when made; applying one again when it comes back
-                    # could undo a change made here in between (suspend, then reactivate before the echo).
-                    self._apply(data)
-            except Exception:
-                log.exception("identity_state_update_failed")

@@ -109,7 +109,7 @@ async def check(request: Request) -> Response:
     if decision.needs_budget:
         decision = await runtime.budgets.settle(agent.tenant_id, decision)
     decision_id = uuid.uuid4()
-    _record(runtime, agent, body, decision, decision_id, policies.version)
+    _record(runtime, agent, asked, decision, decision_id, policies.version)
     answer = decision.to_json()
     answer.update(
         decision_id=str(decision_id),
@@ -122,7 +122,7 @@ async def check(request: Request) -> Response:
 def _record(
     runtime: Runtime,
     agent: AgentPrincipal,
-    body: CheckIn,
+    asked: core.Request,
     decision: core.Decision,
     decision_id: uuid.UUID,
     version: int,
@@ -131,9 +131,9 @@ def _record(
     event_type = "policy.checked" if decision.allowed else _EVENT.get(decision.code, "policy.violated")
     data: dict[str, Any] = {
         "decision_id": str(decision_id),
-        "action": body.action,
-        "resource": body.resource,
-        "context": body.context.model_dump(exclude_none=True),
+        "action": asked.action,
+        "resource": asked.resource,
+        "context": asked.context,
         "allowed": decision.allowed,
         "code": decision.code,
         "stage": decision.stage,

@@ -18,12 +18,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
 from sqlalchemy import select
 
-from aigos.core.canonical import canonical, parse
 from aigos.core.policy import PolicySet, Subject, labels_of
-from aigos.server.bus import Bus, Subscription
+from aigos.server.bus import Bus
+from aigos.server.bus.follower import Follower
 from aigos.server.db import Database
 from aigos.server.db.database import set_tenant
 from aigos.server.errors import ServiceUnavailable, Unauthenticated
@@ -31,7 +30,6 @@ from aigos.server.identity.models import Agent
 from aigos.server.policy.models import Policy, PolicySetVersion
 from aigos.server.tenancy import tenants
 
-log = structlog.get_logger("aigos.policy.state")
 CHANNEL = "policy"
 IDENTITY_CHANNEL = "identity"
 MAX_AGENTS = 100_000
@@ -49,12 +47,14 @@ class Attributes:
     labels: dict[str, str]
 
 
-class PolicyState:
+class PolicyState(Follower):
     """The replica's compiled policy sets and agent attributes, kept current through the bus."""
 
+    name = "policy-state"
+
     def __init__(self, database: Database, bus: Bus) -> None:
+        super().__init__(bus, CHANNEL, IDENTITY_CHANNEL)
         self.database = database
-        self.bus = bus
         self._sets: dict[uuid.UUID, PolicySet] = {}
         #: Tenants that record allowed decisions as per-minute counts (loaded with their policy set).
         self._aggregating: set[uuid.UUID] = set()
@@ -64,17 +64,13 @@ class PolicyState:
         self._attributes: dict[uuid.UUID, Attributes] = {}
         #: Subjects by token id, rebuilt when the agent's status or attributes change.
         self._subjects: dict[str, tuple[str, Attributes, Subject]] = {}
-        self._origin = uuid.uuid4().hex
-        self._subscription: Subscription | None = None
-        self._task: asyncio.Task[None] | None = None
         self._stale = False
 
     # -- hot path ---------------------------------------------------------------------------------
 
     def ensure_live(self) -> None:
         """Raise 503 ``POLICY_STATE_STALE`` unless bus notifications are flowing and were applied."""
-        subscription = self._subscription
-        if subscription is None or not subscription.connected:
+        if not self.live:
             self._stale = True
         if self._stale:
             raise ServiceUnavailable(
@@ -92,11 +88,11 @@ class PolicyState:
         async with lock:
             current = self._sets.get(tenant_id)
             if current is None or current.version < self._announced.get(tenant_id, 0):
-                current = await self.load(tenant_id)
+                current = await self.read(tenant_id)
                 self._sets[tenant_id] = current
         return current
 
-    async def load(self, tenant_id: uuid.UUID) -> PolicySet:
+    async def read(self, tenant_id: uuid.UUID) -> PolicySet:
         """Read and compile the tenant's current policies (bypassing the cache)."""
         async with self.database.session() as session:
             await set_tenant(session, tenant_id)
@@ -179,20 +175,13 @@ class PolicyState:
         """A tenant's policies changed (call after the commit): every replica reloads them."""
         message = {"type": "policy", "tenant_id": str(tenant_id), "version": version}
         self._apply(message)
-        try:
-            await self.bus.pubsub.publish(CHANNEL, canonical({**message, "origin": self._origin}))
-        except Exception:
-            # Replicas that missed it reload everything on their next resync; this one is current.
-            log.exception("policy_publish_failed", tenant_id=str(tenant_id))
+        await self.publish(CHANNEL, message)
 
     async def announce_tenant_changed(self, tenant_id: uuid.UUID) -> None:
         """A tenant's settings changed (call after the commit): every replica reloads its set with them."""
         message = {"type": "tenant", "tenant_id": str(tenant_id)}
         self._apply(message)
-        try:
-            await self.bus.pubsub.publish(CHANNEL, canonical({**message, "origin": self._origin}))
-        except Exception:
-            log.exception("policy_publish_failed", tenant_id=str(tenant_id))
+        await self.publish(CHANNEL, message)
 
     def _apply(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
@@ -218,33 +207,16 @@ class PolicyState:
         self._attributes = {}
         self._subjects = {}
 
-    # -- lifecycle --------------------------------------------------------------------------------
+    # -- following the bus ------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Subscribe to policy and identity announcements."""
-        self._subscription = self.bus.pubsub.subscribe(CHANNEL, IDENTITY_CHANNEL)
-        await self._subscription.open()
-        self._task = asyncio.create_task(self._listen(), name="policy-state")
+    async def load(self) -> None:
+        """Nothing to read at start: a tenant's set is read at its first check."""
 
-    async def stop(self) -> None:
-        """Stop listening."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._subscription is not None:
-            await self._subscription.close()
+    async def resync(self) -> None:
+        """Announcements may have been missed: drop everything; checks reload what they need."""
+        self.forget_all()
+        self._stale = False
 
-    async def _listen(self) -> None:
-        assert self._subscription is not None
-        async for message in self._subscription:
-            try:
-                if message.is_resync:
-                    self.forget_all()
-                    self._stale = False
-                    continue
-                data = parse(message.data)
-                if isinstance(data, dict) and data.get("origin") != self._origin:
-                    self._apply(data)
-            except Exception:
-                log.exception("policy_state_update_failed")
+    async def receive(self, message: dict[str, Any]) -> None:
+        """Apply another replica's announcement (policy set, tenant settings, agent attributes)."""
+        self._apply(message)

@@ -6,12 +6,12 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter, status
 
-from aigos.core.canonical import canonical
 from aigos.server.audit.events import NewEvent, current_request_id
 from aigos.server.deps import RuntimeDep
 from aigos.server.errors import BadRequest, ServiceUnavailable, ValidationFailed
+from aigos.server.identity.agent_auth import AgentPrincipal
 from aigos.server.telemetry.reporter import ReporterDep
-from aigos.server.telemetry.schemas import TelemetryAccepted, TelemetryBatch
+from aigos.server.telemetry.schemas import TelemetryAccepted, TelemetryBatch, TelemetryEvent
 
 router = APIRouter(prefix="/v1/telemetry", tags=["telemetry"])
 
@@ -56,9 +56,24 @@ async def report(batch: TelemetryBatch, runtime: RuntimeDep, agent: ReporterDep)
             code="RESERVED_EVENT_TYPE",
         )
     request_id = current_request_id()
+    events = [_event(agent, item, index, request_id) for index, item in enumerate(batch.events)]
+    accepted = 0
+    for event in events:
+        if runtime.events.enqueue(event):
+            accepted += 1
+    if accepted == 0:
+        # Nothing fitted: the writer is behind. Tell the SDK to retry instead of losing the batch silently.
+        raise ServiceUnavailable(
+            "The event log is busy; retry shortly.", code="TELEMETRY_BACKLOG", headers={"Retry-After": "1"}
+        )
+    return TelemetryAccepted(accepted=accepted)
+
+
+def _event(agent: AgentPrincipal, item: TelemetryEvent, index: int, request_id: str | None) -> NewEvent:
+    """The event log's form of one reported event; 400 pointing at it if its data is not JSON."""
     agent_id = str(agent.agent_id)
-    events = [
-        NewEvent(
+    try:
+        return NewEvent(
             tenant_id=agent.tenant_id,
             event_type=item.event_type,
             actor_type="agent",
@@ -73,27 +88,12 @@ async def report(batch: TelemetryBatch, runtime: RuntimeDep, agent: ReporterDep)
             span_id=item.span_id,
             **({"event_id": item.event_id} if item.event_id else {}),
         )
-        for item in batch.events
-    ]
-    for index, event in enumerate(events):
-        try:
-            canonical(dict(event.data))
-        except (TypeError, ValueError) as exc:
-            pointer = f"/events/{index}/data"
-            raise ValidationFailed(
-                f"{pointer}: not JSON ({exc})",
-                errors=[{"pointer": pointer, "detail": "NaN and infinities are not JSON"}],
-            ) from exc
-    accepted = 0
-    for event in events:
-        if runtime.events.enqueue(event):
-            accepted += 1
-    if accepted == 0:
-        # Nothing fitted: the writer is behind. Tell the SDK to retry instead of losing the batch silently.
-        raise ServiceUnavailable(
-            "The event log is busy; retry shortly.", code="TELEMETRY_BACKLOG", headers={"Retry-After": "1"}
-        )
-    return TelemetryAccepted(accepted=accepted)
+    except ValueError as exc:
+        # NaN parses (Python's JSON reader takes it) but is no JSON the log could store.
+        pointer = f"/events/{index}/data"
+        raise ValidationFailed(
+            f"{pointer}: {exc}", errors=[{"pointer": pointer, "detail": str(exc)}]
+        ) from exc
 
 
 def _utc(value: datetime | None) -> datetime | None:
