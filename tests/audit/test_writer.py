@@ -360,6 +360,58 @@ async def test_concurrent_appends_to_one_tenant_are_gap_free(
     assert_valid_log(await export_lines(database, tenant, signer), signer, count)
 
 
+async def test_writers_that_remember_different_heads_rehash_onto_each_others(
+    database: Database, signer: Signer
+) -> None:
+    # Two logs with their own memory of the heads, as two processes have: each one's memory goes stale
+    # whenever the other appends, and the append must land on the head as it really is.
+    first, second = EventLog(database, signer), EventLog(database, signer)
+    tenant = uuid.uuid4()
+    count = 30
+
+    async def one(n: int) -> None:
+        log = first if n % 2 else second
+        if n % 3 == 0:
+            async with database.session() as session:
+                await log.record(event(tenant, data={"n": n}), session)
+        elif n % 3 == 1:
+            await log.record(event(tenant, data={"n": n}))
+        else:
+            assert log.enqueue(event(tenant, data={"n": n}))
+            await log.flush()
+
+    for start in range(0, count, 6):
+        await asyncio.gather(*(one(n) for n in range(start, start + 6)))
+    rows = await stored(database, tenant)
+    assert [row.seq for row in rows] == list(range(1, count + 1))
+    assert sorted(int(appender.entry_of(row)["data"]["n"]) for row in rows) == list(range(count))
+    await first.seal_all()
+    assert_valid_log(await export_lines(database, tenant, signer), signer, count)
+
+
+async def test_a_writer_that_keeps_losing_the_race_locks_the_head(
+    database: Database, signer: Signer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No optimistic attempt at all: every append takes the path a writer ends on under heavy contention.
+    monkeypatch.setattr(appender, "OPTIMISTIC_ATTEMPTS", 0)
+    log, other = EventLog(database, signer), EventLog(database, signer)
+    tenant = uuid.uuid4()
+    await other.record(event(tenant, data={"n": 0}))
+    await log.record(event(tenant, data={"n": 1}))
+    async with database.session() as session:
+        await log.record(event(tenant, data={"n": 2}), session)
+        await log.record(event(tenant, data={"n": 3}), session)
+    assert log.enqueue(event(tenant, data={"n": 4}))
+    await log.flush()
+    await asyncio.gather(*(other.record(event(tenant, data={"n": n})) for n in range(5, 10)))
+    rows = await stored(database, tenant)
+    assert [row.seq for row in rows] == list(range(1, 11))
+    assert [appender.entry_of(row)["data"]["n"] for row in rows[:5]] == list(range(5))
+    assert sorted(int(appender.entry_of(row)["data"]["n"]) for row in rows[5:]) == list(range(5, 10))
+    await log.seal_all()
+    assert_valid_log(await export_lines(database, tenant, signer), signer, 10)
+
+
 @pytest.mark.slow
 def test_two_server_processes_append_to_one_tenant(tmp_path: Path, replica_env: dict[str, str]) -> None:
     env = replica_env

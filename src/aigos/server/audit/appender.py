@@ -1,19 +1,27 @@
-"""Appending to a tenant's chain: lock the head, hash each entry onto it, insert, move the head.
+"""Appending to a tenant's chain: hash each entry onto the head, insert, move the head.
 
-The head row lock makes appends to one tenant's log strictly sequential across every process, so the
-sequence stays gap-free and the chain linear; different tenants append in parallel.
+Appends to one tenant's log are strictly sequential across every process, so the sequence stays gap-free
+and the chain linear; different tenants append in parallel.
+
+On PostgreSQL one statement (``aigos_audit_append``, migration 0007) inserts a hashed segment and moves the
+head, but only if the head is still where the segment was hashed onto. Each process remembers the heads it
+last saw (``Heads``), so an append is one round trip when no other writer got there first; otherwise the
+statement answers the head it found and the segment is rehashed onto that one. After a few such misses the
+head row is locked first. On SQLite (one writer at a time) the head is read and written inside the
+transaction, which holds the database's write lock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import orjson
 from sqlalchemy import Table, insert, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,11 +30,15 @@ from aigos.core.canonical import parse
 from aigos.core.merkle import CompactRange
 from aigos.server.audit.events import NewEvent
 from aigos.server.audit.models import AuditEvent, AuditHead
-from aigos.server.db.database import set_tenant
 from aigos.server.db.types import utcnow
 
 #: Entries hashed between two chances for other coroutines to run.
-YIELD_EVERY = 64
+YIELD_EVERY = 16
+#: Optimistic appends tried before the head row is locked.
+OPTIMISTIC_ATTEMPTS = 3
+#: Tenants whose heads one process remembers; past that the memory starts over (a miss costs a round trip).
+HEADS_KEPT = 10_000
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def isoformat(moment: datetime) -> str:
@@ -55,52 +67,40 @@ def entry_of(row: AuditEvent) -> dict[str, Any]:
     }
 
 
-async def _lock_head(session: AsyncSession, tenant_id: uuid.UUID) -> AuditHead:
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    values = {
-        "tenant_id": tenant_id,
-        "seq": 0,
-        "hash": auditlog.GENESIS_HASH,
-        "recorded_at": datetime(1970, 1, 1, tzinfo=UTC),
-        "compact_range": CompactRange().to_json(),
-    }
-    locking = (
-        select(AuditHead)
-        .where(AuditHead.tenant_id == tenant_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(AuditHead).values(values)
-    creating = ins.on_conflict_do_nothing(index_elements=["tenant_id"])
-    if dialect == "postgresql":
-        # Row lock first (one round trip in the common case); the first append of a tenant creates the
-        # head, and a concurrent first append then waits on the lock.
-        head = await session.scalar(locking)
-        if head is None:
-            await session.execute(creating)
-            head = await session.scalar(locking)
-    else:
-        # SQLite has no row locks: the write comes first so the transaction holds the database's write
-        # lock before it reads the head.
-        await session.execute(creating)
-        head = await session.scalar(locking)
-    assert head is not None
-    return head
+@dataclass(frozen=True, slots=True)
+class Head:
+    """A tenant log's newest entry: what the next entry is hashed onto."""
+
+    seq: int
+    hash: str
+    recorded_at: datetime
+    compact_range: dict[str, Any]
 
 
-async def append(
-    session: AsyncSession, tenant_id: uuid.UUID, events: Sequence[NewEvent]
-) -> list[dict[str, Any]]:
-    """Append ``events`` (all of ``tenant_id``) in order inside the session's transaction.
+GENESIS = Head(0, auditlog.GENESIS_HASH, EPOCH, CompactRange().to_json())
 
-    Returns the stored entries with their ``hash``. The caller commits; until then the tenant's head
-    stays locked, so keep the transaction short.
-    """
-    if not events:
-        return []
-    if session.info.get("tenant_id") != tenant_id:
-        await set_tenant(session, tenant_id)
-    head = await _lock_head(session, tenant_id)
+
+class Heads(dict[uuid.UUID, Head]):
+    """The heads this process last appended or saw, per tenant (a hint: the database has the last word)."""
+
+    def remember(self, tenant_id: uuid.UUID, head: Head) -> None:
+        """Keep ``head`` as the tenant's, forgetting everything once too many tenants are kept."""
+        if len(self) >= HEADS_KEPT and tenant_id not in self:
+            self.clear()
+        self[tenant_id] = head
+
+
+@dataclass(slots=True)
+class Segment:
+    """Events hashed onto a head: the rows to insert, the entries as stored, and the head after them."""
+
+    rows: list[tuple[Any, ...]]
+    stored: list[dict[str, Any]]
+    head: Head
+
+
+async def chain(tenant_id: uuid.UUID, head: Head, events: Sequence[NewEvent]) -> Segment:
+    """Hash ``events`` (all of ``tenant_id``) in order onto ``head``."""
     compact = CompactRange.from_json(head.compact_range)
     # Never earlier than the previous entry, even if this process's clock is behind another's: retention
     # prunes by time, and must cut the chain only at a prefix.
@@ -117,8 +117,6 @@ async def append(
             # Hashing a large batch is CPU work on the server's event loop: let requests through meanwhile.
             await asyncio.sleep(0)
         seq += 1
-        data = dict(event.data)
-        data_text = event.data_text
         occurred = event.occurred_at or recorded
         entry = {
             "tenant_id": tenant_text,
@@ -135,7 +133,7 @@ async def append(
             "trace_id": event.trace_id,
             "span_id": event.span_id,
             # The value itself, not its parsed text: canonical JSON of both is the same bytes.
-            "data": data,
+            "data": dict(event.data),
             "prev_hash": prev,
         }
         entry_prev = prev
@@ -144,9 +142,7 @@ async def append(
         stored.append({**entry, "hash": prev})
         rows.append(
             (
-                tenant_id,
                 seq,
-                recorded,
                 event.event_id,
                 event.event_type,
                 event.agent_id,
@@ -158,16 +154,125 @@ async def append(
                 event.request_id,
                 event.trace_id,
                 event.span_id,
-                data_text,
+                event.data_text,
                 entry_prev,
                 prev,
             )
         )
-    await _insert(session, rows)
-    head.seq, head.hash, head.recorded_at = seq, prev, recorded
-    head.compact_range = compact.to_json()
+    return Segment(rows, stored, Head(seq, prev, recorded, compact.to_json()))
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------------------
+
+#: Runs one statement and answers its one row (the caller's transaction, or autocommit).
+Fetch = Callable[[str, tuple[Any, ...]], Awaitable[Sequence[Any]]]
+
+# Placeholders only, built from a constant count.
+_APPEND_SQL = f"SELECT * FROM aigos_audit_append({', '.join(f'${n}' for n in range(1, 22))})"  # noqa: S608
+_HEAD_SQL = "SELECT * FROM aigos_audit_head($1, $2)"
+
+
+class ContendedError(RuntimeError):
+    """Other writers kept moving the head; the caller retries with the head row locked."""
+
+
+def _head_of(row: Sequence[Any]) -> Head:
+    seq, hash_, recorded_at, compact = row
+    if seq is None:
+        return GENESIS
+    if isinstance(compact, str | bytes):
+        compact = orjson.loads(compact)
+    return Head(int(seq), str(hash_), cast(datetime, recorded_at).astimezone(UTC), compact)
+
+
+def _append_args(tenant_id: uuid.UUID, head: Head, segment: Segment, relaxed: bool) -> tuple[Any, ...]:
+    columns = list(zip(*segment.rows, strict=True))
+    return (
+        tenant_id,
+        head.seq,
+        head.hash,
+        segment.head.recorded_at,
+        orjson.dumps(segment.head.compact_range).decode(),
+        relaxed,
+        *(list(column) for column in columns),
+    )
+
+
+async def append_postgres(
+    fetch: Fetch,
+    tenant_id: uuid.UUID,
+    events: Sequence[NewEvent],
+    heads: Heads,
+    *,
+    relaxed: bool = False,
+    lock: bool = False,
+) -> list[dict[str, Any]]:
+    """Append ``events`` with ``fetch``; ``lock`` (inside a transaction) locks the head row first.
+
+    Without ``lock``, raises ``ContendedError`` when other writers moved the head every time.
+    """
+    head = heads.get(tenant_id)
+    # Locked, a second attempt can only be needed when two writers created the tenant's head at once.
+    for _ in range(2 if lock else OPTIMISTIC_ATTEMPTS):
+        if lock or head is None:
+            head = _head_of(await fetch(_HEAD_SQL, (tenant_id, lock)))
+        segment = await chain(tenant_id, head, events)
+        row = await fetch(_APPEND_SQL, _append_args(tenant_id, head, segment, relaxed))
+        if row[0]:
+            heads.remember(tenant_id, segment.head)
+            return segment.stored
+        head = _head_of(row[1:])
+        heads.remember(tenant_id, head)
+    raise ContendedError(f"the head of tenant {tenant_id} kept moving")
+
+
+# -- through a session (SQLite, and PostgreSQL inside a caller's transaction) ------------------------------
+
+
+async def append(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    events: Sequence[NewEvent],
+    heads: Heads | None = None,
+) -> list[dict[str, Any]]:
+    """Append ``events`` (all of ``tenant_id``) in order inside the session's transaction.
+
+    Returns the stored entries with their ``hash``. The caller commits; until then the tenant's head
+    stays locked, so keep the transaction short.
+    """
+    if not events:
+        return []
+    # The connection, and with it the session's transaction, is begun before the first statement.
+    connection = await session.connection()
+    if connection.dialect.name == "postgresql":
+
+        async def fetch(sql: str, args: tuple[Any, ...]) -> Sequence[Any]:
+            return (await connection.exec_driver_sql(sql, args)).one()
+
+        # The append statement sets the tenant for the rest of this transaction, as set_tenant does.
+        session.info["tenant_id"] = tenant_id
+        known = heads if heads is not None else Heads()
+        try:
+            return await append_postgres(fetch, tenant_id, events, known)
+        except ContendedError:
+            return await append_postgres(fetch, tenant_id, events, known, lock=True)
+    session.info["tenant_id"] = tenant_id
+    locked = await _lock_sqlite_head(session, tenant_id)
+    segment = await chain(
+        tenant_id,
+        Head(locked.seq, locked.hash, locked.recorded_at, locked.compact_range),
+        events,
+    )
+    table = cast(Table, AuditEvent.__table__)
+    recorded = segment.head.recorded_at
+    await session.execute(
+        insert(table),
+        [dict(zip(_COLUMNS, (tenant_id, row[0], recorded, *row[1:]), strict=True)) for row in segment.rows],
+    )
+    locked.seq, locked.hash = segment.head.seq, segment.head.hash
+    locked.recorded_at, locked.compact_range = recorded, segment.head.compact_range
     await session.flush()
-    return stored
+    return segment.stored
 
 
 _COLUMNS = (
@@ -189,20 +294,23 @@ _COLUMNS = (
     "prev_hash",
     "hash",
 )
-# Built from the constant column list above, never from input.
-_PG_INSERT = (
-    f"INSERT INTO audit_events ({', '.join(_COLUMNS)}) "  # noqa: S608
-    f"VALUES ({', '.join(f'${n}' for n in range(1, len(_COLUMNS) + 1))})"
-)
 
 
-async def _insert(session: AsyncSession, rows: list[tuple[Any, ...]]) -> None:
-    connection = await session.connection()
-    if connection.dialect.name == "postgresql":
-        # asyncpg's own executemany, on the session's connection and so inside its transaction: SQLAlchemy's
-        # per-row parameter processing cost more than hashing the entry did.
-        raw = await connection.get_raw_connection()
-        await raw.driver_connection.executemany(_PG_INSERT, rows)  # type: ignore[union-attr]
-        return
-    table = cast(Table, AuditEvent.__table__)
-    await session.execute(insert(table), [dict(zip(_COLUMNS, row, strict=True)) for row in rows])
+async def _lock_sqlite_head(session: AsyncSession, tenant_id: uuid.UUID) -> AuditHead:
+    # SQLite has no row locks: the write comes first so the transaction holds the database's write lock
+    # before it reads the head.
+    values = {
+        "tenant_id": tenant_id,
+        "seq": GENESIS.seq,
+        "hash": GENESIS.hash,
+        "recorded_at": GENESIS.recorded_at,
+        "compact_range": GENESIS.compact_range,
+    }
+    await session.execute(
+        sqlite_insert(AuditHead).values(values).on_conflict_do_nothing(index_elements=["tenant_id"])
+    )
+    head = await session.scalar(
+        select(AuditHead).where(AuditHead.tenant_id == tenant_id).execution_options(populate_existing=True)
+    )
+    assert head is not None
+    return head

@@ -28,7 +28,6 @@ from aigos.core.signing import Signer, derive_seed
 from aigos.server.audit import appender, checkpoints
 from aigos.server.audit.events import NewEvent
 from aigos.server.db import Database
-from aigos.server.db.database import set_tenant
 
 log = structlog.get_logger("aigos.audit")
 
@@ -67,6 +66,7 @@ class EventLog:
         self._dropped: Counter[uuid.UUID] = Counter()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self.heads = appender.Heads()
         self.appended_total = 0
         self.dropped_total = 0
 
@@ -75,10 +75,12 @@ class EventLog:
     async def record(self, event: NewEvent, session: AsyncSession | None = None) -> dict[str, Any]:
         """Append one event now; with ``session`` it commits (or rolls back) with the caller's transaction."""
         if session is not None:
-            (entry,) = await appender.append(session, event.tenant_id, [event])
+            (entry,) = await appender.append(session, event.tenant_id, [event], self.heads)
+        elif self.database.kind == "postgresql":
+            (entry,) = await self._append_now(event.tenant_id, [event], relaxed=False)
         else:
             async with self.database.session() as own:
-                (entry,) = await appender.append(own, event.tenant_id, [event])
+                (entry,) = await appender.append(own, event.tenant_id, [event], self.heads)
         self.appended_total += 1
         return entry
 
@@ -86,8 +88,27 @@ class EventLog:
         self, tenant_id: uuid.UUID, events: Sequence[NewEvent], session: AsyncSession
     ) -> None:
         """Append several events of one tenant now, in one statement, with the caller's transaction."""
-        await appender.append(session, tenant_id, events)
+        await appender.append(session, tenant_id, events, self.heads)
         self.appended_total += len(events)
+
+    async def _append_now(
+        self, tenant_id: uuid.UUID, events: Sequence[NewEvent], *, relaxed: bool
+    ) -> list[dict[str, Any]]:
+        # PostgreSQL, in a transaction of its own: the append is one statement, sent outside any explicit
+        # transaction (no BEGIN, no COMMIT round trips); only a writer that kept losing the race to other
+        # processes opens one, to lock the head.
+        async with self.database.driver() as driver:
+
+            async def fetch(sql: str, args: tuple[Any, ...]) -> Any:
+                return await driver.fetchrow(sql, *args)
+
+            try:
+                return await appender.append_postgres(fetch, tenant_id, events, self.heads, relaxed=relaxed)
+            except appender.ContendedError:
+                async with driver.transaction():
+                    return await appender.append_postgres(
+                        fetch, tenant_id, events, self.heads, relaxed=relaxed, lock=True
+                    )
 
     def enqueue(self, event: NewEvent, *, aggregate_allowed: bool = False) -> bool:
         """Queue a high-volume event without waiting; False if it was dropped because the queue is full.
@@ -168,9 +189,9 @@ class EventLog:
         by_tenant: dict[uuid.UUID, list[NewEvent]] = {}
         for event in batch:
             by_tenant.setdefault(event.tenant_id, []).append(event)
-        # One transaction per tenant: it holds that tenant's head alone, so writers in other processes
-        # append to other tenants meanwhile, and one lock per transaction cannot deadlock. Committed
-        # without waiting for the WAL flush: these events were only in memory a moment ago anyway.
+        # One transaction per tenant: it moves that tenant's head alone, so writers in other processes
+        # append to other tenants meanwhile. Committed without waiting for the WAL flush: these events
+        # were only in memory a moment ago anyway.
         # Tenants are independent chains, so several are written at once: the round trips of one overlap
         # with the others' (one writer alone would mostly wait on them).
         written: set[uuid.UUID] = set()
@@ -179,7 +200,7 @@ class EventLog:
             try:
                 async with self.database.session() as session:
                     for tenant_id, events in by_tenant.items():
-                        await appender.append(session, tenant_id, events)
+                        await appender.append(session, tenant_id, events, self.heads)
             except Exception:
                 self._queue.extendleft(reversed(batch))
                 raise
@@ -188,9 +209,8 @@ class EventLog:
         slots = asyncio.Semaphore(PARALLEL_TENANTS)
 
         async def write(tenant_id: uuid.UUID, events: list[NewEvent]) -> None:
-            async with slots, self.database.session() as session:
-                await set_tenant(session, tenant_id, relaxed_commit=True)
-                await appender.append(session, tenant_id, events)
+            async with slots:
+                await self._append_now(tenant_id, events, relaxed=True)
             written.add(tenant_id)
             self.appended_total += len(events)
 

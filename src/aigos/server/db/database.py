@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import event, exc, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.util import await_only
 
 from aigos.server.config import DatabaseKind
 
@@ -45,8 +47,9 @@ class Database:
         self.url = url
         parsed = make_url(url)
         self.kind: DatabaseKind = "sqlite" if parsed.get_backend_name() == "sqlite" else "postgresql"
-        options: dict[str, Any] = {"echo": echo, "pool_pre_ping": True}
+        options: dict[str, Any] = {"echo": echo}
         if self.kind == "sqlite":
+            options["pool_pre_ping"] = True
             database = parsed.database or ""
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
@@ -68,6 +71,9 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, **options)
         if self.kind == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        else:
+            event.listen(self.engine.sync_engine.pool, "checkout", _ping_postgres)
+            event.listen(self.engine.sync_engine.pool, "checkin", _note_checkin)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @asynccontextmanager
@@ -77,6 +83,24 @@ class Database:
             if tenant_id is not None:
                 await set_tenant(session, tenant_id)
             yield session
+
+    @asynccontextmanager
+    async def driver(self) -> AsyncIterator[Any]:
+        """A pooled connection's own asyncpg connection, outside any transaction (PostgreSQL only).
+
+        Each statement sent on it is its own transaction unless the caller opens one with
+        ``driver.transaction()``; no tenant is set.
+        """
+        async with self.engine.connect() as connection:
+            raw = await connection.get_raw_connection()
+            try:
+                yield raw.driver_connection
+            except BaseException:
+                # SQLAlchemy never saw the statement fail, so tell it: a closed connection must not go
+                # back to the pool.
+                if raw.driver_connection is None or raw.driver_connection.is_closed():
+                    await connection.invalidate()
+                raise
 
     async def ping(self, within_seconds: float = 2.0) -> None:
         """Raise if the database does not answer ``SELECT 1`` within ``within_seconds``."""
@@ -89,27 +113,38 @@ class Database:
         await self.engine.dispose()
 
 
-async def set_tenant(session: AsyncSession, tenant_id: uuid.UUID, *, relaxed_commit: bool = False) -> None:
-    """Bind the session's current transaction to one tenant (``SET LOCAL app.tenant_id`` on PostgreSQL).
-
-    ``relaxed_commit``: the commit returns before its WAL record is flushed (``synchronous_commit = off``),
-    for writes that are batched anyway; a PostgreSQL crash may lose the last few hundred milliseconds of
-    them, never order or consistency.
-    """
+async def set_tenant(session: AsyncSession, tenant_id: uuid.UUID) -> None:
+    """Bind the session's current transaction to one tenant (``SET LOCAL app.tenant_id`` on PostgreSQL)."""
     session.info["tenant_id"] = tenant_id
     if session.bind is not None and session.bind.dialect.name == "postgresql":
         # set_config(..., true) is SET LOCAL with a bind parameter: it ends with the transaction.
-        params = {"name": TENANT_SETTING, "value": str(tenant_id)}
-        if relaxed_commit:
-            await session.execute(_SET_TENANT_RELAXED, params)
-        else:
-            await session.execute(_SET_TENANT, params)
+        await session.execute(_SET_TENANT, {"name": TENANT_SETTING, "value": str(tenant_id)})
 
 
 _SET_TENANT = text("SELECT set_config(:name, :value, true)")
-_SET_TENANT_RELAXED = text(
-    "SELECT set_config(:name, :value, true), set_config('synchronous_commit', 'off', true)"
-)
+
+
+#: A connection given back this recently is handed out again without a probe (HikariCP's "alive bypass
+#: window" has the same default): under load no checkout pays a round trip, and after an idle spell or a
+#: database restart, which takes longer than this, every connection is probed before use.
+PING_AFTER_IDLE_SECONDS = 0.5
+
+
+def _note_checkin(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    record.info["checked_in"] = time.monotonic()
+
+
+def _ping_postgres(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection) -> None:
+    # SQLAlchemy's pre-ping wraps its probe in BEGIN and ROLLBACK (for pgbouncer's transaction mode): three
+    # round trips on every checkout. One is enough to find a connection the server has closed; the pool
+    # then replaces it and tries again.
+    checked_in = record.info.get("checked_in")
+    if checked_in is not None and time.monotonic() - checked_in < PING_AFTER_IDLE_SECONDS:
+        return
+    try:
+        await_only(dbapi_connection.driver_connection.fetchrow(";"))
+    except Exception as error:
+        raise exc.DisconnectionError(str(error)) from error
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
