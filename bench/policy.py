@@ -83,7 +83,15 @@ from typing import Any
 import httpx
 
 from aigos.core import policy as core
-from bench._load import LoadResult, LoadRunner, build_request, load_runner, percentile, read_response
+from bench._load import (
+    LoadResult,
+    LoadRunner,
+    build_request,
+    collector_paused,
+    load_runner,
+    percentile,
+    read_response,
+)
 from bench._server import HOST, RssSampler, ServerProcess, aigos_server, cpu_seconds, postgres_environment
 from bench._server import rss_bytes as server_rss
 from bench.token import machine_info
@@ -92,7 +100,7 @@ DEFAULT_AGENTS = 1_000
 DEFAULT_RULES = 50
 DEFAULT_REQUESTS = 10_000
 DEFAULT_CASBIN_REQUESTS = 1_000
-DEFAULT_HTTP_REQUESTS = {1: 3_000}  # any other concurrency: DEFAULT_HTTP_REQUESTS_LOADED
+DEFAULT_HTTP_REQUESTS = {1: 10_000}  # any other concurrency: DEFAULT_HTTP_REQUESTS_LOADED
 DEFAULT_HTTP_REQUESTS_LOADED = 10_000
 HTTP_POOL = 2_000  # distinct check requests replayed over HTTP
 HTTP_VERIFY = 500  # of which this many are checked against the in-process verdicts first
@@ -917,10 +925,11 @@ class MixedLoadClient:
                     errors += 1
             return errors
 
-        cpu_start = time.process_time()
-        wall_start = time.perf_counter()
-        errors = await asyncio.gather(*(worker(i) for i in range(self.concurrency)))
-        wall = time.perf_counter() - wall_start
+        with collector_paused():
+            cpu_start = time.process_time()
+            wall_start = time.perf_counter()
+            errors = await asyncio.gather(*(worker(i) for i in range(self.concurrency)))
+            wall = time.perf_counter() - wall_start
         cpu = time.process_time() - cpu_start
         latencies.sort()
         return LoadResult(self.concurrency, latencies, sum(errors), wall, cpu)

@@ -25,6 +25,7 @@ from aigos.server.config import Settings
 from aigos.server.db import Database
 from aigos.server.db.database import APP_ROLE
 from aigos.server.db.migrate import upgrade
+from aigos.server.in_flight import InFlight
 from tests.conftest import ADMIN_TOKEN, SECRET_KEY
 from tests.server_process import ServerProcess
 
@@ -222,6 +223,9 @@ async def test_data_that_is_not_json_is_refused_at_the_door() -> None:
         with pytest.raises(ValueError, match="not JSON"):
             event(tenant, data=data)
     assert event(tenant, data={"n": 1, "ok": True}).data_text == '{"n":1,"ok":true}'
+    # A time without a zone could be stored as one instant and hashed as another.
+    with pytest.raises(ValueError, match="time zone"):
+        event(tenant, occurred_at=datetime(2026, 1, 1, 12, 0))
 
 
 async def test_a_full_queue_drops_counts_and_records_the_loss(database: Database, signer: Signer) -> None:
@@ -410,6 +414,22 @@ async def test_a_writer_that_keeps_losing_the_race_locks_the_head(
     assert sorted(int(appender.entry_of(row)["data"]["n"]) for row in rows[5:]) == list(range(5, 10))
     await log.seal_all()
     assert_valid_log(await export_lines(database, tenant, signer), signer, 10)
+
+
+async def test_the_batch_writer_waits_for_quiet_moments_but_never_stalls(
+    database: Database, signer: Signer
+) -> None:
+    # A request that never ends: the writer waits a little before each piece, then writes anyway.
+    in_flight = InFlight()
+    in_flight.enter()
+    log = EventLog(database, signer, in_flight=in_flight)
+    tenant = uuid.uuid4()
+    for n in range(20):
+        assert log.enqueue(event(tenant, "policy.checked", outcome="denied", data={"n": n}))
+    assert await asyncio.wait_for(log.flush(), 10) == 20
+    rows = await stored(database, tenant)
+    assert [appender.entry_of(row)["data"]["n"] for row in rows] == list(range(20))
+    in_flight.leave()
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ from aigos.server.identity import agents_api, agntcy_api, keys_api, oauth_api
 from aigos.server.identity.keys import SigningKeys
 from aigos.server.identity.models import Agent
 from aigos.server.identity.state import IdentityState
+from aigos.server.in_flight import InFlight
 from aigos.server.killswitch import api as killswitch_api
 from aigos.server.killswitch.hub import create_hub
 from aigos.server.logging import configure_logging
@@ -59,10 +60,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the ASGI app for ``settings`` (read from the environment when omitted)."""
     settings = settings or Settings()
     configure_logging(settings.log_level, settings.log_format)
+    in_flight = InFlight()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = await start_runtime(settings)
+        runtime = await start_runtime(settings, in_flight)
         app.state.runtime = runtime
         # What exists now lives as long as the process: keep it out of every later garbage collection,
         # whose full passes would otherwise walk it and show up as tail latency on the check path.
@@ -82,7 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     middleware = [
         Middleware(SecurityHeadersMiddleware, hsts_max_age=settings.hsts_max_age),
-        Middleware(RequestContextMiddleware),
+        Middleware(RequestContextMiddleware, in_flight=in_flight),
     ]
     if settings.cors_origins:
         middleware.append(
@@ -135,8 +137,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-async def start_runtime(settings: Settings) -> Runtime:
-    """Open the database (migrating it if configured), the bus, and install the bootstrap token."""
+async def start_runtime(settings: Settings, in_flight: InFlight | None = None) -> Runtime:
+    """Open the database (migrating it if configured), the bus, and install the bootstrap token.
+
+    ``in_flight`` counts the process's requests; the event log's batch writer yields to them.
+    """
     if settings.migrate_on_start:
         await upgrade(settings.resolved_migration_url)
     database = Database(
@@ -181,6 +186,7 @@ async def start_runtime(settings: Settings) -> Runtime:
             batch_size=settings.audit_batch_size,
             flush_seconds=settings.audit_flush_seconds,
             checkpoint_seconds=settings.audit_checkpoint_seconds,
+            in_flight=in_flight,
         ),
         maintenance=Maintenance(database, signer, settings.audit_retention_days),
         features=list(FEATURES),

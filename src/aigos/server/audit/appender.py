@@ -32,8 +32,10 @@ from aigos.server.audit.events import NewEvent
 from aigos.server.audit.models import AuditEvent, AuditHead
 from aigos.server.db.types import utcnow
 
-#: Entries hashed between two chances for other coroutines to run.
-YIELD_EVERY = 16
+#: Entries hashed between two chances for other coroutines to run (about 25 µs of work).
+YIELD_EVERY = 4
+#: Rows serialised between two pauses when a segment is sent to PostgreSQL.
+ROWS_PER_PAUSE = 128
 #: Optimistic appends tried before the head row is locked.
 OPTIMISTIC_ATTEMPTS = 3
 #: Tenants whose heads one process remembers; past that the memory starts over (a miss costs a round trip).
@@ -99,8 +101,27 @@ class Segment:
     head: Head
 
 
-async def chain(tenant_id: uuid.UUID, head: Head, events: Sequence[NewEvent]) -> Segment:
-    """Hash ``events`` (all of ``tenant_id``) in order onto ``head``."""
+#: Called between two groups of ``YIELD_EVERY`` entries: the event loop's chance to serve others.
+Pause = Callable[[], Awaitable[None]]
+
+
+async def _yield() -> None:
+    await asyncio.sleep(0)
+
+
+async def chain(
+    tenant_id: uuid.UUID,
+    head: Head,
+    events: Sequence[NewEvent],
+    *,
+    pause: Pause = _yield,
+    entries: bool = True,
+) -> Segment:
+    """Hash ``events`` (all of ``tenant_id``) in order onto ``head``.
+
+    ``pause`` is awaited every ``YIELD_EVERY`` entries; without ``entries`` the segment's ``stored`` stays
+    empty (a batch writer has no caller to return them to).
+    """
     compact = CompactRange.from_json(head.compact_range)
     # Never earlier than the previous entry, even if this process's clock is behind another's: retention
     # prunes by time, and must cut the chain only at a prefix.
@@ -115,7 +136,7 @@ async def chain(tenant_id: uuid.UUID, head: Head, events: Sequence[NewEvent]) ->
             raise ValueError("append() takes events of one tenant")
         if index and index % YIELD_EVERY == 0:
             # Hashing a large batch is CPU work on the server's event loop: let requests through meanwhile.
-            await asyncio.sleep(0)
+            await pause()
         seq += 1
         occurred = event.occurred_at or recorded
         entry = {
@@ -139,7 +160,8 @@ async def chain(tenant_id: uuid.UUID, head: Head, events: Sequence[NewEvent]) ->
         entry_prev = prev
         prev = auditlog.fields_hash(entry)
         compact.append(auditlog.entry_leaf(prev))
-        stored.append({**entry, "hash": prev})
+        if entries:
+            stored.append({**entry, "hash": prev})
         rows.append(
             (
                 seq,
@@ -168,7 +190,7 @@ async def chain(tenant_id: uuid.UUID, head: Head, events: Sequence[NewEvent]) ->
 Fetch = Callable[[str, tuple[Any, ...]], Awaitable[Sequence[Any]]]
 
 # Placeholders only, built from a constant count.
-_APPEND_SQL = f"SELECT * FROM aigos_audit_append({', '.join(f'${n}' for n in range(1, 22))})"  # noqa: S608
+_APPEND_SQL = f"SELECT * FROM aigos_audit_append({', '.join(f'${n}' for n in range(1, 10))})"  # noqa: S608
 _HEAD_SQL = "SELECT * FROM aigos_audit_head($1, $2)"
 
 
@@ -185,16 +207,25 @@ def _head_of(row: Sequence[Any]) -> Head:
     return Head(int(seq), str(hash_), cast(datetime, recorded_at).astimezone(UTC), compact)
 
 
-def _append_args(tenant_id: uuid.UUID, head: Head, segment: Segment, relaxed: bool) -> tuple[Any, ...]:
-    columns = list(zip(*segment.rows, strict=True))
+async def _append_args(
+    tenant_id: uuid.UUID, head: Head, segment: Segment, relaxed: bool, pause: Pause
+) -> tuple[Any, ...]:
+    # The rows go as one JSON document, serialised in slices with pauses between them.
+    parts: list[str] = []
+    for start in range(0, len(segment.rows), ROWS_PER_PAUSE):
+        if start:
+            await pause()
+        parts.append(orjson.dumps(segment.rows[start : start + ROWS_PER_PAUSE])[1:-1].decode())
     return (
         tenant_id,
         head.seq,
         head.hash,
+        segment.head.seq,
+        segment.head.hash,
         segment.head.recorded_at,
         orjson.dumps(segment.head.compact_range).decode(),
         relaxed,
-        *(list(column) for column in columns),
+        "[" + ",".join(parts) + "]",
     )
 
 
@@ -206,18 +237,21 @@ async def append_postgres(
     *,
     relaxed: bool = False,
     lock: bool = False,
+    pause: Pause = _yield,
+    entries: bool = True,
 ) -> list[dict[str, Any]]:
     """Append ``events`` with ``fetch``; ``lock`` (inside a transaction) locks the head row first.
 
-    Without ``lock``, raises ``ContendedError`` when other writers moved the head every time.
+    Without ``lock``, raises ``ContendedError`` when other writers moved the head every time. ``pause``
+    and ``entries`` are ``chain``'s.
     """
     head = heads.get(tenant_id)
     # Locked, a second attempt can only be needed when two writers created the tenant's head at once.
     for _ in range(2 if lock else OPTIMISTIC_ATTEMPTS):
         if lock or head is None:
             head = _head_of(await fetch(_HEAD_SQL, (tenant_id, lock)))
-        segment = await chain(tenant_id, head, events)
-        row = await fetch(_APPEND_SQL, _append_args(tenant_id, head, segment, relaxed))
+        segment = await chain(tenant_id, head, events, pause=pause, entries=entries)
+        row = await fetch(_APPEND_SQL, await _append_args(tenant_id, head, segment, relaxed, pause))
         if row[0]:
             heads.remember(tenant_id, segment.head)
             return segment.stored

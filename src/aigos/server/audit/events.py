@@ -48,6 +48,8 @@ class NewEvent:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"event data is not JSON: {exc}") from exc
         object.__setattr__(self, "data_text", text)
+        if self.occurred_at is not None and self.occurred_at.utcoffset() is None:
+            raise ValueError("occurred_at must carry its time zone")
 
 
 def current_request_id() -> str | None:

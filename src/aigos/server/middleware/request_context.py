@@ -9,6 +9,7 @@ import uuid
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from aigos.server.in_flight import InFlight
 from aigos.server.problems import internal_error_response
 
 # Accept a caller's id only if it is short and harmless in logs and headers.
@@ -24,10 +25,12 @@ class RequestContextMiddleware:
     The id comes from ``X-Request-ID`` when the caller sent a safe one, else a new UUID, and is echoed in
     the response. Routes put the tenant into ``scope["state"]["tenant_id"]`` once known; the access log
     reports it. An exception that escapes the app becomes a generic 500 problem and a logged stack.
+    Each request counts in ``in_flight`` until its response starts.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, in_flight: InFlight | None = None) -> None:
         self.app = app
+        self.in_flight = in_flight or InFlight()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -39,15 +42,19 @@ class RequestContextMiddleware:
         header = (b"x-request-id", request_id.encode())
         status = 500
         started = False
+        in_flight = self.in_flight
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, started
             if message["type"] == "http.response.start":
+                if not started:
+                    in_flight.leave()
                 started = True
                 status = message["status"]
                 message["headers"] = [*message.get("headers", []), header]
             await send(message)
 
+        in_flight.enter()
         start = time.perf_counter()
         tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
@@ -58,6 +65,8 @@ class RequestContextMiddleware:
                 raise
             await internal_error_response(scope)(scope, receive, send_with_id)
         finally:
+            if not started:
+                in_flight.leave()
             access_log.info(
                 "request",
                 method=scope["method"],

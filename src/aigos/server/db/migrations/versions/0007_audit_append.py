@@ -23,17 +23,12 @@ depends_on = None
 # security, with the tenant it sets for the transaction, like every other statement the server sends.
 APPEND = """
 CREATE OR REPLACE FUNCTION aigos_audit_append(
-    p_tenant uuid, p_prev_seq bigint, p_prev_hash text, p_recorded_at timestamptz,
-    p_compact_range jsonb, p_relaxed boolean,
-    p_seq bigint[], p_event_id uuid[], p_event_type text[], p_agent_id text[],
-    p_occurred_at timestamptz[], p_actor_type text[], p_actor_id text[], p_source text[],
-    p_outcome text[], p_request_id text[], p_trace_id text[], p_span_id text[], p_data text[],
-    p_entry_prev_hash text[], p_hash text[]
+    p_tenant uuid, p_prev_seq bigint, p_prev_hash text, p_last_seq bigint, p_last_hash text,
+    p_recorded_at timestamptz, p_compact_range jsonb, p_relaxed boolean, p_rows jsonb
 ) RETURNS TABLE (appended boolean, head_seq bigint, head_hash text, head_recorded_at timestamptz,
                  head_compact_range jsonb)
 LANGUAGE plpgsql AS $$
 DECLARE
-    last integer := cardinality(p_seq);
     found_head audit_heads%ROWTYPE;
 BEGIN
     PERFORM set_config('app.tenant_id', p_tenant::text, true);
@@ -41,12 +36,12 @@ BEGIN
         PERFORM set_config('synchronous_commit', 'off', true);
     END IF;
     UPDATE audit_heads AS h
-       SET seq = p_seq[last], hash = p_hash[last], recorded_at = p_recorded_at,
+       SET seq = p_last_seq, hash = p_last_hash, recorded_at = p_recorded_at,
            compact_range = p_compact_range
      WHERE h.tenant_id = p_tenant AND h.seq = p_prev_seq AND h.hash = p_prev_hash;
     IF NOT FOUND AND p_prev_seq = 0 THEN
         INSERT INTO audit_heads (tenant_id, seq, hash, recorded_at, compact_range)
-        VALUES (p_tenant, p_seq[last], p_hash[last], p_recorded_at, p_compact_range)
+        VALUES (p_tenant, p_last_seq, p_last_hash, p_recorded_at, p_compact_range)
         ON CONFLICT (tenant_id) DO NOTHING;
     END IF;
     IF NOT FOUND THEN
@@ -55,18 +50,15 @@ BEGIN
                             found_head.compact_range;
         RETURN;
     END IF;
+    -- One JSON array per entry, in the column order below: one parameter for the whole segment, parsed
+    -- here rather than encoded column by column in the server process (whose event loop serves requests).
     INSERT INTO audit_events (
         tenant_id, seq, recorded_at, event_id, event_type, agent_id, occurred_at, actor_type, actor_id,
         source, outcome, request_id, trace_id, span_id, data, prev_hash, hash)
-    SELECT p_tenant, e.seq, p_recorded_at, e.event_id, e.event_type, e.agent_id, e.occurred_at,
-           e.actor_type, e.actor_id, e.source, e.outcome, e.request_id, e.trace_id, e.span_id, e.data,
-           e.prev_hash, e.hash
-      FROM unnest(p_seq, p_event_id, p_event_type, p_agent_id, p_occurred_at, p_actor_type, p_actor_id,
-                  p_source, p_outcome, p_request_id, p_trace_id, p_span_id, p_data, p_entry_prev_hash,
-                  p_hash)
-        AS e(seq, event_id, event_type, agent_id, occurred_at, actor_type, actor_id, source, outcome,
-             request_id, trace_id, span_id, data, prev_hash, hash);
-    RETURN QUERY SELECT true, p_seq[last], p_hash[last], p_recorded_at, p_compact_range;
+    SELECT p_tenant, (r->>0)::bigint, p_recorded_at, (r->>1)::uuid, r->>2, r->>3, (r->>4)::timestamptz,
+           r->>5, r->>6, r->>7, r->>8, r->>9, r->>10, r->>11, r->>12, r->>13, r->>14
+      FROM jsonb_array_elements(p_rows) AS r;
+    RETURN QUERY SELECT true, p_last_seq, p_last_hash, p_recorded_at, p_compact_range;
 END
 $$
 """
@@ -93,8 +85,7 @@ $$
 """
 
 SIGNATURES = (
-    "aigos_audit_append(uuid, bigint, text, timestamptz, jsonb, boolean, bigint[], uuid[], text[], text[], "
-    "timestamptz[], text[], text[], text[], text[], text[], text[], text[], text[], text[], text[])",
+    "aigos_audit_append(uuid, bigint, text, bigint, text, timestamptz, jsonb, boolean, jsonb)",
     "aigos_audit_head(uuid, boolean)",
 )
 
