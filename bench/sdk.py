@@ -7,9 +7,9 @@ worker) on 127.0.0.1:
 - **bare**: a no-op function, timed call by call (the floor);
 - **guarded, remote**: the same no-op under ``@guard(tool="web_search")``: kill-switch gate, one
   ``POST /v1/policies/check`` over the SDK's kept-alive ``http.client`` connection, the outcome queued for
-  telemetry (flushed in the background, as in production); concurrency 1;
-- **guarded, remote, no telemetry**: the same with ``telemetry_enabled=False`` (the server's event-log
-  writes of the outcome events compete with the checks on a one-worker server);
+  telemetry and carried to the server by the next check (as in production); concurrency 1;
+- **guarded, remote, no telemetry**: the same with ``telemetry_enabled=False`` (what recording the
+  outcome events costs the server);
 - **guarded, local**: the same with ``local_evaluation=True``: decided from the signed bundle by
   ``aigos.core.policy`` in-process;
 - **transport**: the same check request sent raw with ``httpx.Client`` and with the SDK's

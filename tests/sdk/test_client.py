@@ -336,3 +336,53 @@ def test_local_evaluation_from_the_signed_bundle(live: LiveServer) -> None:
         body["payload"]["agent"]["tools"] = ["*"]
         with pytest.raises(BundleRejected, match="signature"):
             LocalPolicy.load(body, keys, None)
+
+
+def test_outcomes_ride_on_the_next_check_and_bad_reports_fail_at_once(live: LiveServer) -> None:
+    with AigosClient(api_key=live.api_key, base_url=live.base_url, telemetry_interval=3600) as aigos:
+        identity = aigos.register(name="carrier", capabilities={"tools": ["web_search"]})
+
+        @guard(tool="web_search")
+        def search(query: str) -> str:
+            return query
+
+        for n in range(5):
+            search(f"q{n}")
+        # The fifth call's outcome waits for the next check; the first four rode on checks 2 to 5.
+        assert len(aigos.telemetry) == 1
+        assert aigos.check(tool="web_search").allowed
+        assert len(aigos.telemetry) == 0
+        assert aigos.telemetry.sent == 0  # not one POST /v1/telemetry
+        events = wait_for_events(live, identity.agent_id, 5)
+        assert sorted(e["data"]["tool"] for e in events) == ["web_search"] * 5
+
+        for bad in ("policy.checked", "agent.created", "nodots"):
+            with pytest.raises(ValueError, match="cannot be reported"):
+                aigos.report(bad, {})
+        with pytest.raises(ValueError, match="not JSON"):
+            aigos.report("custom.step", {"tags": {"a", "b"}})
+
+
+def test_a_token_that_may_not_write_telemetry_still_checks(live: LiveServer) -> None:
+    with AigosClient(api_key=live.api_key, base_url=live.base_url) as owner:
+        identity = owner.register(name="narrow", capabilities={"tools": ["web_search"]})
+    token = httpx.post(
+        f"{live.base_url}/oauth2/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": identity.client_id,
+            "client_secret": identity.client_secret,
+            "scope": "agent policies:check",
+        },
+    ).json()["access_token"]
+    with AigosClient(base_url=live.base_url, agent_token=token, telemetry_interval=3600) as aigos:
+
+        @guard(tool="web_search")
+        def search(query: str) -> str:
+            return query
+
+        assert search("one") == "one"
+        # The second check carries the first outcome, is refused for its scope, and is sent again bare.
+        assert search("two") == "two"
+        assert not aigos.carry_telemetry
+        assert len(aigos.telemetry) == 2

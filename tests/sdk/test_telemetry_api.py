@@ -96,3 +96,64 @@ async def test_needs_the_telemetry_scope(client: AsyncClient, tenant_a: TenantHa
     response = await report(client, narrow, [{"event_type": "tool.ok"}])
     assert response.status_code == 403
     assert response.json()["code"] == "INSUFFICIENT_SCOPE"
+
+
+async def check(client: AsyncClient, token: str, telemetry: list[dict[str, Any]]) -> Any:
+    """``POST /v1/policies/check`` carrying ``telemetry``."""
+    body = {"action": "tool.call", "resource": "web_search", "context": {"tool": "web_search"}}
+    return await client.post(
+        "/v1/policies/check", json={**body, "telemetry": telemetry}, headers=bearer(token)
+    )
+
+
+async def test_a_check_carries_the_previous_calls_outcomes_into_the_log(
+    client: AsyncClient, app: FastAPI, tenant_a: TenantHandle
+) -> None:
+    agent = await register(client, tenant_a, name="carrier")
+    token = agent["identity_token"]
+    outcomes = [
+        {"event_type": "tool.completed", "data": {"tool": "web_search", "duration_ms": 3.5}},
+        {"event_type": "tool.failed", "data": {"tool": "web_search", "error": "Timeout"}, "trace_id": "ab"},
+    ]
+    response = await check(client, token, outcomes)
+    assert response.status_code == 200, response.text
+    assert "allowed" in response.json()
+    await app.state.runtime.events.flush(everything=True)
+
+    listed = await client.get("/v1/audit/events", params={"source": "agent"}, headers=tenant_a.headers)
+    entries = {e["event_type"]: e for e in listed.json()["data"]}
+    assert set(entries) == {"tool.completed", "tool.failed"}
+    assert entries["tool.completed"]["data"] == {"tool": "web_search", "duration_ms": 3.5}
+    assert entries["tool.failed"]["agent_id"] == agent["agent_id"]
+    assert entries["tool.failed"]["trace_id"] == "ab"
+    decisions = await client.get("/v1/audit/events", params={"source": "server"}, headers=tenant_a.headers)
+    assert any(e["event_type"].startswith("policy.") for e in decisions.json()["data"])
+
+
+async def test_what_a_check_carries_is_held_to_the_telemetry_rules(
+    client: AsyncClient, app: FastAPI, tenant_a: TenantHandle
+) -> None:
+    agent = await register(client, tenant_a, name="carrier")
+    token = agent["identity_token"]
+    forged = await check(client, token, [{"event_type": "tool.ok"}, {"event_type": "policy.checked"}])
+    assert forged.status_code == 400
+    assert forged.json()["code"] == "RESERVED_EVENT_TYPE"
+    nan = await client.post(
+        "/v1/policies/check",
+        content=b'{"action": "tool.call", "resource": "x", "telemetry": [{"event_type": "tool.x", '
+        b'"data": {"v": NaN}}]}',
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    assert nan.status_code == 400, nan.text
+    assert nan.json()["errors"][0]["pointer"] in ("/telemetry/0/data", "/telemetry/0/data/v")
+    too_many = await check(client, token, [{"event_type": "custom.n"}] * 101)
+    assert too_many.status_code == 400
+    narrow = await access_token(client, agent, scope="agent policies:check")
+    refused = await check(client, narrow, [{"event_type": "tool.ok"}])
+    assert refused.status_code == 403
+    assert refused.json()["code"] == "INSUFFICIENT_SCOPE"
+    assert (await check(client, narrow, [])).status_code == 200
+    # A refused check decided nothing and recorded nothing.
+    await app.state.runtime.events.flush(everything=True)
+    listed = await client.get("/v1/audit/events", params={"source": "agent"}, headers=tenant_a.headers)
+    assert listed.json()["data"] == []

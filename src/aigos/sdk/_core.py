@@ -29,6 +29,8 @@ DEFAULT_ACTION = "tool.call"
 REFRESHABLE = frozenset({"INVALID_TOKEN", "TOKEN_REVOKED", "TOKEN_EXPIRED"})
 #: 401 codes that mean the agent itself may no longer act.
 GONE = frozenset({"AGENT_TERMINATED", "AGENT_SUSPENDED", "AGENT_ARCHIVED"})
+#: Queued telemetry events one policy check carries to the server (the server takes up to 100).
+CARRIED_PER_CHECK = 50
 
 
 class ClientCore:
@@ -48,6 +50,8 @@ class ClientCore:
         self._token_lock = threading.Lock()
         self.local: LocalPolicy | None = None
         self.listening = False
+        # Off for good once the server says the token may not write telemetry (an attenuated token).
+        self.carry_telemetry = config.telemetry_enabled
         if config.agent_token and not self.agent_id:
             self.agent_id = _subject_of(config.agent_token)
 
@@ -137,6 +141,27 @@ class ClientCore:
         if trace:
             body["trace"] = True
         return body
+
+    def _carry(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """Move queued telemetry (the previous calls' outcomes) into a check's body: one request instead of
+        a check plus a telemetry post per guarded call. The flusher sends only what no check took."""
+        if not self.carry_telemetry or not len(self.telemetry):
+            return []
+        carried = self.telemetry.take(CARRIED_PER_CHECK)
+        if carried:
+            body["telemetry"] = carried
+        return carried
+
+    def _carry_failed(self, body: dict[str, Any], carried: list[dict[str, Any]], exc: Exception) -> bool:
+        """Requeue what a failed check carried; True if the check should be sent again without it."""
+        if not carried:
+            return False
+        self.telemetry.put_back(carried)
+        del body["telemetry"]
+        if isinstance(exc, AigosError) and exc.code == "INSUFFICIENT_SCOPE":
+            self.carry_telemetry = False
+            return True
+        return False
 
     def _local_decision(
         self, action: str, resource: str | None, tool: str | None, domain: str | None, cost: float | None

@@ -144,6 +144,15 @@ class AigosClient(ClientCore):
             if decided is not None:
                 return decided
         body = self._check_body(action, resource, tool, domain, estimated_cost, context, trace)
+        carried = self._carry(body)
+        try:
+            return self._decision_from(self.agent_request("POST", "/v1/policies/check", body))
+        except AigosUnavailable as exc:
+            self._carry_failed(body, carried, exc)
+            return self._unreachable(exc, "policy check")
+        except AigosError as exc:
+            if not self._carry_failed(body, carried, exc):
+                raise
         try:
             return self._decision_from(self.agent_request("POST", "/v1/policies/check", body))
         except AigosUnavailable as exc:

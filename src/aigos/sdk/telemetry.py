@@ -12,6 +12,10 @@ from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
+from aigos.core.reported import reportable
+
 log = logging.getLogger("aigos.sdk")
 
 MAX_BATCH = 500
@@ -39,7 +43,18 @@ class TelemetryBuffer:
         trace_id: str | None = None,
         span_id: str | None = None,
     ) -> None:
-        """Queue one event (``tool.completed``, ``llm.call``, ``custom.*`` ...)."""
+        """Queue one event (``tool.completed``, ``llm.call``, ``custom.*`` ...).
+
+        Raises ``ValueError`` at once for what the server would refuse: a malformed or server-owned type
+        (``policy.*``, ``agent.*``, ...), or data that is not JSON.
+        """
+        if not reportable(event_type):
+            raise ValueError(f"{event_type!r} cannot be reported: use tool.*, llm.* or custom.* types")
+        if data:
+            try:
+                orjson.dumps(data)
+            except TypeError as exc:
+                raise ValueError(f"telemetry data is not JSON: {exc}") from exc
         events = self._events
         if len(events) == events.maxlen:
             self.dropped += 1
@@ -50,10 +65,12 @@ class TelemetryBuffer:
     def __len__(self) -> int:
         return len(self._events)
 
-    def take(self) -> list[dict[str, Any]]:
-        """Up to one batch of the oldest events, rendered (removed; ``put_back`` them on failure)."""
+    def take(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Up to one batch (or ``limit``) of the oldest events, rendered (removed; ``put_back`` them on
+        failure)."""
         batch: list[dict[str, Any]] = []
-        while self._events and len(batch) < self.batch_size:
+        size = self.batch_size if limit is None else limit
+        while self._events and len(batch) < size:
             try:
                 pending = self._events.popleft()
             except IndexError:

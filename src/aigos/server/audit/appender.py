@@ -268,11 +268,14 @@ async def append(
     tenant_id: uuid.UUID,
     events: Sequence[NewEvent],
     heads: Heads | None = None,
+    *,
+    pause: Pause = _yield,
+    entries: bool = True,
 ) -> list[dict[str, Any]]:
     """Append ``events`` (all of ``tenant_id``) in order inside the session's transaction.
 
-    Returns the stored entries with their ``hash``. The caller commits; until then the tenant's head
-    stays locked, so keep the transaction short.
+    Returns the stored entries with their ``hash`` (none without ``entries``). The caller commits; until
+    then the tenant's head stays locked, so keep the transaction short. ``pause`` is ``chain``'s.
     """
     if not events:
         return []
@@ -287,22 +290,33 @@ async def append(
         session.info["tenant_id"] = tenant_id
         known = heads if heads is not None else Heads()
         try:
-            return await append_postgres(fetch, tenant_id, events, known)
+            return await append_postgres(fetch, tenant_id, events, known, pause=pause, entries=entries)
         except ContendedError:
-            return await append_postgres(fetch, tenant_id, events, known, lock=True)
+            return await append_postgres(
+                fetch, tenant_id, events, known, lock=True, pause=pause, entries=entries
+            )
     session.info["tenant_id"] = tenant_id
     locked = await _lock_sqlite_head(session, tenant_id)
     segment = await chain(
         tenant_id,
         Head(locked.seq, locked.hash, locked.recorded_at, locked.compact_range),
         events,
+        pause=pause,
+        entries=entries,
     )
     table = cast(Table, AuditEvent.__table__)
     recorded = segment.head.recorded_at
-    await session.execute(
-        insert(table),
-        [dict(zip(_COLUMNS, (tenant_id, row[0], recorded, *row[1:]), strict=True)) for row in segment.rows],
-    )
+    # In slices: preparing each row's parameters is CPU work on the event loop, like hashing.
+    for start in range(0, len(segment.rows), ROWS_PER_PAUSE):
+        if start:
+            await pause()
+        await session.execute(
+            insert(table),
+            [
+                dict(zip(_COLUMNS, (tenant_id, row[0], recorded, *row[1:]), strict=True))
+                for row in segment.rows[start : start + ROWS_PER_PAUSE]
+            ],
+        )
     locked.seq, locked.hash = segment.head.seq, segment.head.hash
     locked.recorded_at, locked.compact_range = recorded, segment.head.compact_range
     await session.flush()

@@ -215,7 +215,9 @@ class EventLog:
             try:
                 async with self.database.session() as session:
                     for tenant_id, events in by_tenant.items():
-                        await appender.append(session, tenant_id, events, self.heads)
+                        await appender.append(
+                            session, tenant_id, events, self.heads, pause=self._pause, entries=False
+                        )
             except Exception:
                 self._queue.extendleft(reversed(batch))
                 raise

@@ -170,9 +170,15 @@ async def admit(
             raise
         principal = terminated
     request.state.tenant_id = str(principal.tenant_id)
-    if scope is not None and scope not in str(principal.claims.get("scope", "")).split():
-        raise Forbidden(f"The token lacks the `{scope}` scope.", code="INSUFFICIENT_SCOPE", scope=scope)
+    if scope is not None:
+        require_scope(principal, scope)
     return principal
+
+
+def require_scope(principal: AgentPrincipal, scope: str) -> None:
+    """403 ``INSUFFICIENT_SCOPE`` unless the agent's token holds ``scope``."""
+    if scope not in str(principal.claims.get("scope", "")).split():
+        raise Forbidden(f"The token lacks the `{scope}` scope.", code="INSUFFICIENT_SCOPE", scope=scope)
 
 
 def _terminated(runtime: Runtime, token: str, refusal: Unauthenticated) -> AgentPrincipal | None:

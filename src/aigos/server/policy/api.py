@@ -23,7 +23,7 @@ from aigos.server.audit.events import NewEvent, by, current_request_id
 from aigos.server.deps import RuntimeDep, SessionDep
 from aigos.server.errors import BadRequest, NotFound
 from aigos.server.identity import agents as registry
-from aigos.server.identity.agent_auth import AgentPrincipal, admit, agent_scope, bearer_token
+from aigos.server.identity.agent_auth import AgentPrincipal, admit, agent_scope, bearer_token, require_scope
 from aigos.server.policy import service
 from aigos.server.policy.schemas import (
     CheckIn,
@@ -38,6 +38,8 @@ from aigos.server.policy.schemas import (
     SimulateOut,
 )
 from aigos.server.runtime import Runtime
+from aigos.server.telemetry.reported import reported_events
+from aigos.server.telemetry.schemas import TelemetryEvent
 from aigos.server.tenancy.deps import require_tenant
 from aigos.server.tenancy.principal import Principal
 
@@ -98,6 +100,7 @@ async def check(request: Request) -> Response:
         body = _CHECK_IN.validate_json(await request.body())
     except ValidationError as exc:
         raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in exc.errors()]) from exc
+    carried = _carried(agent, body.telemetry) if body.telemetry else ()
     state = runtime.policy
     state.ensure_live()
     subject = await state.subject(agent.tenant_id, agent.agent_id, agent.status.value, agent.claims)
@@ -110,6 +113,9 @@ async def check(request: Request) -> Response:
         decision = await runtime.budgets.settle(agent.tenant_id, decision)
     decision_id = uuid.uuid4()
     _record(runtime, agent, asked, decision, decision_id, policies.version)
+    for event in carried:
+        # A full queue drops and counts it, as it would a telemetry batch's; the decision still stands.
+        runtime.events.enqueue(event)
     answer = decision.to_json()
     answer.update(
         decision_id=str(decision_id),
@@ -117,6 +123,12 @@ async def check(request: Request) -> Response:
         latency_ms=round((time.perf_counter() - started) * 1000, 3),
     )
     return Response(orjson.dumps(answer), media_type="application/json")
+
+
+def _carried(agent: AgentPrincipal, items: list[TelemetryEvent]) -> list[NewEvent]:
+    """The outcomes a check carries, as ``POST /v1/telemetry`` would record them; checked before deciding."""
+    require_scope(agent, "telemetry:write")
+    return reported_events(agent, items, "/telemetry")
 
 
 def _record(

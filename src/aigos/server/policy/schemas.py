@@ -8,6 +8,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from aigos.server.telemetry.schemas import TelemetryEvent
+
+#: Outcomes one check may carry (the SDK sends what completed since its previous check).
+MAX_CARRIED_EVENTS = 100
+
 Pattern = Annotated[str, Field(min_length=1, max_length=256)]
 RuleId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
 Money = Annotated[float, Field(ge=0, allow_inf_nan=False)]
@@ -179,6 +184,15 @@ class CheckIn(BaseModel):
     resource: str = Field(min_length=1, max_length=2048)
     context: CheckContext = Field(default_factory=CheckContext)
     trace: bool = Field(default=False, description="Return each stage's result.")
+    telemetry: list[TelemetryEvent] = Field(
+        default_factory=list,
+        max_length=MAX_CARRIED_EVENTS,
+        description=(
+            "Events the agent completed since its previous check (tool outcomes), carried here instead of "
+            "a separate `POST /v1/telemetry`; recorded exactly as that route records them (needs the "
+            "`telemetry:write` scope)."
+        ),
+    )
 
 
 class WouldDenyOut(BaseModel):

@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-#: Dotted lowercase-ish names, context first (``tool.completed``, ``llm.call``); no wildcards here.
-EVENT_TYPE = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+$"
+from aigos.core.reported import EVENT_TYPE
+
 MAX_EVENTS = 500
 
 

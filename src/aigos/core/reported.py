@@ -1,0 +1,35 @@
+"""What an agent may report as telemetry: the event type's form, and the types only the server records."""
+
+from __future__ import annotations
+
+import re
+
+#: Dotted, context first (``tool.completed``, ``llm.call``); no wildcards.
+EVENT_TYPE = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+$"
+_EVENT_TYPE = re.compile(EVENT_TYPE)
+
+#: Event types the server's own contexts record: an agent reporting one could forge the audit trail.
+RESERVED_PREFIXES = (
+    "policy.",
+    "killswitch.",
+    "agent.",
+    "tenant.",
+    "api_key.",
+    "credential.",
+    "audit.",
+    "budget.",
+    "member.",
+    "user.",
+    "platform.",
+    "telemetry.",
+)
+
+
+def reserved(event_type: str) -> bool:
+    """Whether only the server may record events of this type."""
+    return event_type.lower().startswith(RESERVED_PREFIXES)
+
+
+def reportable(event_type: str) -> bool:
+    """Whether an agent may report an event of this type (well formed, 3..100 characters, not reserved)."""
+    return 3 <= len(event_type) <= 100 and bool(_EVENT_TYPE.match(event_type)) and not reserved(event_type)
