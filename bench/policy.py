@@ -877,6 +877,8 @@ class MixedLoadClient:
         self.port = port
         self.concurrency = concurrency
         self.shares = [checks[i::concurrency] or checks for i in range(concurrency)]
+        #: Status codes other than 200, with how often each came back (warm-up and timed run).
+        self.refused: Counter[int] = Counter()
         self._connections: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     async def __aenter__(self) -> MixedLoadClient:
@@ -897,7 +899,10 @@ class MixedLoadClient:
             errors = 0
             for request in self.shares[index]:
                 writer.write(request)
-                errors += await read_response(reader) != 200
+                status = await read_response(reader)
+                if status != 200:
+                    errors += 1
+                    self.refused[status] += 1
             return errors
 
         return sum(await asyncio.gather(*(worker(i) for i in range(self.concurrency))))
@@ -923,6 +928,7 @@ class MixedLoadClient:
                 latencies.append(clock() - start)
                 if status != 200:
                     errors += 1
+                    self.refused[status] += 1
             return errors
 
         with collector_paused():
@@ -951,10 +957,14 @@ async def _scenario(
         async with RssSampler(server.pid) as sampler:
             result = await client.run(requests)
         server_cpu = cpu_seconds(server.pid) - cpu_before
+    if client.refused:
+        print(f"c={concurrency}: non-200 answers {dict(client.refused)}; server output:", file=sys.stderr)
+        print(server.output_tail(30), file=sys.stderr)
     return {
         "concurrency": concurrency,
         "requests": result.requests,
         "errors": result.errors + warm_errors,
+        "refused": {str(status): count for status, count in sorted(client.refused.items())},
         "p50_ms": round(result.p50_ns / 1e6, 3),
         "p99_ms": round(result.p99_ns / 1e6, 3),
         "max_ms": round(result.max_ns / 1e6, 3),
@@ -1143,7 +1153,9 @@ def format_table(data: dict[str, Any]) -> str:
     if http:
         problems += [f"HTTP verdict differs from in-process: {m}" for m in http["mismatches"]]
         problems += [
-            f"{s['errors']} non-200 answers at c={s['concurrency']}" for s in http["scenarios"] if s["errors"]
+            f"{s['errors']} non-200 answers at c={s['concurrency']} (by status: {s['refused']})"
+            for s in http["scenarios"]
+            if s["errors"]
         ]
         if not http["stopped_cleanly"]:
             problems.append(f"server exit code {http['exit_code']} after SIGTERM")
