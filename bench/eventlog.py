@@ -88,25 +88,6 @@ DURABLE_TARGET_PER_SECOND = 1_000.0
 VERIFY_TARGET_SECONDS = 10.0
 WORKER_TIMEOUT_SECONDS = 900.0
 RAW_TABLE = "bench_raw_events"
-RAW_COLUMNS = (
-    "tenant_id",
-    "seq",
-    "recorded_at",
-    "event_id",
-    "event_type",
-    "agent_id",
-    "occurred_at",
-    "actor_type",
-    "actor_id",
-    "source",
-    "outcome",
-    "request_id",
-    "trace_id",
-    "span_id",
-    "data",
-    "prev_hash",
-    "hash",
-)
 TOOLS = ("web.fetch", "email.send", "db.query", "file.write", "shell.exec", "http.post")
 DOMAINS = ("api.github.com", "example.org", "internal.corp", "s3.amazonaws.com", "pypi.org", "slack.com")
 
@@ -389,11 +370,15 @@ def _raw_rows(job: WriterJob) -> list[tuple[Any, ...]]:
 async def _raw_writer(job: WriterJob, barrier: Barrier) -> WriterResult:
     import asyncpg
 
+    from aigos.server.audit.models import AuditEvent
+
+    # The raw table is made LIKE audit_events, and _raw_rows follows its column order.
+    columns = list(AuditEvent.__table__.columns.keys())
     conn = await asyncpg.connect(job.url)
     try:
         rows = _raw_rows(job)
-        placeholders = ", ".join(f"${n}" for n in range(1, len(RAW_COLUMNS) + 1))
-        insert = f"INSERT INTO {RAW_TABLE} ({', '.join(RAW_COLUMNS)}) VALUES ({placeholders})"
+        placeholders = ", ".join(f"${n}" for n in range(1, len(columns) + 1))
+        insert = f"INSERT INTO {RAW_TABLE} ({', '.join(columns)}) VALUES ({placeholders})"
         await conn.execute(f"SELECT 1 FROM {RAW_TABLE} LIMIT 1")
         gc.collect()
         barrier.wait(timeout=120)
@@ -403,7 +388,7 @@ async def _raw_writer(job: WriterJob, barrier: Barrier) -> WriterResult:
             batch = rows[offset : offset + job.batch_size]
             async with conn.transaction():
                 if job.kind == "copy":
-                    await conn.copy_records_to_table(RAW_TABLE, records=batch, columns=list(RAW_COLUMNS))
+                    await conn.copy_records_to_table(RAW_TABLE, records=batch, columns=columns)
                 else:
                     await conn.executemany(insert, batch)
         end = time.monotonic()

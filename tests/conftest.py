@@ -22,6 +22,8 @@ from httpx import ASGITransport, AsyncClient
 from aigos.server.app import create_app
 from aigos.server.config import Settings
 from aigos.server.db.migrate import upgrade
+from tests.light_install import LightInstall
+from tests.light_install import build as build_light_install
 
 PG_ADMIN_DSN = os.environ.get("AIGOS_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("AIGOS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -147,3 +149,9 @@ def replica_env(pg_database: str, redis_prefix: str) -> dict[str, str]:
         "AIGOS_SECRET_KEY": SECRET_KEY,
         "AIGOS_BOOTSTRAP_ADMIN_TOKEN": ADMIN_TOKEN,
     }
+
+
+@pytest.fixture(scope="session")
+def light_install(tmp_path_factory: pytest.TempPathFactory) -> LightInstall:
+    """``pip install aigos`` alone, in a virtual environment built once per session."""
+    return build_light_install(tmp_path_factory.mktemp("light-install"))

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +17,7 @@ from aigos.cli import app as cli
 from aigos.core import signing
 from tests.audit.test_api import download, published_keys, record, rename
 from tests.conftest import SECRET_KEY
+from tests.light_install import LightInstall
 from tests.server_process import ServerProcess
 from tests.tenancy.conftest import TenantHandle, signup
 
@@ -192,35 +190,17 @@ def test_verify_from_a_running_server(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("settings", ["embedded"], indirect=True)
-def test_the_light_install_verifies_exports(export: Export, tmp_path: Path) -> None:
+def test_the_light_install_verifies_exports(export: Export, light_install: LightInstall) -> None:
     """`pip install aigos` (client lock, no server packages) is enough for `aigos audit verify`."""
-    uv = ROOT / ".venv" / "bin" / "uv"
-    venv = tmp_path / "light"
-    python = venv / "bin" / "python"
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-
-    def run(*command: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(part) for part in command],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            check=check,
-        )
-
-    run(uv, "venv", "--python", sys.executable, venv)
-    run(uv, "pip", "install", "--python", python, "-r", ROOT / "requirements" / "client.lock")
-    run(uv, "pip", "install", "--python", python, "--no-deps", ROOT)
-
+    run, python = light_install.run, light_install.python
     for module in ("fastapi", "sqlalchemy", "aigos.server.app"):
         missing = run(python, "-c", f"import {module}", check=False)
         assert missing.returncode != 0, module
         assert "ModuleNotFoundError" in missing.stderr
     installed = run(python, "-c", "import aigos, pathlib; print(pathlib.Path(aigos.__file__).parent)").stdout
-    assert str(venv) in installed  # the wheel, not this checkout
+    assert str(light_install.venv) in installed  # the wheel, not this checkout
 
-    good = run(venv / "bin" / "aigos", "audit", "verify", export.path, *export.pins, check=False)
+    good = run(light_install.script("aigos"), "audit", "verify", export.path, *export.pins, check=False)
     assert good.returncode == 0, good.stdout + good.stderr
     assert good.stdout.startswith("OK: tenant")
 
@@ -228,6 +208,6 @@ def test_the_light_install_verifies_exports(export: Export, tmp_path: Path) -> N
     assert (records[4]["kind"], records[4]["seq"]) == ("event", 3)  # after the checkpoint at 2
     records[4]["data"] = {"forged": True}
     export.rewrite(records)
-    bad = run(venv / "bin" / "aigos", "audit", "verify", export.path, check=False)
+    bad = run(light_install.script("aigos"), "audit", "verify", export.path, check=False)
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert f"FAILED: line 5: entry seq=3 event_id={records[4]['event_id']}: " in bad.stdout

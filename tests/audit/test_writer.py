@@ -26,8 +26,9 @@ from aigos.server.db import Database
 from aigos.server.db.database import APP_ROLE
 from aigos.server.db.migrate import upgrade
 from aigos.server.in_flight import InFlight
-from tests.conftest import ADMIN_TOKEN, SECRET_KEY
+from tests.conftest import ADMIN_TOKEN, SECRET_KEY, pg_url
 from tests.server_process import ServerProcess
+from tests.tcp_proxy import TcpProxy
 
 # -- helpers shared with test_retention ---------------------------------------------------------------
 
@@ -430,6 +431,29 @@ async def test_the_batch_writer_waits_for_quiet_moments_but_never_stalls(
     rows = await stored(database, tenant)
     assert [appender.entry_of(row)["data"]["n"] for row in rows] == list(range(20))
     in_flight.leave()
+
+
+async def test_a_connection_the_database_dropped_fails_one_append_and_is_not_reused(pg_database: str) -> None:
+    # Connections given back a moment ago are handed out unprobed; one the server has since closed must
+    # fail only the append that met it, not every later one.
+    proxy = await TcpProxy("127.0.0.1", 5432).start()
+    database = Database(
+        pg_url(pg_database).replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}"), role=APP_ROLE
+    )
+    try:
+        log = EventLog(database, signer)
+        tenant = uuid.uuid4()
+        await log.record(event(tenant, data={"n": 1}))
+        proxy.disconnect_all()
+        with pytest.raises(Exception):
+            await log.record(event(tenant, data={"n": 2}))
+        await log.record(event(tenant, data={"n": 3}))
+        rows = await stored(database, tenant)
+        assert [appender.entry_of(row)["data"]["n"] for row in rows] == [1, 3]
+        assert [row.seq for row in rows] == [1, 2]
+    finally:
+        await database.dispose()
+        await proxy.stop()
 
 
 @pytest.mark.slow

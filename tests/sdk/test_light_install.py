@@ -3,16 +3,14 @@ virtual environment against a live server until a TERMINATE ends it."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.light_install import ROOT, LightInstall
 from tests.sdk.live import LiveServer
 
-ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = (
     "fastapi",
     "sqlalchemy",
@@ -36,31 +34,9 @@ print("LOADED", loaded)
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_light_install_imports_no_server_package_and_runs_the_quickstart(
-    live: LiveServer, tmp_path: Path
+    live: LiveServer, light_install: LightInstall, tmp_path: Path
 ) -> None:
-    uv = ROOT / ".venv" / "bin" / "uv"
-    venv = tmp_path / "light"
-    python = venv / "bin" / "python"
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("PYTHONPATH", "VIRTUAL_ENV") and not k.startswith("AIGOS_")
-    }
-
-    def run(*command: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(part) for part in command],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            check=check,
-        )
-
-    run(uv, "venv", "--python", sys.executable, venv)
-    run(uv, "pip", "install", "--python", python, "-r", ROOT / "requirements" / "client.lock")
-    run(uv, "pip", "install", "--python", python, "--no-deps", ROOT)
-
+    run, python, env = light_install.run, light_install.python, light_install.env
     for module in ("fastapi", "sqlalchemy", "redis", "aigos.server.app"):
         missing = run(python, "-c", f"import {module}", check=False)
         assert "ModuleNotFoundError" in missing.stderr, module
@@ -68,7 +44,7 @@ def test_light_install_imports_no_server_package_and_runs_the_quickstart(
     assert probe.returncode == 0, probe.stderr
     assert "LOADED []" in probe.stdout, probe.stdout
     installed = run(python, "-c", "import aigos.sdk, pathlib; print(pathlib.Path(aigos.sdk.__file__))").stdout
-    assert str(venv) in installed  # the wheel, not this checkout
+    assert str(light_install.venv) in installed  # the wheel, not this checkout
 
     process = subprocess.Popen(
         [str(python), str(ROOT / "examples" / "quickstart.py")],

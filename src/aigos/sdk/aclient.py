@@ -129,18 +129,16 @@ class AsyncAigosClient(ClientCore):
                 return decided
         body = self._check_body(action, resource, tool, domain, estimated_cost, context, trace)
         carried = self._carry(body)
-        try:
-            return self._decision_from(await self.agent_request("POST", "/v1/policies/check", body))
-        except AigosUnavailable as exc:
-            self._carry_failed(body, carried, exc)
-            return self._unreachable(exc, "policy check")
-        except AigosError as exc:
-            if not self._carry_failed(body, carried, exc):
-                raise
-        try:
-            return self._decision_from(await self.agent_request("POST", "/v1/policies/check", body))
-        except AigosUnavailable as exc:
-            return self._unreachable(exc, "policy check")
+        while True:  # twice at most: again without the telemetry when the token may not write it
+            try:
+                return self._decision_from(await self.agent_request("POST", "/v1/policies/check", body))
+            except AigosUnavailable as exc:
+                self._carry_failed(body, carried, exc)
+                return self._unreachable(exc, "policy check")
+            except AigosError as exc:
+                if not self._carry_failed(body, carried, exc):
+                    raise
+                carried = []
 
     async def refresh_bundle(self) -> bool:
         """Fetch (or revalidate by ETag) the signed policy bundle; True if a new one is in use."""

@@ -14,8 +14,10 @@ transaction, which holds the database's write lock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -195,7 +197,7 @@ _HEAD_SQL = "SELECT * FROM aigos_audit_head($1, $2)"
 
 
 class ContendedError(RuntimeError):
-    """Other writers kept moving the head; the caller retries with the head row locked."""
+    """Other writers kept moving the head, even with it locked (two first appends of a tenant at once)."""
 
 
 def _head_of(row: Sequence[Any]) -> Head:
@@ -229,22 +231,42 @@ async def _append_args(
     )
 
 
+#: Opens what the locked attempt runs in: nothing inside a caller's transaction, a transaction otherwise.
+Locking = Callable[[], AbstractAsyncContextManager[Any]]
+
+
 async def append_postgres(
     fetch: Fetch,
     tenant_id: uuid.UUID,
     events: Sequence[NewEvent],
     heads: Heads,
     *,
+    locking: Locking = contextlib.nullcontext,
     relaxed: bool = False,
-    lock: bool = False,
     pause: Pause = _yield,
     entries: bool = True,
 ) -> list[dict[str, Any]]:
-    """Append ``events`` with ``fetch``; ``lock`` (inside a transaction) locks the head row first.
+    """Append ``events`` with ``fetch``: onto the remembered head, then, if other writers kept moving it,
+    with the head row locked inside ``locking()``. ``pause`` and ``entries`` are ``chain``'s."""
+    options: dict[str, Any] = {"relaxed": relaxed, "pause": pause, "entries": entries}
+    try:
+        return await _attempt(fetch, tenant_id, events, heads, lock=False, **options)
+    except ContendedError:
+        async with locking():
+            return await _attempt(fetch, tenant_id, events, heads, lock=True, **options)
 
-    Without ``lock``, raises ``ContendedError`` when other writers moved the head every time. ``pause``
-    and ``entries`` are ``chain``'s.
-    """
+
+async def _attempt(
+    fetch: Fetch,
+    tenant_id: uuid.UUID,
+    events: Sequence[NewEvent],
+    heads: Heads,
+    *,
+    lock: bool,
+    relaxed: bool,
+    pause: Pause,
+    entries: bool,
+) -> list[dict[str, Any]]:
     head = heads.get(tenant_id)
     # Locked, a second attempt can only be needed when two writers created the tenant's head at once.
     for _ in range(2 if lock else OPTIMISTIC_ATTEMPTS):
@@ -289,12 +311,8 @@ async def append(
         # The append statement sets the tenant for the rest of this transaction, as set_tenant does.
         session.info["tenant_id"] = tenant_id
         known = heads if heads is not None else Heads()
-        try:
-            return await append_postgres(fetch, tenant_id, events, known, pause=pause, entries=entries)
-        except ContendedError:
-            return await append_postgres(
-                fetch, tenant_id, events, known, lock=True, pause=pause, entries=entries
-            )
+        # Already inside the caller's transaction: the locked attempt needs nothing more.
+        return await append_postgres(fetch, tenant_id, events, known, pause=pause, entries=entries)
     session.info["tenant_id"] = tenant_id
     locked = await _lock_sqlite_head(session, tenant_id)
     segment = await chain(

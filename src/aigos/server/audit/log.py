@@ -82,7 +82,7 @@ class EventLog:
         if session is not None:
             (entry,) = await appender.append(session, event.tenant_id, [event], self.heads)
         elif self.database.kind == "postgresql":
-            (entry,) = await self._append_now(event.tenant_id, [event], relaxed=False)
+            (entry,) = await self._append_now(event.tenant_id, [event], batch=False)
         else:
             async with self.database.session() as own:
                 (entry,) = await appender.append(own, event.tenant_id, [event], self.heads)
@@ -97,26 +97,32 @@ class EventLog:
         self.appended_total += len(events)
 
     async def _append_now(
-        self, tenant_id: uuid.UUID, events: Sequence[NewEvent], *, relaxed: bool, batch: bool = False
+        self, tenant_id: uuid.UUID, events: Sequence[NewEvent], *, batch: bool
     ) -> list[dict[str, Any]]:
         # PostgreSQL, in a transaction of its own: the append is one statement, sent outside any explicit
         # transaction (no BEGIN, no COMMIT round trips); only a writer that kept losing the race to other
-        # processes opens one, to lock the head.
+        # processes opens one, to lock the head. A batch is committed without waiting for the WAL flush
+        # (its events were only in memory a moment ago anyway), hashed in pieces between requests, and
+        # returns no entries.
         async with self.database.driver() as driver:
 
             async def fetch(sql: str, args: tuple[Any, ...]) -> Any:
                 return await driver.fetchrow(sql, *args)
 
-            options: dict[str, Any] = {"relaxed": relaxed}
-            if batch:
-                options.update(pause=self._pause, entries=False)
-            try:
-                return await appender.append_postgres(fetch, tenant_id, events, self.heads, **options)
-            except appender.ContendedError:
-                async with driver.transaction():
-                    return await appender.append_postgres(
-                        fetch, tenant_id, events, self.heads, lock=True, **options
-                    )
+            if not batch:
+                return await appender.append_postgres(
+                    fetch, tenant_id, events, self.heads, locking=driver.transaction
+                )
+            return await appender.append_postgres(
+                fetch,
+                tenant_id,
+                events,
+                self.heads,
+                locking=driver.transaction,
+                relaxed=True,
+                pause=self._pause,
+                entries=False,
+            )
 
     async def _pause(self) -> None:
         # Between two small pieces of a batch: let the loop serve I/O, then, unless the queue is falling
@@ -205,8 +211,7 @@ class EventLog:
         for event in batch:
             by_tenant.setdefault(event.tenant_id, []).append(event)
         # One transaction per tenant: it moves that tenant's head alone, so writers in other processes
-        # append to other tenants meanwhile. Committed without waiting for the WAL flush: these events
-        # were only in memory a moment ago anyway.
+        # append to other tenants meanwhile.
         # Tenants are independent chains, so several are written at once: the round trips of one overlap
         # with the others' (one writer alone would mostly wait on them).
         written: set[uuid.UUID] = set()
@@ -227,7 +232,7 @@ class EventLog:
 
         async def write(tenant_id: uuid.UUID, events: list[NewEvent]) -> None:
             async with slots:
-                await self._append_now(tenant_id, events, relaxed=True, batch=True)
+                await self._append_now(tenant_id, events, batch=True)
             written.add(tenant_id)
             self.appended_total += len(events)
 
