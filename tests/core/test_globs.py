@@ -261,6 +261,16 @@ def test_fast_paths_agree_with_the_regular_expression_path(pattern: str, value: 
     assert globs.name_matcher(pattern)(value) is globs.name_matcher(slow)(slow_value)
 
 
+@PROPERTY
+@given(patterns=st.lists(_patterns, min_size=1, max_size=3), value=_values)
+def test_prefixes_stand_in_for_the_matcher_when_given(patterns: list[str], value: str) -> None:
+    found = globs.prefixes(patterns)
+    every_prefix = all(p.endswith("*") and p.count("*") == 1 and "?" not in p and p != "*" for p in patterns)
+    assert (found is not None) is every_prefix
+    if found is not None:
+        assert value.lower().startswith(found) is globs.names(patterns)(value.lower())
+
+
 _labels = st.text(alphabet="abc-1", min_size=1, max_size=4).filter(
     lambda label: not label.startswith("-") and not label.endswith("-")
 )

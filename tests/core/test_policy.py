@@ -2091,6 +2091,44 @@ def test_a_bundle_decides_exactly_like_its_policy_set(
     assert bundle.evaluate(what) == evaluate(policies, who, what)
 
 
+def _every_rule_walked(policies: PolicySet, who: Subject, what: Request) -> tuple[str | None, list[str]]:
+    """The custom stage done the long way: every candidate rule tried in order with its own matcher.
+
+    Returns the enforced deny rule that decides (or else the first enforced allow rule, or None) and the
+    dry-run deny rules that match before it.
+    """
+    found = policies.effective(who).candidates(what.action.lower(), what.tool.lower() if what.tool else None)
+    allow: str | None = None
+    shadows: list[str] = []
+    for rule in found.rules:
+        if rule.resource is not None and not rule.resource(what.resource.lower()):
+            continue
+        if rule.conditions is not None and not rule.conditions(who, what, what.at):
+            continue
+        if rule.effect == "deny" and rule.enforce:
+            return rule.id, shadows
+        if rule.effect == "deny":
+            shadows.append(rule.id)
+        elif rule.enforce and allow is None:
+            allow = rule.id
+    return allow, shadows
+
+
+@PROPERTY
+@given(documents=policy_sets(), who=subjects(), what=requests())
+def test_the_custom_stage_decides_as_trying_every_rule_would(
+    documents: list[Doc], who: Subject, what: Request
+) -> None:
+    """After an enforced allow only deny rules are tried, resources by prefix: the verdict is the same."""
+    policies = PolicySet(1, documents)
+    decided = evaluate(policies, who, what, spent={})
+    if decided.stage not in (None, "custom"):
+        return  # decided before the custom stage
+    rule, shadows = _every_rule_walked(policies, who, what)
+    assert decided.matched_rule == rule
+    assert [item.rule for item in decided.would_deny if item.rule is not None] == shadows
+
+
 def test_generated_sets_exercise_every_outcome() -> None:
     """A guard on the strategies: the properties above are only as good as the variety they see."""
     seen: set[tuple[bool, str | None]] = set()

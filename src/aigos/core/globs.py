@@ -141,6 +141,20 @@ def names(patterns: Iterable[str]) -> Matcher:
     return _combine(frozenset(exact), tuple(prefixes), tuple(suffixes), _alternation(other))
 
 
+def prefixes(patterns: Iterable[str]) -> tuple[str, ...] | None:
+    """The literal prefixes when every name glob in ``patterns`` is ``prefix*`` (else ``None``).
+
+    A caller in a hot loop tests ``value.startswith(prefixes)`` inline: one C call, no Python frame and
+    fewer objects to fetch from memory than a matcher's closure.
+    """
+    lowered = tuple(dict.fromkeys(pattern.lower() for pattern in patterns))
+    if not lowered or not all(
+        p.endswith("*") and p.count("*") == 1 and "?" not in p and len(p) > 1 for p in lowered
+    ):
+        return None
+    return tuple(p[:-1] for p in lowered)
+
+
 def domains(patterns: Iterable[str]) -> Matcher:
     """A matcher for any of the domain globs ``patterns`` (one set look-up and one ``endswith``)."""
     hosts = tuple(dict.fromkeys(pattern.lower().rstrip(".") for pattern in patterns))

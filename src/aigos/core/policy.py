@@ -608,6 +608,10 @@ def _selector(spec: Mapping[str, Any] | None) -> _Selector:
     )
 
 
+#: A rule's conditions beyond resource and tool, compiled into one call (see ``_conditions``).
+_Conditions = Callable[[Subject, Request, datetime | None], bool]
+
+
 @dataclass(frozen=True, slots=True)
 class _Rule:
     id: str
@@ -617,37 +621,61 @@ class _Rule:
     order: tuple[int, int, int]
     #: None when the rule applies to every resource (the common case: no call at all).
     resource: globs.Matcher | None
+    #: The resource patterns' literal prefixes when each is ``prefix*`` (see ``globs.prefixes``).
+    resource_prefixes: tuple[str, ...] | None
     tool: globs.Matcher | None
-    domain: globs.Matcher | None
-    cost: tuple[tuple[str, float], ...]
-    window: _Window | None
-    agent: _Selector | None
-    context: tuple[tuple[str, frozenset[str]], ...]
+    #: None when no condition beyond resource and tool is set, so most rules stop after two tests.
+    conditions: _Conditions | None
     description: str | None
-    #: Whether any condition beyond resource and tool is set, so most rules stop after two tests.
-    more: bool = False
 
-    def matches(
-        self, subject: Subject, request: Request, resource: str, tool: str | None, at: datetime | None
-    ) -> bool:
-        if self.resource is not None and not self.resource(resource):
-            return False
-        if self.tool is not None and (tool is None or not self.tool(tool)):
-            return False
-        return not self.more or self.more_hold(subject, request, at)
 
-    def more_hold(self, subject: Subject, request: Request, at: datetime | None) -> bool:
-        """Whether the conditions beyond resource and tool hold."""
-        if self.domain is not None and (request.domain is None or not self.domain(request.domain)):
-            return False
-        for op, bound in self.cost:
-            if not _COMPARE[op](request.estimated_cost, bound):
+def _conditions(spec: Mapping[str, Any]) -> _Conditions | None:
+    """A rule's domain, cost, time, agent and context conditions as one call that tests only those set.
+
+    Each condition becomes a closure over its compiled operand; several are chained without a generator
+    (``all(...)`` over a generator costs more than the tests it runs).
+    """
+    tests: list[_Conditions] = []
+    if spec.get("domains"):
+        domain_match = globs.domains(spec["domains"])
+        tests.append(lambda s, r, at: r.domain is not None and domain_match(r.domain))
+    cost = spec.get("cost") or {}
+    for op in ("gt", "gte", "lt", "lte"):
+        if cost.get(op) is not None:
+            tests.append(_COST_TESTS[op](float(cost[op])))
+    if spec.get("time"):
+        window = _window(spec["time"])
+        tests.append(lambda s, r, at: window.contains(at or datetime.now(UTC)))
+    if spec.get("agent"):
+        selector = _selector(spec["agent"])
+        tests.append(lambda s, r, at: selector.selects(s))
+    for key, value in sorted((spec.get("context") or {}).items()):
+        allowed = frozenset([value] if isinstance(value, str) else (str(v) for v in value))
+        tests.append(_context_test(str(key), allowed))
+    if not tests:
+        return None
+    if len(tests) == 1:
+        return tests[0]
+    if len(tests) == 2:
+        first, second = tests
+        return lambda s, r, at: first(s, r, at) and second(s, r, at)
+    chain = tuple(tests)
+
+    def every(subject: Subject, request: Request, at: datetime | None) -> bool:
+        for test in chain:  # noqa: SIM110 - not all(generator): see above
+            if not test(subject, request, at):
                 return False
-        if self.window is not None and not self.window.contains(at or datetime.now(UTC)):
-            return False
-        if self.agent is not None and not self.agent.selects(subject):
-            return False
-        return all(_text(request.context.get(key)) in allowed for key, allowed in self.context)
+        return True
+
+    return every
+
+
+def _context_test(key: str, allowed: frozenset[str]) -> _Conditions:
+    def test(subject: Subject, request: Request, at: datetime | None) -> bool:
+        value = request.context.get(key)
+        return (value if type(value) is str else _text(value)) in allowed
+
+    return test
 
 
 def _text(value: object) -> str | None:
@@ -659,11 +687,11 @@ def _text(value: object) -> str | None:
     return str(value)
 
 
-_COMPARE = {
-    "gt": lambda value, bound: value > bound,
-    "gte": lambda value, bound: value >= bound,
-    "lt": lambda value, bound: value < bound,
-    "lte": lambda value, bound: value <= bound,
+_COST_TESTS: dict[str, Callable[[float], _Conditions]] = {
+    "gt": lambda bound: lambda s, r, at: r.estimated_cost > bound,
+    "gte": lambda bound: lambda s, r, at: r.estimated_cost >= bound,
+    "lt": lambda bound: lambda s, r, at: r.estimated_cost < bound,
+    "lte": lambda bound: lambda s, r, at: r.estimated_cost <= bound,
 }
 
 
@@ -729,7 +757,6 @@ def compile_policy(document: Mapping[str, Any]) -> _Policy:
     rules: list[tuple[tuple[str, ...], _Rule]] = []
     for index, spec in enumerate(document.get("rules") or []):
         conditions = spec.get("conditions") or {}
-        cost = conditions.get("cost") or {}
         resources = [str(pattern) for pattern in spec.get("resources") or ["*"]]
         rule = _Rule(
             id=str(spec.get("id") or f"rule-{index + 1}"),
@@ -738,22 +765,11 @@ def compile_policy(document: Mapping[str, Any]) -> _Policy:
             enforce=enforce,
             order=(-int(spec.get("priority") or 0), -priority, index),
             resource=None if "*" in resources else globs.names(resources),
+            resource_prefixes=None if "*" in resources else globs.prefixes(resources),
             tool=globs.names(conditions["tools"]) if conditions.get("tools") else None,
-            domain=globs.domains(conditions["domains"]) if conditions.get("domains") else None,
-            cost=tuple(
-                (op, float(cost[op])) for op in ("gt", "gte", "lt", "lte") if cost.get(op) is not None
-            ),
-            window=_window(conditions["time"]) if conditions.get("time") else None,
-            agent=_selector(conditions.get("agent")) if conditions.get("agent") else None,
-            context=tuple(
-                (str(key), frozenset([value] if isinstance(value, str) else (str(v) for v in value)))
-                for key, value in sorted((conditions.get("context") or {}).items())
-            ),
+            conditions=_conditions(conditions),
             description=spec.get("description"),
         )
-        more = bool(rule.domain or rule.cost or rule.window or rule.agent or rule.context)
-        if more:
-            rule = dataclasses.replace(rule, more=True)
         rules.append((tuple(str(a).lower() for a in spec.get("actions") or ["*"]), rule))
     deny, allow = domain_lists.get("deny"), domain_lists.get("allow")
     return _Policy(
@@ -788,7 +804,7 @@ class Effective:
     rate_limits: tuple[RateLimit, ...]
     default_deny: tuple[_Policy, ...]
     #: ``candidates`` answers, by (action, tool): agents repeat the same few calls.
-    _candidates: dict[tuple[str, str | None], tuple[_Rule, ...]] = field(default_factory=dict)
+    _candidates: dict[tuple[str, str | None], Candidates] = field(default_factory=dict)
 
     def rules_for(self, action: str) -> Iterable[_Rule]:
         """The rules that may match ``action`` (lower-cased), in evaluation order."""
@@ -797,12 +813,12 @@ class Effective:
             return exact
         return [rule for match, rule in self.glob_rules if match(action)]
 
-    def candidates(self, action: str, tool: str | None) -> tuple[_Rule, ...]:
+    def candidates(self, action: str, tool: str | None) -> Candidates:
         """The rules that may match ``action`` with ``tool`` (both lower-cased), in evaluation order."""
         key = (action, tool)
         found = self._candidates.get(key)
         if found is None:
-            found = tuple(
+            found = Candidates.of(
                 rule
                 for rule in self.rules_for(action)
                 if rule.tool is None or (tool is not None and rule.tool(tool))
@@ -811,6 +827,49 @@ class Effective:
                 self._candidates.clear()
             self._candidates[key] = found
         return found
+
+
+#: ``Candidates.entries``: the kind of a deny rule, and of an allow rule in dry-run mode (an enforced
+#: allow rule's kind is where the deny rules after it begin in ``Candidates.denies``).
+_DENY = -1
+_ALLOW_DRY_RUN = -2
+#: (rule, resource prefixes or None, resource matcher or None, conditions or None, kind); the prefixes
+#: stand in for the matcher when every resource pattern is ``prefix*``, the common shape.
+_Entry = tuple[_Rule, tuple[str, ...] | None, globs.Matcher | None, _Conditions | None, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Candidates:
+    """The rules that may match one (action, tool), in evaluation order, arranged for the custom stage.
+
+    Once an enforced allow rule matched, only a deny rule can change the verdict (deny overrides) and the
+    reported rule is already known, so the walk goes on over the deny rules after it alone: on the allowed
+    path, which must try every rule that could deny, most allow rules are never tried. Each entry holds
+    what the walk needs without attribute look-ups: the rule, its resource matcher, its conditions and its
+    kind.
+    """
+
+    entries: tuple[_Entry, ...]
+    denies: tuple[_Entry, ...]
+
+    @classmethod
+    def of(cls, rules: Iterable[_Rule]) -> Candidates:
+        """The arrangement of ``rules`` (in evaluation order)."""
+        entries: list[_Entry] = []
+        denies: list[_Entry] = []
+        for rule in rules:
+            kind = _DENY if rule.effect == "deny" else len(denies) if rule.enforce else _ALLOW_DRY_RUN
+            prefixes = rule.resource_prefixes
+            entry = (rule, prefixes, None if prefixes else rule.resource, rule.conditions, kind)
+            entries.append(entry)
+            if kind == _DENY:
+                denies.append(entry)
+        return cls(tuple(entries), tuple(denies))
+
+    @property
+    def rules(self) -> tuple[_Rule, ...]:
+        """The rules, in evaluation order."""
+        return tuple(entry[0] for entry in self.entries)
 
 
 def _arrange(policies: Iterable[_Policy]) -> Effective:
@@ -885,59 +944,39 @@ def evaluate(
     the budgets still to reserve (``needs_budget``); the caller reserves them and finishes the decision
     with ``Decision.with_spent``.
     """
+    # The hot path of the product: no closures, no keyword calls, nothing allocated a check does not keep.
     at = request.at
     effective = policies.effective(subject) if isinstance(policies, PolicySet) else policies
     steps: list[dict[str, Any]] | None = [] if trace else None
-
-    def deny(
-        stage: str, code: Code, reason: str, rule: str | None = None, policy: str | None = None
-    ) -> Decision:
-        if steps is not None:
-            steps.append(_step(stage, "deny", reason))
-        return Decision(
-            allowed=False,
-            code=code.value,
-            stage=stage,
-            reason=reason,
-            matched_rule=rule,
-            policy_id=policy,
-            would_deny=tuple(would),
-            trace=tuple(steps) if steps is not None else None,
-            budgets=budgets if stage in ("domain", "custom") else (),
-            rate_limits=rates if stage in ("domain", "custom") else (),
-            cost=request.estimated_cost,
-        )
-
-    would: list[WouldDeny] = []
-    budgets: tuple[tuple[Budget, str], ...] = ()
-    rates: tuple[tuple[RateLimit, str], ...] = ()
+    cost = request.estimated_cost
 
     # 1. kill switch
-    if subject.status == "terminated":
-        return deny("kill_switch", Code.TERMINATED, "The agent was terminated.")
-    if subject.status == "paused":
-        return deny("kill_switch", Code.PAUSED, "The agent is paused (AGENT_PAUSED) until it is resumed.")
-    if subject.status != "active":
-        return deny("kill_switch", Code.TERMINATED, f"The agent is {subject.status}.")
+    status = subject.status
+    if status != "active":
+        if status == "paused":
+            reason = "The agent is paused (AGENT_PAUSED) until it is resumed."
+            return _denial(steps, "kill_switch", Code.PAUSED, reason, None, None, (), (), (), cost)
+        reason = "The agent was terminated." if status == "terminated" else f"The agent is {status}."
+        return _denial(steps, "kill_switch", Code.TERMINATED, reason, None, None, (), (), (), cost)
     if steps is not None:
         steps.append(_step("kill_switch", "pass"))
 
     # 2. capability
     tool = request.tool.lower() if request.tool else None
+    domain = request.domain
     if tool is not None and not subject.tool_matcher(tool):
-        return deny(
-            "capability", Code.CAPABILITY_DENIED, f"Tool {request.tool!r} is not in the agent's capabilities."
-        )
-    if request.domain is not None and not subject.domain_matcher(request.domain):
-        return deny(
-            "capability",
-            Code.CAPABILITY_DENIED,
-            f"Domain {request.domain!r} is not in the agent's capabilities.",
-        )
+        reason = f"Tool {request.tool!r} is not in the agent's capabilities."
+        return _denial(steps, "capability", Code.CAPABILITY_DENIED, reason, None, None, (), (), (), cost)
+    if domain is not None and not subject.domain_matcher(domain):
+        reason = f"Domain {domain!r} is not in the agent's capabilities."
+        return _denial(steps, "capability", Code.CAPABILITY_DENIED, reason, None, None, (), (), (), cost)
     if steps is not None:
         steps.append(_step("capability", "pass"))
 
     # 3. budget and rate: rate limits are counted by the caller (shared counters), budgets here or there
+    would: tuple[WouldDeny, ...] = ()
+    budgets: tuple[tuple[Budget, str], ...] = ()
+    rates: tuple[tuple[RateLimit, str], ...] = ()
     if effective.rate_limits:
         rates = tuple((limit, limit.key(subject.agent_id)) for limit in effective.rate_limits)
     applicable = effective.budgets
@@ -948,16 +987,15 @@ def evaluate(
         at = at or datetime.now(UTC)  # budgets count by period: the time is needed now, and only now
         budgets = tuple((budget, budget.key(subject.agent_id, at)) for budget in applicable)
     if budgets and spent is not None:
-        outcome = settle(budgets, spent, request.estimated_cost)
-        would.extend(outcome.would_deny)
+        outcome = settle(budgets, spent, cost)
+        would = outcome.would_deny
         remaining = outcome.remaining
         if outcome.exceeded is not None:
-            denied = deny(
-                "budget",
-                Code.BUDGET_EXCEEDED,
-                _budget_reason(outcome.exceeded),
-                policy=outcome.exceeded.policy_id,
-            )
+            exceeded = outcome.exceeded
+            denied = _denial(
+                steps, "budget", Code.BUDGET_EXCEEDED, _budget_reason(exceeded), None, exceeded.policy_id,
+                would, (), (), cost,
+            )  # fmt: skip
             denied.budget_remaining = remaining
             return denied
         budgets = ()
@@ -967,45 +1005,58 @@ def evaluate(
         steps.append(_step("budget", "pending" if budgets else "skip"))
 
     # 4. domain patterns
-    domain = request.domain
     if domain is not None:
         for policy in effective.domain_rules:
-            code = reason = None
             if policy.domain_deny is not None and policy.domain_deny(domain):
                 code, reason = Code.RESOURCE_DENIED, f"Domain {domain!r} is denied by policy {policy.name!r}."
             elif policy.domain_allow is not None and not policy.domain_allow(domain):
-                code, reason = (
-                    Code.RESOURCE_NOT_ALLOWED,
-                    f"Domain {domain!r} is not allowed by policy {policy.name!r}.",
-                )
-            if code is None or reason is None:
+                code = Code.RESOURCE_NOT_ALLOWED
+                reason = f"Domain {domain!r} is not allowed by policy {policy.name!r}."
+            else:
                 continue
             if policy.enforce:
-                return _finish(deny("domain", code, reason, policy=policy.id), remaining)
-            would.append(WouldDeny(policy.id, None, code.value, reason))
+                denied = _denial(steps, "domain", code, reason, None, policy.id, would, budgets, rates, cost)
+                return _finish(denied, remaining)
+            would += (WouldDeny(policy.id, None, code.value, reason),)
     if steps is not None:
         steps.append(_step("domain", "pass" if domain is not None else "skip"))
 
-    # 5. custom rules
+    # 5. custom rules: in order until an enforced allow rule matches, then the deny rules after it
     resource = request.resource.lower()
     allowed_by: _Rule | None = None
     #: Whether any allow rule matched, dry-run ones included: a dry-run default deny asks as if enforced.
     any_allow = False
-    for rule in effective.candidates(request.action.lower(), tool):
-        # `matches` without its tool test (candidates passed it), inlined: this loop is the hot path.
-        if rule.resource is not None and not rule.resource(resource):
+    found = effective.candidates(request.action.lower(), tool)
+    after: tuple[_Entry, ...] = ()
+    # Tests inlined (resource, then conditions): these two loops are the hot path.
+    for rule, prefixes, matches, holds, kind in found.entries:
+        if prefixes is not None:
+            if not resource.startswith(prefixes):
+                continue
+        elif matches is not None and not matches(resource):
             continue
-        if rule.more and not rule.more_hold(subject, request, at):
+        if holds is not None and not holds(subject, request, at):
             continue
-        if rule.effect == "deny":
-            reason = rule.description or f"Denied by rule {rule.id!r}."
-            if rule.enforce:
-                return _finish(deny("custom", Code.CUSTOM_DENIED, reason, rule.id, rule.policy_id), remaining)
-            would.append(WouldDeny(rule.policy_id, rule.id, Code.CUSTOM_DENIED.value, reason))
-        else:
+        if kind >= 0:
+            allowed_by, any_allow, after = rule, True, found.denies[kind:]
+            break
+        if kind == _ALLOW_DRY_RUN:
             any_allow = True
-            if allowed_by is None and rule.enforce:
-                allowed_by = rule
+        elif rule.enforce:
+            return _finish(_rule_denial(steps, rule, would, budgets, rates, cost), remaining)
+        else:
+            would += (_rule_shadow(rule),)
+    for rule, prefixes, matches, holds, _ in after:
+        if prefixes is not None:
+            if not resource.startswith(prefixes):
+                continue
+        elif matches is not None and not matches(resource):
+            continue
+        if holds is not None and not holds(subject, request, at):
+            continue
+        if rule.enforce:
+            return _finish(_rule_denial(steps, rule, would, budgets, rates, cost), remaining)
+        would += (_rule_shadow(rule),)
     if allowed_by is None:
         for policy in effective.default_deny:
             if any_allow and not policy.enforce:
@@ -1015,23 +1066,84 @@ def evaluate(
                 f" (policy {policy.name!r} denies by default)."
             )
             if policy.enforce:
-                return _finish(deny("custom", Code.CUSTOM_DENIED, reason, policy=policy.id), remaining)
-            would.append(WouldDeny(policy.id, None, Code.CUSTOM_DENIED.value, reason))
+                denied = _denial(
+                    steps, "custom", Code.CUSTOM_DENIED, reason, None, policy.id, would, budgets, rates, cost
+                )
+                return _finish(denied, remaining)
+            would += (WouldDeny(policy.id, None, Code.CUSTOM_DENIED.value, reason),)
     if steps is not None:
         steps.append(
             _step("custom", "pass", f"allowed by rule {allowed_by.id!r}" if allowed_by else "no rule denies")
         )
-    return Decision(
-        allowed=True,
-        matched_rule=allowed_by.id if allowed_by else None,
-        policy_id=allowed_by.policy_id if allowed_by else None,
-        budget_remaining=remaining,
-        would_deny=tuple(would),
-        trace=tuple(steps) if steps is not None else None,
-        budgets=budgets,
-        rate_limits=rates,
-        cost=request.estimated_cost,
+    return Decision(  # positional, in field order: keyword arguments cost a third of a microsecond here
+        True,  # allowed
+        None,  # code
+        None,  # stage
+        None,  # reason
+        allowed_by.id if allowed_by else None,
+        allowed_by.policy_id if allowed_by else None,
+        remaining,
+        would,
+        tuple(steps) if steps is not None else None,
+        budgets,
+        rates,
+        cost,
     )
+
+
+def _denial(
+    steps: list[dict[str, Any]] | None,
+    stage: str,
+    code: Code,
+    reason: str,
+    rule: str | None,
+    policy: str | None,
+    would: tuple[WouldDeny, ...],
+    budgets: tuple[tuple[Budget, str], ...],
+    rates: tuple[tuple[RateLimit, str], ...],
+    cost: float,
+) -> Decision:
+    """A denial at ``stage``; budgets and rate limits still to count only go with a later stage's denial."""
+    if steps is not None:
+        steps.append(_step(stage, "deny", reason))
+    return Decision(  # positional, as in ``evaluate``
+        False,  # allowed
+        code.value,
+        stage,
+        reason,
+        rule,  # matched_rule
+        policy,  # policy_id
+        None,  # budget_remaining
+        would,
+        tuple(steps) if steps is not None else None,
+        budgets,
+        rates,
+        cost,
+    )
+
+
+def _rule_denial(
+    steps: list[dict[str, Any]] | None,
+    rule: _Rule,
+    would: tuple[WouldDeny, ...],
+    budgets: tuple[tuple[Budget, str], ...],
+    rates: tuple[tuple[RateLimit, str], ...],
+    cost: float,
+) -> Decision:
+    """The denial by a matching, enforced deny rule."""
+    reason = _rule_reason(rule)
+    return _denial(
+        steps, "custom", Code.CUSTOM_DENIED, reason, rule.id, rule.policy_id, would, budgets, rates, cost
+    )
+
+
+def _rule_shadow(rule: _Rule) -> WouldDeny:
+    """The denial a matching deny rule in a dry-run policy would have made."""
+    return WouldDeny(rule.policy_id, rule.id, Code.CUSTOM_DENIED.value, _rule_reason(rule))
+
+
+def _rule_reason(rule: _Rule) -> str:
+    return rule.description or f"Denied by rule {rule.id!r}."
 
 
 def _finish(decision: Decision, remaining: float | None) -> Decision:
