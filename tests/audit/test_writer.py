@@ -433,6 +433,28 @@ async def test_the_batch_writer_waits_for_quiet_moments_but_never_stalls(
     in_flight.leave()
 
 
+async def test_a_batch_being_hashed_does_not_hold_back_other_writes(
+    database: Database, signer: Signer
+) -> None:
+    # The batch is hashed and converted before its transaction begins (on SQLite, before it takes the
+    # database's one write lock): a durable write meanwhile goes through at once, not after the batch.
+    in_flight = InFlight()
+    in_flight.enter()  # a request that never ends: every piece of the batch waits a little first
+    log = EventLog(database, signer, in_flight=in_flight)
+    busy, other = uuid.uuid4(), uuid.uuid4()
+    await log.record(event(busy, data={"n": -1}))  # the head is known: the batch is hashed before locking
+    for n in range(200):
+        assert log.enqueue(event(busy, "policy.checked", outcome="denied", data={"n": n}))
+    flushing = asyncio.create_task(log.flush())
+    await asyncio.sleep(0.01)
+    await log.record(event(other, data={"n": 0}))
+    assert not flushing.done()
+    in_flight.leave()
+    assert await flushing == 200
+    assert [row.seq for row in await stored(database, busy)] == list(range(1, 202))
+    assert [row.seq for row in await stored(database, other)] == [1]
+
+
 async def test_a_connection_the_database_dropped_fails_one_append_and_is_not_reused(pg_database: str) -> None:
     # Connections given back a moment ago are handed out unprobed; one the server has since closed must
     # fail only the append that met it, not every later one.

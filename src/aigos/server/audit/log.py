@@ -216,13 +216,19 @@ class EventLog:
         # with the others' (one writer alone would mostly wait on them).
         written: set[uuid.UUID] = set()
         if self.database.kind == "sqlite":
-            # SQLite takes one writer at a time: one transaction for the whole batch is the fastest there.
+            # SQLite takes one writer at a time: everything is hashed and converted first, between
+            # requests, and then inserted in one short transaction (others wait for the write lock meanwhile).
+            dialect = self.database.engine.dialect
             try:
+                prepared = [
+                    await appender.prepare_sqlite(
+                        dialect, tenant_id, events, self.heads, pause=self._pause, entries=False
+                    )
+                    for tenant_id, events in by_tenant.items()
+                ]
                 async with self.database.session() as session:
-                    for tenant_id, events in by_tenant.items():
-                        await appender.append(
-                            session, tenant_id, events, self.heads, pause=self._pause, entries=False
-                        )
+                    for item in prepared:
+                        await appender.append_sqlite(session, item, self.heads)
             except Exception:
                 self._queue.extendleft(reversed(batch))
                 raise
