@@ -2100,7 +2100,7 @@ def _every_rule_walked(policies: PolicySet, who: Subject, what: Request) -> tupl
     found = policies.effective(who).candidates(what.action.lower(), what.tool.lower() if what.tool else None)
     allow: str | None = None
     shadows: list[str] = []
-    for rule in found.rules:
+    for rule, *_ in found:
         if rule.resource is not None and not rule.resource(what.resource.lower()):
             continue
         if rule.conditions is not None and not rule.conditions(who, what, what.at):

@@ -695,6 +695,21 @@ _COST_TESTS: dict[str, Callable[[float], _Conditions]] = {
 }
 
 
+#: How the custom stage reads a rule: the rule, its resource prefixes (when every resource pattern is
+#: ``prefix*``, tested inline) or else its resource matcher, its conditions, and its kind. A plain tuple,
+#: made once when the policy is compiled and shared by every agent's candidate lists (a tenant-wide rule
+#: is one object in memory, warm in the CPU's caches); the walk unpacks it without attribute look-ups.
+_Entry = tuple[_Rule, tuple[str, ...] | None, globs.Matcher | None, _Conditions | None, int]
+#: ``_Entry`` kinds.
+_DENY, _ALLOW, _ALLOW_DRY_RUN = 0, 1, 2
+
+
+def _entry(rule: _Rule) -> _Entry:
+    prefixes = rule.resource_prefixes
+    kind = _DENY if rule.effect == "deny" else _ALLOW if rule.enforce else _ALLOW_DRY_RUN
+    return (rule, prefixes, None if prefixes else rule.resource, rule.conditions, kind)
+
+
 @dataclass(frozen=True, slots=True)
 class _Policy:
     id: str
@@ -709,7 +724,8 @@ class _Policy:
     domain_allow: globs.Matcher | None
     budget: Budget | None
     rate_limit: RateLimit | None
-    rules: tuple[tuple[tuple[str, ...], _Rule], ...]
+    #: (lower-cased action patterns, the rule as the custom stage reads it), in document order.
+    rules: tuple[tuple[tuple[str, ...], _Entry], ...]
     document: Mapping[str, Any]
 
     def applies_to(self, subject: Subject) -> bool:
@@ -754,7 +770,7 @@ def compile_policy(document: Mapping[str, Any]) -> _Policy:
             enforce=enforce,
             label=str(document.get("name") or policy_id),
         )
-    rules: list[tuple[tuple[str, ...], _Rule]] = []
+    rules: list[tuple[tuple[str, ...], _Entry]] = []
     for index, spec in enumerate(document.get("rules") or []):
         conditions = spec.get("conditions") or {}
         resources = [str(pattern) for pattern in spec.get("resources") or ["*"]]
@@ -770,7 +786,7 @@ def compile_policy(document: Mapping[str, Any]) -> _Policy:
             conditions=_conditions(conditions),
             description=spec.get("description"),
         )
-        rules.append((tuple(str(a).lower() for a in spec.get("actions") or ["*"]), rule))
+        rules.append((tuple(str(a).lower() for a in spec.get("actions") or ["*"]), _entry(rule)))
     deny, allow = domain_lists.get("deny"), domain_lists.get("allow")
     return _Policy(
         id=policy_id,
@@ -796,32 +812,32 @@ class Effective:
 
     policies: tuple[_Policy, ...]
     #: Rules by lower-cased exact action, each list already holding the wildcard-action rules, in order.
-    by_action: Mapping[str, tuple[_Rule, ...]]
+    by_action: Mapping[str, tuple[_Entry, ...]]
     #: Rules whose action pattern is a glob: tried for actions not in ``by_action``.
-    glob_rules: tuple[tuple[globs.Matcher, _Rule], ...]
+    glob_rules: tuple[tuple[globs.Matcher, _Entry], ...]
     domain_rules: tuple[_Policy, ...]
     budgets: tuple[Budget, ...]
     rate_limits: tuple[RateLimit, ...]
     default_deny: tuple[_Policy, ...]
     #: ``candidates`` answers, by (action, tool): agents repeat the same few calls.
-    _candidates: dict[tuple[str, str | None], Candidates] = field(default_factory=dict)
+    _candidates: dict[tuple[str, str | None], tuple[_Entry, ...]] = field(default_factory=dict)
 
-    def rules_for(self, action: str) -> Iterable[_Rule]:
+    def rules_for(self, action: str) -> Sequence[_Entry]:
         """The rules that may match ``action`` (lower-cased), in evaluation order."""
         exact = self.by_action.get(action)
         if exact is not None:
             return exact
-        return [rule for match, rule in self.glob_rules if match(action)]
+        return [entry for match, entry in self.glob_rules if match(action)]
 
-    def candidates(self, action: str, tool: str | None) -> Candidates:
+    def candidates(self, action: str, tool: str | None) -> tuple[_Entry, ...]:
         """The rules that may match ``action`` with ``tool`` (both lower-cased), in evaluation order."""
         key = (action, tool)
         found = self._candidates.get(key)
         if found is None:
-            found = Candidates.of(
-                rule
-                for rule in self.rules_for(action)
-                if rule.tool is None or (tool is not None and rule.tool(tool))
+            found = tuple(
+                entry
+                for entry in self.rules_for(action)
+                if entry[0].tool is None or (tool is not None and entry[0].tool(tool))
             )
             if len(self._candidates) >= MAX_CANDIDATE_SETS:
                 self._candidates.clear()
@@ -829,67 +845,24 @@ class Effective:
         return found
 
 
-#: ``Candidates.entries``: the kind of a deny rule, and of an allow rule in dry-run mode (an enforced
-#: allow rule's kind is where the deny rules after it begin in ``Candidates.denies``).
-_DENY = -1
-_ALLOW_DRY_RUN = -2
-#: (rule, resource prefixes or None, resource matcher or None, conditions or None, kind); the prefixes
-#: stand in for the matcher when every resource pattern is ``prefix*``, the common shape.
-_Entry = tuple[_Rule, tuple[str, ...] | None, globs.Matcher | None, _Conditions | None, int]
-
-
-@dataclass(frozen=True, slots=True)
-class Candidates:
-    """The rules that may match one (action, tool), in evaluation order, arranged for the custom stage.
-
-    Once an enforced allow rule matched, only a deny rule can change the verdict (deny overrides) and the
-    reported rule is already known, so the walk goes on over the deny rules after it alone: on the allowed
-    path, which must try every rule that could deny, most allow rules are never tried. Each entry holds
-    what the walk needs without attribute look-ups: the rule, its resource matcher, its conditions and its
-    kind.
-    """
-
-    entries: tuple[_Entry, ...]
-    denies: tuple[_Entry, ...]
-
-    @classmethod
-    def of(cls, rules: Iterable[_Rule]) -> Candidates:
-        """The arrangement of ``rules`` (in evaluation order)."""
-        entries: list[_Entry] = []
-        denies: list[_Entry] = []
-        for rule in rules:
-            kind = _DENY if rule.effect == "deny" else len(denies) if rule.enforce else _ALLOW_DRY_RUN
-            prefixes = rule.resource_prefixes
-            entry = (rule, prefixes, None if prefixes else rule.resource, rule.conditions, kind)
-            entries.append(entry)
-            if kind == _DENY:
-                denies.append(entry)
-        return cls(tuple(entries), tuple(denies))
-
-    @property
-    def rules(self) -> tuple[_Rule, ...]:
-        """The rules, in evaluation order."""
-        return tuple(entry[0] for entry in self.entries)
-
-
 def _arrange(policies: Iterable[_Policy]) -> Effective:
     ordered = tuple(sorted(policies, key=lambda policy: (-policy.priority, policy.id)))
     entries = sorted(
-        ((actions, rule) for policy in ordered for actions, rule in policy.rules),
-        key=lambda entry: entry[1].order,
+        (item for policy in ordered for item in policy.rules),
+        key=lambda item: item[1][0].order,
     )
     exact_names = {
         action for actions, _ in entries for action in actions if "*" not in action and "?" not in action
     }
     glob_rules = tuple(
-        (globs.names(actions), rule)
-        for actions, rule in entries
+        (globs.names(actions), entry)
+        for actions, entry in entries
         if any("*" in a or "?" in a for a in actions)
     )
-    by_action: dict[str, tuple[_Rule, ...]] = {}
+    by_action: dict[str, tuple[_Entry, ...]] = {}
     for name in exact_names:
         by_action[name] = tuple(
-            rule for actions, rule in entries if name in actions or globs.names(actions)(name)
+            entry for actions, entry in entries if name in actions or globs.names(actions)(name)
         )
     return Effective(
         policies=ordered,
@@ -1021,15 +994,16 @@ def evaluate(
     if steps is not None:
         steps.append(_step("domain", "pass" if domain is not None else "skip"))
 
-    # 5. custom rules: in order until an enforced allow rule matches, then the deny rules after it
+    # 5. custom rules. Once an enforced allow rule matched, only a deny rule can change the verdict (deny
+    # overrides) and the reported rule is known: the other allow rules are passed over untested.
     resource = request.resource.lower()
     allowed_by: _Rule | None = None
     #: Whether any allow rule matched, dry-run ones included: a dry-run default deny asks as if enforced.
     any_allow = False
-    found = effective.candidates(request.action.lower(), tool)
-    after: tuple[_Entry, ...] = ()
-    # Tests inlined (resource, then conditions): these two loops are the hot path.
-    for rule, prefixes, matches, holds, kind in found.entries:
+    # Tests inlined (resource, then conditions): this loop is the hot path.
+    for rule, prefixes, matches, holds, kind in effective.candidates(request.action.lower(), tool):
+        if allowed_by is not None and kind != _DENY:
+            continue
         if prefixes is not None:
             if not resource.startswith(prefixes):
                 continue
@@ -1037,26 +1011,27 @@ def evaluate(
             continue
         if holds is not None and not holds(subject, request, at):
             continue
-        if kind >= 0:
-            allowed_by, any_allow, after = rule, True, found.denies[kind:]
-            break
-        if kind == _ALLOW_DRY_RUN:
+        if kind == _ALLOW:
+            allowed_by, any_allow = rule, True
+        elif kind == _ALLOW_DRY_RUN:
             any_allow = True
-        elif rule.enforce:
-            return _finish(_rule_denial(steps, rule, would, budgets, rates, cost), remaining)
         else:
-            would += (_rule_shadow(rule),)
-    for rule, prefixes, matches, holds, _ in after:
-        if prefixes is not None:
-            if not resource.startswith(prefixes):
-                continue
-        elif matches is not None and not matches(resource):
-            continue
-        if holds is not None and not holds(subject, request, at):
-            continue
-        if rule.enforce:
-            return _finish(_rule_denial(steps, rule, would, budgets, rates, cost), remaining)
-        would += (_rule_shadow(rule),)
+            reason = rule.description or f"Denied by rule {rule.id!r}."
+            if rule.enforce:
+                denied = _denial(
+                    steps,
+                    "custom",
+                    Code.CUSTOM_DENIED,
+                    reason,
+                    rule.id,
+                    rule.policy_id,
+                    would,
+                    budgets,
+                    rates,
+                    cost,
+                )
+                return _finish(denied, remaining)
+            would += (WouldDeny(rule.policy_id, rule.id, Code.CUSTOM_DENIED.value, reason),)
     if allowed_by is None:
         for policy in effective.default_deny:
             if any_allow and not policy.enforce:
@@ -1120,30 +1095,6 @@ def _denial(
         rates,
         cost,
     )
-
-
-def _rule_denial(
-    steps: list[dict[str, Any]] | None,
-    rule: _Rule,
-    would: tuple[WouldDeny, ...],
-    budgets: tuple[tuple[Budget, str], ...],
-    rates: tuple[tuple[RateLimit, str], ...],
-    cost: float,
-) -> Decision:
-    """The denial by a matching, enforced deny rule."""
-    reason = _rule_reason(rule)
-    return _denial(
-        steps, "custom", Code.CUSTOM_DENIED, reason, rule.id, rule.policy_id, would, budgets, rates, cost
-    )
-
-
-def _rule_shadow(rule: _Rule) -> WouldDeny:
-    """The denial a matching deny rule in a dry-run policy would have made."""
-    return WouldDeny(rule.policy_id, rule.id, Code.CUSTOM_DENIED.value, _rule_reason(rule))
-
-
-def _rule_reason(rule: _Rule) -> str:
-    return rule.description or f"Denied by rule {rule.id!r}."
 
 
 def _finish(decision: Decision, remaining: float | None) -> Decision:
