@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,13 @@ from aigos.core.canonical import canonical
 from aigos.core.signing import Signer, b64url
 from aigos.server.audit import appender, checkpoints
 from aigos.server.audit.events import NewEvent
-from aigos.server.audit.log import AGGREGATED_TYPE, DROPPED_TYPE, EventLog, checkpoint_signer
+from aigos.server.audit.log import (
+    AGGREGATED_TYPE,
+    BEHIND_PAUSE_EVERY,
+    DROPPED_TYPE,
+    EventLog,
+    checkpoint_signer,
+)
 from aigos.server.audit.models import AuditAnchor, AuditCheckpoint, AuditEvent, AuditHead
 from aigos.server.config import Settings
 from aigos.server.db import Database
@@ -431,6 +438,43 @@ async def test_the_batch_writer_waits_for_quiet_moments_but_never_stalls(
     rows = await stored(database, tenant)
     assert [appender.entry_of(row)["data"]["n"] for row in rows] == list(range(20))
     in_flight.leave()
+
+
+async def test_a_writer_falling_behind_hashes_in_longer_pieces(database: Database, signer: Signer) -> None:
+    # Requests always ready: each turn of the loop serves one (a millisecond of work) and gives the writer
+    # one piece. Pieces of a few entries would take a turn per four events, fewer than the checks that
+    # queue them; once the queue holds a batch, the writer takes longer ones.
+    log = EventLog(database, signer, in_flight=InFlight(), batch_size=100)
+    tenant = uuid.uuid4()
+    batch = [event(tenant, "policy.checked", outcome="denied", data={"n": n}) for n in range(1_000)]
+    turns = 0
+    done = asyncio.Event()
+
+    async def requests() -> None:
+        nonlocal turns
+        while not done.is_set():
+            time.sleep(0.001)  # noqa: ASYNC251 - a request's CPU work, holding the loop as one does
+            turns += 1
+            await asyncio.sleep(0)
+
+    async def hashed_turns() -> int:
+        nonlocal turns
+        turns = 0
+        await appender.chain(tenant, appender.GENESIS, batch, pause=log._pause, entries=False)
+        return turns
+
+    serving = asyncio.create_task(requests())
+    try:
+        keeping_up = await hashed_turns()
+        for item in batch:
+            assert log.enqueue(item)
+        behind = await hashed_turns()
+    finally:
+        done.set()
+        await serving
+    pieces = len(batch) // appender.YIELD_EVERY
+    assert keeping_up >= pieces - 1
+    assert behind <= pieces // BEHIND_PAUSE_EVERY + 1
 
 
 async def test_a_batch_being_hashed_does_not_hold_back_other_writes(

@@ -38,6 +38,9 @@ PARALLEL_TENANTS = 4
 DROPPED_TYPE = "audit.events_dropped"
 #: How long the batch writer waits for a moment without requests before it hashes the next piece anyway.
 QUIET_WAIT_SECONDS = 0.002
+#: Once the queue holds a batch (the writer is falling behind), the loop is offered only one pause in this
+#: many: pieces of about 200 µs instead of 25 µs, so the queue drains even while requests never stop.
+BEHIND_PAUSE_EVERY = 8
 
 
 def checkpoint_signer(pepper: bytes) -> Signer:
@@ -71,6 +74,7 @@ class EventLog:
         self._dropped: Counter[uuid.UUID] = Counter()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._pauses = 0
         self.heads = appender.Heads()
         self.appended_total = 0
         self.dropped_total = 0
@@ -127,8 +131,14 @@ class EventLog:
     async def _pause(self) -> None:
         # Between two small pieces of a batch: let the loop serve I/O, then, unless the queue is falling
         # behind, wait until no request is being handled (a request then meets one piece, not one per await).
+        # Falling behind, the writer takes longer pieces: with requests always ready, each turn of the loop
+        # gives it one piece, and pieces of a few entries could not keep up with the checks that queue them.
+        self._pauses += 1
+        behind = len(self._queue) >= self.batch_size
+        if behind and self._pauses % BEHIND_PAUSE_EVERY:
+            return
         await asyncio.sleep(0)
-        if self.in_flight is not None and self.in_flight.count and len(self._queue) < self.batch_size:
+        if not behind and self.in_flight is not None and self.in_flight.count:
             await self.in_flight.quiet(QUIET_WAIT_SECONDS)
 
     def enqueue(self, event: NewEvent, *, aggregate_allowed: bool = False) -> bool:
