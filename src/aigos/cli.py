@@ -11,7 +11,7 @@ import json
 import signal
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -66,6 +66,10 @@ def version() -> None:
     typer.echo(__version__)
 
 
+#: The ASGI application factory ``serve`` runs.
+APP = "aigos.server.app:create_app"
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(envvar="AIGOS_HOST", help="Interface to bind.")] = "127.0.0.1",
@@ -89,6 +93,7 @@ def serve(
         raise _fail("--reload runs a single process; drop --workers or --reload")
     import uvicorn
 
+    from aigos.server import listening
     from aigos.server.db.migrate import upgrade
     from aigos.server.logging import configure_logging
 
@@ -97,19 +102,26 @@ def serve(
         # Once here rather than racing in every worker (they would wait on the lock and find nothing to do).
         asyncio.run(upgrade(settings.resolved_migration_url))
     _exit_zero_after_graceful_shutdown()
-    uvicorn.run(
-        "aigos.server.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        reload=reload,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        proxy_headers=True,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
-    )
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": host,
+        "port": port,
+        "workers": workers,
+        "reload": reload,
+        "log_config": None,
+        "access_log": False,
+        "server_header": False,
+        "proxy_headers": True,
+        "timeout_graceful_shutdown": int(settings.shutdown_timeout_seconds),
+    }
+    if workers > 1 and listening.AVAILABLE:
+        # Each worker listens on a socket of its own, so connections spread over all of them.
+        from uvicorn.supervisors import Multiprocess
+
+        config = uvicorn.Config(APP, **options)
+        Multiprocess(config, sockets=[listening.ReusePortSocket.bind_to(host, port)]).run()
+    else:
+        uvicorn.run(APP, **options)
 
 
 def _exit_zero_after_graceful_shutdown() -> None:
