@@ -219,7 +219,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--backend", choices=["embedded", "postgres", "all"], default="embedded")
-    parser.add_argument("--calls", type=int, default=3000, help="guarded remote calls (and transport calls)")
+    parser.add_argument(
+        "--calls", type=int, default=10_000, help="guarded remote calls (and transport calls)"
+    )
     parser.add_argument("--local-calls", type=int, default=100_000, help="bare and local-evaluation calls")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args()

@@ -24,9 +24,9 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import Dialect, Table, select
+from sqlalchemy import Dialect, Table, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from aigos.core import auditlog
 from aigos.core.canonical import parse
@@ -363,25 +363,36 @@ async def prepare_sqlite(
 
 async def append_sqlite(session: AsyncSession, prepared: Prepared, heads: Heads) -> list[dict[str, Any]]:
     """Insert a prepared segment inside the session's transaction, rehashed first if the head moved."""
+    # Core statements on the session's connection: the ORM's unit of work would cost more than the
+    # inserts, all of it on the event loop while the database's write lock is held.
     connection = await session.connection()
     tenant_id = prepared.tenant_id
     session.info["tenant_id"] = tenant_id
-    locked = await _lock_sqlite_head(session, tenant_id)
+    current = await _lock_sqlite_head(connection, tenant_id)
     segment, params = prepared.segment, prepared.params
     onto = prepared.onto
-    if segment is None or onto is None or (onto.seq, onto.hash) != (locked.seq, locked.hash):
+    if segment is None or onto is None or (onto.seq, onto.hash) != (current.seq, current.hash):
         # Nothing remembered, or another writer came first: hash onto the head as it is now.
-        current = Head(locked.seq, locked.hash, locked.recorded_at, locked.compact_range)
         segment = await chain(tenant_id, current, prepared.events, entries=prepared.entries)
         params = await _sqlite_params(connection.dialect, tenant_id, segment, _yield)
     await connection.exec_driver_sql(_sqlite_insert_sql(), params)
-    locked.seq, locked.hash = segment.head.seq, segment.head.hash
-    locked.recorded_at, locked.compact_range = segment.head.recorded_at, segment.head.compact_range
-    await session.flush()
+    moved = segment.head
+    table = _heads_table()
+    await connection.execute(
+        update(table)
+        .where(table.c.tenant_id == tenant_id)
+        .values(
+            seq=moved.seq, hash=moved.hash, recorded_at=moved.recorded_at, compact_range=moved.compact_range
+        )
+    )
     # Before the commit: if it fails, the memory is ahead of the database, and the next append sees that
     # under the lock and rehashes (as after another writer's append).
-    heads.remember(tenant_id, segment.head)
+    heads.remember(tenant_id, moved)
     return segment.stored
+
+
+def _heads_table() -> Table:
+    return cast(Table, AuditHead.__table__)
 
 
 _COLUMNS = (
@@ -442,9 +453,10 @@ async def _sqlite_params(
     return params
 
 
-async def _lock_sqlite_head(session: AsyncSession, tenant_id: uuid.UUID) -> AuditHead:
+async def _lock_sqlite_head(connection: AsyncConnection, tenant_id: uuid.UUID) -> Head:
     # SQLite has no row locks: the write comes first so the transaction holds the database's write lock
     # before it reads the head.
+    table = _heads_table()
     values = {
         "tenant_id": tenant_id,
         "seq": GENESIS.seq,
@@ -452,11 +464,9 @@ async def _lock_sqlite_head(session: AsyncSession, tenant_id: uuid.UUID) -> Audi
         "recorded_at": GENESIS.recorded_at,
         "compact_range": GENESIS.compact_range,
     }
-    await session.execute(
-        sqlite_insert(AuditHead).values(values).on_conflict_do_nothing(index_elements=["tenant_id"])
+    await connection.execute(
+        sqlite_insert(table).values(values).on_conflict_do_nothing(index_elements=["tenant_id"])
     )
-    head = await session.scalar(
-        select(AuditHead).where(AuditHead.tenant_id == tenant_id).execution_options(populate_existing=True)
-    )
-    assert head is not None
-    return head
+    columns = (table.c.seq, table.c.hash, table.c.recorded_at, table.c.compact_range)
+    row = (await connection.execute(select(*columns).where(table.c.tenant_id == tenant_id))).one()
+    return Head(int(row.seq), str(row.hash), row.recorded_at, dict(row.compact_range))
