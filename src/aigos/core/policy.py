@@ -1,8 +1,10 @@
 """The policy model and its evaluator: pure, shared by the server's hot path, simulation and the SDK.
 
 A tenant's policies are compiled once into a ``PolicySet``; for each agent the policies that target it are
-selected once into an ``Effective`` set (cached); a check is then a handful of dictionary look-ups and
-pre-compiled pattern matches. The chain is the seed's, short-circuiting at the first denial:
+selected once into an ``Effective`` set (cached), and for each (action, tool) it asks about, the rules that
+may match (cached); a check is then a handful of dictionary look-ups and pre-compiled pattern matches, and
+once an enforced allow rule matched only the deny rules after it are still tried. The chain is the seed's,
+short-circuiting at the first denial:
 
 1. ``kill_switch`` — a paused or terminated agent is denied (``PAUSED``, ``TERMINATED``).
 2. ``capability`` — the tool and domain must be within the agent's capabilities (``CAPABILITY_DENIED``).
