@@ -7,8 +7,9 @@ On PostgreSQL one statement (``aigos_audit_append``, migration 0007) inserts a h
 head, but only if the head is still where the segment was hashed onto. Each process remembers the heads it
 last saw (``Heads``), so an append is one round trip when no other writer got there first; otherwise the
 statement answers the head it found and the segment is rehashed onto that one. After a few such misses the
-head row is locked first. On SQLite (one writer at a time) the head is read and written inside the
-transaction, which holds the database's write lock.
+head row is locked first. On SQLite (one writer at a time) the segment is hashed onto the remembered head
+before the write transaction begins; inside it, which holds the database's write lock, the head is read,
+the segment rehashed only if the head moved meanwhile, the rows inserted and the head moved.
 """
 
 from __future__ import annotations
