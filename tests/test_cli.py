@@ -90,6 +90,27 @@ def test_postgres_without_redis_is_still_embedded(tmp_path: Path) -> None:
     assert "memory bus" in result.stderr
 
 
+def test_several_workers_on_a_taken_port_are_refused_at_once(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = _serve(
+            tmp_path,
+            "--workers",
+            "2",
+            "--port",
+            str(taken.getsockname()[1]),
+            AIGOS_DATABASE_URL="postgresql+asyncpg://postgres@127.0.0.1/test",
+            AIGOS_REDIS_URL="redis://127.0.0.1:6379/0",
+            AIGOS_SECRET_KEY="k" * 40,
+            AIGOS_MIGRATE_ON_START="false",
+        )
+    assert result.returncode == 2
+    assert "cannot listen on 127.0.0.1" in result.stderr
+
+
 def test_invalid_configuration_is_explained(tmp_path: Path) -> None:
     result = _serve(tmp_path, AIGOS_DATABASE_URL="mysql://nope", AIGOS_MAX_BODY_BYTES="tiny")
     assert result.returncode == 2

@@ -98,6 +98,13 @@ def serve(
     from aigos.server.logging import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
+    shared: listening.ReusePortSocket | None = None
+    if workers > 1 and listening.AVAILABLE:
+        # Bound before anything else, so a taken port fails at once with a clear message.
+        try:
+            shared = listening.ReusePortSocket.bind_to(host, port)
+        except OSError as exc:
+            raise _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     if settings.migrate_on_start and workers > 1:
         # Once here rather than racing in every worker (they would wait on the lock and find nothing to do).
         asyncio.run(upgrade(settings.resolved_migration_url))
@@ -114,12 +121,11 @@ def serve(
         "proxy_headers": True,
         "timeout_graceful_shutdown": int(settings.shutdown_timeout_seconds),
     }
-    if workers > 1 and listening.AVAILABLE:
+    if shared is not None:
         # Each worker listens on a socket of its own, so connections spread over all of them.
         from uvicorn.supervisors import Multiprocess
 
-        config = uvicorn.Config(APP, **options)
-        Multiprocess(config, sockets=[listening.ReusePortSocket.bind_to(host, port)]).run()
+        Multiprocess(uvicorn.Config(APP, **options), sockets=[shared]).run()
     else:
         uvicorn.run(APP, **options)
 
