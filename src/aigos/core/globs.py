@@ -122,23 +122,8 @@ def names(patterns: Iterable[str]) -> Matcher:
         return _everything
     if len(lowered) == 1:
         return name_matcher(lowered[0])
-    exact: set[str] = set()
-    prefixes: list[str] = []
-    suffixes: list[str] = []
-    other: list[str] = []
-    for pattern in lowered:
-        stars = pattern.count("*")
-        if "?" in pattern or stars > 1:
-            other.append(pattern)
-        elif stars == 0:
-            exact.add(pattern)
-        elif pattern.endswith("*"):
-            prefixes.append(pattern[:-1])
-        elif pattern.startswith("*"):
-            suffixes.append(pattern[1:])
-        else:
-            other.append(pattern)
-    return _combine(frozenset(exact), tuple(prefixes), tuple(suffixes), _alternation(other))
+    exact, starts, ends, other = _shapes(lowered)
+    return _combine(exact, starts, ends, _alternation(other))
 
 
 def prefixes(patterns: Iterable[str]) -> tuple[str, ...] | None:
@@ -148,11 +133,33 @@ def prefixes(patterns: Iterable[str]) -> tuple[str, ...] | None:
     fewer objects to fetch from memory than a matcher's closure.
     """
     lowered = tuple(dict.fromkeys(pattern.lower() for pattern in patterns))
-    if not lowered or not all(
-        p.endswith("*") and p.count("*") == 1 and "?" not in p and len(p) > 1 for p in lowered
-    ):
+    if not lowered or "*" in lowered:
         return None
-    return tuple(p[:-1] for p in lowered)
+    exact, starts, ends, other = _shapes(lowered)
+    return None if exact or ends or other else starts
+
+
+def _shapes(
+    lowered: tuple[str, ...],
+) -> tuple[frozenset[str], tuple[str, ...], tuple[str, ...], list[str]]:
+    # Exact names, ``prefix*`` prefixes, ``*suffix`` suffixes, and the patterns that need a regex.
+    exact: set[str] = set()
+    starts: list[str] = []
+    ends: list[str] = []
+    other: list[str] = []
+    for pattern in lowered:
+        stars = pattern.count("*")
+        if "?" in pattern or stars > 1:
+            other.append(pattern)
+        elif stars == 0:
+            exact.add(pattern)
+        elif pattern.endswith("*"):
+            starts.append(pattern[:-1])
+        elif pattern.startswith("*"):
+            ends.append(pattern[1:])
+        else:
+            other.append(pattern)
+    return frozenset(exact), tuple(starts), tuple(ends), other
 
 
 def domains(patterns: Iterable[str]) -> Matcher:

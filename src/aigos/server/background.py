@@ -5,10 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from abc import ABC, abstractmethod
+from typing import Any
 
 import structlog
 
 log = structlog.get_logger("aigos.background")
+
+
+async def cancel(*tasks: asyncio.Task[Any] | None) -> None:
+    """Cancel ``tasks`` (``None`` ones are skipped) and wait until each has finished unwinding."""
+    running = [task for task in tasks if task is not None]
+    for task in running:
+        task.cancel()
+    for task in running:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 class PeriodicFlush(ABC):
@@ -34,11 +45,8 @@ class PeriodicFlush(ABC):
 
     async def stop(self) -> None:
         """Stop the timer and flush what remains."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         await self._flush_logged()
 
     async def _run(self) -> None:

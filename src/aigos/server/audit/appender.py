@@ -378,10 +378,9 @@ async def append_sqlite(session: AsyncSession, prepared: Prepared, heads: Heads)
         params = await _sqlite_params(connection.dialect, tenant_id, segment, _yield)
     await connection.exec_driver_sql(_sqlite_insert_sql(), params)
     moved = segment.head
-    table = _heads_table()
     await connection.execute(
-        update(table)
-        .where(table.c.tenant_id == tenant_id)
+        update(_HEADS)
+        .where(_HEADS.c.tenant_id == tenant_id)
         .values(
             seq=moved.seq, hash=moved.hash, recorded_at=moved.recorded_at, compact_range=moved.compact_range
         )
@@ -392,10 +391,8 @@ async def append_sqlite(session: AsyncSession, prepared: Prepared, heads: Heads)
     return segment.stored
 
 
-def _heads_table() -> Table:
-    return cast(Table, AuditHead.__table__)
-
-
+_EVENTS = cast(Table, AuditEvent.__table__)
+_HEADS = cast(Table, AuditHead.__table__)
 _COLUMNS = (
     "tenant_id",
     "seq",
@@ -420,18 +417,16 @@ _COLUMNS = (
 @functools.cache
 def _sqlite_insert_sql() -> str:
     # Column names from the constant list above; values are placeholders only.
-    table = cast(Table, AuditEvent.__table__)
     columns = ", ".join(_COLUMNS)
     marks = ", ".join("?" for _ in _COLUMNS)
-    return f"INSERT INTO {table.name} ({columns}) VALUES ({marks})"  # noqa: S608
+    return f"INSERT INTO {_EVENTS.name} ({columns}) VALUES ({marks})"  # noqa: S608
 
 
 @functools.lru_cache(maxsize=4)
 def _processors(dialect: Dialect) -> tuple[Callable[[Any], Any] | None, ...]:
     # The columns' own bind processing (UUIDs, UTC timestamps), so rows are stored exactly as the ORM
     # stores them, without the statement machinery's cost per row.
-    table = cast(Table, AuditEvent.__table__)
-    return tuple(table.c[name].type.bind_processor(dialect) for name in _COLUMNS)
+    return tuple(_EVENTS.c[name].type.bind_processor(dialect) for name in _COLUMNS)
 
 
 async def _sqlite_params(
@@ -457,7 +452,6 @@ async def _sqlite_params(
 async def _lock_sqlite_head(connection: AsyncConnection, tenant_id: uuid.UUID) -> Head:
     # SQLite has no row locks: the write comes first so the transaction holds the database's write lock
     # before it reads the head.
-    table = _heads_table()
     values = {
         "tenant_id": tenant_id,
         "seq": GENESIS.seq,
@@ -466,8 +460,8 @@ async def _lock_sqlite_head(connection: AsyncConnection, tenant_id: uuid.UUID) -
         "compact_range": GENESIS.compact_range,
     }
     await connection.execute(
-        sqlite_insert(table).values(values).on_conflict_do_nothing(index_elements=["tenant_id"])
+        sqlite_insert(_HEADS).values(values).on_conflict_do_nothing(index_elements=["tenant_id"])
     )
-    columns = (table.c.seq, table.c.hash, table.c.recorded_at, table.c.compact_range)
-    row = (await connection.execute(select(*columns).where(table.c.tenant_id == tenant_id))).one()
+    columns = (_HEADS.c.seq, _HEADS.c.hash, _HEADS.c.recorded_at, _HEADS.c.compact_range)
+    row = (await connection.execute(select(*columns).where(_HEADS.c.tenant_id == tenant_id))).one()
     return Head(int(row.seq), str(row.hash), row.recorded_at, dict(row.compact_range))

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from aigos.core.signing import Signer, derive_seed
 from aigos.server.audit import appender, checkpoints
 from aigos.server.audit.events import NewEvent
+from aigos.server.background import cancel
 from aigos.server.db import Database
 from aigos.server.in_flight import InFlight
 
@@ -178,11 +179,7 @@ class EventLog:
 
     async def stop(self) -> None:
         """Stop the loops, write everything buffered, and seal what was written."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(*self._tasks)
         self._tasks = []
         try:
             await self.flush(everything=True)

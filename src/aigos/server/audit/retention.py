@@ -17,7 +17,6 @@ nothing of its log is removed: pruning must not destroy the evidence.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -38,7 +37,7 @@ from aigos.server.audit import appender, checkpoints
 from aigos.server.audit.events import NewEvent
 from aigos.server.audit.log import checkpoint_signer
 from aigos.server.audit.models import AuditAnchor, AuditCheckpoint, AuditEvent, AuditPruneGuard
-from aigos.server.background import PeriodicFlush
+from aigos.server.background import PeriodicFlush, cancel
 from aigos.server.config import Settings
 from aigos.server.db import Database
 from aigos.server.db.database import APP_ROLE, set_platform_scope
@@ -387,11 +386,8 @@ class Maintenance(PeriodicFlush):
 
     async def stop(self) -> None:
         """Stop the timer (without a last run)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         delay = self.first_delay

@@ -8,7 +8,6 @@ reload after a ``resync`` (a lost connection or a consumer that fell behind: mes
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from abc import ABC, abstractmethod
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import structlog
 
 from aigos.core.canonical import canonical, parse
+from aigos.server.background import cancel
 from aigos.server.bus.base import Bus, Subscription
 
 log = structlog.get_logger("aigos.bus.follower")
@@ -49,10 +49,7 @@ class Follower(ABC):
 
     async def stop(self) -> None:
         """Stop listening."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel(self._task)
         if self._subscription is not None:
             await self._subscription.close()
 

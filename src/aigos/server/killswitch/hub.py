@@ -34,6 +34,7 @@ from aigos.core.commands import SignedCommand
 from aigos.core.signing import Signer
 from aigos.server.audit.events import NewEvent
 from aigos.server.audit.log import EventLog
+from aigos.server.background import cancel
 from aigos.server.bus import Bus, Subscription
 from aigos.server.config import Settings
 from aigos.server.db import Database
@@ -300,11 +301,7 @@ class Hub:
     async def stop(self) -> None:
         """End the streams, stop the background tasks and record the last deliveries."""
         self.begin_close()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(*self._tasks)
         with contextlib.suppress(Exception):
             await self.flush()
         if self._subscription is not None:
