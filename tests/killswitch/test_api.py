@@ -224,3 +224,24 @@ async def test_concurrent_triggers_are_serialised(client: AsyncClient, tenant_a:
     )
     sequences = [command["sequence"] for command in listed.json()["commands"]]
     assert sorted(sequences) == list(range(1, len(sequences) + 1))
+
+
+async def test_last_event_id_beyond_any_sequence_is_a_bad_request(
+    client: AsyncClient, tenant_a: TenantHandle
+) -> None:
+    agent = await register(client, tenant_a, "agent")
+    # Sequences are 64-bit: the first value is one past them, the others are not numbers at all.
+    values: list[str | bytes] = [
+        "11111111111111111111",
+        "9223372036854775808",
+        "-1",
+        "1e3",
+        "\u00b2".encode("latin-1"),
+    ]
+    for value in values:
+        refused = await client.get(
+            "/v1/kill-switch/stream", headers={**bearer(agent), "Last-Event-ID": value}
+        )
+        assert refused.status_code == 400, (value, refused.text)
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert refused.json()["code"] == "INVALID_LAST_EVENT_ID"

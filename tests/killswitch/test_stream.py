@@ -9,6 +9,7 @@ import pytest
 
 from aigos.core.commands import ReplayGuard, SignedCommand, verify_command
 from aigos.core.signing import unb64url
+from aigos.server.config import Settings
 from tests.killswitch.conftest import Live
 from tests.killswitch.sse import Event, SseClient
 from tests.tenancy.conftest import TenantHandle
@@ -162,13 +163,44 @@ async def test_cascading_terminate_reaches_every_descendant_and_closes_their_str
         )
         assert ack.status_code == 200, ack.text
         assert ack.json()["ack_outcome"] == "terminated"
-        # Acknowledged: nothing is pending any more, so a reconnecting terminated agent is sent nothing.
-        empty = await sse.open(child["identity_token"])
-        assert await empty.next() is None
+        # Acknowledged: nothing is pending any more, so a reconnecting terminated agent is refused with a
+        # problem (an EventSource stops on it) rather than sent a 200 that closes at once.
+        refused = await sse.open(child["identity_token"])
+        assert refused.response.status_code == 401
+        await refused.response.aread()
+        assert refused.response.headers["content-type"].startswith("application/problem+json")
+        assert refused.response.json()["code"] == "AGENT_TERMINATED"
+        # Likewise an agent that already received its TERMINATE and says so with Last-Event-ID.
+        seen = await sse.open(root["identity_token"], last_event_id=1)
+        assert seen.response.status_code == 401
 
         # RESUME of a terminated agent: 409 for the agent itself.
         refused = await live.trigger(owner, agent=root, command="RESUME")
         assert refused.status_code == 409
         assert refused.json()["code"] == "INVALID_STATUS_TRANSITION"
+    finally:
+        await sse.aclose()
+
+
+async def test_a_new_stream_past_the_per_agent_bound_ends_the_oldest(live: Live, settings: Settings) -> None:
+    owner = await live.tenant()
+    agent = await live.agent(owner, "many-streams")
+    other = await live.agent(owner, "other")
+    bound = settings.killswitch_max_streams_per_agent
+    sse = SseClient(live.http)
+    try:
+        others = [await sse.open(other["identity_token"]) for _ in range(bound)]
+        streams = [await sse.open(agent["identity_token"]) for _ in range(bound + 1)]
+        # The oldest stream of the agent was ended; the newest `bound` streams stay open.
+        assert await streams[0].next() is None
+        paused = await live.trigger(owner, agent=agent, command="PAUSE")
+        assert paused.status_code == 201, paused.text
+        for stream in streams[1:]:
+            assert command_of(await stream.next(), 1).command == "PAUSE"
+        # Another agent's streams count on their own: all of them are still open.
+        stopped = await live.trigger(owner, agent=other, command="PAUSE")
+        assert stopped.status_code == 201, stopped.text
+        for stream in others:
+            assert command_of(await stream.next(), 1).command == "PAUSE"
     finally:
         await sse.aclose()

@@ -139,6 +139,12 @@ class Settings(BaseSettings):
         if self.secret_key is not None and len(self.secret_key.get_secret_value()) < 32:
             raise ValueError("AIGOS_SECRET_KEY must be at least 32 characters")
         return self
+    killswitch_max_streams_per_agent: int = Field(
+        4,
+        ge=1,
+        le=1_000,
+        description="Kill-switch streams one agent may hold per server process; a newer one ends the oldest.",
+    )
 
     @property
     def resolved_database_url(self) -> str:

@@ -13,6 +13,7 @@ from aigos.core.signing import b64url
 from aigos.server.db.database import set_tenant
 from aigos.server.deps import RuntimeDep, SessionDep
 from aigos.server.errors import BadRequest, ServiceUnavailable
+from aigos.server.identity.agent_auth import token_error
 from aigos.server.killswitch import service
 from aigos.server.killswitch.hub import Outgoing
 from aigos.server.killswitch.listener import ListenerDep
@@ -41,6 +42,8 @@ PageNo = Annotated[int, Query(ge=1, le=1_000_000, description="Page number, from
 Limit = Annotated[int, Query(ge=1, le=100, description="Items per page.")]
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
+#: Sequences are BIGINT: a larger ``Last-Event-ID`` was never sent by this server.
+MAX_SEQUENCE = 2**63 - 1
 
 def _tenant(principal: Principal) -> uuid.UUID:
     assert principal.tenant_id is not None
@@ -142,18 +145,14 @@ async def stream(
 ) -> StreamingResponse:
     """The agent's commands as they are issued; first those it has not acknowledged (after `Last-Event-ID`).
 
-    A terminated agent receives its pending TERMINATE, then the stream closes.
+    An agent holds at most `AIGOS_KILLSWITCH_MAX_STREAMS_PER_AGENT` streams per server process: a newer
+    stream ends the oldest. A terminated agent receives its pending TERMINATE, then the stream closes; once
+    nothing is pending it is refused (401 `AGENT_TERMINATED`), so an EventSource stops reconnecting.
+    A `Last-Event-ID` that is not a sequence this server could have sent is refused (400
+    `INVALID_LAST_EVENT_ID`) rather than ignored: an EventSource only ever echoes an id it received, so
+    anything else is a client bug that replaying every pending command would hide.
     """
-    after = 0
-    if last_event_id is not None and last_event_id.strip():
-        try:
-            after = int(last_event_id.strip())
-        except ValueError as exc:
-            raise BadRequest(
-                "Last-Event-ID must be a sequence number.", code="INVALID_LAST_EVENT_ID"
-            ) from exc
-        if after < 0:
-            raise BadRequest("Last-Event-ID must not be negative.", code="INVALID_LAST_EVENT_ID")
+    after = _resume_after(last_event_id)
     hub = runtime.killswitch
     if hub.closing:
         raise ServiceUnavailable(
@@ -167,13 +166,32 @@ async def stream(
             rows = await service.pending(session, agent.tenant_id, [agent.agent_id], after)
             backlog = [Outgoing.of(service.signed(row)) for row in rows]
     except BaseException:
+        terminated = agent.status is AgentStatus.TERMINATED
+        if terminated and not backlog:
+            # Nothing more will ever come: a 200 that closes at once would be reconnected to forever.
+            raise token_error(
+                "The agent is terminated and has no command left to receive.", "AGENT_TERMINATED"
+            )
         hub.disconnect(connection)
         raise
-    body = events(hub, connection, backlog, end_after_backlog=agent.status is AgentStatus.TERMINATED)
+    body = events(hub, connection, backlog, end_after_backlog=terminated)
     return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 @router.get("/keys", response_model=PublicKeys, summary="Kill-switch public keys")
+def _resume_after(last_event_id: str | None) -> int:
+    """The sequence named by ``Last-Event-ID`` (0 when absent); 400 unless it is one we could have sent."""
+    value = (last_event_id or "").strip()
+    if not value:
+        return 0
+    if not value.isascii() or not value.isdigit():
+        raise BadRequest("Last-Event-ID must be a sequence number.", code="INVALID_LAST_EVENT_ID")
+    after = int(value)
+    if after > MAX_SEQUENCE:
+        raise BadRequest(f"Last-Event-ID must be at most {MAX_SEQUENCE}.", code="INVALID_LAST_EVENT_ID")
+    return after
+
+
 async def keys(runtime: RuntimeDep) -> PublicKeys:
     """The Ed25519 keys that sign commands; an agent verifies every command against them before obeying."""
     signer = runtime.killswitch.signer

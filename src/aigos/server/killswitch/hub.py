@@ -10,6 +10,13 @@ sends a sequence only once.
 Per connection there is one bounded queue and nothing else: a single ticker feeds keep-alives to all
 of them, and deliveries are recorded in batches. On shutdown every stream is ended at once, so clients
 reconnect to another replica and the server can exit without waiting for them.
+
+An agent holds at most ``max_streams_per_agent`` streams on one replica: a new stream past the bound ends
+the agent's oldest one here. The oldest goes, not the new one, because a stream whose client vanished
+without a TCP reset (a laptop closed, a NAT dropped) looks open until a keep-alive fails to send: refusing
+the new stream would lock the reconnecting agent out for that long. The bound is per replica (counting
+across replicas would need a shared register that a crashed replica leaves stale), so behind a load
+balancer an agent holds at most that many streams per replica.
 """
 
 from __future__ import annotations
@@ -81,7 +88,7 @@ Item = Outgoing | _Signal
 class Connection:
     """One open stream of one agent."""
 
-    __slots__ = ("agent_id", "overflowed", "queue", "sent", "tenant_id")
+    __slots__ = ("agent_id", "ended", "overflowed", "queue", "sent", "tenant_id")
 
     def __init__(self, agent_id: uuid.UUID, tenant_id: uuid.UUID, after: int) -> None:
         self.agent_id = agent_id
@@ -89,6 +96,8 @@ class Connection:
         #: The highest sequence this stream has sent (or the client said it has: ``Last-Event-ID``).
         self.sent = after
         self.overflowed = False
+        #: Ended by the server (superseded by a newer stream of the agent), whatever the queue holds.
+        self.ended = False
         self.queue: asyncio.Queue[Item] = asyncio.Queue(QUEUE_SIZE)
 
     def offer(self, item: Item) -> None:
@@ -97,6 +106,11 @@ class Connection:
             self.queue.put_nowait(item)
         except asyncio.QueueFull:
             self.overflowed = True
+
+    def end(self) -> None:
+        """Close the stream at its next step, even if its queue is full."""
+        self.ended = True
+        self.offer(CLOSE)
 
 
 class Hub:
@@ -110,6 +124,7 @@ class Hub:
         *,
         keepalive_seconds: float,
         flush_seconds: float,
+        max_streams_per_agent: int = 4,
     ) -> None:
         self.database = database
         #: Signs this replica's commands; every replica derives the same key from the server secret.
@@ -119,8 +134,10 @@ class Hub:
         self.events: EventLog | None = None
         self.keepalive_seconds = keepalive_seconds
         self.flush_seconds = flush_seconds
+        self.max_streams_per_agent = max_streams_per_agent
         self.closing = False
-        self._connections: dict[uuid.UUID, set[Connection]] = {}
+        # Per agent, its streams oldest first (a dict is an insertion-ordered set).
+        self._connections: dict[uuid.UUID, dict[Connection, None]] = {}
         self._origin = uuid.uuid4().hex
         self._deliveries: dict[uuid.UUID, list[tuple[Connection, Outgoing, datetime]]] = defaultdict(list)
         self._subscription: Subscription | None = None
@@ -134,16 +151,25 @@ class Hub:
         return sum(len(conns) for conns in self._connections.values())
 
     def connect(self, agent_id: uuid.UUID, tenant_id: uuid.UUID, after: int = 0) -> Connection:
-        """Register a stream before reading its backlog, so nothing published meanwhile is missed."""
+        """Register a stream before reading its backlog, so nothing published meanwhile is missed.
+
+        Past ``max_streams_per_agent`` the agent's oldest streams here are ended.
+        """
         connection = Connection(agent_id, tenant_id, after)
-        self._connections.setdefault(agent_id, set()).add(connection)
+        conns = self._connections.setdefault(agent_id, {})
+        while len(conns) >= self.max_streams_per_agent:
+            oldest = next(iter(conns))
+            del conns[oldest]
+            oldest.end()
+            log.info("killswitch_stream_superseded", agent_id=str(agent_id), limit=self.max_streams_per_agent)
+        conns[connection] = None
         return connection
 
     def disconnect(self, connection: Connection) -> None:
         """Forget a stream that ended."""
         conns = self._connections.get(connection.agent_id)
         if conns is not None:
-            conns.discard(connection)
+            conns.pop(connection, None)
             if not conns:
                 del self._connections[connection.agent_id]
 
@@ -342,4 +368,5 @@ def create_hub(database: Database, bus: Bus, settings: Settings) -> Hub:
         service.command_signer(settings.pepper),
         keepalive_seconds=settings.killswitch_keepalive_seconds,
         flush_seconds=settings.killswitch_delivery_flush_seconds,
+        max_streams_per_agent=settings.killswitch_max_streams_per_agent,
     )

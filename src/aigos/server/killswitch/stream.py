@@ -1,8 +1,8 @@
 """The body of one kill-switch stream: backlog first, then live commands, keep-alives, and the end.
 
 A stream sends each sequence at most once (the backlog read from the database and the live commands may
-overlap), and ends when the client goes away, after it sent a TERMINATE, when it fell too far behind, or
-when the server shuts down.
+overlap), and ends when the client goes away, after it sent a TERMINATE, when it fell too far behind, when
+a newer stream of the same agent took its place (the per-agent bound), or when the server shuts down.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ async def events(
                 return
         if end_after_backlog:
             return
-        while not hub.closing and not connection.overflowed:
+        while not (hub.closing or connection.overflowed or connection.ended):
             queued = await connection.queue.get()
             if queued is CLOSE:
                 return
