@@ -1,4 +1,10 @@
-"""Security headers on every response: HSTS, CSP, nosniff, frame denial, no referrer."""
+"""Security headers on every response: HSTS, CSP, nosniff, frame denial, no referrer, and no caching.
+
+API responses are ``Cache-Control: no-store`` unless the route chose its own caching: many carry a secret
+shown once (API keys, client secrets, tokens, recovery keys), and deciding per route would let a new route
+that returns one forget it. What is meant to be cached (the JWKS, the discovery documents, the docs pages)
+is left to the route.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,9 @@ DOCS_CSP = (
     "frame-ancestors 'none'; base-uri 'none'"
 )
 DOCS_PREFIXES = ("/docs",)
+# Public documents clients are expected to cache: the routes set (or leave out) their own Cache-Control.
+CACHEABLE_PREFIXES = ("/docs", "/.well-known/", "/openapi.json")
+NO_STORE = (b"cache-control", b"no-store")
 
 
 class SecurityHeadersMiddleware:
@@ -36,11 +45,16 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        extra = self._docs_headers if scope["path"].startswith(DOCS_PREFIXES) else self._api_headers
+        path: str = scope["path"]
+        extra = self._docs_headers if path.startswith(DOCS_PREFIXES) else self._api_headers
+        no_store = not path.startswith(CACHEABLE_PREFIXES)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *extra]
+                headers = [*message.get("headers", []), *extra]
+                if no_store and not any(name.lower() == b"cache-control" for name, _ in headers):
+                    headers.append(NO_STORE)
+                message["headers"] = headers
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
