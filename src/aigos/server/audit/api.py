@@ -21,11 +21,12 @@ from aigos.server.audit.schemas import (
 )
 from aigos.server.deps import RuntimeDep, SessionDep
 from aigos.server.errors import ValidationFailed
+from aigos.server.routing import ValidatedRoute
 from aigos.server.tenancy.deps import require_tenant
 from aigos.server.tenancy.principal import Principal
 from aigos.server.tenancy.schemas import Page
 
-router = APIRouter(prefix="/v1/audit", tags=["audit"])
+router = APIRouter(prefix="/v1/audit", tags=["audit"], route_class=ValidatedRoute)
 
 AuditReader = Annotated[Principal, Depends(require_tenant("audit:read"))]
 PageNo = Annotated[int, Query(ge=1, le=1_000_000, description="Page number, from 1.")]

@@ -30,11 +30,12 @@ from aigos.server.identity.schemas import (
     RotateCredentialIn,
     StatusChange,
 )
+from aigos.server.routing import ValidatedRoute
 from aigos.server.runtime import Runtime
 from aigos.server.tenancy.deps import require_tenant
 from aigos.server.tenancy.principal import Principal
 
-router = APIRouter(prefix="/v1/agents", tags=["agents"])
+router = APIRouter(prefix="/v1/agents", tags=["agents"], route_class=ValidatedRoute)
 
 Reader = Annotated[Principal, Depends(require_tenant("agents:read"))]
 Writer = Annotated[Principal, Depends(require_tenant("agents:write"))]

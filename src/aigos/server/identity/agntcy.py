@@ -25,7 +25,7 @@ from typing import Any
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
 from aigos.core.agents import is_semver
 from aigos.core.canonical import canonical
@@ -33,6 +33,7 @@ from aigos.server.errors import ValidationFailed
 from aigos.server.identity.keys import ALGORITHMS, LoadedKey
 from aigos.server.identity.models import Agent
 from aigos.server.identity.schemas import AgentIn
+from aigos.server.inputs import Input
 
 #: The OASF record schema version the exported records follow (the core record of OASF 0.7).
 SCHEMA_VERSION = "0.7.0"
@@ -44,7 +45,7 @@ PREFIX = "aigos."
 METADATA_KEY = "oasf"
 
 
-class OasfSkill(BaseModel):
+class OasfSkill(Input):
     """An OASF skill: a taxonomy name (here: an AIGOS tool pattern) and an optional taxonomy id."""
 
     model_config = ConfigDict(extra="allow")
@@ -53,7 +54,7 @@ class OasfSkill(BaseModel):
     id: int | None = None
 
 
-class OasfRecord(BaseModel):
+class OasfRecord(Input):
     """The OASF agent record fields AIGOS reads; any other field is accepted and ignored."""
 
     model_config = ConfigDict(extra="allow")

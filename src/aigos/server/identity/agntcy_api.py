@@ -13,10 +13,11 @@ from aigos.server.deps import RuntimeDep, SessionDep
 from aigos.server.identity import agents, agntcy
 from aigos.server.identity.agent_auth import issuer_for
 from aigos.server.identity.schemas import AgentOut
+from aigos.server.routing import ValidatedRoute
 from aigos.server.tenancy.deps import require_tenant
 from aigos.server.tenancy.principal import Principal
 
-router = APIRouter(prefix="/v1/agents", tags=["agents"])
+router = APIRouter(prefix="/v1/agents", tags=["agents"], route_class=ValidatedRoute)
 
 Reader = Annotated[Principal, Depends(require_tenant("agents:read"))]
 Writer = Annotated[Principal, Depends(require_tenant("agents:write"))]

@@ -25,10 +25,11 @@ from aigos.server.deps import RuntimeDep
 from aigos.server.errors import Forbidden
 from aigos.server.identity.keys import SigningKeys
 from aigos.server.identity.models import SigningKey
+from aigos.server.routing import ValidatedRoute
 from aigos.server.tenancy.deps import PrincipalDep
 from aigos.server.tenancy.principal import Principal
 
-router = APIRouter(prefix="/v1/admin/signing-keys", tags=["admin"])
+router = APIRouter(prefix="/v1/admin/signing-keys", tags=["admin"], route_class=ValidatedRoute)
 log = structlog.get_logger("aigos.keys")
 
 

@@ -28,9 +28,10 @@ from aigos.server.identity.keys import ALGORITHMS
 from aigos.server.identity.models import Agent, RevokedToken
 from aigos.server.identity.oauth import Client, OAuthError, authenticate_client, invalid_client
 from aigos.server.identity.state import CachedClient
+from aigos.server.routing import OAuthRoute
 from aigos.server.runtime import Runtime
 
-router = APIRouter(tags=["oauth2"])
+router = APIRouter(tags=["oauth2"], route_class=OAuthRoute)
 
 CLIENT_CREDENTIALS = "client_credentials"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aigos.core.agents import AgentStatus, is_semver
 from aigos.core.canonical import canonical
+from aigos.server.inputs import Input
 from aigos.server.tenancy.schemas import normalise_email
 
 DeploymentEnv = Literal["development", "staging", "production"]
@@ -23,7 +24,7 @@ _DOMAIN = re.compile(rf"^(\*|(\*\.)?{_LABEL}(\.{_LABEL})*)$")
 MAX_METADATA_BYTES = 16_384
 
 
-class CapabilitiesIn(BaseModel):
+class CapabilitiesIn(Input):
     """What the agent may use (seed E3): tool and domain patterns and a budget ceiling."""
 
     model_config = ConfigDict(extra="forbid")
@@ -54,7 +55,7 @@ class CapabilitiesIn(BaseModel):
         return lowered
 
 
-class GoldenThreadIn(BaseModel):
+class GoldenThreadIn(Input):
     """The AIGRC Golden Thread; with `approved_by` and `approved_at` the server verifies `hash`."""
 
     model_config = ConfigDict(extra="forbid")
@@ -73,7 +74,7 @@ def _metadata_size(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-class AgentIn(BaseModel):
+class AgentIn(Input):
     """Register an agent (admin plane, or self-registration with an API key)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -102,7 +103,7 @@ class AgentIn(BaseModel):
         return value
 
 
-class AgentUpdate(BaseModel):
+class AgentUpdate(Input):
     """Change an agent. Id, tenant, parent and status are not changed here."""
 
     model_config = ConfigDict(extra="forbid")
@@ -172,7 +173,7 @@ class AgentPage(BaseModel):
     limit: int
 
 
-class StatusChange(BaseModel):
+class StatusChange(Input):
     """Why an agent is being suspended, reactivated or deregistered."""
 
     model_config = ConfigDict(extra="forbid")
@@ -192,7 +193,7 @@ class Registered(BaseModel):
     agent: AgentOut
 
 
-class CredentialIn(BaseModel):
+class CredentialIn(Input):
     """A new credential: a client secret (default) or a public JWK for `private_key_jwt`."""
 
     model_config = ConfigDict(extra="forbid")
@@ -224,7 +225,7 @@ class CredentialCreated(CredentialOut):
     client_secret: str | None
 
 
-class RotateCredentialIn(BaseModel):
+class RotateCredentialIn(Input):
     """Rotate a client secret."""
 
     model_config = ConfigDict(extra="forbid")

@@ -8,12 +8,14 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from aigos.server.inputs import Input
+
 CommandName = Literal["TERMINATE", "PAUSE", "RESUME"]
 CommandStatus = Literal["pending", "delivered", "acknowledged"]
 AckOutcome = Literal["terminated", "paused", "resumed", "failed", "rejected"]
 
 
-class TriggerIn(BaseModel):
+class TriggerIn(Input):
     """Press the button: one agent (and, with ``cascade``, its descendants) or every agent of the tenant."""
 
     agent_id: uuid.UUID | None = Field(None, description="The agent to stop; omit with `all_agents`.")
@@ -85,7 +87,7 @@ class CommandPage(BaseModel):
     limit: int
 
 
-class AckIn(BaseModel):
+class AckIn(Input):
     """The agent's acknowledgement of a command."""
 
     outcome: AckOutcome

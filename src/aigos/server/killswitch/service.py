@@ -216,9 +216,12 @@ async def trigger(
     # Core insert of every row in one statement: the ORM's unit of work costs ~60 µs an object, which a
     # tenant-wide trigger multiplies by every agent. The objects stay as they are, for the caller to read.
     columns = [column.key for column in KillSwitchCommand.__table__.columns]
-    await session.execute(
-        insert(KillSwitchCommand), [{key: getattr(row, key) for key in columns} for row in result.rows]
-    )
+    if result.rows:
+        # A tenant-wide trigger may find no eligible agent: a success affecting none, recorded as such;
+        # an insert of no rows is no statement SQLAlchemy can send.
+        await session.execute(
+            insert(KillSwitchCommand), [{key: getattr(row, key) for key in columns} for row in result.rows]
+        )
     data: dict[str, Any] = {
         "command_id": str(root_command_id),
         "command": spec.command,

@@ -14,8 +14,9 @@ from aigos import __version__
 from aigos.server.deps import RuntimeDep
 from aigos.server.errors import ServiceUnavailable
 from aigos.server.platform.schemas import Backends, Info, Liveness, Readiness
+from aigos.server.routing import ValidatedRoute
 
-router = APIRouter(tags=["platform"])
+router = APIRouter(tags=["platform"], route_class=ValidatedRoute)
 log = structlog.get_logger("aigos.health")
 
 

@@ -6,8 +6,10 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from aigos.server.identity.schemas import CapabilitiesIn
+from aigos.server.inputs import Input
 from aigos.server.telemetry.schemas import TelemetryEvent
 
 #: Outcomes one check may carry (the SDK sends what completed since its previous check).
@@ -18,7 +20,7 @@ RuleId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
 Money = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
-class Strict(BaseModel):
+class Strict(Input):
     """Unknown fields are refused: a misspelt condition must not silently match everything."""
 
     model_config = ConfigDict(extra="forbid")
@@ -167,7 +169,7 @@ class PolicyVersionOut(BaseModel):
     document: dict[str, Any]
 
 
-class CheckContext(BaseModel):
+class CheckContext(Input):
     """The seed's check context; other keys are kept for rules' `context` conditions."""
 
     model_config = ConfigDict(extra="allow")
@@ -177,7 +179,7 @@ class CheckContext(BaseModel):
     estimated_cost: Money | None = None
 
 
-class CheckIn(BaseModel):
+class CheckIn(Input):
     """`POST /v1/policies/check`: may the calling agent do this?"""
 
     action: str = Field(min_length=1, max_length=256)
@@ -236,11 +238,18 @@ class SimulatedAgent(Strict):
     """A hypothetical agent, for simulating before the agent exists."""
 
     status: Literal["active", "paused", "suspended", "terminated", "archived"] = "active"
-    capabilities: dict[str, Any] = Field(default_factory=dict)
+    capabilities: dict[str, Any] = Field(default_factory=dict, description="As a registered agent's.")
     agent_type: str | None = None
     owner: str | None = None
     deployment_env: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("capabilities")
+    @classmethod
+    def _capabilities(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Held to what a registered agent may hold: `{"max_budget": "inf"}` would otherwise simulate an
+        # unbounded budget, and a budget that is no number would fail the evaluation.
+        return CapabilitiesIn.model_validate(value).model_dump(exclude_none=True)
 
 
 class DraftPolicy(PolicyIn):

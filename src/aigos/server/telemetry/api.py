@@ -6,11 +6,12 @@ from fastapi import APIRouter, status
 
 from aigos.server.deps import RuntimeDep
 from aigos.server.errors import ServiceUnavailable
+from aigos.server.routing import ValidatedRoute
 from aigos.server.telemetry.reported import reported_events
 from aigos.server.telemetry.reporter import ReporterDep
 from aigos.server.telemetry.schemas import TelemetryAccepted, TelemetryBatch
 
-router = APIRouter(prefix="/v1/telemetry", tags=["telemetry"])
+router = APIRouter(prefix="/v1/telemetry", tags=["telemetry"], route_class=ValidatedRoute)
 
 
 @router.post(

@@ -9,11 +9,12 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from aigos.core.reported import EVENT_TYPE
+from aigos.server.inputs import Input
 
 MAX_EVENTS = 500
 
 
-class TelemetryEvent(BaseModel):
+class TelemetryEvent(Input):
     """One event as an agent reports it."""
 
     event_type: str = Field(
@@ -31,7 +32,7 @@ class TelemetryEvent(BaseModel):
     event_id: uuid.UUID | None = Field(default=None, description="The agent's id for it.")
 
 
-class TelemetryBatch(BaseModel):
+class TelemetryBatch(Input):
     """1 to 500 events in one request."""
 
     events: list[TelemetryEvent] = Field(min_length=1, max_length=MAX_EVENTS)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query, Response, status
 from aigos.server.audit.events import NewEvent, by, current_request_id
 from aigos.server.deps import RuntimeDep, SessionDep
 from aigos.server.errors import Forbidden
+from aigos.server.routing import ValidatedRoute
 from aigos.server.tenancy import api_keys, tenants
 from aigos.server.tenancy import scopes as scope_catalogue
 from aigos.server.tenancy.deps import OptionalPrincipalDep, PrincipalDep, require, require_tenant
@@ -26,7 +27,7 @@ from aigos.server.tenancy.schemas import (
     TenantUpdate,
 )
 
-router = APIRouter(prefix="/v1", tags=["tenancy"])
+router = APIRouter(prefix="/v1", tags=["tenancy"], route_class=ValidatedRoute)
 
 PageNo = Annotated[int, Query(ge=1, le=1_000_000, description="Page number, from 1.")]
 Limit = Annotated[int, Query(ge=1, le=100, description="Items per page.")]

@@ -9,12 +9,13 @@ from fastapi import APIRouter, Depends, Query, Response, status
 
 from aigos.server.audit.events import by
 from aigos.server.deps import RuntimeDep, SessionDep
+from aigos.server.routing import ValidatedRoute
 from aigos.server.tenancy import members
 from aigos.server.tenancy.deps import require_tenant
 from aigos.server.tenancy.principal import Principal
 from aigos.server.tenancy.schemas import MemberIn, MemberOut, MemberUpdate, Page
 
-router = APIRouter(prefix="/v1", tags=["tenancy"])
+router = APIRouter(prefix="/v1", tags=["tenancy"], route_class=ValidatedRoute)
 
 PageNo = Annotated[int, Query(ge=1, le=1_000_000, description="Page number, from 1.")]
 Limit = Annotated[int, Query(ge=1, le=100, description="Items per page.")]

@@ -9,6 +9,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from aigos.server.inputs import Input
 from aigos.server.tenancy import scopes
 
 T = TypeVar("T")
@@ -53,7 +54,7 @@ class TenantOut(BaseModel):
     updated_at: datetime
 
 
-class SignupIn(BaseModel):
+class SignupIn(Input):
     """Create a tenant with its owner and first API key."""
 
     model_config = ConfigDict(extra="forbid")
@@ -68,7 +69,7 @@ class SignupIn(BaseModel):
     _email = field_validator("owner_email")(lambda cls, v: normalise_email(v))
 
 
-class TenantUpdate(BaseModel):
+class TenantUpdate(Input):
     """Change a tenant. ``plan_tier`` and ``status`` are for the platform admin."""
 
     model_config = ConfigDict(extra="forbid")
@@ -79,7 +80,7 @@ class TenantUpdate(BaseModel):
     status: TenantStatus | None = None
 
 
-class ApiKeyIn(BaseModel):
+class ApiKeyIn(Input):
     """Create an API key."""
 
     model_config = ConfigDict(extra="forbid")
@@ -139,7 +140,7 @@ class ApiKeyCreated(ApiKeyOut):
     key: str
 
 
-class RotateIn(BaseModel):
+class RotateIn(Input):
     """Rotate a key."""
 
     model_config = ConfigDict(extra="forbid")
@@ -157,7 +158,7 @@ class SignupOut(BaseModel):
     api_key: ApiKeyCreated
 
 
-class MemberIn(BaseModel):
+class MemberIn(Input):
     """Add a user to the tenant (the user is created, without a password, if new: an invitation)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -168,7 +169,7 @@ class MemberIn(BaseModel):
     _email = field_validator("email")(lambda cls, v: normalise_email(v))
 
 
-class MemberUpdate(BaseModel):
+class MemberUpdate(Input):
     """Change a member's role."""
 
     model_config = ConfigDict(extra="forbid")

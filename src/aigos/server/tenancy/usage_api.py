@@ -15,13 +15,14 @@ from aigos.server.db.database import set_platform_scope
 from aigos.server.db.types import utcnow
 from aigos.server.deps import RuntimeDep, SessionDep
 from aigos.server.errors import Forbidden, ValidationFailed
+from aigos.server.routing import ValidatedRoute
 from aigos.server.tenancy import usage
 from aigos.server.tenancy.deps import require, require_tenant
 from aigos.server.tenancy.plans import plan_of
 from aigos.server.tenancy.principal import Principal
 from aigos.server.tenancy.schemas import UsageDay, UsageOut
 
-router = APIRouter(prefix="/v1", tags=["tenancy"])
+router = APIRouter(prefix="/v1", tags=["tenancy"], route_class=ValidatedRoute)
 
 #: The longest period one request may ask for, in days (both ends included).
 MAX_PERIOD_DAYS = 366
