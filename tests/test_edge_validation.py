@@ -4,12 +4,18 @@ one backend now answer the same on both."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+from pathlib import Path
 from typing import Any
 
-from httpx import AsyncClient, Response
+from asgi_lifespan import LifespanManager
+from httpx import ASGITransport, AsyncClient, Response
 
+from aigos.server.app import create_app
+from tests.conftest import embedded_settings
 from tests.identity.test_registry import access_token, assert_problem, bearer, pointers, register
-from tests.tenancy.conftest import TenantHandle, tenant_a
+from tests.tenancy.conftest import TenantHandle, signup, tenant_a
 
 __all__ = ["tenant_a"]
 
@@ -196,3 +202,50 @@ async def test_a_tenant_wide_trigger_with_no_agent_affects_none(
     )
     assert events.status_code == 200, events.text
     assert events.json()["total"] == 1
+
+
+# -- SQLite under concurrent writes -----------------------------------------------------------------------
+
+
+async def test_writes_wait_for_another_writer_on_sqlite(
+    tmp_path: Path, admin_headers: dict[str, str]
+) -> None:
+    """Concurrent writes through the API while another process (a backup, the retention CLI) holds the
+    embedded database's write lock for a few seconds: every write waits its turn, none fails."""
+    # Rate limits high enough that only the database could refuse a write.
+    settings = embedded_settings(
+        tmp_path / "data", default_rate_limit_rpm=10_000, default_rate_limit_rph=10_000
+    )
+    app = create_app(settings)
+    async with (
+        LifespanManager(app) as manager,
+        AsyncClient(transport=ASGITransport(app=manager.app), base_url="http://testserver") as client,
+    ):
+        tenant = await signup(client, "Busy", plan_tier="pro", headers=admin_headers)
+
+        async def write(n: int) -> Response:
+            if n % 3 == 0:
+                return await client.put(
+                    f"/v1/tenants/{tenant.id}", json={"name": f"Busy {n}"}, headers=tenant.headers
+                )
+            if n % 3 == 1:
+                return await client.post(
+                    "/v1/agents/register", json={"name": f"bot-{n}"}, headers=tenant.headers
+                )
+            key = {"name": f"key-{n}", "scopes": ["agents:read"]}
+            return await client.post("/v1/api-keys", json=key, headers=tenant.headers)
+
+        other = sqlite3.connect(settings.data_dir / "aigos.db", isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            writes = asyncio.gather(*(write(n) for n in range(30)))
+            # Longer than a writer used to wait before failing with "database is locked".
+            await asyncio.sleep(6)
+            other.execute("COMMIT")
+            responses = await writes
+        finally:
+            other.close()
+        failed = [response.text for response in responses if response.status_code >= 300]
+        assert failed == []
+        listed = await client.get("/v1/agents", headers=tenant.headers)
+        assert listed.json()["total"] == 10

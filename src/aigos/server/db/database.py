@@ -17,11 +17,14 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.util import await_only
 
 from aigos.server.config import DatabaseKind
+from aigos.server.errors import ServiceUnavailable
 
 TENANT_SETTING = "app.tenant_id"
 PLATFORM_SETTING = "app.platform_scope"
 #: The PostgreSQL role the server acts as: no BYPASSRLS, only the privileges the migrations grant it.
 APP_ROLE = "aigos_app"
+#: How long an embedded (SQLite) writer waits for another's write lock before giving up.
+SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
 
 
 class Database:
@@ -53,7 +56,11 @@ class Database:
             database = parsed.database or ""
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
-            options["connect_args"] = {"timeout": timeout_seconds}
+            # SQLite has one writer at a time: a writer waits for the lock up to the busy timeout (the
+            # driver's ``timeout``) instead of failing at once with "database is locked". Longer than the
+            # pool timeout: a burst of writes queues on the lock, each held only for one short transaction,
+            # and a maintenance writer (retention, an export) may hold it for seconds.
+            options["connect_args"] = {"timeout": max(timeout_seconds, SQLITE_BUSY_TIMEOUT_SECONDS)}
         else:
             server_settings = {"application_name": "aigos"}
             if role:
@@ -79,10 +86,21 @@ class Database:
     @asynccontextmanager
     async def session(self, tenant_id: uuid.UUID | None = None) -> AsyncIterator[AsyncSession]:
         """A session inside one transaction: committed on success, rolled back on any exception."""
-        async with self.sessions() as session, session.begin():
-            if tenant_id is not None:
-                await set_tenant(session, tenant_id)
-            yield session
+        try:
+            async with self.sessions() as session, session.begin():
+                if tenant_id is not None:
+                    await set_tenant(session, tenant_id)
+                yield session
+        except exc.OperationalError as error:
+            if self.kind == "sqlite" and "database is locked" in str(error.orig):
+                # The busy timeout ran out: the embedded database is overloaded, the request may succeed
+                # later. Nothing was written (the transaction rolled back).
+                raise ServiceUnavailable(
+                    "The embedded database is busy; retry shortly.",
+                    code="DATABASE_BUSY",
+                    headers={"Retry-After": "1"},
+                ) from error
+            raise
 
     @asynccontextmanager
     async def driver(self) -> AsyncIterator[Any]:
