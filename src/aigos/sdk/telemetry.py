@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from aigos.core.reported import reportable
+from aigos.core.reported import reportable, unreportable
 
 log = logging.getLogger("aigos.sdk")
 
@@ -46,7 +46,8 @@ class TelemetryBuffer:
         """Queue one event (``tool.completed``, ``llm.call``, ``custom.*`` ...).
 
         Raises ``ValueError`` at once for what the server would refuse: a malformed or server-owned type
-        (``policy.*``, ``agent.*``, ...), or data that is not JSON.
+        (``policy.*``, ``agent.*``, ...), data that is not JSON, or text and numbers the server's edge
+        refuses (NUL, lone surrogates, NaN or infinite numbers, integers past 64 bits, deep nesting).
         """
         if not reportable(event_type):
             raise ValueError(f"{event_type!r} cannot be reported: use tool.*, llm.* or custom.* types")
@@ -55,6 +56,10 @@ class TelemetryBuffer:
                 orjson.dumps(data)
             except TypeError as exc:
                 raise ValueError(f"telemetry data is not JSON: {exc}") from exc
+        # Refused here as the server would refuse it: one bad event must not cost its whole batch.
+        problem = unreportable(data, trace_id=trace_id, span_id=span_id)
+        if problem is not None:
+            raise ValueError(f"telemetry cannot be reported: {problem}")
         events = self._events
         if len(events) == events.maxlen:
             self.dropped += 1
