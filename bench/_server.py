@@ -366,6 +366,8 @@ def postgres_environment() -> Iterator[dict[str, str]]:
             "AIGOS_REDIS_URL": REDIS_URL,
             "AIGOS_REDIS_PREFIX": prefix,
             "AIGOS_SECRET_KEY": secrets.token_urlsafe(36),  # 48 characters
+            # Replicas behind one address name one issuer (clients may reach them on several ports).
+            "AIGOS_ISSUER": "https://aigos.bench",
         }
     finally:
         try:

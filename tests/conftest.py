@@ -95,6 +95,9 @@ def embedded_settings(data_dir: Path, **overrides: Any) -> Settings:
         "log_level": "warning",
         **overrides,
     }
+    if "database_url" in overrides:
+        # PostgreSQL servers need an issuer: the address the in-process test client uses.
+        values.setdefault("issuer", "http://testserver")
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
@@ -148,6 +151,8 @@ def replica_env(pg_database: str, redis_prefix: str) -> dict[str, str]:
         "AIGOS_REDIS_PREFIX": redis_prefix,
         "AIGOS_SECRET_KEY": SECRET_KEY,
         "AIGOS_BOOTSTRAP_ADMIN_TOKEN": ADMIN_TOKEN,
+        # Replicas behind one address name one issuer.
+        "AIGOS_ISSUER": "https://aigos.example.com",
     }
 
 

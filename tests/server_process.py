@@ -30,6 +30,9 @@ class ServerProcess:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env}
+        if self.env.get("AIGOS_DATABASE_URL", "").startswith("postgresql"):
+            # A PostgreSQL server needs an issuer; unless the test names one, the address it listens on.
+            self.env.setdefault("AIGOS_ISSUER", self.base_url)
         self.args = args or []
         self.log_path = workdir / f"server-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None

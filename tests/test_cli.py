@@ -85,6 +85,7 @@ def test_postgres_without_redis_is_still_embedded(tmp_path: Path) -> None:
         "2",
         AIGOS_DATABASE_URL="postgresql+asyncpg://postgres@127.0.0.1/test",
         AIGOS_SECRET_KEY="k" * 40,
+        AIGOS_ISSUER="https://aigos.example.com",
     )
     assert result.returncode == 2
     assert "memory bus" in result.stderr
@@ -105,6 +106,7 @@ def test_several_workers_on_a_taken_port_are_refused_at_once(tmp_path: Path) -> 
             AIGOS_DATABASE_URL="postgresql+asyncpg://postgres@127.0.0.1/test",
             AIGOS_REDIS_URL="redis://127.0.0.1:6379/0",
             AIGOS_SECRET_KEY="k" * 40,
+            AIGOS_ISSUER="https://aigos.example.com",
             AIGOS_MIGRATE_ON_START="false",
         )
     assert result.returncode == 2
@@ -124,3 +126,15 @@ def test_postgres_without_secret_key_is_explained(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "AIGOS_SECRET_KEY is required" in result.stderr
+
+
+def test_postgres_without_issuer_is_refused_at_start(tmp_path: Path) -> None:
+    result = _serve(
+        tmp_path,
+        AIGOS_DATABASE_URL="postgresql+asyncpg://postgres@127.0.0.1/test",
+        AIGOS_REDIS_URL="redis://127.0.0.1:6379/0",
+        AIGOS_SECRET_KEY="k" * 40,
+        AIGOS_ISSUER="",
+    )
+    assert result.returncode == 2
+    assert "AIGOS_ISSUER is required with PostgreSQL" in result.stderr

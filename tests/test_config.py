@@ -45,6 +45,31 @@ def test_postgres_requires_a_secret_key(tmp_path: Path) -> None:
         _ = config.pepper
 
 
+def test_postgres_requires_an_issuer(tmp_path: Path) -> None:
+    config = settings(data_dir=tmp_path, database_url="postgresql+asyncpg://u@h/db", redis_url="redis://h")
+    with pytest.raises(ConfigError, match="AIGOS_ISSUER is required with PostgreSQL"):
+        config.check_issuer()
+    issued = settings(database_url="postgresql+asyncpg://u@h/db", issuer="https://aigos.example.com")
+    issued.check_issuer()
+    assert issued.issuer_notice is None
+
+
+def test_embedded_mode_derives_the_issuer_and_says_so(tmp_path: Path) -> None:
+    config = settings(data_dir=tmp_path)
+    config.check_issuer()
+    assert config.issuer_notice is not None
+    assert "AIGOS_ISSUER is not set" in config.issuer_notice
+
+
+@pytest.mark.parametrize(
+    "issuer",
+    ["aigos.example.com", "ftp://aigos.example.com", "https://", "https://a.example/?x=1", "https://a#b"],
+)
+def test_issuer_must_be_an_http_url_without_query_or_fragment(issuer: str) -> None:
+    with pytest.raises(ValidationError, match="AIGOS_ISSUER"):
+        settings(issuer=issuer)
+
+
 def test_unknown_database_scheme_is_refused() -> None:
     with pytest.raises(ValidationError, match="AIGOS_DATABASE_URL"):
         settings(database_url="mysql://x/y")

@@ -41,7 +41,7 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
-def _load_settings(*, need_secret: bool = True) -> Settings:
+def _load_settings(*, need_secret: bool = True, serving: bool = False) -> Settings:
     try:
         from pydantic import ValidationError
 
@@ -52,6 +52,8 @@ def _load_settings(*, need_secret: bool = True) -> Settings:
         settings = Settings()
         if need_secret:
             settings.pepper  # noqa: B018 - fail now, not at the first request, if no secret key can be had
+        if serving:
+            settings.check_issuer()
     except ValidationError as exc:
         lines = [f"  {'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()]
         raise _fail("invalid configuration:\n" + "\n".join(lines)) from exc
@@ -82,7 +84,7 @@ def serve(
     With no configuration it runs embedded: SQLite under ./.aigos/ and the in-process bus, one process.
     Set AIGOS_DATABASE_URL (postgresql+asyncpg://...) and AIGOS_REDIS_URL (redis://...) to run replicas.
     """
-    settings = _load_settings()
+    settings = _load_settings(serving=True)
     if workers > 1 and settings.embedded:
         raise _fail(
             f"embedded mode ({settings.database_kind} database, {settings.bus_kind} bus) keeps state inside "

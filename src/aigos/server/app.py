@@ -64,6 +64,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.check_issuer()
+        if notice := settings.issuer_notice:
+            log.warning("issuer_not_configured", detail=notice)
         runtime = await start_runtime(settings, in_flight)
         app.state.runtime = runtime
         # What exists now lives as long as the process: keep it out of every later garbage collection,

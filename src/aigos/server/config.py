@@ -9,6 +9,7 @@ import secrets
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -84,7 +85,7 @@ class Settings(BaseSettings):
     issuer: str | None = Field(
         None,
         description="OAuth issuer URL put in tokens and discovery (e.g. https://aigos.example.com). "
-        "Unset: the URL the request came in on.",
+        "Required with PostgreSQL; unset in embedded mode: the URL each request came in on.",
     )
     token_ttl_seconds: int = Field(3600, ge=60, le=86_400, description="Lifetime of agent access tokens.")
     token_alg: Literal["ES256", "EdDSA"] = Field("ES256", description="Algorithm of new signing keys.")
@@ -156,6 +157,17 @@ class Settings(BaseSettings):
     @property
     def resolved_migration_url(self) -> str:
         """The URL migrations run with."""
+    @field_validator("issuer")
+    @classmethod
+    def _issuer_is_a_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        # RFC 8414 section 2: an https URL (http allowed for local use) with no query or fragment.
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError("AIGOS_ISSUER must be an http(s) URL without query or fragment")
+        return value
+
         return self.database_migration_url or self.resolved_database_url
 
     @property
@@ -194,6 +206,29 @@ def _embedded_secret(data_dir: Path) -> str:
         return path.read_text().strip()
     data_dir.mkdir(parents=True, exist_ok=True)
     value = secrets.token_urlsafe(48)
+    def check_issuer(self) -> None:
+        """Refuse to serve PostgreSQL replicas without ``AIGOS_ISSUER`` (``ConfigError``).
+
+        Tokens name their issuer and every replica must name the same one; derived from each request's
+        Host header it would differ per address used and follow whatever a client sends.
+        """
+        if self.issuer is None and self.database_kind == "postgresql":
+            raise ConfigError(
+                "AIGOS_ISSUER is required with PostgreSQL: every replica must put the same issuer in the "
+                "tokens it signs. Set it to the public base URL of the server, e.g. "
+                "AIGOS_ISSUER=https://aigos.example.com"
+            )
+
+    @property
+    def issuer_notice(self) -> str | None:
+        """What to tell the operator at start when the issuer is derived rather than configured."""
+        if self.issuer is not None:
+            return None
+        return (
+            "AIGOS_ISSUER is not set: tokens and discovery name the URL each request came in on (embedded "
+            "mode only). Set AIGOS_ISSUER to the server's public URL to fix it."
+        )
+
     path.touch(mode=0o600)
     path.write_text(value)
     return value
