@@ -31,11 +31,13 @@ def test_defaults_are_embedded(tmp_path: Path) -> None:
 
 
 def test_embedded_secret_is_generated_once_and_private(tmp_path: Path) -> None:
-    first = settings(data_dir=tmp_path).pepper
-    again = settings(data_dir=tmp_path).pepper
+    data = tmp_path / "data"
+    first = settings(data_dir=data).pepper
+    again = settings(data_dir=data).pepper
     assert first == again
     assert len(first) >= 32
-    assert (tmp_path / "secret.key").stat().st_mode & 0o077 == 0
+    assert (data / "secret.key").stat().st_mode & 0o777 == 0o600
+    assert data.stat().st_mode & 0o777 == 0o700
 
 
 def test_postgres_requires_a_secret_key(tmp_path: Path) -> None:

@@ -37,6 +37,29 @@ def test_embedded_first_start_prints_token_once_and_sigterm_exits(tmp_path: Path
     assert TOKEN.findall(second.output()) == []
 
 
+def test_embedded_data_folder_is_private_and_served_by_one_process(tmp_path: Path) -> None:
+    env = {"AIGOS_SECRET_KEY": ""}  # the embedded mode generates its own key in the folder
+    with ServerProcess(tmp_path / "one", env) as first:
+        data = tmp_path / "one" / ".aigos"
+        assert data.stat().st_mode & 0o777 == 0o700
+        for name in ("aigos.db", "secret.key"):
+            assert (data / name).stat().st_mode & 0o777 == 0o600, name
+        # Anything SQLite or the server created beside them is private too.
+        assert [p.name for p in data.iterdir() if p.stat().st_mode & 0o077] == []
+
+        # A second server on the same folder is refused at once, with the reason.
+        second = ServerProcess(tmp_path / "one", env)
+        with pytest.raises(RuntimeError, match="already using the database") as refused:
+            second.start()
+        assert second.process is not None
+        assert second.process.returncode == 2
+        assert str(first.process.pid if first.process else "") in str(refused.value)
+        assert httpx.get(first.base_url + "/health/ready").status_code == 200
+    # Once the first has stopped, the folder is free again.
+    with ServerProcess(tmp_path / "one", env) as again:
+        assert httpx.get(again.base_url + "/health/ready").status_code == 200
+
+
 def test_access_log_is_json_with_request_fields(tmp_path: Path) -> None:
     import json
 

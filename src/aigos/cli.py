@@ -95,11 +95,18 @@ def serve(
         raise _fail("--reload runs a single process; drop --workers or --reload")
     import uvicorn
 
-    from aigos.server import listening
+    from aigos.server import datadir, listening
     from aigos.server.db.migrate import upgrade
     from aigos.server.logging import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
+    if not reload:
+        # Held for the life of this process (the app takes it again here); with --reload the app runs in
+        # a child process and takes it there.
+        try:
+            datadir.DataDirLock(settings).acquire()
+        except datadir.DataDirInUse as exc:
+            raise _fail(str(exc)) from exc
     shared: listening.ReusePortSocket | None = None
     if workers > 1 and listening.AVAILABLE:
         # Bound before anything else, so a taken port fails at once with a clear message.
@@ -146,7 +153,10 @@ def migrate(
 ) -> None:
     """Apply database migrations (AIGOS_DATABASE_MIGRATION_URL, else AIGOS_DATABASE_URL)."""
     settings = _load_settings()
+    from aigos.server.datadir import prepare
     from aigos.server.db.migrate import current_revision, upgrade
+
+    prepare(settings)
 
     url = settings.resolved_migration_url
     asyncio.run(upgrade(url, revision))

@@ -19,6 +19,8 @@ from aigos.server.audit.log import EventLog, checkpoint_signer
 from aigos.server.audit.retention import Maintenance, ensure_partitions
 from aigos.server.bus import create_bus
 from aigos.server.config import Settings
+from aigos.server.datadir import DataDirLock
+from aigos.server.datadir import prepare as prepare_data_dir
 from aigos.server.db import Database
 from aigos.server.db.database import APP_ROLE
 from aigos.server.db.migrate import upgrade
@@ -67,7 +69,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.check_issuer()
         if notice := settings.issuer_notice:
             log.warning("issuer_not_configured", detail=notice)
-        runtime = await start_runtime(settings, in_flight)
+        # Before anything opens the database: a second server on the same SQLite file is refused here.
+        claim = DataDirLock(settings)
+        claim.acquire()
+        try:
+            prepare_data_dir(settings)
+            runtime = await start_runtime(settings, in_flight)
+        except BaseException:
+            claim.release()
+            raise
         app.state.runtime = runtime
         # What exists now lives as long as the process: keep it out of every later garbage collection,
         # whose full passes would otherwise walk it and show up as tail latency on the check path.
@@ -83,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await runtime.close()
+            claim.release()
             log.info("stopped")
 
     middleware = [

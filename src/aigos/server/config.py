@@ -119,6 +119,12 @@ class Settings(BaseSettings):
     killswitch_keepalive_seconds: float = Field(
         15.0, gt=0, description="Interval of keep-alive comments on kill-switch streams."
     )
+    killswitch_max_streams_per_agent: int = Field(
+        4,
+        ge=1,
+        le=1_000,
+        description="Kill-switch streams one agent may hold per server process; a newer one ends the oldest.",
+    )
     killswitch_delivery_flush_seconds: float = Field(
         0.5, gt=0, description="How often kill-switch deliveries are recorded in the database (batched)."
     )
@@ -128,6 +134,17 @@ class Settings(BaseSettings):
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer_is_a_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        # RFC 8414 section 2: an https URL (http allowed for local use) with no query or fragment.
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError("AIGOS_ISSUER must be an http(s) URL without query or fragment")
         return value
 
     @model_validator(mode="after")
@@ -140,12 +157,6 @@ class Settings(BaseSettings):
         if self.secret_key is not None and len(self.secret_key.get_secret_value()) < 32:
             raise ValueError("AIGOS_SECRET_KEY must be at least 32 characters")
         return self
-    killswitch_max_streams_per_agent: int = Field(
-        4,
-        ge=1,
-        le=1_000,
-        description="Kill-switch streams one agent may hold per server process; a newer one ends the oldest.",
-    )
 
     @property
     def resolved_database_url(self) -> str:
@@ -157,17 +168,6 @@ class Settings(BaseSettings):
     @property
     def resolved_migration_url(self) -> str:
         """The URL migrations run with."""
-    @field_validator("issuer")
-    @classmethod
-    def _issuer_is_a_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        # RFC 8414 section 2: an https URL (http allowed for local use) with no query or fragment.
-        parts = urlsplit(value)
-        if parts.scheme not in ("https", "http") or not parts.netloc or parts.query or parts.fragment:
-            raise ValueError("AIGOS_ISSUER must be an http(s) URL without query or fragment")
-        return value
-
         return self.database_migration_url or self.resolved_database_url
 
     @property
@@ -185,27 +185,6 @@ class Settings(BaseSettings):
         """True when any piece of state lives inside this process, so only one process may run."""
         return self.database_kind == "sqlite" or self.bus_kind == "memory"
 
-    @cached_property
-    def pepper(self) -> bytes:
-        """The secret mixed into every stored hash of an API key or client secret."""
-        if self.secret_key is not None:
-            return self.secret_key.get_secret_value().encode()
-        if self.database_kind == "postgresql" or self.env == "production":
-            raise ConfigError(
-                "AIGOS_SECRET_KEY is required with PostgreSQL or in production: every replica must hash "
-                "secrets with the same key. Generate one with: python -c 'import secrets; "
-                "print(secrets.token_urlsafe(48))'"
-            )
-        return _embedded_secret(self.data_dir).encode()
-
-
-def _embedded_secret(data_dir: Path) -> str:
-    """Read or create the embedded mode's secret key file (mode 0600)."""
-    path = data_dir / "secret.key"
-    if path.exists():
-        return path.read_text().strip()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(48)
     def check_issuer(self) -> None:
         """Refuse to serve PostgreSQL replicas without ``AIGOS_ISSUER`` (``ConfigError``).
 
@@ -229,6 +208,28 @@ def _embedded_secret(data_dir: Path) -> str:
             "mode only). Set AIGOS_ISSUER to the server's public URL to fix it."
         )
 
-    path.touch(mode=0o600)
+    @cached_property
+    def pepper(self) -> bytes:
+        """The secret mixed into every stored hash of an API key or client secret."""
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value().encode()
+        if self.database_kind == "postgresql" or self.env == "production":
+            raise ConfigError(
+                "AIGOS_SECRET_KEY is required with PostgreSQL or in production: every replica must hash "
+                "secrets with the same key. Generate one with: python -c 'import secrets; "
+                "print(secrets.token_urlsafe(48))'"
+            )
+        return _embedded_secret(self.data_dir).encode()
+
+
+def _embedded_secret(data_dir: Path) -> str:
+    """Read or create the embedded mode's secret key file (mode 0600, in a folder of mode 0700)."""
+    from aigos.server.datadir import private_file  # imports this module
+
+    path = data_dir / "secret.key"
+    if path.exists():
+        return path.read_text().strip()
+    value = secrets.token_urlsafe(48)
+    private_file(path)
     path.write_text(value)
     return value
