@@ -623,3 +623,20 @@ async def test_configured_issuer_is_used_everywhere(tmp_path: Any) -> None:
             "/oauth2/token", data=signer.form(signer.assertion(aud="http://internal:8080"))
         )
         assert internal.status_code == 401
+
+
+async def test_guessing_a_client_secret_is_throttled(client: AsyncClient, tenant_a: TenantHandle) -> None:
+    reg = await register(client, tenant_a)
+    for _ in range(20):  # AIGOS_AUTH_FAILURES_PER_CLIENT
+        oauth_error(await client_token(client, reg["client_id"], "aigos_cs_wrong"), 401, "invalid_client")
+    refused = await client_token(client, reg["client_id"], "aigos_cs_wrong")
+    body = oauth_error(refused, 429, "temporarily_unavailable")
+    assert "failed client authentications" in body["error_description"]
+    assert int(refused.headers["retry-after"]) >= 1
+    # Refused before the secret is looked at: even the right one gets no token, so guesses learn nothing.
+    oauth_error(
+        await client_token(client, reg["client_id"], reg["client_secret"]), 429, "temporarily_unavailable"
+    )
+    # Another client is not held back by this one's failures.
+    other = await register(client, tenant_a)
+    assert (await client_token(client, other["client_id"], other["client_secret"])).status_code == 200

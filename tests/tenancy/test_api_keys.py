@@ -201,3 +201,17 @@ async def test_platform_token_cannot_act_inside_a_tenant(
 async def test_scope_catalogue(client: AsyncClient) -> None:
     scopes = (await client.get("/v1/api-keys/scopes")).json()
     assert {"admin", "agents:read", "killswitch:trigger", "audit:read"} <= set(scopes)
+
+
+async def test_a_narrower_key_cannot_revoke_a_broader_one(
+    client: AsyncClient, tenant_a: TenantHandle
+) -> None:
+    manager = await create_key(client, tenant_a, scopes=["api_keys:write", "api_keys:read"])
+    refused = await client.delete(f"/v1/api-keys/{tenant_a.key_id}", headers=bearer(manager["key"]))
+    assert refused.status_code == 403
+    assert refused.json()["code"] == "SCOPE_ESCALATION"
+    still = await client.get(f"/v1/tenants/{tenant_a.id}", headers=tenant_a.headers)
+    assert still.status_code == 200
+    peer = await create_key(client, tenant_a, scopes=["api_keys:write"])
+    allowed = await client.delete(f"/v1/api-keys/{peer['id']}", headers=bearer(manager["key"]))
+    assert allowed.status_code == 204

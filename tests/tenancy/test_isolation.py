@@ -54,6 +54,8 @@ NOT_TENANT_OWNED: set[tuple[str, str]] = {
     ("POST", "/v1/agents/{}/heartbeat"),
     # The agent acknowledges its own command; another agent's command answers 404 (tests/killswitch).
     ("POST", "/v1/kill-switch/commands/{}/ack"),
+    # Platform admin only; a tenant key gets 403 PLATFORM_ONLY (tests/tenancy/test_access.py).
+    ("POST", "/v1/platform/tenants/{}/recovery-key"),
 }
 
 

@@ -87,6 +87,9 @@ async def test_adding_a_new_email_invites_it(client: AsyncClient, tenant_a: Tena
     assert body["email"] == email
     assert body["role"] == "viewer"
     assert body["invited"] is True
+    assert body.pop("invitation_token").startswith("aigos_inv_")
+    assert body.pop("invitation_expires_at")
+    assert response.headers["cache-control"] == "no-store"
     fetched = await client.get(f"/v1/members/{body['user_id']}", headers=tenant_a.headers)
     assert fetched.status_code == 200, fetched.text
     assert fetched.json() == body
@@ -101,7 +104,7 @@ async def test_adding_a_member_of_another_tenant(client: AsyncClient, tenant_a: 
     body = response.json()
     assert body["user_id"] == tenant_b.owner_id
     assert body["role"] == "admin"
-    assert body["invited"] is False
+    assert body["invited"] is True  # until they accept, as for anyone
     assert await _members(client, tenant_b) == before
     # Removing them from A leaves their account and their ownership of B alone.
     removed = await client.delete(f"/v1/members/{tenant_b.owner_id}", headers=tenant_a.headers)
@@ -111,8 +114,16 @@ async def test_adding_a_member_of_another_tenant(client: AsyncClient, tenant_a: 
 
 async def test_duplicate_member_conflicts(client: AsyncClient, tenant_a: TenantHandle) -> None:
     email = _email()
-    assert (await _add(client, tenant_a, email)).status_code == 201
-    _problem(await _add(client, tenant_a, email, role="admin"), 409, "MEMBER_EXISTS")
+    first = await _add(client, tenant_a, email)
+    assert first.status_code == 201
+    # Still pending: inviting again issues a fresh token (the first stops working) with the new role.
+    again = await _add(client, tenant_a, email, role="admin")
+    assert again.status_code == 201, again.text
+    assert again.json()["role"] == "admin"
+    stale = await client.post(
+        "/v1/invitations/accept", json={"token": first.json()["invitation_token"], "password": "p" * 12}
+    )
+    _problem(stale, 401, "INVALID_INVITATION")
     _problem(await _add(client, tenant_a, tenant_a.owner_email), 409, "MEMBER_EXISTS")
 
 

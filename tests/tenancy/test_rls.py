@@ -123,3 +123,56 @@ async def test_set_tenant_is_transaction_local(tenant_a: TenantHandle, app_db: D
         assert await session.scalar(text("SELECT count(*) FROM tenants")) == 1
     async with app_db.session() as session:
         assert await session.scalar(text("SELECT count(*) FROM tenants")) == 0
+
+
+async def test_users_show_only_the_tenants_members_and_never_a_hash(
+    tenant_a: TenantHandle, tenant_b: TenantHandle, app_db: Database
+) -> None:
+    from sqlalchemy.exc import DBAPIError
+
+    async with app_db.session() as session:
+        assert await session.scalar(text("SELECT count(*) FROM users")) == 0
+        await set_platform_scope(session)
+        assert await session.scalar(text("SELECT count(*) FROM users")) == 0
+    async with app_db.session(uuid.UUID(tenant_a.id)) as session:
+        emails = set((await session.execute(text("SELECT email FROM users"))).scalars())
+        assert emails == {tenant_a.owner_email}
+        # Only the tenant's own member, by exact address, through the sign-in look-up.
+        found = (
+            await session.execute(
+                text("SELECT * FROM aigos_member_password(:e)"), {"e": tenant_a.owner_email}
+            )
+        ).all()
+        assert len(found) == 1
+        other = text("SELECT * FROM aigos_member_password(:e)")
+        assert (await session.execute(other, {"e": tenant_b.owner_email})).all() == []
+    with pytest.raises(DBAPIError, match="permission denied"):
+        async with app_db.session(uuid.UUID(tenant_a.id)) as session:
+            await session.execute(text("SELECT password_hash FROM users"))
+
+
+async def test_platform_tables_are_not_readable_by_the_app_role(app_db: Database) -> None:
+    from sqlalchemy.exc import DBAPIError
+
+    with pytest.raises(DBAPIError, match="permission denied"):
+        async with app_db.session() as session:
+            await session.execute(text("SELECT token_hash FROM platform_tokens"))
+    async with app_db.session() as session:
+        forced = (
+            await session.execute(
+                text(
+                    "SELECT relname FROM pg_class WHERE relrowsecurity AND relforcerowsecurity "
+                    "AND relname IN ('users', 'platform_tokens', 'signing_keys')"
+                )
+            )
+        ).scalars()
+        assert set(forced) == {"users", "platform_tokens", "signing_keys"}
+
+
+async def test_platform_scope_shows_no_credentials(
+    tenant_a: TenantHandle, tenant_b: TenantHandle, app_db: Database
+) -> None:
+    async with app_db.session() as session:
+        await set_platform_scope(session)
+        for table in ("api_keys", "tenant_members", "agent_credentials", "invitations", "user_sessions"):
+            assert await session.scalar(text(f"SELECT count(*) FROM {table}")) == 0, table

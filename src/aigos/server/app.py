@@ -47,7 +47,7 @@ from aigos.server.problems import install_problem_handlers
 from aigos.server.runtime import Runtime
 from aigos.server.telemetry import api as telemetry_api
 from aigos.server.tenancy import api as tenancy_api
-from aigos.server.tenancy import members_api, usage_api
+from aigos.server.tenancy import auth_api, members_api, usage_api
 from aigos.server.tenancy.models import ApiKey
 from aigos.server.tenancy.passwords import Passwords
 from aigos.server.tenancy.usage import UsageMeter
@@ -133,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(platform_api.router)
     app.include_router(tenancy_api.router)
     app.include_router(members_api.router)
+    app.include_router(auth_api.router)
     app.include_router(usage_api.router)
     app.include_router(audit_api.router)
     app.include_router(agntcy_api.router)

@@ -77,6 +77,27 @@ class Settings(BaseSettings):
     signup_enabled: bool = Field(
         True, description="Anyone may create a tenant; when false only the platform-admin token can."
     )
+    auth_failures_per_client: int = Field(
+        20,
+        ge=1,
+        description="Failed sign-ins (client secrets, passwords) allowed per client or email per window.",
+    )
+    auth_failures_per_address: int = Field(
+        50, ge=1, description="Failed sign-ins allowed per source address per window."
+    )
+    auth_failure_window_seconds: float = Field(
+        300.0, gt=0, description="Window over which failed sign-ins are counted, seconds."
+    )
+    signups_per_address: int = Field(
+        20, ge=1, description="Anonymous signups allowed per source address per signup window."
+    )
+    signup_window_seconds: float = Field(3600.0, gt=0, description="Window of the signup limit, seconds.")
+    session_ttl_seconds: int = Field(
+        3600, ge=60, le=86_400, description="Lifetime of a sign-in session (POST /v1/auth/login)."
+    )
+    invitation_ttl_seconds: int = Field(
+        7 * 86_400, ge=300, le=90 * 86_400, description="How long a member invitation can be accepted."
+    )
     default_rate_limit_rpm: int = Field(60, ge=1, description="Requests per minute of an API key by default.")
     default_rate_limit_rph: int = Field(1000, ge=1, description="Requests per hour of an API key by default.")
     api_key_rotation_grace_seconds: int = Field(

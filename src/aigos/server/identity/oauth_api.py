@@ -30,6 +30,7 @@ from aigos.server.identity.oauth import Client, OAuthError, authenticate_client,
 from aigos.server.identity.state import CachedClient
 from aigos.server.routing import OAuthRoute
 from aigos.server.runtime import Runtime
+from aigos.server.throttle import Throttle, Throttled, source_address
 
 router = APIRouter(tags=["oauth2"], route_class=OAuthRoute)
 
@@ -142,7 +143,11 @@ async def _load_agent(session: AsyncSession, client: Client) -> Agent:
     "/oauth2/token",
     summary="Token endpoint",
     openapi_extra=_form_body,
-    responses={200: {"description": "An access token"}, 400: {"description": "RFC 6749 error"}},
+    responses={
+        200: {"description": "An access token"},
+        400: {"description": "RFC 6749 error"},
+        429: {"description": "Too many failed client authentications (RFC 6749 error, `Retry-After`)"},
+    },
 )
 async def token(request: Request, runtime: RuntimeDep, session: SessionDep) -> Response:
     """Issue an agent access token.
@@ -182,9 +187,7 @@ async def _client_credentials(
 ) -> tuple[tokens.Issued, tokens.ClaimsSource]:
     issuer = issuer_for(request, runtime.settings)
     try:
-        client = await authenticate_client(
-            runtime, session, form, request.headers.get("authorization"), issuer + "/oauth2/token", issuer
-        )
+        client = await _authenticate(request, runtime, session, form)
     except OAuthError as error:
         await _record_failure(runtime, session, form, request, error)
         raise
@@ -205,18 +208,57 @@ async def _client_credentials(
     return issued, agent
 
 
-async def _record_failure(
-    runtime: Runtime, session: AsyncSession, form: dict[str, str], request: Request, error: OAuthError
-) -> None:
-    """Failed authentications of a known agent go on its tenant's record."""
-    from aigos.server.identity import credentials
-    from aigos.server.identity.oauth import _basic
+def _claimed_client_id(request: Request, form: dict[str, str]) -> str | None:
+    """The client id the caller claims (Basic user name, form ``client_id``, or an assertion's unverified
+    ``iss``), before any check."""
+    from aigos.server.identity.oauth import _basic, _client_id_from
 
     try:
         basic = _basic(request.headers.get("authorization"))
     except OAuthError:
         basic = None
-    client_id = basic[0] if basic else form.get("client_id")
+    if basic:
+        return basic[0]
+    if form.get("client_id") or "client_assertion" not in form:
+        return form.get("client_id")
+    try:
+        return str(_client_id_from(form, form["client_assertion"]))
+    except (OAuthError, ValueError):
+        return None
+
+
+async def _authenticate(
+    request: Request, runtime: Runtime, session: AsyncSession, form: dict[str, str]
+) -> Client:
+    """``authenticate_client``, throttled: past too many failures per client id or per source address the
+    caller gets 429 before its credential is even looked at, so guessing a secret gains nothing."""
+    issuer = issuer_for(request, runtime.settings)
+    throttle = Throttle(runtime.bus.limiter, runtime.settings)
+    buckets = throttle.sign_in("oauth", _claimed_client_id(request, form) or "", source_address(request))
+    what = "failed client authentications"
+    try:
+        await throttle.check(buckets, what)
+    except Throttled as exc:
+        raise OAuthError("temporarily_unavailable", str(exc), 429, exc.headers) from exc
+    try:
+        return await authenticate_client(
+            runtime, session, form, request.headers.get("authorization"), issuer + "/oauth2/token", issuer
+        )
+    except OAuthError as error:
+        if error.error == "invalid_client":
+            await throttle.record(buckets)
+        raise
+
+
+async def _record_failure(
+    runtime: Runtime, session: AsyncSession, form: dict[str, str], request: Request, error: OAuthError
+) -> None:
+    """Failed authentications of a known agent go on its tenant's record."""
+    from aigos.server.identity import credentials
+
+    if error.status == 429:
+        return  # refused before any check: nothing was attempted against the agent
+    client_id = _claimed_client_id(request, form)
     try:
         agent_id = uuid.UUID(str(client_id))
     except ValueError:
@@ -295,10 +337,7 @@ def _capabilities(claim: dict[str, Any]) -> Capabilities:
 
 
 async def _caller(request: Request, runtime: Runtime, session: AsyncSession, form: dict[str, str]) -> Client:
-    issuer = issuer_for(request, runtime.settings)
-    client = await authenticate_client(
-        runtime, session, form, request.headers.get("authorization"), issuer + "/oauth2/token", issuer
-    )
+    client = await _authenticate(request, runtime, session, form)
     # A suspended or terminated agent keeps its secret but may no longer use the OAuth endpoints.
     await _load_agent(session, client)
     return client

@@ -5,11 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 
 from aigos.server.audit.events import NewEvent, by, current_request_id
 from aigos.server.deps import RuntimeDep, SessionDep
-from aigos.server.errors import Forbidden
+from aigos.server.errors import Forbidden, RateLimited
 from aigos.server.routing import ValidatedRoute
 from aigos.server.tenancy import api_keys, tenants
 from aigos.server.tenancy import scopes as scope_catalogue
@@ -26,6 +26,7 @@ from aigos.server.tenancy.schemas import (
     TenantOut,
     TenantUpdate,
 )
+from aigos.server.throttle import Throttle, Throttled, source_address
 
 router = APIRouter(prefix="/v1", tags=["tenancy"], route_class=ValidatedRoute)
 
@@ -35,17 +36,29 @@ Limit = Annotated[int, Query(ge=1, le=100, description="Items per page.")]
 
 @router.post("/tenants", response_model=SignupOut, status_code=status.HTTP_201_CREATED, summary="Sign up")
 async def create_tenant(
-    spec: SignupIn, runtime: RuntimeDep, session: SessionDep, principal: OptionalPrincipalDep
+    spec: SignupIn,
+    request: Request,
+    runtime: RuntimeDep,
+    session: SessionDep,
+    principal: OptionalPrincipalDep,
 ) -> SignupOut:
     """Create a tenant with its owner and first API key (shown once).
 
     Open to anyone unless `AIGOS_SIGNUP_ENABLED=false`; then only the platform-admin token may call it.
+    Anonymous signups are limited per source address (429 `RATE_LIMITED` with `Retry-After`). An email
+    already in use becomes the owner only with that account's password (409 `EMAIL_TAKEN` otherwise).
     """
     is_platform = principal is not None and principal.is_platform
     if not runtime.settings.signup_enabled and not is_platform:
         raise Forbidden(
             "Signup is closed; ask the platform admin to create the tenant.", code="SIGNUP_CLOSED"
         )
+    if principal is None:
+        throttle = Throttle(runtime.bus.limiter, runtime.settings)
+        try:
+            await throttle.spend(throttle.signup(source_address(request)), "signups")
+        except Throttled as exc:
+            raise RateLimited(str(exc), headers=exc.headers) from exc
     created = await tenants.signup(session, runtime.settings.pepper, runtime.passwords, spec, principal)
     actor = (
         ("platform", principal.actor_id.split(":", 1)[1])
@@ -173,9 +186,11 @@ async def revoke_api_key(
     session: SessionDep,
     principal: Annotated[Principal, Depends(require_tenant("api_keys:write"))],
 ) -> Response:
-    """Stop the key at once, on every server process. The record stays."""
-    assert principal.tenant_id is not None
-    key = await api_keys.revoke(session, principal.tenant_id, key_id)
+    """Stop the key at once, on every server process. The record stays.
+
+    403 `SCOPE_ESCALATION` when the key holds a scope the caller lacks.
+    """
+    key = await api_keys.revoke(session, principal, key_id)
     await runtime.events.record(by(principal, "api_key.revoked", {"api_key_id": str(key.id)}), session)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -201,3 +216,34 @@ async def rotate_api_key(
     data = {"api_key_id": str(key_id), "successor_id": str(successor.id), "grace_seconds": grace}
     await runtime.events.record(by(principal, "api_key.rotated", data), session)
     return successor
+
+
+@router.post(
+    "/platform/tenants/{tenant_id}/recovery-key",
+    response_model=ApiKeyCreated,
+    status_code=status.HTTP_201_CREATED,
+    summary="Issue a recovery key (platform admin)",
+)
+async def issue_recovery_key(
+    tenant_id: uuid.UUID,
+    response: Response,
+    runtime: RuntimeDep,
+    session: SessionDep,
+    principal: PrincipalDep,
+) -> ApiKeyCreated:
+    """A new owner-level (`admin`) API key for a tenant that lost its owner key; shown once.
+
+    The platform-admin token only. Not counted against the plan's key limit (a locked-out tenant may be at
+    it), and recorded in the tenant's own event log, so its members see that the platform admin did it.
+    """
+    if not principal.is_platform:
+        raise Forbidden("Only the platform admin can issue a recovery key.", code="PLATFORM_ONLY")
+    tenant = await tenants.get(session, principal, tenant_id)
+    spec = ApiKeyIn(name="Recovery key", scopes=[scope_catalogue.ADMIN], environment="live")
+    key = await api_keys.issue(
+        session, runtime.settings.pepper, tenant.id, spec, created_by=principal.actor_id
+    )
+    data = {"api_key_id": str(key.id), "scopes": key.scopes}
+    await runtime.events.record(by(principal, "api_key.recovery_issued", data, tenant_id=tenant.id), session)
+    response.headers["Cache-Control"] = "no-store"
+    return key

@@ -121,9 +121,21 @@ async def page(
     )
 
 
-async def revoke(session: AsyncSession, tenant_id: uuid.UUID, key_id: uuid.UUID) -> ApiKey:
-    """Stop a key at once (idempotent); the row stays for the record."""
-    key = await get(session, tenant_id, key_id)
+def _refuse_escalation(principal: Principal, key: ApiKey, action: str) -> None:
+    """403 ``SCOPE_ESCALATION`` unless the caller holds every scope of ``key``.
+
+    Revoking or rotating a key is power over everything it may do: a narrower key must not be able to
+    lock out (or replace) a broader one, such as the owner's admin key.
+    """
+    if any(not principal.may(scope) for scope in key.scopes):
+        raise Forbidden(f"A key cannot be {action} by a caller with fewer scopes.", code="SCOPE_ESCALATION")
+
+
+async def revoke(session: AsyncSession, principal: Principal, key_id: uuid.UUID) -> ApiKey:
+    """Stop a key at once (idempotent); the row stays for the record. Needs every scope the key holds."""
+    assert principal.tenant_id is not None
+    key = await get(session, principal.tenant_id, key_id)
+    _refuse_escalation(principal, key, "revoked")
     if key.revoked_at is None:
         key.revoked_at = utcnow()
     return key
@@ -142,8 +154,7 @@ async def rotate(
     status = key_status(old)
     if status != "active":
         raise Conflict(f"Only an active key can be rotated; this one is {status}.", code="API_KEY_NOT_ACTIVE")
-    if any(not principal.may(scope) for scope in old.scopes):
-        raise Forbidden("A key cannot be rotated by a caller with fewer scopes.", code="SCOPE_ESCALATION")
+    _refuse_escalation(principal, old, "rotated")
     now = utcnow()
     if grace_seconds == 0:
         old.revoked_at = now

@@ -1,4 +1,9 @@
-"""Tenant members: list, add (inviting unknown emails), change role, remove. Always scoped by tenant.
+"""Tenant members: list, invite, change role, remove. Always scoped by tenant.
+
+Adding a member never attaches anyone by itself: it creates a pending membership and a single-use
+invitation token (shown once to the admin, who hands it to the person). Only the token's holder joins the
+tenant, by accepting it (``tenancy.invitations``). The answer is the same whether or not the address
+already belongs to a registered user, so adding members cannot be used to probe who is registered.
 
 Every query names ``tenant_id`` itself: on SQLite that is the only isolation, on PostgreSQL row-level
 security is a second wall behind it. A tenant always keeps at least one owner; the checks that guard this
@@ -9,6 +14,7 @@ serialises writers anyway and ignores ``FOR UPDATE``).
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -17,24 +23,26 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigos.server.db.types import utcnow
 from aigos.server.errors import Conflict, Forbidden, NotFound
-from aigos.server.tenancy import scopes
+from aigos.server.tenancy import invitations, scopes, users
 from aigos.server.tenancy.locks import dialect_of, lock_tenant, take_sqlite_write_lock
 from aigos.server.tenancy.models import TenantMember, User
 from aigos.server.tenancy.plans import enforce_limit, plan_of
 from aigos.server.tenancy.principal import Principal
-from aigos.server.tenancy.schemas import MemberIn, MemberOut, MemberUpdate
+from aigos.server.tenancy.schemas import MemberIn, MemberInvited, MemberOut, MemberUpdate
 
 OWNER = "owner"
+#: The user columns a membership shows; never ``password_hash`` (the application role cannot read it).
+_USER = (User.id, User.email)
 
 
-def to_out(member: TenantMember, user: User) -> MemberOut:
-    """The API form of a membership; ``invited`` while the user has no password."""
+def to_out(member: TenantMember, user_id: uuid.UUID, email: str) -> MemberOut:
+    """The API form of a membership; ``invited`` until the person has accepted their invitation."""
     return MemberOut.model_validate(
         {
-            "user_id": user.id,
-            "email": user.email,
+            "user_id": user_id,
+            "email": email,
             "role": member.role,
-            "invited": user.password_hash is None,
+            "invited": member.accepted_at is None,
             "created_at": member.created_at,
             "updated_at": member.updated_at,
         }
@@ -73,20 +81,20 @@ async def page(
     """One page of the tenant's members, oldest first, and the total."""
     total = await count(session, tenant_id)
     rows = await session.execute(
-        select(TenantMember, User)
+        select(TenantMember, *_USER)
         .join(User, User.id == TenantMember.user_id)
         .where(TenantMember.tenant_id == tenant_id)
         .order_by(TenantMember.created_at, TenantMember.user_id)
         .offset((page - 1) * limit)
         .limit(limit)
     )
-    return [to_out(member, user) for member, user in rows], total
+    return [to_out(member, user_id, email) for member, user_id, email in rows], total
 
 
-async def _find(session: AsyncSession, tenant_id: uuid.UUID, user_id: uuid.UUID) -> tuple[TenantMember, User]:
+async def _find(session: AsyncSession, tenant_id: uuid.UUID, user_id: uuid.UUID) -> tuple[TenantMember, str]:
     row = (
         await session.execute(
-            select(TenantMember, User)
+            select(TenantMember, User.email)
             .join(User, User.id == TenantMember.user_id)
             .where(TenantMember.tenant_id == tenant_id, TenantMember.user_id == user_id)
         )
@@ -94,13 +102,14 @@ async def _find(session: AsyncSession, tenant_id: uuid.UUID, user_id: uuid.UUID)
     if row is None:
         # A member of another tenant only is "not found" too: its existence is not ours to reveal.
         raise _not_found(user_id)
-    member, user = row
-    return member, user
+    member, email = row
+    return member, email
 
 
 async def get(session: AsyncSession, tenant_id: uuid.UUID, user_id: uuid.UUID) -> MemberOut:
     """The tenant's member ``user_id``; 404 for anyone who is not a member of this tenant."""
-    return to_out(*await _find(session, tenant_id, user_id))
+    member, email = await _find(session, tenant_id, user_id)
+    return to_out(member, user_id, email)
 
 
 async def _lock_owners(session: AsyncSession, tenant_id: uuid.UUID) -> set[uuid.UUID]:
@@ -119,8 +128,8 @@ async def _lock_owners(session: AsyncSession, tenant_id: uuid.UUID) -> set[uuid.
     return set((await session.scalars(stmt)).all())
 
 
-async def _ensure_user(session: AsyncSession, email: str) -> User:
-    """The user with ``email``, created without a password (an invitation) if there is none.
+async def _ensure_user(session: AsyncSession, email: str) -> uuid.UUID:
+    """The id of the user with ``email``, created without a password if there is none.
 
     ``ON CONFLICT DO NOTHING`` lets two concurrent invitations of a new address both succeed: the loser of
     the race waits for the winner and then reads its row, instead of failing on the unique email.
@@ -130,41 +139,66 @@ async def _ensure_user(session: AsyncSession, email: str) -> User:
         await session.execute(postgresql.insert(User).values(values).on_conflict_do_nothing())
     else:
         await session.execute(sqlite.insert(User).values(values).on_conflict_do_nothing())
-    user = await session.scalar(select(User).where(User.email == email))
-    assert user is not None
-    return user
+    user_id = await users.find_user_id(session, email)
+    assert user_id is not None
+    return user_id
 
 
-async def add(session: AsyncSession, principal: Principal, spec: MemberIn) -> MemberOut:
-    """Make the user with ``spec.email`` a member of the caller's tenant, inviting the address if new.
+async def add(
+    session: AsyncSession, pepper: bytes, principal: Principal, spec: MemberIn, invitation_ttl: int
+) -> MemberInvited:
+    """Invite ``spec.email`` into the caller's tenant: a pending membership and a single-use token.
 
-    409 ``MEMBER_EXISTS`` if already a member; 403 ``PLAN_LIMIT_EXCEEDED`` past the plan's member limit;
-    403 ``INSUFFICIENT_SCOPE`` for an ``owner`` without the admin scope.
+    The person joins only by accepting the token. Inviting someone still pending issues a fresh token
+    (the earlier one stops working). 409 ``MEMBER_EXISTS`` if already a member who joined; 403
+    ``PLAN_LIMIT_EXCEEDED`` past the plan's member limit; 403 ``INSUFFICIENT_SCOPE`` for an ``owner``
+    without the admin scope.
     """
     tenant_id = _tenant_of(principal)
     if spec.role == OWNER:
         _require_owner_level(principal, "add an owner")
     await lock_tenant(session, tenant_id)
     existing = await session.scalar(
-        select(TenantMember.user_id)
+        select(TenantMember)
         .join(User, User.id == TenantMember.user_id)
         .where(TenantMember.tenant_id == tenant_id, User.email == spec.email)
     )
-    if existing is not None:
-        raise Conflict(f"{spec.email} is already a member.", code="MEMBER_EXISTS", user_id=str(existing))
-    enforce_limit(plan_of(principal.plan_tier), "members", await count(session, tenant_id))
-    user = await _ensure_user(session, spec.email)
     now = utcnow()
-    member = TenantMember(
-        tenant_id=tenant_id, user_id=user.id, role=spec.role, created_at=now, updated_at=now
-    )
-    session.add(member)
+    if existing is not None and existing.accepted_at is not None:
+        raise Conflict(
+            f"{spec.email} is already a member.", code="MEMBER_EXISTS", user_id=str(existing.user_id)
+        )
+    if existing is not None:
+        member = existing
+        member.role, member.updated_at = spec.role, now
+    else:
+        enforce_limit(plan_of(principal.plan_tier), "members", await count(session, tenant_id))
+        user_id = await _ensure_user(session, spec.email)
+        member = TenantMember(
+            tenant_id=tenant_id, user_id=user_id, role=spec.role, created_at=now, updated_at=now
+        )
+        session.add(member)
     try:
         await session.flush()
     except IntegrityError as exc:
         # Only a concurrent addition of the same user gets here; the request's transaction is rolled back.
         raise Conflict(f"{spec.email} is already a member.", code="MEMBER_EXISTS") from exc
-    return to_out(member, user)
+    token = await invitations.issue(
+        session,
+        pepper,
+        tenant_id,
+        member.user_id,
+        created_by=principal.actor_id,
+        expires_at=now + timedelta(seconds=invitation_ttl),
+    )
+    out = to_out(member, member.user_id, spec.email)
+    return MemberInvited.model_validate(
+        {
+            **out.model_dump(),
+            "invitation_token": token,
+            "invitation_expires_at": now + timedelta(seconds=invitation_ttl),
+        }
+    )
 
 
 async def change_role(
@@ -178,9 +212,9 @@ async def change_role(
     tenant_id = _tenant_of(principal)
     # Owners first, then the member: every writer locks in this order, so none waits on another's row.
     owners = await _lock_owners(session, tenant_id)
-    member, user = await _find(session, tenant_id, user_id)
+    member, email = await _find(session, tenant_id, user_id)
     if member.role == spec.role:
-        return to_out(member, user)
+        return to_out(member, user_id, email)
     if OWNER in (member.role, spec.role):
         _require_owner_level(principal, "make or unmake an owner")
     if member.role == OWNER and not owners - {user_id}:
@@ -190,7 +224,7 @@ async def change_role(
     member.role = spec.role
     member.updated_at = utcnow()
     await session.flush()
-    return to_out(member, user)
+    return to_out(member, user_id, email)
 
 
 async def remove(session: AsyncSession, principal: Principal, user_id: uuid.UUID) -> None:
@@ -201,7 +235,7 @@ async def remove(session: AsyncSession, principal: Principal, user_id: uuid.UUID
     """
     tenant_id = _tenant_of(principal)
     owners = await _lock_owners(session, tenant_id)
-    member, _user = await _find(session, tenant_id, user_id)
+    member, _email = await _find(session, tenant_id, user_id)
     if member.role == OWNER:
         _require_owner_level(principal, "remove an owner")
         if not owners - {user_id}:

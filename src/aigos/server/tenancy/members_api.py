@@ -13,7 +13,7 @@ from aigos.server.routing import ValidatedRoute
 from aigos.server.tenancy import members
 from aigos.server.tenancy.deps import require_tenant
 from aigos.server.tenancy.principal import Principal
-from aigos.server.tenancy.schemas import MemberIn, MemberOut, MemberUpdate, Page
+from aigos.server.tenancy.schemas import MemberIn, MemberInvited, MemberOut, MemberUpdate, Page
 
 router = APIRouter(prefix="/v1", tags=["tenancy"], route_class=ValidatedRoute)
 
@@ -34,19 +34,25 @@ async def list_members(
 
 
 @router.post(
-    "/members", response_model=MemberOut, status_code=status.HTTP_201_CREATED, summary="Add a member"
+    "/members", response_model=MemberInvited, status_code=status.HTTP_201_CREATED, summary="Invite a member"
 )
 async def add_member(
-    spec: MemberIn, runtime: RuntimeDep, session: SessionDep, principal: Writer
-) -> MemberOut:
-    """Add the user with this email, creating them without a password (an invitation) if unknown.
+    spec: MemberIn, response: Response, runtime: RuntimeDep, session: SessionDep, principal: Writer
+) -> MemberInvited:
+    """Invite the person with this email: a pending membership and a single-use invitation token, shown
+    in this response only. They join by accepting it (`POST /v1/invitations/accept`); until then the
+    member is `invited` and cannot sign in to this tenant. The answer is the same whether or not the email
+    belongs to a registered user. Inviting a still-pending member again issues a fresh token.
 
-    409 `MEMBER_EXISTS` if already a member, 403 `PLAN_LIMIT_EXCEEDED` past the plan's member limit.
-    Adding an `owner` needs a key with the `admin` scope.
+    409 `MEMBER_EXISTS` if already a member who joined, 403 `PLAN_LIMIT_EXCEEDED` past the plan's member
+    limit. Adding an `owner` needs a key with the `admin` scope.
     """
-    member = await members.add(session, principal, spec)
-    event = by(principal, "member.added", {"user_id": str(member.user_id), "role": member.role})
+    member = await members.add(
+        session, runtime.settings.pepper, principal, spec, runtime.settings.invitation_ttl_seconds
+    )
+    event = by(principal, "member.invited", {"user_id": str(member.user_id), "role": member.role})
     await runtime.events.record(event, session)
+    response.headers["Cache-Control"] = "no-store"
     return member
 
 

@@ -53,6 +53,40 @@ class TenantMember(Base):
     role: Mapped[str] = mapped_column(String(20))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    #: When the user joined: at signup, or on accepting the invitation. None: invited, not yet joined.
+    accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class Invitation(Base):
+    """A single-use invitation to join a tenant: only its holder can accept it. Stored as an HMAC."""
+
+    __tablename__ = "invitations"
+    __table_args__ = (Index("ix_invitations_tenant_id_user_id", "tenant_id", "user_id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("tenants.id", ondelete="CASCADE"))
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("users.id", ondelete="CASCADE"))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(100), default=None)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class UserSession(Base):
+    """A member's sign-in to one tenant: a short-lived bearer credential, stored as an HMAC so every replica
+    sees it and no database reader can use it."""
+
+    __tablename__ = "user_sessions"
+    __table_args__ = (Index("ix_user_sessions_tenant_id_user_id", "tenant_id", "user_id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("tenants.id", ondelete="CASCADE"))
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("users.id", ondelete="CASCADE"))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
 
 class ApiKey(Base):

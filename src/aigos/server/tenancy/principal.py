@@ -13,12 +13,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from aigos.core import secrets
 from aigos.server.db.types import utcnow
 from aigos.server.errors import Forbidden, Unauthenticated
-from aigos.server.platform.admin_token import PLATFORM_TOKEN_PREFIX
-from aigos.server.platform.models import PlatformToken
+from aigos.server.platform.admin_token import PLATFORM_TOKEN_PREFIX, find_platform_token
 from aigos.server.tenancy import scopes
-from aigos.server.tenancy.models import ApiKey, Tenant
+from aigos.server.tenancy.models import ApiKey, Tenant, TenantMember, UserSession
 
 API_KEY_PREFIX = "aigos_sk_"
+#: A member's sign-in session (``POST /v1/auth/login``).
+SESSION_PREFIX = "aigos_sess_"
 PrincipalKind = Literal["api_key", "platform", "session", "agent"]
 
 
@@ -27,7 +28,8 @@ class Principal:
     """The authenticated caller of one request.
 
     ``tenant_id`` is None only for the platform admin, who acts across tenants.
-    ``actor_id`` names the caller in logs and the audit trail (``api_key:<id>``, ``platform:<name>``).
+    ``actor_id`` names the caller in logs and the audit trail (``api_key:<id>``, ``platform:<name>``,
+    ``user:<id>`` for a signed-in member, whose scopes are their role's).
     """
 
     kind: PrincipalKind
@@ -38,6 +40,7 @@ class Principal:
     plan_tier: str | None = None
     rate_limit_rpm: int | None = None
     rate_limit_rph: int | None = None
+    session_id: uuid.UUID | None = None
 
     @property
     def is_platform(self) -> bool:
@@ -60,20 +63,65 @@ async def resolve(session: AsyncSession, token: str, pepper: bytes) -> Principal
         return await _api_key_principal(session, token, pepper)
     if token.startswith(PLATFORM_TOKEN_PREFIX):
         return await _platform_principal(session, token, pepper)
+    if token.startswith(SESSION_PREFIX):
+        return await _session_principal(session, token, pepper)
     raise invalid_credential("The bearer token is not an AIGOS credential.")
 
 
 async def _platform_principal(session: AsyncSession, token: str, pepper: bytes) -> Principal:
-    row = (
-        await session.execute(
-            select(PlatformToken.name).where(
-                PlatformToken.token_hash == secrets.digest(token, pepper), PlatformToken.revoked_at.is_(None)
-            )
-        )
-    ).first()
-    if row is None:
+    name = await find_platform_token(session, secrets.digest(token, pepper))
+    if name is None:
         raise invalid_credential("Unknown or revoked platform token.")
-    return Principal(kind="platform", actor_id=f"platform:{row.name}", tenant_id=None, scopes=frozenset())
+    return Principal(kind="platform", actor_id=f"platform:{name}", tenant_id=None, scopes=frozenset())
+
+
+async def _session_principal(session: AsyncSession, token: str, pepper: bytes) -> Principal:
+    row = await _find_session(session, secrets.digest(token, pepper))
+    if row is None or row["revoked_at"] is not None:
+        raise invalid_credential("Unknown or ended session; sign in again.", code="INVALID_SESSION")
+    if _passed(row["expires_at"], utcnow()):
+        raise invalid_credential("The session has expired; sign in again.", code="SESSION_EXPIRED")
+    if row["tenant_status"] != "active":
+        raise Forbidden("The tenant is suspended.", code="TENANT_SUSPENDED")
+    return Principal(
+        kind="session",
+        actor_id=f"user:{row['user_id']}",
+        tenant_id=row["tenant_id"],
+        scopes=scopes.ROLE_SCOPES.get(row["role"], frozenset()),
+        plan_tier=row["plan_tier"],
+        session_id=row["id"],
+    )
+
+
+async def _find_session(session: AsyncSession, token_hash: str) -> dict[str, Any] | None:
+    """A session by hash, with its member's current role (removed members' sessions are not found).
+
+    On PostgreSQL through ``aigos_find_session`` (SECURITY DEFINER), as API keys are found.
+    """
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        result = await session.execute(text("SELECT * FROM aigos_find_session(:h)"), {"h": token_hash})
+        found = result.mappings().first()
+        return dict(found) if found is not None else None
+    stmt = (
+        select(
+            UserSession.id,
+            UserSession.tenant_id,
+            UserSession.user_id,
+            TenantMember.role,
+            UserSession.expires_at,
+            UserSession.revoked_at,
+            Tenant.status.label("tenant_status"),
+            Tenant.plan_tier,
+        )
+        .join(Tenant, Tenant.id == UserSession.tenant_id)
+        .join(
+            TenantMember,
+            (TenantMember.tenant_id == UserSession.tenant_id) & (TenantMember.user_id == UserSession.user_id),
+        )
+        .where(UserSession.token_hash == token_hash, TenantMember.accepted_at.is_not(None))
+    )
+    found = (await session.execute(stmt)).mappings().first()
+    return dict(found) if found is not None else None
 
 
 async def _api_key_principal(session: AsyncSession, token: str, pepper: bytes) -> Principal:

@@ -183,9 +183,57 @@ class MemberOut(BaseModel):
     user_id: uuid.UUID
     email: str
     role: Role
-    invited: bool = Field(description="True until the user has set a password.")
+    invited: bool = Field(description="True until the person has accepted their invitation.")
     created_at: datetime
     updated_at: datetime
+
+
+class MemberInvited(MemberOut):
+    """A member just invited: the invitation token is in this response only; hand it to the person."""
+
+    invitation_token: str = Field(description="Single-use; accepted at `POST /v1/invitations/accept`.")
+    invitation_expires_at: datetime
+
+
+class InvitationAccept(Input):
+    """Accept an invitation. ``password``: required for a new account, else the account's own password."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token: str = Field(min_length=1, max_length=256)
+    password: str | None = Field(None, min_length=12, max_length=1024)
+
+
+class InvitationAccepted(BaseModel):
+    """The tenant the person has joined, and as what."""
+
+    tenant_id: uuid.UUID
+    user_id: uuid.UUID
+    role: Role
+
+
+class LoginIn(Input):
+    """Sign in to one tenant with the password set at signup (or on accepting an invitation)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    email: str = Field(max_length=320)
+    password: str = Field(min_length=1, max_length=1024)
+    tenant: str = Field(min_length=1, max_length=63, description="The tenant's slug or id.")
+
+    _email = field_validator("email")(lambda cls, v: normalise_email(v))
+
+
+class LoginOut(BaseModel):
+    """A session: a bearer credential for the admin API with the member's role's scopes."""
+
+    token: str = Field(description="Send as `Authorization: Bearer <token>`; shown once.")
+    token_type: Literal["Bearer"] = "Bearer"
+    expires_at: datetime
+    tenant_id: uuid.UUID
+    user_id: uuid.UUID
+    role: Role
+    scopes: list[str]
 
 
 class UsageDay(BaseModel):

@@ -23,6 +23,19 @@ SCOPES: dict[str, str] = {
 }
 
 
+#: What a signed-in member may do, by role: owners everything; admins everything but owner-level acts
+#: (making owners, minting admin keys); members work with agents and policies; viewers only read.
+ROLE_SCOPES: dict[str, frozenset[str]] = {
+    "owner": frozenset({ADMIN}),
+    "admin": frozenset(scope for scope in SCOPES if scope != ADMIN),
+    "member": frozenset(
+        {scope for scope in SCOPES if scope.endswith(":read")}
+        | {"agents:write", "policies:write", "killswitch:trigger"}
+    ),
+    "viewer": frozenset(scope for scope in SCOPES if scope.endswith(":read")),
+}
+
+
 def grants(held: frozenset[str], needed: str) -> bool:
     """Whether a holder of ``held`` may act with ``needed``."""
     return needed in held or ADMIN in held

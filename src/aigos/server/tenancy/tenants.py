@@ -12,8 +12,8 @@ from aigos.server.db.database import set_platform_scope, set_tenant
 from aigos.server.db.paging import paged
 from aigos.server.db.types import utcnow
 from aigos.server.errors import Conflict, Forbidden, NotFound
-from aigos.server.tenancy import api_keys, scopes
-from aigos.server.tenancy.models import Tenant, TenantMember, User
+from aigos.server.tenancy import api_keys, scopes, users
+from aigos.server.tenancy.models import Tenant, TenantMember
 from aigos.server.tenancy.passwords import Passwords
 from aigos.server.tenancy.principal import Principal
 from aigos.server.tenancy.schemas import ApiKeyIn, MemberOut, SignupIn, SignupOut, TenantOut, TenantUpdate
@@ -22,21 +22,19 @@ from aigos.server.tenancy.schemas import ApiKeyIn, MemberOut, SignupIn, SignupOu
 async def signup(
     session: AsyncSession, pepper: bytes, passwords: Passwords, spec: SignupIn, principal: Principal | None
 ) -> SignupOut:
-    """Create a tenant, make the user its owner, and issue its first (admin) API key."""
+    """Create a tenant, make the user its owner, and issue its first (admin) API key.
+
+    Signup never takes over an account: an address that already belongs to a user (registered, or merely
+    invited by some tenant) becomes the owner only if ``owner_password`` is that account's password, the
+    proof a person owns several tenants. Otherwise the answer is 409 ``EMAIL_TAKEN``, one answer for a
+    registered and an invited address and for a wrong password, costing the same argon2 work as a new
+    account. That the address is in use is the one thing it tells, as any service with unique sign-in
+    addresses does without e-mail verification; anonymous signups are rate-limited per source address,
+    which bounds such probing. An invited person joins through their invitation, never through signup.
+    """
     if spec.plan_tier not in (None, "free") and (principal is None or not principal.is_platform):
         raise Forbidden("Only the platform admin can choose a paid plan.", code="PLATFORM_ONLY")
-    user = await session.scalar(select(User).where(User.email == spec.owner_email))
-    if user is not None and user.password_hash is not None:
-        # One person may own several tenants, but only by proving they are that person.
-        if not await passwords.verify(user.password_hash, spec.owner_password):
-            raise Conflict("This email is registered; sign up with its password.", code="EMAIL_TAKEN")
-    elif user is not None:
-        user.password_hash = await passwords.hash(spec.owner_password)
-    else:
-        user = User(
-            id=uuid.uuid4(), email=spec.owner_email, password_hash=await passwords.hash(spec.owner_password)
-        )
-        session.add(user)
+    existing = await users.find_user_id(session, spec.owner_email)
     tenant = Tenant(
         id=uuid.uuid4(),
         name=spec.name,
@@ -53,28 +51,52 @@ async def signup(
         await session.flush()
     except IntegrityError as exc:
         raise Conflict(f"The slug {spec.slug!r} is taken.", code="SLUG_TAKEN") from exc
+    try:
+        user_id = existing or await users.create(
+            session, spec.owner_email, await passwords.hash(spec.owner_password)
+        )
+    except IntegrityError as exc:
+        # A concurrent signup took the address first: the same answer as any taken address.
+        raise _email_taken() from exc
+    now = utcnow()
     member = TenantMember(
-        tenant_id=tenant.id, user_id=user.id, role="owner", created_at=utcnow(), updated_at=utcnow()
+        tenant_id=tenant.id, user_id=user_id, role="owner", created_at=now, updated_at=now, accepted_at=now
     )
     session.add(member)
+    await session.flush()
+    if existing is not None:
+        # Checked once the user is a member of the new tenant (the only hash the transaction may read);
+        # a refusal rolls back the tenant and the membership with it.
+        owner = await users.member_password(session, tenant.id, spec.owner_email)
+        stored = owner.password_hash if owner is not None else None
+        if stored is None or not await passwords.verify(stored, spec.owner_password):
+            raise _email_taken()
     key = await api_keys.issue(
         session,
         pepper,
         tenant.id,
         ApiKeyIn(name="Owner key", scopes=[scopes.ADMIN], environment=spec.api_key_environment),
-        created_by=f"user:{user.id}",
+        created_by=f"user:{user_id}",
     )
     return SignupOut(
         tenant=TenantOut.model_validate(tenant),
         owner=MemberOut(
-            user_id=user.id,
-            email=user.email,
+            user_id=user_id,
+            email=spec.owner_email,
             role="owner",
             invited=False,
             created_at=member.created_at,
             updated_at=member.updated_at,
         ),
         api_key=key,
+    )
+
+
+def _email_taken() -> Conflict:
+    return Conflict(
+        "This email cannot sign up with this password. If the account is yours, use its password; "
+        "if you were invited, accept the invitation instead.",
+        code="EMAIL_TAKEN",
     )
 
 
