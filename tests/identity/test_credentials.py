@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import uuid
-from datetime import datetime
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from asgi_lifespan import LifespanManager
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from httpx import AsyncClient
+from httpx import ASGITransport, AsyncClient
 from joserfc.jwk import ECKey, OKPKey
 
+from aigos.server.app import create_app
+from aigos.server.config import Settings
 from tests.identity.test_registry import access_token, assert_problem, client_token, pointers, register
-from tests.tenancy.conftest import TenantHandle
+from tests.tenancy.conftest import TenantHandle, signup
 
 
 def _b64(data: bytes) -> str:
@@ -326,3 +331,41 @@ async def test_unusable_public_keys_are_refused(
     if "d" in jwk:
         assert jwk["d"] not in response.text
     assert len(await list_credentials(client, tenant_a, reg["agent_id"])) == 1
+
+
+async def test_last_use_of_each_secret_shows_whether_the_old_one_is_still_used(
+    settings: Settings,
+) -> None:
+    """During a rotation's grace period the operator sees which secret the agent still authenticates with."""
+    async with served(settings) as http:
+        owner = await signup(http)
+        reg = await register(http, owner)
+        agent_id = reg["agent_id"]
+        (old_id,) = await list_credentials(http, owner, agent_id)
+        assert (await list_credentials(http, owner, agent_id))[old_id]["last_used_at"] is None
+        rotated = await rotate(http, owner, agent_id, old_id, {"grace_seconds": 3600})
+        assert rotated.status_code == 201, rotated.text
+        new_id = rotated.json()["id"]
+        before = datetime.now(UTC)
+        assert (await client_token(http, reg["client_id"], reg["client_secret"])).status_code == 200
+        # Shown at once, although the write is batched.
+        listed = await list_credentials(http, owner, agent_id)
+        assert listed[old_id]["status"] == "grace"
+        assert datetime.fromisoformat(listed[old_id]["last_used_at"]) >= before.replace(microsecond=0)
+        assert listed[new_id]["last_used_at"] is None
+    # Written by shutdown at the latest: another server process reads it from the database.
+    async with served(settings) as http:
+        listed = await list_credentials(http, owner, agent_id)
+        assert datetime.fromisoformat(listed[old_id]["last_used_at"]) >= before.replace(microsecond=0)
+        assert listed[new_id]["last_used_at"] is None
+
+
+@contextlib.asynccontextmanager
+async def served(settings: Settings) -> AsyncIterator[AsyncClient]:
+    """A client of a started app on ``settings`` (started again on the same state by the next call)."""
+    app = create_app(settings)
+    async with (
+        LifespanManager(app) as manager,
+        AsyncClient(transport=ASGITransport(app=manager.app), base_url="http://testserver") as http,
+    ):
+        yield http

@@ -27,7 +27,7 @@ from aigos.server.db.migrate import upgrade
 from aigos.server.db.types import utcnow
 from aigos.server.identity import agents_api, agntcy_api, keys_api, oauth_api
 from aigos.server.identity.keys import SigningKeys
-from aigos.server.identity.models import Agent
+from aigos.server.identity.models import Agent, AgentCredential
 from aigos.server.identity.state import IdentityState
 from aigos.server.in_flight import InFlight
 from aigos.server.killswitch import api as killswitch_api
@@ -191,6 +191,7 @@ async def start_runtime(settings: Settings, in_flight: InFlight | None = None) -
         identity=identity,
         agent_seen=Touches(database, Agent, "last_seen_at", settings.usage_flush_seconds),
         agent_auth_seen=Touches(database, Agent, "last_auth_at", settings.usage_flush_seconds),
+        credential_used=Touches(database, AgentCredential, "last_used_at", settings.usage_flush_seconds),
         killswitch=create_hub(database, bus, settings),
         policy=policy,
         budgets=BudgetBook(database, bus.ledger, bus.limiter, settings.usage_flush_seconds),

@@ -34,6 +34,8 @@ class Runtime:
     identity: IdentityState
     agent_seen: Touches
     agent_auth_seen: Touches
+    #: ``agent_credentials.last_used_at``: which secret or key authenticated at the token endpoint.
+    credential_used: Touches
     killswitch: Hub
     policy: PolicyState
     budgets: BudgetBook
@@ -48,6 +50,7 @@ class Runtime:
         self.key_activity.start()
         self.agent_seen.start()
         self.agent_auth_seen.start()
+        self.credential_used.start()
         self.budgets.start()
         self.events.start()
         if self.maintenance is not None:
@@ -61,6 +64,7 @@ class Runtime:
         await self.key_activity.stop()
         await self.agent_seen.stop()
         await self.agent_auth_seen.stop()
+        await self.credential_used.stop()
         await self.budgets.stop()
         await self.policy.stop()
         await self.killswitch.stop()

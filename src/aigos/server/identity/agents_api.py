@@ -208,13 +208,12 @@ async def reactivate_agent(
 
 @router.get("/{agent_id}/credentials", response_model=list[CredentialOut], summary="List credentials")
 async def list_credentials(
-    agent_id: uuid.UUID, session: SessionDep, principal: Reader
+    agent_id: uuid.UUID, runtime: RuntimeDep, session: SessionDep, principal: Reader
 ) -> list[CredentialOut]:
-    """The agent's client secrets and public keys (never the secrets themselves)."""
+    """The agent's client secrets and public keys (never the secrets themselves), each with its last use."""
     await agents.get(session, _tenant(principal), agent_id)
-    return [
-        credentials.to_out(row) for row in await credentials.list_for(session, _tenant(principal), agent_id)
-    ]
+    rows = await credentials.list_for(session, _tenant(principal), agent_id)
+    return [credentials.to_out(row, runtime.credential_used.pending(row.id)) for row in rows]
 
 
 @router.post(

@@ -35,8 +35,14 @@ def usable(credential_status: str) -> bool:
     return credential_status in ("active", "grace")
 
 
-def to_out(credential: AgentCredential) -> CredentialOut:
-    """The listed form of a credential."""
+def to_out(credential: AgentCredential, last_used: datetime | None = None) -> CredentialOut:
+    """The listed form of a credential, with a use not yet written (``Touches.pending``) taken into account.
+
+    ``last_used_at`` tells an operator whether a rotated-out secret is still in use during its grace period.
+    """
+    stored = credential.last_used_at
+    if last_used is not None and (stored is None or last_used > stored):
+        stored = last_used
     return CredentialOut(
         id=credential.id,
         agent_id=credential.agent_id,
@@ -49,7 +55,7 @@ def to_out(credential: AgentCredential) -> CredentialOut:
         expires_at=credential.expires_at,
         revoked_at=credential.revoked_at,
         rotated_from=credential.rotated_from,
-        last_used_at=credential.last_used_at,
+        last_used_at=stored,
     )
 
 

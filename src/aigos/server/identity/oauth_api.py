@@ -191,6 +191,7 @@ async def _client_credentials(
     except OAuthError as error:
         await _record_failure(runtime, session, form, request, error)
         raise
+    runtime.credential_used.touch(client.tenant_id, client.credential_id)
     agent = await _claims_source(runtime, session, client)
     issued = tokens.sign(
         runtime.keys,
