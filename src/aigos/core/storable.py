@@ -24,6 +24,7 @@ INT64_MAX = 2**63 - 1
 _UNSTORABLE_CHAR = re.compile("[\x00\ud800-\udfff]")
 
 Key = str | int
+_CONTAINERS = (dict, list, tuple)
 # A parent-linked path: each container entered costs one tuple, and a pointer is built only on refusal.
 _Path = tuple[Key, "_Path"] | None
 
@@ -70,7 +71,7 @@ def scalar_problem(value: object) -> str | None:
     return None
 
 
-def _children(container: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> Iterator[tuple[Any, Any]]:
+def _children(container: Any) -> Iterator[tuple[Any, Any]]:
     return iter(container.items()) if isinstance(container, dict) else enumerate(container)
 
 
@@ -89,24 +90,38 @@ def find_unstorable(value: object, max_depth: int = MAX_DEPTH) -> Unstorable | N
 
     Tuples count as arrays (the SDK's callers pass them); other objects are left to the serialiser.
     """
-    if not isinstance(value, dict | list | tuple):
+    if not isinstance(value, _CONTAINERS):
         reason = scalar_problem(value)
         return None if reason is None else Unstorable((), reason)
     if max_depth < 1:
         return Unstorable((), f"is nested deeper than {max_depth} levels")
     # A stack of the containers being walked, each with the path that leads to it: depth is its length.
+    # Exact types first: this runs on every request body, and JSON parses into exactly these.
     stack: list[tuple[Iterator[tuple[Any, Any]], _Path]] = [(_children(value), None)]
     while stack:
         children, path = stack[-1]
         for key, child in children:
-            if isinstance(key, str) and (reason := text_problem(key)) is not None:
-                return Unstorable(_path_of((key, path)), f"has a key that {reason}")
-            if isinstance(child, dict | list | tuple):
+            reason = None
+            if isinstance(key, str) and ("\x00" in key if key.isascii() else text_problem(key) is not None):
+                return Unstorable(_path_of((key, path)), f"has a key that {text_problem(key)}")
+            kind = type(child)
+            if kind is str:
+                if "\x00" in child if child.isascii() else text_problem(child) is not None:
+                    reason = text_problem(child)
+            elif kind is dict or kind is list or (kind is not bool and isinstance(child, _CONTAINERS)):
                 if len(stack) >= max_depth:
                     return Unstorable(_path_of((key, path)), f"is nested deeper than {max_depth} levels")
                 stack.append((_children(child), (key, path)))
                 break
-            if (reason := scalar_problem(child)) is not None:
+            elif kind is int:
+                if not INT64_MIN <= child <= INT64_MAX:
+                    reason = scalar_problem(child)
+            elif kind is float:
+                if not math.isfinite(child):
+                    reason = scalar_problem(child)
+            elif child is not None and kind is not bool:
+                reason = scalar_problem(child)
+            if reason is not None:
                 return Unstorable(_path_of((key, path)), reason)
         else:
             stack.pop()

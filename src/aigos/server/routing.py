@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Coroutine, Iterable
-from email.message import Message
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from pydantic_core import from_json
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -48,11 +48,8 @@ def _check_texts(where: str, pairs: Iterable[tuple[str, Any]]) -> None:
 
 def _media_type(request: Request) -> str | None:
     header = request.headers.get("content-type")
-    if not header:
-        return None
-    message = Message()
-    message["content-type"] = header
-    return message.get_content_type()
+    # Parameters (charset, boundary) do not change how the body is read here.
+    return header.split(";", 1)[0].strip().lower() if header else None
 
 
 def _is_json(media_type: str) -> bool:
@@ -65,19 +62,28 @@ def parse_json(body: bytes) -> Any:
     """``body`` as JSON, every part of it storable; ``RequestValidationError`` naming the first part that is
     not (``MALFORMED_JSON`` when it does not parse at all: bad syntax, bad UTF-8, an integer too long)."""
     try:
-        # NaN and ±Infinity parse (as Python does by default) into non-finite floats, so the walk below
-        # refuses them naming their field, like 1e309, which parses to infinity.
-        value = json.loads(body)
+        # pydantic's reader (as FastAPI's own validate_json would use): strict, refuses NaN and Infinity,
+        # lone surrogates and deep nesting outright, and is four times faster than the standard library's.
+        value = from_json(body, allow_inf_nan=False)
+    except ValueError:
+        value = _parse_to_name_the_field(body)
+    found = find_unstorable(value)
+    if found is not None:
+        raise _refused(("body", *found.path), found.reason)
+    return value
+
+
+def _parse_to_name_the_field(body: bytes) -> Any:
+    # A refused body, read again by the lenient standard reader: what it takes (NaN, a lone surrogate, a
+    # depth past pydantic's) the walk then refuses naming the field; what it refuses is malformed.
+    try:
+        return json.loads(body)
     except ValueError as exc:
         # JSONDecodeError, UnicodeDecodeError, and int() refusing more than 4300 digits.
         raise _malformed() from exc
     except RecursionError as exc:
         # The C scanner recurses once per level: a body nested thousands deep never reaches the walk.
         raise _refused(("body",), "is nested too deeply") from exc
-    found = find_unstorable(value)
-    if found is not None:
-        raise _refused(("body", *found.path), found.reason)
-    return value
 
 
 class ValidatedRoute(APIRoute):
