@@ -3,21 +3,18 @@
 JSON itself cannot carry ``NaN`` or ``Infinity`` past the edge (``aigos.server.routing``), but pydantic's
 lax mode turns the strings ``"inf"`` and ``"nan"`` into such floats, and services build models from other
 sources (an OASF record's annotations); ``allow_inf_nan=False`` refuses them in every float field at once.
-Integer fields that reach an ``INTEGER`` column are bounded by ``ColumnInt`` (or tighter), so PostgreSQL
-never overflows where SQLite would store.
+Every integer field that reaches an ``INTEGER`` column is bounded within ``INT32_MIN..INT32_MAX`` by its own
+``Field(ge=..., le=...)`` (all are tighter today), so PostgreSQL never overflows where SQLite would store;
+integers inside free-form JSON are held to 64 bits at the edge.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 #: What a PostgreSQL ``INTEGER`` column holds (SQLite's are 64-bit: the smaller bound is the shared one).
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
-
-ColumnInt = Annotated[int, Field(ge=INT32_MIN, le=INT32_MAX)]
 
 
 class Input(BaseModel):
