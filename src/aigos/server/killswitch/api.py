@@ -42,9 +42,9 @@ Reader = Annotated[Principal, Depends(require_tenant("agents:read"))]
 PageNo = Annotated[int, Query(ge=1, le=1_000_000, description="Page number, from 1.")]
 Limit = Annotated[int, Query(ge=1, le=100, description="Items per page.")]
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
 #: Sequences are BIGINT: a larger ``Last-Event-ID`` was never sent by this server.
 MAX_SEQUENCE = 2**63 - 1
+
 
 def _tenant(principal: Principal) -> uuid.UUID:
     assert principal.tenant_id is not None
@@ -166,20 +166,19 @@ async def stream(
             await set_tenant(session, agent.tenant_id)
             rows = await service.pending(session, agent.tenant_id, [agent.agent_id], after)
             backlog = [Outgoing.of(service.signed(row)) for row in rows]
-    except BaseException:
         terminated = agent.status is AgentStatus.TERMINATED
         if terminated and not backlog:
             # Nothing more will ever come: a 200 that closes at once would be reconnected to forever.
             raise token_error(
                 "The agent is terminated and has no command left to receive.", "AGENT_TERMINATED"
             )
+    except BaseException:
         hub.disconnect(connection)
         raise
     body = events(hub, connection, backlog, end_after_backlog=terminated)
     return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
-@router.get("/keys", response_model=PublicKeys, summary="Kill-switch public keys")
 def _resume_after(last_event_id: str | None) -> int:
     """The sequence named by ``Last-Event-ID`` (0 when absent); 400 unless it is one we could have sent."""
     value = (last_event_id or "").strip()
@@ -193,6 +192,7 @@ def _resume_after(last_event_id: str | None) -> int:
     return after
 
 
+@router.get("/keys", response_model=PublicKeys, summary="Kill-switch public keys")
 async def keys(runtime: RuntimeDep) -> PublicKeys:
     """The Ed25519 keys that sign commands; an agent verifies every command against them before obeying."""
     signer = runtime.killswitch.signer
