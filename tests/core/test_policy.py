@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from aigos.core import globs
 from aigos.core.policy import (
     CAPABILITY_BUDGET,
     PERIODS,
@@ -2127,6 +2128,79 @@ def test_the_custom_stage_decides_as_trying_every_rule_would(
     rule, shadows = _every_rule_walked(policies, who, what)
     assert decided.matched_rule == rule
     assert [item.rule for item in decided.would_deny if item.rule is not None] == shadows
+
+
+def _candidates_the_long_way(
+    policies: PolicySet, who: Subject, action: str, tool: str | None, *, any_tool: bool = False
+) -> list[str]:
+    """Every rule of the agent's policies in order (policy precedence, then rule order), tested one by one."""
+    ordered = policies.effective(who).policies
+    assert [p.id for p in ordered] == sorted(
+        (p.id for p in policies.policies if p.applies_to(who)),
+        key=lambda pid: (-next(p.priority for p in ordered if p.id == pid), pid),
+    )
+    walked = sorted((item for p in ordered for item in p.rules), key=lambda item: item[1][0].order)
+    return [
+        entry[0].id
+        for actions, entry in walked
+        if globs.names(actions)(action)
+        and (any_tool or entry[0].tool is None or (tool is not None and entry[0].tool(tool)))
+    ]
+
+
+@PROPERTY
+@given(documents=policy_sets(), who=subjects(), what=requests())
+def test_the_rule_index_finds_what_testing_every_rule_would(
+    documents: list[Doc], who: Subject, what: Request
+) -> None:
+    """The index (exact actions by name, pattern actions tested once per action) misses and adds nothing."""
+    policies = PolicySet(1, documents)
+    action, tool = what.action.lower(), what.tool.lower() if what.tool else None
+    expected = _candidates_the_long_way(policies, who, action, tool)
+    assert [entry[0].id for entry in policies.effective(who).candidates(action, tool)] == expected
+    # Asked again, from the cache, and through a fresh set: the same answer.
+    assert [entry[0].id for entry in policies.effective(who).candidates(action, tool)] == expected
+    fresh = PolicySet(1, documents).effective(who)
+    assert [entry[0].id for entry in fresh.rules_for(action)] == _candidates_the_long_way(
+        policies, who, action, tool, any_tool=True
+    )
+
+
+def test_agents_with_the_same_policies_share_one_selection() -> None:
+    policies = PolicySet(1, INHERIT)
+    first = policies.effective(subject())
+    assert policies.effective(subject(metadata={"team": "blue"})) is first  # no policy selects blue
+    assert policies.effective(subject(OTHER)) is not first
+
+
+@pytest.mark.timeout(30)
+def test_a_large_policy_set_with_distinct_actions_compiles_and_decides() -> None:
+    """Regression: each exact action scanned every rule (quadratic): 4,000 rules stalled for minutes."""
+    documents = [
+        policy(
+            f"p{p}",
+            *(
+                rule(
+                    f"r{n}",
+                    "deny" if n % 5 == 0 else "allow",
+                    actions=[f"act_{n}", *([f"grp_{n % 7}_*"] if n % 10 == 0 else [])],
+                    resources=[f"res/{n}/*"],
+                )
+                for n in range(p * 400, (p + 1) * 400)
+            ),
+            priority=p % 3,
+        )
+        for p in range(10)
+    ]
+    policies = PolicySet(1, documents)
+    who = subject()
+    assert evaluate(policies, who, request("act_7", "res/7/x")).matched_rule == "r7"
+    assert evaluate(policies, who, request("act_3995", "res/3995/x")).code == Code.CUSTOM_DENIED.value
+    assert evaluate(policies, who, request("act_3995", "res/1/x")).allowed
+    # A pattern action matches actions no exact rule names, and merges in order with those one does.
+    assert evaluate(policies, who, request("grp_0_x", "res/0/y")).matched_rule == "r0"
+    assert evaluate(policies, who, request("grp_1_x", "res/0/y")).allowed
+    assert [entry[0].id for entry in policies.effective(who).rules_for("act_70")] == ["r70"]
 
 
 def test_generated_sets_exercise_every_outcome() -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -808,28 +809,54 @@ def compile_policy(document: Mapping[str, Any]) -> _Policy:
     )
 
 
+#: A rule as an agent's selection holds it: its position in evaluation order, its action patterns (lower-
+#: cased), and the entry the custom stage reads.
+_Placed = tuple[int, tuple[str, ...], _Entry]
+
+
+def _is_glob(action: str) -> bool:
+    return "*" in action or "?" in action
+
+
 @dataclass(frozen=True, slots=True)
 class Effective:
-    """The policies that apply to one agent, arranged for evaluation."""
+    """The policies that apply to one agent, arranged for evaluation.
+
+    The rules are indexed once, in time linear in their number: rules whose actions are all exact names
+    by name, the others (an action pattern with a wildcard) in one list. The rules an action may meet are
+    worked out at its first request, by testing the pattern rules once and merging both by position, and
+    kept (``MAX_CANDIDATE_SETS`` actions per agent selection).
+    """
 
     policies: tuple[_Policy, ...]
-    #: Rules by lower-cased exact action, each list already holding the wildcard-action rules, in order.
-    by_action: Mapping[str, tuple[_Entry, ...]]
-    #: Rules whose action pattern is a glob: tried for actions not in ``by_action``.
-    glob_rules: tuple[tuple[globs.Matcher, _Entry], ...]
+    #: Rules whose actions are all exact names, by lower-cased name: (position, entry), in order.
+    exact: Mapping[str, tuple[tuple[int, _Entry], ...]]
+    #: Rules with a wildcard action pattern: (position, matcher of all their actions, entry), in order.
+    glob_rules: tuple[tuple[int, globs.Matcher, _Entry], ...]
     domain_rules: tuple[_Policy, ...]
     budgets: tuple[Budget, ...]
     rate_limits: tuple[RateLimit, ...]
     default_deny: tuple[_Policy, ...]
+    #: ``rules_for`` answers, by action.
+    _by_action: dict[str, tuple[_Entry, ...]] = field(default_factory=dict)
     #: ``candidates`` answers, by (action, tool): agents repeat the same few calls.
     _candidates: dict[tuple[str, str | None], tuple[_Entry, ...]] = field(default_factory=dict)
 
-    def rules_for(self, action: str) -> Sequence[_Entry]:
+    def rules_for(self, action: str) -> tuple[_Entry, ...]:
         """The rules that may match ``action`` (lower-cased), in evaluation order."""
-        exact = self.by_action.get(action)
-        if exact is not None:
-            return exact
-        return [entry for match, entry in self.glob_rules if match(action)]
+        found = self._by_action.get(action)
+        if found is None:
+            exact = self.exact.get(action, ())
+            matching = [(position, entry) for position, match, entry in self.glob_rules if match(action)]
+            if matching and exact:
+                merged = sorted((*exact, *matching), key=_position)
+                found = tuple(entry for _, entry in merged)
+            else:
+                found = tuple(entry for _, entry in exact or matching)
+            if len(self._by_action) >= MAX_CANDIDATE_SETS:
+                self._by_action.clear()
+            self._by_action[action] = found
+        return found
 
     def candidates(self, action: str, tool: str | None) -> tuple[_Entry, ...]:
         """The rules that may match ``action`` with ``tool`` (both lower-cased), in evaluation order."""
@@ -847,29 +874,24 @@ class Effective:
         return found
 
 
-def _arrange(policies: Iterable[_Policy]) -> Effective:
-    ordered = tuple(sorted(policies, key=lambda policy: (-policy.priority, policy.id)))
-    entries = sorted(
-        (item for policy in ordered for item in policy.rules),
-        key=lambda item: item[1][0].order,
-    )
-    exact_names = {
-        action for actions, _ in entries for action in actions if "*" not in action and "?" not in action
-    }
-    glob_rules = tuple(
-        (globs.names(actions), entry)
-        for actions, entry in entries
-        if any("*" in a or "?" in a for a in actions)
-    )
-    by_action: dict[str, tuple[_Entry, ...]] = {}
-    for name in exact_names:
-        by_action[name] = tuple(
-            entry for actions, entry in entries if name in actions or globs.names(actions)(name)
-        )
+def _position(item: tuple[int, _Entry]) -> int:
+    return item[0]
+
+
+def _arrange(ordered: tuple[_Policy, ...], placed: Iterable[_Placed]) -> Effective:
+    """The selection of ``ordered`` (policies by precedence) whose rules are ``placed`` (in order)."""
+    exact: dict[str, list[tuple[int, _Entry]]] = {}
+    glob_rules: list[tuple[int, globs.Matcher, _Entry]] = []
+    for position, actions, entry in placed:
+        if any(_is_glob(action) for action in actions):
+            glob_rules.append((position, globs.names(actions), entry))
+            continue
+        for action in dict.fromkeys(actions):
+            exact.setdefault(action, []).append((position, entry))
     return Effective(
         policies=ordered,
-        by_action=by_action,
-        glob_rules=glob_rules,
+        exact={action: tuple(items) for action, items in exact.items()},
+        glob_rules=tuple(glob_rules),
         domain_rules=tuple(p for p in ordered if p.domain_deny is not None or p.domain_allow is not None),
         budgets=tuple(p.budget for p in ordered if p.budget is not None),
         rate_limits=tuple(p.rate_limit for p in ordered if p.rate_limit is not None),
@@ -878,17 +900,53 @@ def _arrange(policies: Iterable[_Policy]) -> Effective:
 
 
 class PolicySet:
-    """A tenant's compiled policies at one version; per-agent selections are cached."""
+    """A tenant's compiled policies at one version; per-agent selections are cached.
+
+    Building it is linear in the rules but for one sort: every rule gets its place in evaluation order once
+    (rule priority, policy priority, policy id, document order), so an agent's selection is its policies'
+    rules merged by place, never a search through the others. Agents to whom the same policies apply share
+    one selection.
+    """
 
     def __init__(
         self, version: int, documents: Iterable[Mapping[str, Any]], max_cached: int = 50_000
     ) -> None:
+        compiled = [compile_policy(document) for document in documents if document.get("enabled", True)]
+        self._setup(version, compiled, max_cached)
+
+    @classmethod
+    def of_compiled(cls, version: int, policies: Iterable[_Policy], max_cached: int = 50_000) -> PolicySet:
+        """The set of policies already compiled with ``compile_policy`` (enabled ones only)."""
+        made = cls.__new__(cls)
+        made._setup(version, list(policies), max_cached)
+        return made
+
+    def _setup(self, version: int, compiled: list[_Policy], max_cached: int) -> None:
         self.version = version
-        self.policies = tuple(
-            compile_policy(document) for document in documents if document.get("enabled", True)
+        self.policies = tuple(compiled)
+        ranked = sorted(range(len(compiled)), key=lambda at: (-compiled[at].priority, compiled[at].id))
+        rank_of = {at: rank for rank, at in enumerate(ranked)}
+        # Deny overrides allow whatever the order, which decides only the rule reported and how soon a
+        # walk may stop: rule priority, then policy priority, then policy rank (priority, id), then place
+        # in the document. One sort of every rule, so selections merge, never search.
+        keyed = sorted(
+            (rule[1][0].order, rank_of[at], rule)
+            for at, policy in enumerate(compiled)
+            for rule in policy.rules
         )
+        placed: list[list[_Placed]] = [[] for _ in compiled]
+        for position, (_, rank, (actions, entry)) in enumerate(keyed):
+            placed[ranked[rank]].append((position, actions, entry))
+        self._ranked = tuple(ranked)
+        self._placed = tuple(tuple(items) for items in placed)
         self._effective: dict[tuple[Any, ...], Effective] = {}
+        self._selections: dict[tuple[int, ...], Effective] = {}
         self._max_cached = max_cached
+
+    @property
+    def rule_count(self) -> int:
+        """How many rules the enabled policies hold."""
+        return sum(len(items) for items in self._placed)
 
     def effective(self, subject: Subject) -> Effective:
         """The policies that apply to ``subject`` (cached by the attributes targeting depends on)."""
@@ -897,12 +955,28 @@ class PolicySet:
         if found is None:
             if len(self._effective) >= self._max_cached:
                 self._effective.clear()
-            found = self._effective[key] = _arrange(p for p in self.policies if p.applies_to(subject))
+            found = self._effective[key] = self._select(subject)
+        return found
+
+    def _select(self, subject: Subject) -> Effective:
+        chosen = tuple(at for at in self._ranked if self.policies[at].applies_to(subject))
+        found = self._selections.get(chosen)
+        if found is None:
+            if len(self._selections) >= self._max_cached:
+                self._selections.clear()
+            # Each policy's rules are already in order: sorting the concatenation merges the runs.
+            placed = sorted(itertools.chain.from_iterable(self._placed[at] for at in chosen), key=_first)
+            found = _arrange(tuple(self.policies[at] for at in chosen), placed)
+            self._selections[chosen] = found
         return found
 
     def documents_for(self, subject: Subject) -> list[Mapping[str, Any]]:
         """The documents of the policies that apply to ``subject`` (a bundle's content)."""
         return [policy.document for policy in self.effective(subject).policies]
+
+
+def _first(item: _Placed) -> int:
+    return item[0]
 
 
 def evaluate(
