@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import fnmatch
+import re
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aigos.core import globs
+from aigos.core.agents import Capabilities
 
 PROPERTY = settings(max_examples=200, deadline=None, database=None)
 
@@ -32,6 +34,9 @@ BAD_LABEL = "is not a valid host name label"
         ("Read.File+(x)|^$", None),  # regex metacharacters are plain characters
         ("x" * 256, None),
         ("x" * 257, "must be at most 256 characters"),
+        ("*a" * 16, None),
+        ("*a" * 16 + "*", "may contain at most 16 * wildcards"),
+        ("*" * 17, "may contain at most 16 * wildcards"),
         ("", NOT_EMPTY),
         (None, NOT_EMPTY),
         (42, NOT_EMPTY),
@@ -252,20 +257,97 @@ _fast_shapes = st.one_of(
 )
 
 
+def _backtracking(pattern: str, wildcard: str = ".") -> re.Pattern[str]:
+    # How globs were matched before: ``*`` as ``.*``, fine on small inputs, O(n^k) for k stars on others.
+    parts = (
+        ".*" if char == "*" else wildcard if char == "?" else re.escape(char) for char in pattern.lower()
+    )
+    return re.compile("".join(parts), re.DOTALL)
+
+
+_small_patterns = st.text(alphabet="ab*?", min_size=1, max_size=8)
+_small_names = st.text(alphabet="ab*?", max_size=10)
+
+
 @PROPERTY
-@given(pattern=_fast_shapes.filter(bool), value=st.text(alphabet="ab_.x/", max_size=8))
-def test_fast_paths_agree_with_the_regular_expression_path(pattern: str, value: str) -> None:
-    # "**" means what "*" means but takes the regular-expression path, so both paths meet on one pattern.
-    slow = pattern.replace("*", "**") if "*" in pattern else pattern + "?"
-    slow_value = value if "*" in pattern else value + "z"
-    assert globs.name_matcher(pattern)(value) is globs.name_matcher(slow)(slow_value)
+@given(pattern=_small_patterns, value=_small_names)
+def test_matching_agrees_with_a_regular_expression(pattern: str, value: str) -> None:
+    expected = _backtracking(pattern).fullmatch(value) is not None
+    assert globs.name_matcher(pattern)(value) is expected
+    assert globs.names([pattern, "zz*z?"])(value) is expected  # the shapes of a list, one by one
+
+
+@PROPERTY
+@given(allowed=_small_patterns, pattern=_small_names)
+def test_containment_agrees_with_a_regular_expression(allowed: str, pattern: str) -> None:
+    # The containment test as it was: the child pattern read as a name, the parent's ``?`` not a star.
+    expected = _backtracking(allowed, "[^*]").fullmatch(pattern.lower()) is not None
+    assert globs.covers(allowed, pattern) is expected
+
+
+@PROPERTY
+@given(allowed=_small_patterns, pattern=_small_patterns, value=_small_names)
+def test_a_covered_pattern_matches_only_names_its_container_matches(
+    allowed: str, pattern: str, value: str
+) -> None:
+    if globs.covers(allowed, pattern) and globs.name_matcher(pattern)(value):
+        assert globs.name_matcher(allowed)(value)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "value", "matches"),
+    [
+        ("*a*a*a*a*b", "a" * 250, False),
+        ("*a*a*a*a*b", "a" * 249 + "b", True),
+        ("*a*a*a*a*b", "b" + "a" * 250, False),
+        ("*a" * 16, "a" * 10_000, True),
+        ("*a" * 15 + "*b", "a" * 10_000, False),
+        ("*a" * 15 + "*b", "a" * 9_999 + "b", True),
+        ("*a?" * 15 + "*b", "a" * 10_000, False),
+        ("*a?" * 15 + "*b", "a" * 9_999 + "b", True),
+        ("*" + "?" * 200 + "b*", "a" * 10_000, False),
+        ("a*" + "a" * 120 + "b*" + "a" * 120, "a" * 10_000, False),
+        ("a*" + "a" * 120 + "b*" + "a" * 120, "a" * 5_000 + "b" + "a" * 5_000, True),
+    ],
+)
+def test_adversarial_patterns_answer_right(pattern: str, value: str, matches: bool) -> None:
+    # A backtracking expression takes O(n^k) steps on these (minutes to forever); the part-by-part
+    # matcher answers at once.
+    assert globs.name_glob_error(pattern) is None
+    assert globs.name_matcher(pattern)(value) is matches
+    assert globs.names([pattern, "other*x"])(value) is matches
+
+
+@pytest.mark.parametrize(
+    ("allowed", "pattern", "covered"),
+    [
+        ("*a*a*a*a*b", "a" * 250, False),
+        ("*a*a*a*a*b", "a" * 99 + "*b", True),
+        ("*a" * 15 + "*b", "a" * 100, False),
+        ("*a?" * 15 + "*b", "a*" * 49 + "b", False),
+        ("*a?" * 15 + "*b", "a?" * 49 + "b", True),
+        ("web_*", "web_*", True),
+        ("web_*", "web_?", True),
+        ("web_?", "web_*", False),
+        ("web_?", "web_?", True),
+        ("calc", "calc?", False),
+        ("*.example.com", "*.b.example.com", True),
+        ("*.example.com", "example.com", False),
+    ],
+)
+def test_containment(allowed: str, pattern: str, covered: bool) -> None:
+    # As token exchange asks it: is the child's capability within the parent's?
+    parent, child = Capabilities(tools=(allowed,)), Capabilities(tools=(pattern,))
+    assert (parent.covers(child) == []) is covered
+    assert globs.covers(allowed, pattern) is covered
 
 
 @PROPERTY
 @given(patterns=st.lists(_patterns, min_size=1, max_size=3), value=_values)
 def test_prefixes_stand_in_for_the_matcher_when_given(patterns: list[str], value: str) -> None:
     found = globs.prefixes(patterns)
-    every_prefix = all(p.endswith("*") and p.count("*") == 1 and "?" not in p and p != "*" for p in patterns)
+    collapsed = [re.sub(r"\*+", "*", p) for p in patterns]  # a run of stars is one star
+    every_prefix = all(p.endswith("*") and p.count("*") == 1 and "?" not in p and p != "*" for p in collapsed)
     assert (found is not None) is every_prefix
     if found is not None:
         assert value.lower().startswith(found) is globs.names(patterns)(value.lower())

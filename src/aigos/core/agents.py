@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+from aigos.core import globs
 
 
 class AgentStatus(StrEnum):
@@ -78,7 +79,7 @@ class Capabilities:
         """Why ``child`` is not a subset of these capabilities (empty when it is).
 
         A child pattern is covered when one of ours matches it as a name (``web_*`` covers ``web_search``
-        and ``web_*`` itself); a child budget must not exceed ours.
+        and ``web_*`` itself, see ``globs.covers``); a child budget must not exceed ours.
         """
         problems = [f"tool {tool!r}" for tool in child.tools if not _covered(tool, self.tools)]
         problems += [f"domain {domain!r}" for domain in child.domains if not _covered(domain, self.domains)]
@@ -88,18 +89,4 @@ class Capabilities:
 
 
 def _covered(pattern: str, allowed: Iterable[str]) -> bool:
-    lowered = pattern.lower()
-    return any(_within(candidate.lower()).fullmatch(lowered) is not None for candidate in allowed)
-
-
-@functools.lru_cache(maxsize=4096)
-def _within(allowed: str) -> re.Pattern[str]:
-    """What a pattern must look like to match only names ``allowed`` matches.
-
-    Matching a child pattern as a plain name (``fnmatch``) would let ``a?`` cover ``a*``: ``?`` matches the
-    character ``*``. Here ``allowed``'s ``*`` stands for any run of the child pattern, wildcards included;
-    its ``?`` for one character that is not ``*`` (a child's ``?`` is one character too); anything else only
-    for itself.
-    """
-    parts = (".*" if char == "*" else "[^*]" if char == "?" else re.escape(char) for char in allowed)
-    return re.compile("".join(parts), re.DOTALL)
+    return any(globs.covers(candidate, pattern) for candidate in allowed)

@@ -9,7 +9,10 @@ Two kinds, both case-insensitive:
   wildcard anywhere else is refused at write time, so a pattern means what it looks like.
 
 A matcher is a plain callable on an already lower-cased value; the common shapes (everything, exact,
-prefix, suffix) avoid regular expressions, which cost several times more per call.
+prefix, suffix, infix) are one C-level string test. Every other glob is matched part by part (``_glob``),
+never by a backtracking regular expression: ``*a*a*a*a*b`` against 250 ``a`` would take such an expression
+O(n^4) steps, seconds on the event loop. A pattern is also bounded at write time: at most ``MAX_PATTERN``
+characters and ``MAX_STARS`` stars.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from urllib.parse import urlsplit
 Matcher = Callable[[str], bool]
 
 MAX_PATTERN = 256
+#: Stars per name glob: more say nothing a person means, and each is one more search in every match.
+MAX_STARS = 16
 _FORBIDDEN = re.compile(r"[\s\[\]{}\x00-\x1f\x7f]")
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
@@ -32,6 +37,8 @@ def name_glob_error(pattern: object) -> str | None:
         return "must be a non-empty string"
     if len(pattern) > MAX_PATTERN:
         return f"must be at most {MAX_PATTERN} characters"
+    if pattern.count("*") > MAX_STARS:
+        return f"may contain at most {MAX_STARS} * wildcards"
     if _FORBIDDEN.search(pattern):
         return (
             "may not contain whitespace, control characters, brackets or braces (only * and ? are wildcards)"
@@ -65,23 +72,30 @@ def domain_glob_error(pattern: object) -> str | None:
 
 @functools.lru_cache(maxsize=16_384)
 def name_matcher(pattern: str) -> Matcher:
-    """A matcher for a (valid) name glob; call it with a lower-cased name."""
-    lowered = pattern.lower()
-    if lowered == "*":
-        return _everything
-    if "?" not in lowered:
-        stars = lowered.count("*")
-        if stars == 0:
-            return lowered.__eq__
-        if stars == 1 and lowered.endswith("*"):
-            prefix = lowered[:-1]
-            return lambda value: value.startswith(prefix)
-        if stars == 1 and lowered.startswith("*"):
-            suffix = lowered[1:]
-            return lambda value: value.endswith(suffix)
-    parts = (".*" if char == "*" else "." if char == "?" else re.escape(char) for char in lowered)
-    regex = re.compile("".join(parts), re.DOTALL)
-    return lambda value: regex.fullmatch(value) is not None
+    """A matcher for a (valid) name glob; call it with a lower-cased name.
+
+    It runs in time linear in the name for each literal part of the pattern, whatever the number of stars:
+    no regular expression backtracks over ``*`` (see ``_segments``).
+    """
+    return _glob(_canonical(pattern.lower()), _ANY_NAME)
+
+
+def covers(allowed: str, pattern: str) -> bool:
+    """Whether every name the glob ``pattern`` matches is matched by the glob ``allowed`` too.
+
+    ``pattern`` is read as a name in which ``allowed``'s ``*`` stands for any run of characters, wildcards
+    included, and its ``?`` for one character that is not ``*`` (a ``?`` of ``pattern`` is one character
+    too); anything else only for itself. Matching ``pattern`` as a plain name would let ``a?`` cover ``a*``
+    (``?`` matches the character ``*``). Sound though not complete (``??*`` does not cover ``*??``), and
+    like matching linear per literal part: the time is bounded by the product of the two lengths.
+    """
+    return _container(allowed.lower())(_canonical(pattern.lower()))
+
+
+@functools.lru_cache(maxsize=4096)
+def _container(lowered: str) -> Matcher:
+    # ``covers``'s matcher of the allowed pattern, compiled once per pattern.
+    return _glob(_canonical(lowered), _ANY_NOT_STAR)
 
 
 @functools.lru_cache(maxsize=16_384)
@@ -112,10 +126,10 @@ def names(patterns: Iterable[str]) -> Matcher:
     """A matcher for any of the name globs ``patterns``, compiled into as few C-level tests as possible.
 
     Exact names become one set look-up, ``prefix*`` patterns one ``str.startswith(tuple)``, ``*suffix``
-    patterns one ``str.endswith(tuple)``, and the rest one alternation: a rule with ten tool patterns
-    costs about what a rule with one does.
+    patterns one ``str.endswith(tuple)``, and the rest are tried one by one: a rule with ten prefix
+    patterns costs about what a rule with one does.
     """
-    lowered = tuple(dict.fromkeys(pattern.lower() for pattern in patterns))
+    lowered = tuple(dict.fromkeys(_canonical(pattern.lower()) for pattern in patterns))
     if not lowered:
         return nothing
     if "*" in lowered:
@@ -123,7 +137,7 @@ def names(patterns: Iterable[str]) -> Matcher:
     if len(lowered) == 1:
         return name_matcher(lowered[0])
     exact, starts, ends, other = _shapes(lowered)
-    return _combine(exact, starts, ends, _alternation(other))
+    return _combine(exact, starts, ends, tuple(name_matcher(pattern) for pattern in other))
 
 
 def prefixes(patterns: Iterable[str]) -> tuple[str, ...] | None:
@@ -132,7 +146,7 @@ def prefixes(patterns: Iterable[str]) -> tuple[str, ...] | None:
     A caller in a hot loop tests ``value.startswith(prefixes)`` inline: one C call, no Python frame and
     fewer objects to fetch from memory than a matcher's closure.
     """
-    lowered = tuple(dict.fromkeys(pattern.lower() for pattern in patterns))
+    lowered = tuple(dict.fromkeys(_canonical(pattern.lower()) for pattern in patterns))
     if not lowered or "*" in lowered:
         return None
     exact, starts, ends, other = _shapes(lowered)
@@ -142,7 +156,7 @@ def prefixes(patterns: Iterable[str]) -> tuple[str, ...] | None:
 def _shapes(
     lowered: tuple[str, ...],
 ) -> tuple[frozenset[str], tuple[str, ...], tuple[str, ...], list[str]]:
-    # Exact names, ``prefix*`` prefixes, ``*suffix`` suffixes, and the patterns that need a regex.
+    # Exact names, ``prefix*`` prefixes, ``*suffix`` suffixes, and the patterns matched one by one.
     exact: set[str] = set()
     starts: list[str] = []
     ends: list[str] = []
@@ -173,37 +187,129 @@ def domains(patterns: Iterable[str]) -> Matcher:
         return domain_matcher(hosts[0])
     exact = frozenset(host for host in hosts if not host.startswith("*."))
     suffixes = tuple(host[1:] for host in hosts if host.startswith("*."))
-    return _combine(exact, (), suffixes, None)
-
-
-def _alternation(patterns: list[str]) -> re.Pattern[str] | None:
-    if not patterns:
-        return None
-    parts = (
-        "".join(".*" if char == "*" else "." if char == "?" else re.escape(char) for char in pattern)
-        for pattern in patterns
-    )
-    return re.compile("(?:" + "|".join(parts) + ")", re.DOTALL)
+    return _combine(exact, (), suffixes, ())
 
 
 def _combine(
-    exact: frozenset[str], prefixes: tuple[str, ...], suffixes: tuple[str, ...], regex: re.Pattern[str] | None
+    exact: frozenset[str], prefixes: tuple[str, ...], suffixes: tuple[str, ...], others: tuple[Matcher, ...]
 ) -> Matcher:
     # One closure per shape, so a call tests only what the patterns need.
-    if regex is None and not prefixes and not suffixes:
+    if not others and not prefixes and not suffixes:
         return exact.__contains__
-    if regex is None and not suffixes:
+    if not others and not suffixes:
         return lambda value: value in exact or value.startswith(prefixes)
-    if regex is None and not prefixes:
+    if not others and not prefixes:
         return lambda value: value in exact or value.endswith(suffixes)
-    if regex is None:
+    if not others:
         return lambda value: value in exact or value.startswith(prefixes) or value.endswith(suffixes)
     return lambda value: (
         value in exact
         or (bool(prefixes) and value.startswith(prefixes))
         or (bool(suffixes) and value.endswith(suffixes))
-        or regex.fullmatch(value) is not None
+        or any(match(value) for match in others)
     )
+
+
+# -- matching a glob part by part ----------------------------------------------------------------------
+
+#: What a ``?`` stands for, as a regular-expression class: any character in a name; in a pattern read as a
+#: name (``covers``), any character but ``*``.
+_ANY_NAME = "."
+_ANY_NOT_STAR = "[^*]"
+_STARS = re.compile(r"\*{2,}")
+
+
+def _canonical(lowered: str) -> str:
+    """``lowered`` with each run of stars as one star: ``a**b`` matches what ``a*b`` does, and the fast
+    shapes and ``covers`` see that (a run of stars in a pattern read as a name meets one star run only)."""
+    return _STARS.sub("*", lowered) if "**" in lowered else lowered
+
+
+#: A literal part of a glob (between stars): its text when it has no ``?``, else a regular expression
+#: without alternatives or open repetition (``?`` is one character, a run of them a fixed count), so
+#: ``match`` and ``search`` never backtrack: at most O(len(name) x len(part)) steps, in C.
+_Part = tuple[str, re.Pattern[str] | None, int]
+
+
+def _part(text: str, any_char: str) -> _Part:
+    if "?" not in text:
+        return (text, None, len(text))
+    pieces = []
+    for run in re.split(r"(\?+)", text):
+        if run.startswith("?"):
+            pieces.append(any_char if len(run) == 1 else f"{any_char}{{{len(run)}}}")
+        elif run:
+            pieces.append(re.escape(run))
+    return (text, re.compile("".join(pieces), re.DOTALL), len(text))
+
+
+def _glob(lowered: str, any_char: str) -> Matcher:
+    """A matcher for the canonical glob ``lowered``: the common shapes first, else part by part."""
+    if lowered == "*":
+        return _everything
+    if "?" not in lowered:
+        stars = lowered.count("*")
+        if stars == 0:
+            return lowered.__eq__
+        if stars == 1 and lowered.endswith("*"):
+            prefix = lowered[:-1]
+            return lambda value: value.startswith(prefix)
+        if stars == 1 and lowered.startswith("*"):
+            suffix = lowered[1:]
+            return lambda value: value.endswith(suffix)
+        if stars == 1:
+            head, tail = lowered.split("*")
+            least = len(head) + len(tail)
+            return lambda value: len(value) >= least and value.startswith(head) and value.endswith(tail)
+        if stars == 2 and lowered.startswith("*") and lowered.endswith("*"):
+            infix = lowered[1:-1]
+            return lambda value: infix in value
+    return _segments(lowered, any_char)
+
+
+def _segments(lowered: str, any_char: str) -> Matcher:
+    """Match ``lowered`` part by part: the first part at the start, the last at the end, and each part
+    between at its leftmost place after the one before.
+
+    Leftmost is always right for stars: a part placed earlier leaves the parts after it more room. Each
+    part is searched once, so the time is linear in the name per part, never a power of it.
+    """
+    texts = lowered.split("*")
+    if len(texts) == 1:
+        _, whole, size = _part(lowered, any_char)
+        assert whole is not None  # no star and not exact: it has a ``?``
+        return lambda value: len(value) == size and whole.fullmatch(value) is not None
+    head, tail = _part(texts[0], any_char), _part(texts[-1], any_char)
+    middle = tuple(_part(text, any_char) for text in texts[1:-1] if text)
+    least = head[2] + tail[2] + sum(part[2] for part in middle)
+
+    def match(value: str) -> bool:
+        if len(value) < least or not _at(head, value, 0):
+            return False
+        end = len(value) - tail[2]
+        if not _at(tail, value, end):
+            return False
+        position = head[2]
+        for text, regex, size in middle:
+            if regex is None:
+                found = value.find(text, position, end)
+            else:
+                hit = regex.search(value, position, end)
+                found = -1 if hit is None else hit.start()
+            if found < 0:
+                return False
+            position = found + size
+        return True
+
+    return match
+
+
+def _at(part: _Part, value: str, position: int) -> bool:
+    """Whether ``part`` matches ``value`` at ``position`` (the caller knows it fits)."""
+    text, regex, size = part
+    if regex is None:
+        return value.startswith(text, position)
+    return regex.match(value, position, position + size) is not None
 
 
 def normalize_domain(value: str) -> str:

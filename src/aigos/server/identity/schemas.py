@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from aigos.core import globs
 from aigos.core.agents import AgentStatus, is_semver
 from aigos.core.canonical import canonical
 from aigos.server.inputs import Input
@@ -43,6 +44,11 @@ class CapabilitiesIn(Input):
         bad = [tool for tool in value if not _TOOL.match(tool)]
         if bad:
             raise ValueError(f"invalid tool patterns: {', '.join(map(repr, bad))}")
+        # And the bounds of every name glob (the number of stars): a check meets these patterns too.
+        for tool in value:
+            problem = globs.name_glob_error(tool)
+            if problem:
+                raise ValueError(f"tool pattern {tool!r} {problem}")
         return value
 
     @field_validator("domains")
