@@ -3,6 +3,7 @@ simulation, and the keys that sign bundles."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import time
@@ -24,7 +25,7 @@ from aigos.server.deps import RuntimeDep, SessionDep
 from aigos.server.errors import BadRequest, NotFound
 from aigos.server.identity import agents as registry
 from aigos.server.identity.agent_auth import AgentPrincipal, admit, agent_scope, bearer_token, require_scope
-from aigos.server.policy import service
+from aigos.server.policy import limits, service
 from aigos.server.policy.schemas import (
     CheckIn,
     CheckOut,
@@ -37,11 +38,13 @@ from aigos.server.policy.schemas import (
     SimulateIn,
     SimulateOut,
 )
+from aigos.server.policy.state import compile_in_pieces
 from aigos.server.routing import ValidatedRoute
 from aigos.server.runtime import Runtime
 from aigos.server.telemetry.reported import reported_events
 from aigos.server.telemetry.schemas import TelemetryEvent
 from aigos.server.tenancy.deps import require_tenant
+from aigos.server.tenancy.plans import MAX_BUNDLE_BYTES, plan_of
 from aigos.server.tenancy.principal import Principal
 
 router = APIRouter(prefix="/v1/policies", tags=["policies"], route_class=ValidatedRoute)
@@ -199,7 +202,10 @@ async def get_bundle(
         "agent": subject.to_json(),
         "policies": policies.documents_for(subject),
     }
-    etag = '"' + hashlib.sha256(canonical(content)).hexdigest()[:32] + '"'
+    serialised = canonical(content)
+    if len(serialised) > MAX_BUNDLE_BYTES:
+        raise limits.bundle_too_large(len(serialised), MAX_BUNDLE_BYTES)
+    etag = '"' + hashlib.sha256(serialised).hexdigest()[:32] + '"'
     if if_none_match is not None and etag in {tag.strip() for tag in if_none_match.split(",")}:
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
     now = datetime.now(UTC).replace(microsecond=0)
@@ -230,9 +236,12 @@ async def simulate(
 ) -> dict[str, Any]:
     """Evaluate a hypothetical request against the saved policies, drafts, or both, with the full trace.
 
-    Nothing is spent and nothing is recorded: budgets are read as they stand.
+    Nothing is spent and nothing is recorded: budgets are read as they stand. Drafts are held to the
+    plan's limits on saved policies, and their number to its `drafts`.
     """
     tenant_id = _tenant(principal)
+    plan = plan_of(principal.plan_tier)
+    limits.check_drafts(plan, len(body.policies))
     subject = await _simulated_subject(runtime, session, tenant_id, body)
     documents: dict[str, dict[str, Any]] = {}
     version = await service.set_version(session, tenant_id)
@@ -240,9 +249,11 @@ async def simulate(
         documents = await service.current_documents(session, tenant_id)
     for index, draft in enumerate(body.policies):
         document = service.document_of(draft.id or uuid.uuid4(), draft)
+        limits.check_document(plan, document, f"/policies/{index}")
         service.check_document(document, f"/policies/{index}")
         documents[document["id"]] = document
-    policies = core.PolicySet(version, documents.values())
+        await asyncio.sleep(0)  # a draft's checks take milliseconds: let other requests in between
+    policies = await compile_in_pieces(version, documents.values())
     context = body.request.context.model_dump(exclude_none=True)
     request = core.Request.of(body.request.action, body.request.resource, context, at=body.at)
     decision = core.evaluate(policies, subject, request, trace=True)
@@ -297,9 +308,14 @@ def _etag(version: int) -> dict[str, str]:
 async def create_policy(
     spec: PolicyIn, response: Response, runtime: RuntimeDep, session: SessionDep, principal: Writer
 ) -> PolicyOut:
-    """Save a policy (version 1). Every replica enforces it within a second."""
+    """Save a policy (version 1). Every replica enforces it within a second.
+
+    The tenant's plan limits policies, rules and document sizes (`POLICY_LIMIT_EXCEEDED`, 413 for one
+    document too large, 422 for a tenant total).
+    """
     tenant_id = _tenant(principal)
-    policy, version = await service.create(session, tenant_id, spec, principal.actor_id)
+    plan = plan_of(principal.plan_tier)
+    policy, version = await service.create(session, tenant_id, spec, principal.actor_id, plan)
     await _changed(runtime, session, principal, "policy.created", policy, version)
     response.headers.update(_etag(policy.version))
     return service.to_out(policy)
@@ -363,9 +379,18 @@ async def replace_policy(
     session: SessionDep,
     principal: Writer,
 ) -> PolicyOut:
-    """Save a new version; the previous one stays readable. `If-Match: "<version>"` guards lost updates."""
+    """Save a new version; the previous ones stay readable up to the plan's `versions_kept`.
+
+    `If-Match: "<version>"` guards lost updates.
+    """
     policy, version = await service.replace(
-        session, _tenant(principal), policy_id, spec, principal.actor_id, _if_match(request)
+        session,
+        _tenant(principal),
+        policy_id,
+        spec,
+        principal.actor_id,
+        plan_of(principal.plan_tier),
+        _if_match(request),
     )
     await _changed(runtime, session, principal, "policy.updated", policy, version)
     response.headers.update(_etag(policy.version))
@@ -387,7 +412,9 @@ async def delete_policy(
     policy_id: uuid.UUID, runtime: RuntimeDep, session: SessionDep, principal: Writer
 ) -> Response:
     """Stop enforcing the policy; its versions (and a final `deleted` one) stay readable."""
-    policy, version = await service.delete(session, _tenant(principal), policy_id, principal.actor_id)
+    policy, version = await service.delete(
+        session, _tenant(principal), policy_id, principal.actor_id, plan_of(principal.plan_tier)
+    )
     await _changed(runtime, session, principal, "policy.deleted", policy, version)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -398,7 +425,7 @@ async def delete_policy(
 async def list_versions(
     policy_id: uuid.UUID, session: SessionDep, principal: Reader
 ) -> list[PolicyVersionOut]:
-    """Every version ever saved, oldest first, including after deletion."""
+    """The kept versions (the plan's `versions_kept` newest), oldest first, including after deletion."""
     return await service.versions(session, _tenant(principal), policy_id)
 
 

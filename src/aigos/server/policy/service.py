@@ -1,7 +1,10 @@
-"""Policies: create, read, list, replace and delete, each change a new version kept forever.
+"""Policies: create, read, list, replace and delete, each change a new version.
 
 Every change raises the tenant's policy-set version in the same transaction, so the replicas' compiled
 snapshots are named by a number that only grows; the caller announces the new version after the commit.
+Each change is held to the tenant's plan (``aigos.server.policy.limits``), and only the newest
+``versions_kept`` versions of a policy are kept: older ones are pruned in the same transaction (every
+change stays in the audit log, with who made it).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from sqlalchemy import delete as delete_rows
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -17,9 +21,11 @@ from aigos.server.db.paging import paged
 from aigos.server.db.types import utcnow
 from aigos.server.errors import NotFound, PreconditionFailed, ValidationFailed
 from aigos.server.identity.models import Agent
+from aigos.server.policy import limits
 from aigos.server.policy.models import Policy, PolicySetVersion, PolicyVersion
 from aigos.server.policy.schemas import PolicyIn, PolicyOut, PolicyVersionOut
 from aigos.server.tenancy.locks import lock_tenant
+from aigos.server.tenancy.plans import Plan
 
 
 def document_of(policy_id: uuid.UUID, spec: PolicyIn) -> dict[str, Any]:
@@ -99,7 +105,8 @@ async def set_version(session: AsyncSession, tenant_id: uuid.UUID) -> int:
     return int(version or 0)
 
 
-def _keep(session: AsyncSession, policy: Policy, change: str, actor: str | None) -> None:
+async def _keep(session: AsyncSession, policy: Policy, change: str, actor: str | None, plan: Plan) -> None:
+    """Save the policy's new version and prune the ones past the plan's ``versions_kept``."""
     session.add(
         PolicyVersion(
             policy_id=policy.id,
@@ -111,17 +118,41 @@ def _keep(session: AsyncSession, policy: Policy, change: str, actor: str | None)
             created_at=utcnow(),
         )
     )
+    oldest_kept = policy.version - plan.policy.versions_kept + 1
+    if oldest_kept > 1:
+        await session.execute(
+            delete_rows(PolicyVersion).where(
+                PolicyVersion.tenant_id == policy.tenant_id,
+                PolicyVersion.policy_id == policy.id,
+                PolicyVersion.version < oldest_kept,
+            )
+        )
+
+
+async def _check_totals(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    plan: Plan,
+    document: dict[str, Any],
+    replacing: uuid.UUID | None = None,
+) -> None:
+    # Read under the tenant lock (taken by the caller), so two writers cannot both pass the last slot.
+    others = await current_documents(session, tenant_id)
+    before = others.pop(str(replacing), None) if replacing is not None else None
+    limits.check_totals(plan, [*others.values(), document], [*others.values(), before] if before else None)
 
 
 async def create(
-    session: AsyncSession, tenant_id: uuid.UUID, spec: PolicyIn, actor: str | None
+    session: AsyncSession, tenant_id: uuid.UUID, spec: PolicyIn, actor: str | None, plan: Plan
 ) -> tuple[Policy, int]:
     """Save a new policy (version 1); returns it and the tenant's new policy-set version."""
     policy_id = uuid.uuid4()
     document = document_of(policy_id, spec)
+    limits.check_document(plan, document)
     check_document(document)
     await _check_target(session, tenant_id, spec)
     set_version = await _next_set_version(session, tenant_id)
+    await _check_totals(session, tenant_id, plan, document)
     now = utcnow()
     policy = Policy(
         id=policy_id,
@@ -132,7 +163,7 @@ async def create(
         **_columns(document, spec),
     )
     session.add(policy)
-    _keep(session, policy, "created", actor)
+    await _keep(session, policy, "created", actor, plan)
     await session.flush()
     return policy, set_version
 
@@ -168,36 +199,39 @@ async def replace(
     policy_id: uuid.UUID,
     spec: PolicyIn,
     actor: str | None,
+    plan: Plan,
     if_match: int | None = None,
 ) -> tuple[Policy, int]:
     """Replace the policy with ``spec`` as a new version (``if_match``: only if still at that version)."""
+    document = document_of(policy_id, spec)
+    limits.check_document(plan, document)
     policy = await _locked(session, tenant_id, policy_id)
     if if_match is not None and policy.version != if_match:
         raise PreconditionFailed(
             f"The policy is at version {policy.version}, not {if_match}.", current_version=policy.version
         )
-    document = document_of(policy_id, spec)
     check_document(document)
     await _check_target(session, tenant_id, spec)
     set_version = await _next_set_version(session, tenant_id)
+    await _check_totals(session, tenant_id, plan, document, replacing=policy_id)
     for column, value in _columns(document, spec).items():
         setattr(policy, column, value)
     policy.version += 1
     policy.updated_at = utcnow()
-    _keep(session, policy, "updated", actor)
+    await _keep(session, policy, "updated", actor, plan)
     await session.flush()
     return policy, set_version
 
 
 async def delete(
-    session: AsyncSession, tenant_id: uuid.UUID, policy_id: uuid.UUID, actor: str | None
+    session: AsyncSession, tenant_id: uuid.UUID, policy_id: uuid.UUID, actor: str | None, plan: Plan
 ) -> tuple[Policy, int]:
-    """Delete the policy (its versions stay readable, a last ``deleted`` version is added)."""
+    """Delete the policy (its kept versions stay readable, a last ``deleted`` version is added)."""
     policy = await _locked(session, tenant_id, policy_id)
     set_version = await _next_set_version(session, tenant_id)
     policy.version += 1
     policy.deleted_at = policy.updated_at = utcnow()
-    _keep(session, policy, "deleted", actor)
+    await _keep(session, policy, "deleted", actor, plan)
     await session.flush()
     return policy, set_version
 
@@ -235,7 +269,7 @@ async def page(
 async def versions(
     session: AsyncSession, tenant_id: uuid.UUID, policy_id: uuid.UUID
 ) -> list[PolicyVersionOut]:
-    """Every saved version of a policy, deleted or not, oldest first."""
+    """Every kept version of a policy, deleted or not, oldest first."""
     rows = (
         await session.scalars(
             select(PolicyVersion)

@@ -2,7 +2,10 @@
 
 A tenant's policies are loaded once and compiled (``aigos.core.policy.PolicySet``), named by the tenant's
 policy-set version. A change raises the version in the database, commits, then is announced on the bus;
-each replica drops what is older and loads the new set on the next check. Agents' targeting attributes
+each replica loads the new set at the next check. Compiling is done in pieces that yield to the event
+loop (``compile_in_pieces``), so a large set never holds up other requests or ``/health``; while it is
+compiled, the tenant's checks wait for it at most ``FRESH_WITHIN_SECONDS`` and are then answered from the
+previous set (a check with no previous set waits for the new one). Agents' targeting attributes
 (type, owner, environment, labels) are loaded once per agent and dropped when the identity context
 announces the agent changed.
 
@@ -15,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
 
-from aigos.core.policy import PolicySet, Subject, labels_of
+from aigos.core.policy import PolicySet, Subject, compile_policy, labels_of
 from aigos.server.bus import Bus
 from aigos.server.bus.follower import Follower
 from aigos.server.db import Database
@@ -35,6 +39,30 @@ IDENTITY_CHANNEL = "identity"
 MAX_AGENTS = 100_000
 #: An agent change is announced before its commit: forget the agent again once it has surely committed.
 REFORGET_AFTER_SECONDS = 1.0
+#: How long a check waits for its tenant's newer policy set before it is answered from the previous one:
+#: a small set is ready well within it, so a change is enforced from the next check on.
+FRESH_WITHIN_SECONDS = 1.0
+#: Rules compiled between two yields to the event loop (a few milliseconds of work).
+RULES_PER_PIECE = 200
+
+
+async def compile_in_pieces(version: int, documents: Iterable[Mapping[str, Any]]) -> PolicySet:
+    """``PolicySet(version, documents)``, yielding to the event loop every ``RULES_PER_PIECE`` rules.
+
+    A thread would not help: compiling is pure Python and holds the GIL. What is left after the pieces
+    (placing every rule in order) is one sort, a few milliseconds for the largest set a plan allows.
+    """
+    compiled = []
+    done = 0
+    for document in documents:
+        if not document.get("enabled", True):
+            continue
+        compiled.append(compile_policy(document))
+        done += 1 + len(document.get("rules") or ())
+        if done >= RULES_PER_PIECE:
+            done = 0
+            await asyncio.sleep(0)
+    return PolicySet.of_compiled(version, compiled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +73,11 @@ class Attributes:
     owner: str | None
     deployment_env: str | None
     labels: dict[str, str]
+
+
+def _retrieve(task: asyncio.Task[PolicySet]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class PolicyState(Follower):
@@ -60,7 +93,8 @@ class PolicyState(Follower):
         self._aggregating: set[uuid.UUID] = set()
         #: The newest version announced per tenant: a cached set older than this is reloaded.
         self._announced: dict[uuid.UUID, int] = {}
-        self._loading: dict[uuid.UUID, asyncio.Lock] = {}
+        #: The load under way per tenant (read and compile), shared by every check waiting for it.
+        self._loading: dict[uuid.UUID, asyncio.Task[PolicySet]] = {}
         self._attributes: dict[uuid.UUID, Attributes] = {}
         #: Subjects by token id, rebuilt when the agent's status or attributes change.
         self._subjects: dict[str, tuple[str, Attributes, Subject]] = {}
@@ -80,17 +114,31 @@ class PolicyState(Follower):
             )
 
     async def policy_set(self, tenant_id: uuid.UUID) -> PolicySet:
-        """The tenant's compiled policies, loaded from the database when missing or older than announced."""
+        """The tenant's compiled policies, loaded from the database when missing or older than announced.
+
+        Loading runs as a task of its own, so a check that gives up waiting (or is cancelled) does not
+        waste it; a check with a previous set waits ``FRESH_WITHIN_SECONDS`` at most.
+        """
         current = self._sets.get(tenant_id)
         if current is not None and current.version >= self._announced.get(tenant_id, 0):
             return current
-        lock = self._loading.setdefault(tenant_id, asyncio.Lock())
-        async with lock:
-            current = self._sets.get(tenant_id)
-            if current is None or current.version < self._announced.get(tenant_id, 0):
-                current = await self.read(tenant_id)
-                self._sets[tenant_id] = current
-        return current
+        task = self._loading.get(tenant_id)
+        if task is None:
+            task = asyncio.create_task(self._load(tenant_id), name=f"policy-set-{tenant_id}")
+            # A failure nobody waited for is not worth a warning: the next check loads again and sees it.
+            task.add_done_callback(_retrieve)
+            self._loading[tenant_id] = task
+        if current is None:
+            return await asyncio.shield(task)
+        done, _ = await asyncio.wait({task}, timeout=FRESH_WITHIN_SECONDS)
+        return task.result() if done else current
+
+    async def _load(self, tenant_id: uuid.UUID) -> PolicySet:
+        try:
+            loaded = self._sets[tenant_id] = await self.read(tenant_id)
+            return loaded
+        finally:
+            self._loading.pop(tenant_id, None)
 
     async def read(self, tenant_id: uuid.UUID) -> PolicySet:
         """Read and compile the tenant's current policies (bypassing the cache)."""
@@ -106,7 +154,8 @@ class PolicyState(Follower):
                 self._aggregating.add(tenant_id)
             else:
                 self._aggregating.discard(tenant_id)
-            return PolicySet(int(version or 0), list(documents.all()))
+            rows = list(documents.all())
+        return await compile_in_pieces(int(version or 0), rows)
 
     def aggregates(self, tenant_id: uuid.UUID) -> bool:
         """Whether the tenant's allowed decisions are recorded as per-minute counts."""

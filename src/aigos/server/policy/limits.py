@@ -1,0 +1,121 @@
+"""The plan's limits on policies (``aigos.server.tenancy.plans.PolicyLimits``), checked where they apply.
+
+Every refusal is ``POLICY_LIMIT_EXCEEDED`` naming the ``limit`` (``document_bytes``, ``rules_per_policy``,
+``policies``, ``rules``, ``total_bytes``, ``drafts``, ``bundle_bytes``) with its ``max`` and the plan: 413
+when the request itself is too large (one document, one simulation), 422 when the request is fine but the
+tenant's policies would pass a total.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+
+from aigos.server.errors import AigosError
+from aigos.server.tenancy.plans import Plan
+
+
+class PolicyTooLarge(AigosError):
+    """One policy document or one simulation is larger than the plan allows."""
+
+    status = 413
+    code = "POLICY_LIMIT_EXCEEDED"
+    title = "Policy limit exceeded"
+
+
+class PolicyQuotaExceeded(AigosError):
+    """The change would take the tenant's policies past a total the plan allows."""
+
+    status = 422
+    code = "POLICY_LIMIT_EXCEEDED"
+    title = "Policy limit exceeded"
+
+
+def document_size(document: Mapping[str, Any]) -> int:
+    """A policy document's size as limits count it: its compact JSON, in bytes."""
+    return len(orjson.dumps(document))
+
+
+def check_document(plan: Plan, document: Mapping[str, Any], pointer: str = "") -> int:
+    """Refuse a document with more rules or bytes than the plan allows; returns its size."""
+    limits = plan.policy
+    rules = len(document.get("rules") or ())
+    if rules > limits.rules_per_policy:
+        raise _too_large(plan, "rules_per_policy", limits.rules_per_policy, f"{pointer}/rules has {rules}")
+    size = document_size(document)
+    if size > limits.document_bytes:
+        raise _too_large(
+            plan, "document_bytes", limits.document_bytes, f"{pointer or 'the policy'} is {size}"
+        )
+    return size
+
+
+def check_drafts(plan: Plan, drafts: int) -> None:
+    """Refuse a simulation with more draft policies than the plan allows."""
+    if drafts > plan.policy.drafts:
+        raise _too_large(plan, "drafts", plan.policy.drafts, f"/policies has {drafts}")
+
+
+def check_totals(
+    plan: Plan,
+    after: Iterable[Mapping[str, Any]],
+    before: Iterable[Mapping[str, Any]] | None = None,
+) -> None:
+    """Refuse a change that leaves the tenant's policies (``after``) past a total of the plan.
+
+    A tenant already past a total (its plan was lowered) may still make changes that do not add to it:
+    ``before`` is the set the change replaces one document of.
+    """
+    limits = plan.policy
+    found = _totals(after)
+    was = _totals(before) if before is not None else None
+    for at, (name, allowed) in enumerate(
+        (("policies", limits.policies), ("rules", limits.rules), ("total_bytes", limits.total_bytes))
+    ):
+        if found[at] > allowed and (was is None or found[at] > was[at]):
+            raise PolicyQuotaExceeded(
+                f"The {plan.name} plan allows {allowed:,} {_NAMES[name]} in a tenant's policies; this "
+                f"change would make {found[at]:,}.",
+                limit=name,
+                max=allowed,
+                plan=plan.name,
+            )
+
+
+def _totals(documents: Iterable[Mapping[str, Any]]) -> tuple[int, int, int]:
+    count = rules = size = 0
+    for document in documents:
+        count += 1
+        rules += len(document.get("rules") or ())
+        size += document_size(document)
+    return count, rules, size
+
+
+def bundle_too_large(size: int, maximum: int) -> PolicyQuotaExceeded:
+    """The refusal of a bundle larger than any plan allows (policies saved before the limits existed)."""
+    return PolicyQuotaExceeded(
+        f"The policies that apply to this agent make a bundle of {size:,} bytes, more than {maximum:,}.",
+        limit="bundle_bytes",
+        max=maximum,
+    )
+
+
+_NAMES = {
+    "policies": "policies",
+    "rules": "rules",
+    "total_bytes": "bytes",
+    "rules_per_policy": "rules per policy",
+    "document_bytes": "bytes per policy document",
+    "drafts": "draft policies per simulation",
+}
+
+
+def _too_large(plan: Plan, name: str, allowed: int, found: str) -> PolicyTooLarge:
+    return PolicyTooLarge(
+        f"The {plan.name} plan allows {allowed:,} {_NAMES[name]}; {found}.",
+        limit=name,
+        max=allowed,
+        plan=plan.name,
+    )
