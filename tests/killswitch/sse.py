@@ -33,6 +33,8 @@ class SseStream:
     response: httpx.Response
     comments: list[str] = field(default_factory=list)
     closed: bool = False
+    #: The ``opened`` event's data (the signed anchor), kept aside: ``next`` returns the commands.
+    opened: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self._lines = self.response.aiter_lines()
@@ -45,9 +47,11 @@ class SseStream:
         event, data, last_id = "message", [], None
         async for line in self._lines:
             if line == "":
-                if data:
+                if data and event == "opened":
+                    self.opened = json.loads("\n".join(data))
+                elif data:
                     return Event(event, "\n".join(data), last_id)
-                event = "message"
+                event, data = "message", []
                 continue
             if line.startswith(":"):
                 self.comments.append(line[1:].strip())
@@ -76,6 +80,28 @@ class SseStream:
 
         await asyncio.wait_for(read(), within)
 
+    async def wait_opened(self, within: float = 5.0) -> dict[str, Any]:
+        """Read the ``opened`` event that follows the ``connected`` comment; its data (the anchor)."""
+
+        async def read() -> dict[str, Any]:
+            event, data = "message", []
+            while True:
+                line = await self._lines.__anext__()
+                if line.startswith(":"):
+                    self.comments.append(line[1:].strip())
+                elif line.startswith("event:"):
+                    event = line.partition(":")[2].strip()
+                elif line.startswith("data:"):
+                    data.append(line.partition(":")[2].strip())
+                elif line == "" and data:
+                    if event != "opened":
+                        raise AssertionError(f"expected the opened event first, got {event!r}")
+                    opened: dict[str, Any] = json.loads("\n".join(data))
+                    self.opened = opened
+                    return opened
+
+        return await asyncio.wait_for(read(), within)
+
 
 class SseClient:
     """Opens kill-switch streams with an agent token."""
@@ -97,6 +123,7 @@ class SseClient:
         stream = SseStream(response)
         if response.status_code == 200:
             await stream.wait_comment("connected")
+            await stream.wait_opened()
         return stream
 
     async def aclose(self) -> None:

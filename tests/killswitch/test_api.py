@@ -245,3 +245,36 @@ async def test_last_event_id_beyond_any_sequence_is_a_bad_request(
         assert refused.status_code == 400, (value, refused.text)
         assert refused.headers["content-type"].startswith("application/problem+json")
         assert refused.json()["code"] == "INVALID_LAST_EVENT_ID"
+
+
+async def test_each_command_accepts_only_its_own_outcomes(
+    client: AsyncClient, tenant_a: TenantHandle
+) -> None:
+    agent = await register(client, tenant_a, "worker")
+    paused = await trigger(client, tenant_a, agent_id=agent["agent_id"], command="PAUSE", cascade=False)
+    command_id = paused.json()["command_id"]
+    url = f"/v1/kill-switch/commands/{command_id}/ack"
+
+    # A PAUSE cannot have terminated the agent: refused, and the command stays unacknowledged.
+    for outcome in ("terminated", "resumed"):
+        refused = await client.post(url, json={"outcome": outcome}, headers=bearer(agent))
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["code"] == "OUTCOME_NOT_FOR_COMMAND"
+        assert refused.json()["allowed"] == ["failed", "paused", "rejected"]
+    got = await client.get(f"/v1/kill-switch/commands/{command_id}", headers=tenant_a.headers)
+    assert got.json()["status"] == "pending"
+    assert got.json()["ack_outcome"] is None
+
+    accepted = await client.post(url, json={"outcome": "paused"}, headers=bearer(agent))
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["ack_outcome"] == "paused"
+
+    # A TERMINATE is never "paused"; refusing it is always possible.
+    terminated = await trigger(client, tenant_a, agent_id=agent["agent_id"], command="TERMINATE")
+    url = f"/v1/kill-switch/commands/{terminated.json()['command_id']}/ack"
+    wrong = await client.post(url, json={"outcome": "paused"}, headers=bearer(agent))
+    assert wrong.status_code == 422
+    assert wrong.json()["code"] == "OUTCOME_NOT_FOR_COMMAND"
+    refused_command = await client.post(url, json={"outcome": "rejected"}, headers=bearer(agent))
+    assert refused_command.status_code == 200, refused_command.text
+    assert refused_command.json()["ack_outcome"] == "rejected"

@@ -7,7 +7,14 @@ from typing import Any
 
 import pytest
 
-from aigos.core.commands import ReplayGuard, SignedCommand, verify_command
+from aigos.core.commands import (
+    CommandRejected,
+    ReplayGuard,
+    SignedCommand,
+    StreamAnchor,
+    verify_anchor,
+    verify_command,
+)
 from aigos.core.signing import unb64url
 from aigos.server.config import Settings
 from tests.killswitch.conftest import Live
@@ -112,6 +119,52 @@ async def test_pause_resume_round_trip_offline_delivery_and_resume(live: Live) -
         resumed_after = await sse.open(agent["identity_token"], last_event_id=3)
         with pytest.raises(TimeoutError):
             await resumed_after.next(within=0.8)
+    finally:
+        await sse.aclose()
+
+
+async def test_a_stream_opens_with_the_signed_highest_acknowledged_sequence(live: Live) -> None:
+    owner = await live.tenant()
+    agent = await live.agent(owner, "restarts")
+    keys = await public_keys(live)
+    sse = SseClient(live.http)
+    try:
+        for command in ("PAUSE", "RESUME", "PAUSE"):
+            assert (await live.trigger(owner, agent=agent, command=command)).status_code == 201
+        first = await sse.open(agent["identity_token"])
+        assert first.opened is not None
+        anchor = StreamAnchor.from_json(first.opened)
+        verify_anchor(keys, anchor, agent_id=agent["agent_id"])
+        assert (anchor.agent_id, anchor.tenant_id, anchor.acknowledged) == (agent["agent_id"], owner.id, 0)
+        commands = [command_of(await first.next(), sequence) for sequence in (1, 2, 3)]
+        for command, outcome in zip(commands[:2], ("paused", "resumed"), strict=True):
+            ack = await live.http.post(
+                f"/v1/kill-switch/commands/{command.command_id}/ack",
+                json={"outcome": outcome},
+                headers=bearer(agent),
+            )
+            assert ack.status_code == 200, ack.text
+
+        # A restarted agent remembers nothing; the anchor tells it that sequence 2 was obeyed already, so
+        # a replay of the old, unexpired PAUSE 1 or RESUME 2 is refused, and the pending PAUSE 3 is not.
+        second = await sse.open(agent["identity_token"])
+        assert second.opened is not None
+        anchor = StreamAnchor.from_json(second.opened)
+        verify_anchor(keys, anchor, agent_id=agent["agent_id"])
+        assert anchor.acknowledged == 2
+        guard = ReplayGuard()
+        guard.anchor(anchor)
+        for old in commands[:2]:
+            with pytest.raises(CommandRejected) as refused:
+                guard.check(old)
+            assert refused.value.code == "OUT_OF_ORDER"
+        guard.check(commands[2])
+
+        # The anchor is signed: a lowered one does not verify.
+        forged = StreamAnchor.from_json({**second.opened, "acknowledged": 0})
+        with pytest.raises(CommandRejected) as bad:
+            verify_anchor(keys, forged, agent_id=agent["agent_id"])
+        assert bad.value.code == "BAD_SIGNATURE"
     finally:
         await sse.aclose()
 

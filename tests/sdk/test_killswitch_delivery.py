@@ -8,6 +8,7 @@ import threading
 import time
 from typing import Any
 
+import httpx
 import pytest
 
 from aigos.sdk import AgentTerminated, AigosClient, KillSwitchCommand, guard
@@ -95,3 +96,33 @@ def test_pause_resume_terminate_a_running_guarded_loop(live_any: LiveServer) -> 
             assert command_status(live_any, command_id)["ack_outcome"] == outcome
         listener.thread.join(10)
         assert not listener.running  # the stream closes after TERMINATE
+
+
+def test_a_restarted_listener_refuses_a_command_superseded_before_the_restart(live_any: LiveServer) -> None:
+    received: list[KillSwitchCommand] = []
+    with AigosClient(
+        api_key=live_any.api_key, base_url=live_any.base_url, on_terminate="raise", set_default=False
+    ) as aigos:
+        identity = aigos.register(name="restarted", capabilities={"tools": ["web_search"]})
+        # Before this process started, a PAUSE was delivered but never acknowledged (the old process died
+        # first), and the newer RESUME was obeyed and acknowledged: the PAUSE is still pending, unexpired.
+        paused = live_any.trigger(identity.agent_id, "PAUSE")
+        resumed = live_any.trigger(identity.agent_id, "RESUME")
+        ack = httpx.post(
+            f"{live_any.base_url}/v1/kill-switch/commands/{resumed['command_id']}/ack",
+            json={"outcome": "resumed"},
+            headers={"Authorization": f"Bearer {identity.identity_token}"},
+            timeout=10,
+        )
+        assert ack.status_code == 200, ack.text
+
+        listener = aigos.on_kill_switch(received.append)
+        assert listener.connected.wait(10)
+        # A command issued now arrives after whatever the stream sent first.
+        later = live_any.trigger(identity.agent_id, "TERMINATE", "now")
+        wait_for(lambda: any(c.command == "TERMINATE" for c in received))
+        # The stale PAUSE (sequence 1, below the acknowledged 2) was refused, never obeyed.
+        assert [(c.command, c.sequence) for c in received] == [("TERMINATE", 3)]
+        assert command_status(live_any, str(paused["command_id"]))["ack_outcome"] is None
+        wait_for(lambda: command_status(live_any, str(later["command_id"]))["status"] == "acknowledged")
+        listener.thread.join(10)

@@ -4,7 +4,9 @@ Pure code shared by the server (which signs) and the SDK (which verifies before 
 signed with Ed25519 over the canonical JSON of every field except ``signature``: tenant, agent, command,
 reason, issue time, expiry, a random nonce, the per-agent ``sequence`` and the key that signed it. The
 sequence grows by one per agent and command, so a receiver that remembers the highest one it obeyed
-detects both a replayed command and one delivered out of order.
+detects both a replayed command and one delivered out of order. When a stream opens, the server sends a
+signed ``StreamAnchor``: the highest sequence the agent has acknowledged, so a receiver that lost its memory
+(a restart) still refuses an old, unexpired command that a newer one superseded.
 """
 
 from __future__ import annotations
@@ -19,6 +21,13 @@ from aigos.core.signing import Signer, verify
 
 ALG = "Ed25519"
 COMMANDS = frozenset({"TERMINATE", "PAUSE", "RESUME"})
+#: What an agent may report having done with each command: its own result, or that it failed or refused it
+#: (a PAUSE is never ``terminated``: an agent terminated earlier refuses the PAUSE instead).
+ACK_OUTCOMES: Mapping[str, frozenset[str]] = {
+    "TERMINATE": frozenset({"terminated", "failed", "rejected"}),
+    "PAUSE": frozenset({"paused", "failed", "rejected"}),
+    "RESUME": frozenset({"resumed", "failed", "rejected"}),
+}
 #: How many command ids a ``ReplayGuard`` remembers; sequences catch anything older.
 MAX_REMEMBERED_IDS = 10_000
 
@@ -169,6 +178,77 @@ def verify_command(
         raise CommandRejected("EXPIRED", f"the command expired at {command.expires_at}")
 
 
+@dataclass(frozen=True, slots=True)
+class StreamAnchor:
+    """The highest sequence an agent has acknowledged, signed by the server when a stream opens.
+
+    Every command at or below it was obeyed and reported already, so a receiver raises its replay floor to
+    it (``ReplayGuard.anchor``). It only ever raises the floor: a replayed older anchor changes nothing.
+    """
+
+    tenant_id: str
+    agent_id: str
+    acknowledged: int
+    issued_at: str
+    key_id: str
+    alg: str
+    signature: str
+
+    @classmethod
+    def from_json(cls, data: Any) -> StreamAnchor:
+        """The anchor in ``data``; ``CommandRejected("MALFORMED")`` if not one."""
+        if not isinstance(data, Mapping):
+            raise CommandRejected("MALFORMED", "an anchor is a JSON object")
+        values: dict[str, Any] = {}
+        for item in fields(cls):
+            value = data.get(item.name)
+            if item.name == "acknowledged":
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise CommandRejected("MALFORMED", "acknowledged must be a non-negative integer")
+            elif not isinstance(value, str):
+                raise CommandRejected("MALFORMED", f"{item.name} must be a string")
+            values[item.name] = value
+        return cls(**values)
+
+    def to_json(self) -> dict[str, Any]:
+        """Every field, as sent on the stream."""
+        return {item.name: getattr(self, item.name) for item in fields(self)}
+
+    def signing_payload(self) -> dict[str, Any]:
+        """What the signature covers: every field except ``signature``."""
+        return {key: value for key, value in self.to_json().items() if key != "signature"}
+
+
+def sign_anchor(
+    signer: Signer, *, tenant_id: str, agent_id: str, acknowledged: int, issued_at: datetime
+) -> StreamAnchor:
+    """The anchor for ``agent_id``, signed by ``signer``."""
+    unsigned = StreamAnchor(
+        tenant_id=tenant_id,
+        agent_id=agent_id,
+        acknowledged=acknowledged,
+        issued_at=format_time(issued_at),
+        key_id=signer.key_id,
+        alg=ALG,
+        signature="",
+    )
+    payload = unsigned.signing_payload()
+    return StreamAnchor(**payload, signature=signer.sign(payload))
+
+
+def verify_anchor(public_keys: Mapping[str, bytes], anchor: StreamAnchor, *, agent_id: str) -> None:
+    """Return if ``anchor`` is signed by a published key and names ``agent_id``; else ``CommandRejected``."""
+    if anchor.alg != ALG:
+        raise CommandRejected("MALFORMED", f"unsupported algorithm {anchor.alg!r}")
+    public_key = public_keys.get(anchor.key_id)
+    if public_key is None:
+        raise CommandRejected("UNKNOWN_KEY", f"no published key {anchor.key_id!r}")
+    if not verify(public_key, anchor.signing_payload(), anchor.signature):
+        raise CommandRejected("BAD_SIGNATURE", "the signature does not match the anchor")
+    if anchor.agent_id.lower() != agent_id.lower():
+        raise CommandRejected("WRONG_AGENT", f"the anchor is for agent {anchor.agent_id}")
+
+
 class ReplayGuard:
     """Remembers what was obeyed: the highest sequence per agent and the recent command ids."""
 
@@ -190,6 +270,12 @@ class ReplayGuard:
                 "OUT_OF_ORDER",
                 f"sequence {command.sequence} is not after {self.highest(command.agent_id)}",
             )
+
+    def anchor(self, anchor: StreamAnchor) -> None:
+        """Refuse from now on every sequence at or below the server's acknowledged one (call after
+        ``verify_anchor``)."""
+        agent = anchor.agent_id.lower()
+        self._highest[agent] = max(self._highest.get(agent, 0), anchor.acknowledged)
 
     def accept(self, command: SignedCommand) -> None:
         """Record ``command`` as obeyed (call after ``check``)."""

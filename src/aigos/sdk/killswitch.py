@@ -3,8 +3,11 @@ acknowledges each command.
 
 Every command is checked before it is obeyed: its Ed25519 signature against the keys published at
 ``/v1/kill-switch/keys``, its expiry, that it names this agent, and (``ReplayGuard``) that it is new and in
-sequence. The stream is resumed with ``Last-Event-ID``; a dropped connection is retried with exponential
-backoff and jitter. A thread runs it for ``AigosClient``, a task for ``AsyncAigosClient``.
+sequence. Each stream opens with the server's signed anchor, the highest sequence the agent has
+acknowledged: the replay floor is raised to it, so a restarted process (whose memory is empty) still refuses
+an old command that a newer one superseded. The stream is resumed with ``Last-Event-ID``; a dropped
+connection is retried with exponential backoff and jitter. A thread runs it for ``AigosClient``, a task for
+``AsyncAigosClient``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,15 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import orjson
 
-from aigos.core.commands import CommandRejected, ReplayGuard, SignedCommand, verify_command
+from aigos.core.commands import (
+    ACK_OUTCOMES,
+    CommandRejected,
+    ReplayGuard,
+    SignedCommand,
+    StreamAnchor,
+    verify_anchor,
+    verify_command,
+)
 from aigos.sdk.errors import AigosError, AigosUnavailable, AuthenticationError
 from aigos.sdk.local import public_keys
 from aigos.sdk.models import KillSwitchCommand
@@ -124,6 +135,27 @@ class CommandProcessor:
         """Record ``command`` as obeyed."""
         self.replay.accept(command)
         return KillSwitchCommand.from_json(command.to_json())
+
+    def parse_anchor(self, event: SseEvent) -> StreamAnchor | None:
+        """The anchor in an ``opened`` event, or None (logged) if it is not one."""
+        try:
+            return StreamAnchor.from_json(orjson.loads(event.data))
+        except (orjson.JSONDecodeError, CommandRejected) as exc:
+            log.error("kill switch: malformed stream anchor ignored (%s)", exc)
+            return None
+
+    def anchor(self, anchor: StreamAnchor) -> None:
+        """Raise the replay floor to ``anchor``; ``CommandRejected`` if it is not the server's, for us."""
+        verify_anchor(self.keys, anchor, agent_id=self.agent_id)
+        self.replay.anchor(anchor)
+
+
+def ack_of(command: KillSwitchCommand, outcome: str) -> tuple[str, str | None]:
+    """The acknowledgement of ``command`` after it was applied with ``outcome``: the outcome itself if it
+    belongs to the command, else ``rejected`` saying why (a PAUSE reaching an agent terminated earlier)."""
+    if outcome in ACK_OUTCOMES[command.command]:
+        return outcome, None
+    return "rejected", f"the agent is already {outcome}"
 
 
 def _backoff(delay: float) -> float:
@@ -237,11 +269,29 @@ class KillSwitchListener:
                 event = parser.feed(line)
                 if event is not None and event.event == "kill-switch":
                     self._handle(event)
+                elif event is not None and event.event == "opened":
+                    self._anchor(event)
                 if self._stop.is_set():
                     break
             return True
         finally:
             conn.close()
+
+    def _anchor(self, event: SseEvent) -> None:
+        anchor = self.processor.parse_anchor(event)
+        if anchor is None:
+            return
+        try:
+            try:
+                self.processor.anchor(anchor)
+            except CommandRejected as exc:
+                if exc.code != "UNKNOWN_KEY":
+                    raise
+                self._refresh_keys()
+                self.processor.anchor(anchor)
+        except CommandRejected as exc:
+            # Commands are still verified one by one; only the floor after a restart is lost.
+            log.error("kill switch: stream anchor refused: %s", exc)
 
     def _handle(self, event: SseEvent) -> None:
         parsed = self.processor.parse(event)
@@ -269,9 +319,9 @@ class KillSwitchListener:
             return
         command = self.processor.accept(parsed)
         self.processor.last_event_id = event.id
-        outcome = self.client.control.apply(command.command, command.reason)
+        ack, detail = ack_of(command, self.client.control.apply(command.command, command.reason))
         log.warning("kill switch: %s obeyed (%s)", command.command, command.reason)
-        self._ack(command.command_id, outcome, None)
+        self._ack(command.command_id, ack, detail)
         if self.handler is not None:
             try:
                 self.handler(command)
@@ -402,9 +452,26 @@ class AsyncKillSwitchListener:
                 event = parser.feed(line.rstrip("\r\n"))
                 if event is not None and event.event == "kill-switch":
                     await self._handle(event)
+                elif event is not None and event.event == "opened":
+                    await self._anchor(event)
                 if self._stopped:
                     break
         return True
+
+    async def _anchor(self, event: SseEvent) -> None:
+        anchor = self.processor.parse_anchor(event)
+        if anchor is None:
+            return
+        try:
+            try:
+                self.processor.anchor(anchor)
+            except CommandRejected as exc:
+                if exc.code != "UNKNOWN_KEY":
+                    raise
+                await self._refresh_keys()
+                self.processor.anchor(anchor)
+        except CommandRejected as exc:
+            log.error("kill switch: stream anchor refused: %s", exc)
 
     async def _handle(self, event: SseEvent) -> None:
         parsed = self.processor.parse(event)
@@ -429,9 +496,9 @@ class AsyncKillSwitchListener:
             return
         command = self.processor.accept(parsed)
         self.processor.last_event_id = event.id
-        outcome = self.client.control.apply(command.command, command.reason)
+        ack, detail = ack_of(command, self.client.control.apply(command.command, command.reason))
         log.warning("kill switch: %s obeyed (%s)", command.command, command.reason)
-        await self._ack(command.command_id, outcome, None)
+        await self._ack(command.command_id, ack, detail)
         if self.handler is not None:
             try:
                 result = self.handler(command)

@@ -146,6 +146,9 @@ async def stream(
 ) -> StreamingResponse:
     """The agent's commands as they are issued; first those it has not acknowledged (after `Last-Event-ID`).
 
+    The stream opens with `event: opened` whose `data` is a signed anchor: `acknowledged`, the highest
+    sequence the agent has acknowledged. A client refuses any command at or below it, even after a restart.
+
     An agent holds at most `AIGOS_KILLSWITCH_MAX_STREAMS_PER_AGENT` streams per server process: a newer
     stream ends the oldest. A terminated agent receives its pending TERMINATE, then the stream closes; once
     nothing is pending it is refused (401 `AGENT_TERMINATED`), so an EventSource stops reconnecting.
@@ -165,6 +168,7 @@ async def stream(
         async with runtime.database.session() as session:
             await set_tenant(session, agent.tenant_id)
             rows = await service.pending(session, agent.tenant_id, [agent.agent_id], after)
+            anchor = await service.anchor(session, hub.signer, agent.tenant_id, agent.agent_id)
             backlog = [Outgoing.of(service.signed(row)) for row in rows]
         terminated = agent.status is AgentStatus.TERMINATED
         if terminated and not backlog:
@@ -175,7 +179,7 @@ async def stream(
     except BaseException:
         hub.disconnect(connection)
         raise
-    body = events(hub, connection, backlog, end_after_backlog=terminated)
+    body = events(hub, connection, anchor, backlog, end_after_backlog=terminated)
     return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
 
 

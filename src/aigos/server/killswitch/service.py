@@ -18,12 +18,19 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigos.core.agents import AgentStatus, can_transition
-from aigos.core.commands import SignedCommand, format_time, sign_command
+from aigos.core.commands import (
+    ACK_OUTCOMES,
+    SignedCommand,
+    StreamAnchor,
+    format_time,
+    sign_anchor,
+    sign_command,
+)
 from aigos.core.signing import Signer, derive_seed
 from aigos.server.audit.events import NewEvent, by, current_request_id
 from aigos.server.db.paging import paged
 from aigos.server.db.types import utcnow
-from aigos.server.errors import NotFound
+from aigos.server.errors import AigosError, NotFound
 from aigos.server.identity import lifecycle
 from aigos.server.identity.models import Agent
 from aigos.server.killswitch.models import KillSwitchCommand
@@ -42,6 +49,14 @@ TARGETS: dict[str, tuple[AgentStatus, str]] = {
 }
 #: Agents beyond reach of any command: nothing can change them any more.
 FINAL = (AgentStatus.TERMINATED.value, AgentStatus.ARCHIVED.value)
+
+
+class OutcomeNotForCommand(AigosError):
+    """An acknowledgement whose outcome is not one its command can have (a PAUSE ``terminated``)."""
+
+    status = 422
+    code = "OUTCOME_NOT_FOR_COMMAND"
+    title = "Outcome does not fit the command"
 
 
 def command_signer(pepper: bytes) -> Signer:
@@ -298,6 +313,26 @@ async def pending(
     return list(rows.all())
 
 
+async def anchor(
+    session: AsyncSession, signer: Signer, tenant_id: uuid.UUID, agent_id: uuid.UUID
+) -> StreamAnchor:
+    """The signed anchor a stream opens with: the highest sequence the agent acknowledged (0 if none)."""
+    highest = await session.scalar(
+        select(func.max(KillSwitchCommand.sequence)).where(
+            KillSwitchCommand.tenant_id == tenant_id,
+            KillSwitchCommand.agent_id == agent_id,
+            KillSwitchCommand.status == "acknowledged",
+        )
+    )
+    return sign_anchor(
+        signer,
+        tenant_id=str(tenant_id),
+        agent_id=str(agent_id),
+        acknowledged=int(highest or 0),
+        issued_at=utcnow(),
+    )
+
+
 async def acknowledge(
     runtime: Runtime,
     session: AsyncSession,
@@ -311,6 +346,12 @@ async def acknowledge(
     if row.agent_id != agent_id:
         # Another agent's command is as invisible as another tenant's.
         raise NotFound(f"No kill-switch command {command_id}.", code="COMMAND_NOT_FOUND")
+    allowed = ACK_OUTCOMES[row.command]
+    if spec.outcome not in allowed:
+        raise OutcomeNotForCommand(
+            f"A {row.command} is acknowledged as one of {', '.join(sorted(allowed))}, not {spec.outcome!r}.",
+            allowed=sorted(allowed),
+        )
     if row.status == "acknowledged":
         return row
     now = utcnow()

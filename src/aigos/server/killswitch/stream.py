@@ -1,4 +1,4 @@
-"""The body of one kill-switch stream: backlog first, then live commands, keep-alives, and the end.
+"""The body of one kill-switch stream: the anchor, the backlog, then live commands, keep-alives, and the end.
 
 A stream sends each sequence at most once (the backlog read from the database and the live commands may
 overlap), and ends when the client goes away, after it sent a TERMINATE, when it fell too far behind, when
@@ -7,19 +7,33 @@ a newer stream of the same agent took its place (the per-agent bound), or when t
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
+from aigos.core.commands import StreamAnchor
 from aigos.server.killswitch.hub import CLOSE, KEEPALIVE, TICK, Connection, Hub, Outgoing
 
 OPENED = b": connected\n\n"
 
 
+def opened(anchor: StreamAnchor) -> bytes:
+    """The first frames: a ``connected`` comment, then ``event: opened`` with the signed anchor (no ``id``,
+    so an EventSource's ``Last-Event-ID`` is left alone)."""
+    data = json.dumps(anchor.to_json(), separators=(",", ":"))
+    return OPENED + f"event: opened\ndata: {data}\n\n".encode()
+
+
 async def events(
-    hub: Hub, connection: Connection, backlog: list[Outgoing], *, end_after_backlog: bool = False
+    hub: Hub,
+    connection: Connection,
+    anchor: StreamAnchor,
+    backlog: list[Outgoing],
+    *,
+    end_after_backlog: bool = False,
 ) -> AsyncIterator[bytes]:
     """The SSE frames of ``connection``; ``end_after_backlog`` for an agent that can receive no more."""
     try:
-        yield OPENED
+        yield opened(anchor)
         for item in backlog:
             if item.sequence <= connection.sent:
                 continue
