@@ -36,6 +36,7 @@ from aigos.server.logging import configure_logging
 from aigos.server.middleware.body_limit import BodyLimitMiddleware
 from aigos.server.middleware.request_context import RequestContextMiddleware
 from aigos.server.middleware.security_headers import SecurityHeadersMiddleware
+from aigos.server.middleware.single_authorization import SingleAuthorizationMiddleware
 from aigos.server.openapi import build_openapi
 from aigos.server.platform import api as platform_api
 from aigos.server.platform import docs
@@ -99,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     middleware = [
         Middleware(SecurityHeadersMiddleware, hsts_max_age=settings.hsts_max_age),
         Middleware(RequestContextMiddleware, in_flight=in_flight),
+        Middleware(SingleAuthorizationMiddleware),
     ]
     if settings.cors_origins:
         middleware.append(
