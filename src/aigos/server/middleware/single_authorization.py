@@ -7,7 +7,7 @@ before any credential is looked at.
 
 from __future__ import annotations
 
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aigos.server.errors import BadRequest
@@ -28,6 +28,7 @@ class SingleAuthorizationMiddleware:
         if scope["type"] != "http" or _authorizations(scope) < 2:
             await self.app(scope, receive, send)
             return
+        response: Response
         if str(scope.get("path", "")).startswith(OAUTH_PREFIX):
             response = JSONResponse(
                 {"error": "invalid_request", "error_description": DETAIL},
