@@ -49,6 +49,8 @@ DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 CAPABILITY_BUDGET = "capability"
 #: Per agent: how many (action, tool) pairs keep their candidate rules cached.
 MAX_CANDIDATE_SETS = 512
+#: Per agent selection: at most this many pattern tests to work out every exact action's rules in advance.
+EAGER_TESTS = 20_000
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
 
@@ -837,6 +839,8 @@ class Effective:
     budgets: tuple[Budget, ...]
     rate_limits: tuple[RateLimit, ...]
     default_deny: tuple[_Policy, ...]
+    #: ``rules_for`` answers worked out with the selection, when that is cheap (see ``EAGER_TESTS``).
+    ready: Mapping[str, tuple[_Entry, ...]] = field(default_factory=dict)
     #: ``rules_for`` answers, by action.
     _by_action: dict[str, tuple[_Entry, ...]] = field(default_factory=dict)
     #: ``candidates`` answers, by (action, tool): agents repeat the same few calls.
@@ -844,6 +848,9 @@ class Effective:
 
     def rules_for(self, action: str) -> tuple[_Entry, ...]:
         """The rules that may match ``action`` (lower-cased), in evaluation order."""
+        found = self.ready.get(action)
+        if found is not None:
+            return found
         found = self._by_action.get(action)
         if found is None:
             exact = self.exact.get(action, ())
@@ -888,7 +895,7 @@ def _arrange(ordered: tuple[_Policy, ...], placed: Iterable[_Placed]) -> Effecti
             continue
         for action in dict.fromkeys(actions):
             exact.setdefault(action, []).append((position, entry))
-    return Effective(
+    made = Effective(
         policies=ordered,
         exact={action: tuple(items) for action, items in exact.items()},
         glob_rules=tuple(glob_rules),
@@ -897,6 +904,13 @@ def _arrange(ordered: tuple[_Policy, ...], placed: Iterable[_Placed]) -> Effecti
         rate_limits=tuple(p.rate_limit for p in ordered if p.rate_limit is not None),
         default_deny=tuple(p for p in ordered if p.default_deny),
     )
+    # The rules of the actions rules name, worked out now when that costs little (as for most agents), so
+    # a first check of them is as quick as the next; past the bound, at each action's first check.
+    if len(exact) * len(glob_rules) <= EAGER_TESTS and len(exact) <= MAX_CANDIDATE_SETS:
+        ready = {action: made.rules_for(action) for action in exact}
+        made._by_action.clear()
+        made = dataclasses.replace(made, ready=ready)
+    return made
 
 
 class PolicySet:
