@@ -142,3 +142,91 @@ def test_connections_spread_over_the_workers(tmp_path: Path, replica_env: dict[s
                 connection.close()
     assert sum(owners.values()) == 16
     assert len(owners) == 2
+
+
+def _access_client(server: ServerProcess, request_id: str) -> str:
+    """The client address the access log recorded for ``request_id``."""
+    import json
+
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        for line in server.output().splitlines():
+            if line.startswith("{") and json.loads(line).get("request_id") == request_id:
+                client: str = json.loads(line)["client"]
+                return client
+        time.sleep(0.1)
+    raise AssertionError(f"no access-log line for {request_id}")
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "seen"),
+    [
+        ({}, [], "127.0.0.1"),
+        ({"AIGOS_FORWARDED_ALLOW_IPS": "127.0.0.1"}, [], "203.0.113.9"),
+        ({"AIGOS_FORWARDED_ALLOW_IPS": "127.0.0.1"}, ["--forwarded-allow-ips", "10.0.0.0/8"], "127.0.0.1"),
+        ({}, ["--forwarded-allow-ips", "127.0.0.1"], "203.0.113.9"),
+    ],
+    ids=["default-trusts-none", "setting", "option-overrides-setting", "option"],
+)
+def test_forwarding_headers_are_trusted_only_from_configured_proxies(
+    tmp_path: Path, env: dict[str, str], args: list[str], seen: str
+) -> None:
+    # A process on the same host spoofs its address: only a configured proxy may name the client.
+    with ServerProcess(tmp_path, {"AIGOS_LOG_FORMAT": "json", **env}, args=args) as server:
+        headers = {"X-Forwarded-For": "203.0.113.9", "X-Request-ID": "forwarded-1"}
+        assert httpx.get(server.base_url + "/v1/info", headers=headers).status_code == 200
+        assert _access_client(server, "forwarded-1") == seen
+
+
+def _closed_while_trickling(port: int, start: bytes, trickle: bytes, within: float) -> tuple[bool, bytes]:
+    """Send ``start``, then ``trickle`` one byte every 0.2 s; whether the server closed the connection within
+    ``within`` seconds, and what it answered."""
+    answer = b""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(0.2)
+        sock.sendall(start)
+        deadline = time.monotonic() + within
+        for byte in trickle:
+            if time.monotonic() > deadline:
+                return False, answer
+            try:
+                sock.sendall(bytes([byte]))
+                chunk = sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:  # reset: closed
+                return True, answer
+            if not chunk:
+                return True, answer
+            answer += chunk
+    return False, answer
+
+
+def test_slow_request_heads_and_bodies_are_cut_off(tmp_path: Path) -> None:
+    env = {"AIGOS_REQUEST_HEAD_TIMEOUT_SECONDS": "1", "AIGOS_REQUEST_BODY_TIMEOUT_SECONDS": "1"}
+    with ServerProcess(tmp_path, env) as server:
+        # Headers one byte at a time: closed with a 408 (generous bound: the deadline is 1 s).
+        closed, answer = _closed_while_trickling(
+            server.port, b"GET /health HTTP/1.1\r\nHost: x\r\n", b"X-Slow: " + b"a" * 200, within=20
+        )
+        assert closed
+        assert answer.startswith(b"HTTP/1.1 408")
+        # A body one byte at a time: closed.
+        head = (
+            b"POST /v1/tenants HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 500\r\n\r\n"
+        )
+        closed, _ = _closed_while_trickling(server.port, head, b" " * 500, within=20)
+        assert closed
+        # A connection that sends nothing at all is closed too.
+        with socket.create_connection(("127.0.0.1", server.port)) as idle:
+            idle.settimeout(20)
+            assert idle.recv(4096).startswith(b"HTTP/1.1 408")
+
+        # Normal requests are untouched, also on a connection kept alive longer than the head deadline.
+        with httpx.Client(base_url=server.base_url) as client:
+            assert client.get("/health").status_code == 200
+            time.sleep(1.5)
+            assert client.get("/health").status_code == 200
+            created = client.post("/v1/tenants", json={"name": "x"})
+            assert created.status_code != 408

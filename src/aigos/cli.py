@@ -78,6 +78,14 @@ def serve(
     port: Annotated[int, typer.Option(envvar="AIGOS_PORT", help="TCP port.")] = 8000,
     workers: Annotated[int, typer.Option(envvar="AIGOS_WORKERS", min=1, help="Worker processes.")] = 1,
     reload: Annotated[bool, typer.Option(help="Restart on code changes (development).")] = False,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated proxy addresses/networks whose X-Forwarded-For/-Proto are trusted ('*': "
+            "any); default AIGOS_FORWARDED_ALLOW_IPS, else none.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the API server.
 
@@ -95,7 +103,7 @@ def serve(
         raise _fail("--reload runs a single process; drop --workers or --reload")
     import uvicorn
 
-    from aigos.server import datadir, listening
+    from aigos.server import datadir, http_protocol, listening
     from aigos.server.db.migrate import upgrade
     from aigos.server.logging import configure_logging
 
@@ -127,7 +135,9 @@ def serve(
         "log_config": None,
         "access_log": False,
         "server_header": False,
-        "proxy_headers": True,
+        # Read deadlines for request heads and bodies (uvicorn has none; a slow sender would hold a socket).
+        "http": http_protocol.protocol_path(),
+        **_forwarding(settings.forwarded_allow_ips if forwarded_allow_ips is None else forwarded_allow_ips),
         "timeout_graceful_shutdown": int(settings.shutdown_timeout_seconds),
     }
     if shared is not None:
@@ -137,6 +147,18 @@ def serve(
         Multiprocess(uvicorn.Config(APP, **options), sockets=[shared]).run()
     else:
         uvicorn.run(APP, **options)
+
+
+def _forwarding(allowed: str) -> dict[str, Any]:
+    """uvicorn's proxy options: trust forwarding headers only from the configured proxies.
+
+    uvicorn trusts 127.0.0.1 when told nothing (its ``FORWARDED_ALLOW_IPS`` default), so any process on the
+    host could choose the client address that logs, audit and throttles see; here nothing is trusted then.
+    """
+    allowed = ",".join(part.strip() for part in allowed.split(",") if part.strip())
+    if not allowed:
+        return {"proxy_headers": False}
+    return {"proxy_headers": True, "forwarded_allow_ips": allowed}
 
 
 def _exit_zero_after_graceful_shutdown() -> None:

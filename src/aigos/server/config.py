@@ -69,6 +69,17 @@ class Settings(BaseSettings):
         default_factory=list, description="Comma-separated origins allowed by CORS; empty disables CORS."
     )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted.")
+    request_head_timeout_seconds: float = Field(
+        10.0, gt=0, description="A request's line and headers must arrive within this; else 408 and closed."
+    )
+    request_body_timeout_seconds: float = Field(
+        30.0, gt=0, description="A request's body must arrive within this after its head; else closed."
+    )
+    forwarded_allow_ips: str = Field(
+        "",
+        description="Comma-separated proxy addresses/networks whose X-Forwarded-For/-Proto are trusted "
+        "(`*`: any); empty trusts no forwarding header.",
+    )
     hsts_max_age: int = Field(31_536_000, ge=0, description="HSTS max-age in seconds; 0 omits the header.")
     shutdown_timeout_seconds: float = Field(
         10.0, gt=0, description="On SIGTERM, how long in-flight requests may finish."
