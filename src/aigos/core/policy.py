@@ -33,7 +33,7 @@ import dataclasses
 import functools
 import itertools
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from datetime import time as clock
@@ -709,6 +709,17 @@ _Entry = tuple[_Rule, tuple[str, ...] | None, globs.Matcher | None, _Conditions 
 _DENY, _ALLOW, _ALLOW_DRY_RUN = 0, 1, 2
 
 
+# Rules of a tenant often repeat the same resource and tool lists: compile each list once.
+@functools.lru_cache(maxsize=4096)
+def _names(patterns: tuple[str, ...]) -> globs.Matcher:
+    return globs.names(patterns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _prefixes(patterns: tuple[str, ...]) -> tuple[str, ...] | None:
+    return globs.prefixes(patterns)
+
+
 def _entry(rule: _Rule) -> _Entry:
     prefixes = rule.resource_prefixes
     kind = _DENY if rule.effect == "deny" else _ALLOW if rule.enforce else _ALLOW_DRY_RUN
@@ -741,8 +752,25 @@ class _Policy:
         return True
 
 
+#: Rules compiled between two pauses of ``compiling`` (a few milliseconds of work).
+RULES_PER_STEP = 100
+
+
 def compile_policy(document: Mapping[str, Any]) -> _Policy:
     """The compiled form of one (validated) policy document."""
+    steps = compiling(document)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            compiled: _Policy = done.value
+            return compiled
+
+
+def compiling(document: Mapping[str, Any]) -> Generator[None, None, _Policy]:
+    """``compile_policy`` in steps: a generator that pauses every ``RULES_PER_STEP`` rules and returns the
+    compiled policy, so a caller on an event loop can let other work in between (see the server's
+    ``compile_in_pieces``)."""
     errors = validate(document)
     if errors:
         raise PolicyError(errors)
@@ -777,18 +805,20 @@ def compile_policy(document: Mapping[str, Any]) -> _Policy:
         )
     rules: list[tuple[tuple[str, ...], _Entry]] = []
     for index, spec in enumerate(document.get("rules") or []):
+        if index % RULES_PER_STEP == RULES_PER_STEP - 1:
+            yield
         conditions = spec.get("conditions") or {}
-        resources = [str(pattern) for pattern in spec.get("resources") or ["*"]]
+        resources = tuple(str(pattern) for pattern in spec.get("resources") or ["*"])
         rule = _Rule(
             id=str(spec.get("id") or f"rule-{index + 1}"),
             policy_id=policy_id,
             effect="deny" if spec.get("effect") == "deny" else "allow",
             enforce=enforce,
             order=(-int(spec.get("priority") or 0), -priority, index),
-            resource=None if "*" in resources else globs.names(resources),
-            resource_prefixes=None if "*" in resources else globs.prefixes(resources),
-            tool=globs.names(conditions["tools"]) if conditions.get("tools") else None,
-            conditions=_conditions(conditions),
+            resource=None if "*" in resources else _names(resources),
+            resource_prefixes=None if "*" in resources else _prefixes(resources),
+            tool=_names(tuple(conditions["tools"])) if conditions.get("tools") else None,
+            conditions=_conditions(conditions) if conditions else None,
             description=spec.get("description"),
         )
         rules.append((tuple(str(a).lower() for a in spec.get("actions") or ["*"]), _entry(rule)))

@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from aigos.core.policy import PolicySet, Subject, compile_policy, labels_of
+from aigos.core.policy import PolicySet, Subject, compiling, labels_of
 from aigos.server.bus import Bus
 from aigos.server.bus.follower import Follower
 from aigos.server.db import Database
@@ -42,26 +42,27 @@ REFORGET_AFTER_SECONDS = 1.0
 #: How long a check waits for its tenant's newer policy set before it is answered from the previous one:
 #: a small set is ready well within it, so a change is enforced from the next check on.
 FRESH_WITHIN_SECONDS = 1.0
-#: Rules compiled between two yields to the event loop (a few milliseconds of work).
-RULES_PER_PIECE = 200
 
 
 async def compile_in_pieces(version: int, documents: Iterable[Mapping[str, Any]]) -> PolicySet:
-    """``PolicySet(version, documents)``, yielding to the event loop every ``RULES_PER_PIECE`` rules.
+    """``PolicySet(version, documents)``, yielding to the event loop between pieces of a few milliseconds.
 
     A thread would not help: compiling is pure Python and holds the GIL. What is left after the pieces
     (placing every rule in order) is one sort, a few milliseconds for the largest set a plan allows.
     """
     compiled = []
-    done = 0
     for document in documents:
         if not document.get("enabled", True):
             continue
-        compiled.append(compile_policy(document))
-        done += 1 + len(document.get("rules") or ())
-        if done >= RULES_PER_PIECE:
-            done = 0
+        steps = compiling(document)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                compiled.append(done.value)
+                break
             await asyncio.sleep(0)
+        await asyncio.sleep(0)
     return PolicySet.of_compiled(version, compiled)
 
 
