@@ -603,7 +603,8 @@ async def test_free_plan_allows_ten_agents_and_terminated_ones_do_not_count(
 async def test_lineage_depth_and_limit(
     client: AsyncClient, tenant_a: TenantHandle, tenant_b: TenantHandle
 ) -> None:
-    root = await register(client, tenant_a, name="root")
+    # A root that holds everything, so every child is within it.
+    root = await register(client, tenant_a, name="root", capabilities={"tools": ["*"], "domains": ["*"]})
     chain = [root["agent"]]
     for depth in range(1, 6):  # the default max_lineage_depth is 5
         child = await create(client, tenant_a, name=f"depth-{depth}", parent_id=chain[-1]["id"])
@@ -651,6 +652,74 @@ async def test_lineage_limit_follows_the_setting(tmp_path: Any) -> None:
             "/v1/agents", json={"name": "grandchild", "parent_id": child["id"]}, headers=tenant.headers
         )
         assert assert_problem(grandchild, 403, "DEPTH_EXCEEDED")["limit"] == 1
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "problem"),
+    [
+        ({"tools": ["shell"], "max_budget": 10}, "tool 'shell'"),
+        ({"tools": ["*"], "max_budget": 10}, "tool '*'"),
+        ({"domains": ["example.com"], "max_budget": 10}, "domain 'example.com'"),
+        ({"max_budget": 100.5}, "max_budget"),
+        ({"tools": ["calc"]}, "max_budget"),
+    ],
+)
+async def test_a_child_is_contained_in_its_parent(
+    client: AsyncClient, tenant_a: TenantHandle, capabilities: dict[str, Any], problem: str
+) -> None:
+    parent = await register(client, tenant_a, name="parent")  # CAPABILITIES
+    for route in ("/v1/agents", "/v1/agents/register"):
+        response = await client.post(
+            route,
+            json={"name": "child", "parent_id": parent["agent_id"], "capabilities": capabilities},
+            headers=tenant_a.headers,
+        )
+        body = assert_problem(response, 403, "PRIVILEGE_ESCALATION")
+        assert body["parent_id"] == parent["agent_id"]
+        assert any(problem in item for item in body["exceeding"]), body
+    # Nothing was registered.
+    assert (await client.get("/v1/agents", headers=tenant_a.headers)).json()["total"] == 1
+    # Within the parent, and then widened past it: refused at update too, the agent unchanged.
+    child = await create(
+        client, tenant_a, name="child", parent_id=parent["agent_id"], capabilities={"max_budget": 1}
+    )
+    widened = await client.patch(
+        f"/v1/agents/{child['id']}", json={"capabilities": capabilities}, headers=tenant_a.headers
+    )
+    assert_problem(widened, 403, "PRIVILEGE_ESCALATION")
+    stored = await client.get(f"/v1/agents/{child['id']}", headers=tenant_a.headers)
+    assert stored.json()["capabilities"] == {"tools": [], "domains": [], "max_budget": 1.0}
+    # A root agent may hold anything.
+    root = await create(client, tenant_a, name="root", capabilities=capabilities)
+    assert root["capabilities"]["tools"] == capabilities.get("tools", [])
+
+
+async def test_a_parent_cannot_shrink_below_its_children(client: AsyncClient, tenant_a: TenantHandle) -> None:
+    parent = await register(client, tenant_a, name="parent")  # CAPABILITIES
+    child = await create(
+        client,
+        tenant_a,
+        name="child",
+        parent_id=parent["agent_id"],
+        capabilities={"tools": ["web_search"], "domains": ["api.example.com"], "max_budget": 10},
+    )
+    narrowed = {"tools": ["calc"], "domains": ["*.example.com"], "max_budget": 100}
+    url = f"/v1/agents/{parent['agent_id']}"
+    response = await client.patch(url, json={"capabilities": narrowed}, headers=tenant_a.headers)
+    body = assert_problem(response, 409, "CHILD_EXCEEDS_CAPABILITIES")
+    assert body["child_id"] == child["id"]
+    assert body["exceeding"] == ["tool 'web_search'"]
+    # Other changes to the parent, and narrowing that still covers the child, are fine.
+    assert (await client.patch(url, json={"name": "renamed"}, headers=tenant_a.headers)).status_code == 200
+    still = {"tools": ["web_search"], "domains": ["api.example.com"], "max_budget": 10}
+    assert (
+        await client.patch(url, json={"capabilities": still}, headers=tenant_a.headers)
+    ).status_code == 200
+    # A deregistered child holds nothing any more.
+    assert (await client.delete(f"/v1/agents/{child['id']}", headers=tenant_a.headers)).status_code == 204
+    assert (
+        await client.patch(url, json={"capabilities": narrowed}, headers=tenant_a.headers)
+    ).status_code == 200
 
 
 # -- liveness ---------------------------------------------------------------------------------------------

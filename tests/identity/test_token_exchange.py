@@ -120,10 +120,19 @@ async def test_child_beyond_its_parent_is_privilege_escalation(
         name="parent",
         capabilities={"tools": ["web_*", "calc", "calc?"], "domains": ["*.example.com"], "max_budget": 100},
     )
+    token = await access_token(client, parent)
+    # The registry keeps a child within its parent; here the parent was widened after its token was
+    # issued, and that token is what the exchange must measure the child against.
+    widened = await client.patch(
+        f"/v1/agents/{parent['agent_id']}",
+        json={"capabilities": {"tools": ["*"], "domains": ["*"]}},
+        headers=tenant_a.headers,
+    )
+    assert widened.status_code == 200, widened.text
     child = await create(
         client, tenant_a, name="child", parent_id=parent["agent_id"], capabilities=capabilities
     )
-    response = await exchange(client, await access_token(client, parent), child["id"])
+    response = await exchange(client, token, child["id"])
     body = oauth_error(response, 400, "invalid_target")
     assert "PRIVILEGE_ESCALATION" in body["error_description"]
     assert problem in body["error_description"]
@@ -165,9 +174,14 @@ async def test_only_own_children(client: AsyncClient, tenant_a: TenantHandle, te
     parent, token, child = await family(client, tenant_a)
     stranger = await create(client, tenant_a, name="stranger")
     sibling_parent = await register(client, tenant_a, name="sibling-parent")
-    niece = await create(client, tenant_a, name="niece", parent_id=sibling_parent["agent_id"])
+    within = {"max_budget": 1}
+    niece = await create(
+        client, tenant_a, name="niece", parent_id=sibling_parent["agent_id"], capabilities=within
+    )
     foreign_parent = await register(client, tenant_b, name="foreign")
-    foreign_child = await create(client, tenant_b, name="foreign-child", parent_id=foreign_parent["agent_id"])
+    foreign_child = await create(
+        client, tenant_b, name="foreign-child", parent_id=foreign_parent["agent_id"], capabilities=within
+    )
     for target in (
         stranger["id"],
         niece["id"],

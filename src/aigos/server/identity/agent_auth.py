@@ -18,6 +18,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 
+from aigos.core import delegation
 from aigos.core.agents import AgentStatus, may_hold_tokens
 from aigos.core.canonical import parse
 from aigos.server.config import Settings
@@ -73,22 +74,33 @@ class AgentAuthenticator:
         except ValueError as exc:
             raise token_error("The token names no agent.", "INVALID_TOKEN") from exc
         jti = str(claims["jti"])
+        chain = _chain_of(claims)
         state = runtime.identity
         known: AgentStatus | None
         if state.live:
             revoked, known = state.is_revoked(jti), state.status_of(agent_id)
             if not await state.belongs(agent_id, tenant_id):
                 known = None
+            ancestor_revoked = any(state.is_revoked(ancestor) for ancestor in chain.ancestor_jtis)
+            actors: dict[uuid.UUID, AgentStatus | None] = {
+                actor: state.status_of(actor) for actor in chain.actors
+            }
         else:
-            revoked, known = await _from_database(runtime, tenant_id, agent_id, jti)
+            revoked, known, ancestor_revoked, actors = await _from_database(
+                runtime, tenant_id, agent_id, jti, chain
+            )
         if known is None:
             # Only a token signed with our key gets here: sub and aud must still name one of our agents.
             raise token_error("The token's agent is not in its audience.", "INVALID_TOKEN")
         status = known
         if revoked:
             raise token_error("The token was revoked.", "TOKEN_REVOKED")
+        if ancestor_revoked:
+            raise token_error("A token this one was exchanged from was revoked.", "TOKEN_REVOKED")
         if not may_hold_tokens(status):
             raise token_error(f"The agent is {status.value}.", f"AGENT_{status.value.upper()}")
+        if actors:
+            status = _delegated_status(status, actors)
         return AgentPrincipal(agent_id=agent_id, tenant_id=tenant_id, status=status, claims=claims)
 
     async def _verify(self, runtime: Runtime, token: str, issuer: str) -> dict[str, Any]:
@@ -118,16 +130,60 @@ def _names_unknown_key(runtime: Runtime, token: str) -> bool:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Delegation:
+    """A token's delegation chain, with the actors as agent ids."""
+
+    actors: tuple[uuid.UUID, ...] = ()
+    ancestor_jtis: tuple[str, ...] = ()
+
+
+_UNDELEGATED = _Delegation()
+
+
+def _chain_of(claims: dict[str, Any]) -> _Delegation:
+    if "act" not in claims and delegation.ANCESTORS_CLAIM not in claims:
+        return _UNDELEGATED  # the common case, on the hot path
+    try:
+        chain = delegation.Chain.of(claims)
+        return _Delegation(tuple(uuid.UUID(actor) for actor in chain.actors), chain.ancestor_jtis)
+    except ValueError as exc:
+        raise token_error(f"The token's delegation chain is invalid: {exc}", "INVALID_TOKEN") from exc
+
+
+def _delegated_status(own: AgentStatus, actors: dict[uuid.UUID, AgentStatus | None]) -> AgentStatus:
+    """The status a delegated token acts with: refused if any delegator may no longer hold tokens, paused
+    while one is paused (so its checks answer ``PAUSED``, as the delegator's own would)."""
+    paused = own is AgentStatus.PAUSED
+    for actor, status in actors.items():
+        if status is None:
+            raise token_error("The token's delegation names an unknown agent.", "INVALID_TOKEN")
+        if not may_hold_tokens(status):
+            raise token_error(
+                f"The agent {actor} that delegated this token is {status.value}.",
+                f"DELEGATOR_{status.value.upper()}",
+            )
+        paused = paused or status is AgentStatus.PAUSED
+    return AgentStatus.PAUSED if paused else own
+
+
 async def _from_database(
-    runtime: Runtime, tenant_id: uuid.UUID, agent_id: uuid.UUID, jti: str
-) -> tuple[bool, AgentStatus | None]:
+    runtime: Runtime, tenant_id: uuid.UUID, agent_id: uuid.UUID, jti: str, chain: _Delegation
+) -> tuple[bool, AgentStatus | None, bool, dict[uuid.UUID, AgentStatus | None]]:
+    """What the identity state would say, read from the database: whether the token and any of its
+    ancestors were revoked, the agent's status and its delegators'."""
+    agent_ids = {agent_id, *chain.actors}
+    jtis = {jti, *chain.ancestor_jtis}
     async with runtime.database.session() as session:
         await set_tenant(session, tenant_id)
-        status = await session.scalar(
-            select(Agent.status).where(Agent.id == agent_id, Agent.tenant_id == tenant_id)
+        rows = await session.execute(
+            select(Agent.id, Agent.status).where(Agent.id.in_(agent_ids), Agent.tenant_id == tenant_id)
         )
-        revoked = await session.scalar(select(RevokedToken.jti).where(RevokedToken.jti == jti))
-    return revoked is not None, AgentStatus(status) if status else None
+        statuses = {row.id: AgentStatus(row.status) for row in rows}
+        revoked = set(await session.scalars(select(RevokedToken.jti).where(RevokedToken.jti.in_(jtis))))
+    actors = {actor: statuses.get(actor) for actor in chain.actors}
+    ancestor_revoked = any(ancestor in revoked for ancestor in chain.ancestor_jtis)
+    return jti in revoked, statuses.get(agent_id), ancestor_revoked, actors
 
 
 authenticator = AgentAuthenticator()

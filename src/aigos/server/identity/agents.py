@@ -14,7 +14,7 @@ from sqlalchemy import String, cast, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from aigos.core import goldenthread
+from aigos.core import delegation, goldenthread
 from aigos.core.agents import AgentStatus
 from aigos.server.db.paging import paged
 from aigos.server.db.types import utcnow
@@ -101,6 +101,7 @@ async def create(
     await lock_tenant(session, tenant_id)
     enforce_limit(plan_of(plan_tier), "agents", await count_registered(session, tenant_id))
     depth = 0
+    capabilities = spec.capabilities.model_dump()
     if spec.parent_id is not None:
         parent = await get(session, tenant_id, spec.parent_id)
         depth = parent.lineage_depth + 1
@@ -110,6 +111,7 @@ async def create(
                 code="DEPTH_EXCEEDED",
                 limit=max_depth,
             )
+        _within_parent(parent, capabilities)
     now = utcnow()
     agent = Agent(
         id=uuid.uuid4(),
@@ -122,7 +124,7 @@ async def create(
         owner=spec.owner,
         deployment_env=spec.deployment_env,
         status=AgentStatus.ACTIVE.value,
-        capabilities=spec.capabilities.model_dump(),
+        capabilities=capabilities,
         asset_card_id=spec.asset_card_id,
         golden_thread=golden_thread_record(spec.golden_thread) if spec.golden_thread else None,
         parent_id=spec.parent_id,
@@ -207,6 +209,8 @@ async def update(
             f"/{cleared[0]}: cannot be null",
             errors=[{"pointer": f"/{field}", "detail": "cannot be null"} for field in cleared],
         )
+    if changes.get("capabilities") is not None:
+        await _keep_lineage_contained(session, agent, changes["capabilities"])
     for field, value in changes.items():
         if field == "capabilities":
             agent.capabilities = value
@@ -219,3 +223,40 @@ async def update(
     agent.updated_at = utcnow()
     await _flush_unique_email(session, agent.email)
     return agent
+
+
+def _within_parent(parent: Agent, capabilities: dict[str, Any]) -> None:
+    """403 ``PRIVILEGE_ESCALATION`` unless ``capabilities`` are within the parent's: a child's lineage
+    claim means its parent could have delegated all it holds (the test token exchange applies too)."""
+    problems = delegation.escalations(parent.capabilities, capabilities)
+    if problems:
+        raise Forbidden(
+            f"The agent would exceed its parent {parent.id}: " + "; ".join(problems) + ".",
+            code="PRIVILEGE_ESCALATION",
+            parent_id=str(parent.id),
+            exceeding=problems,
+        )
+
+
+async def _keep_lineage_contained(session: AsyncSession, agent: Agent, capabilities: dict[str, Any]) -> None:
+    """New capabilities stay within the parent's and keep covering every child still in service."""
+    if agent.parent_id is not None:
+        _within_parent(await get(session, agent.tenant_id, agent.parent_id), capabilities)
+    children = await session.scalars(
+        select(Agent).where(
+            Agent.tenant_id == agent.tenant_id,
+            Agent.parent_id == agent.id,
+            Agent.status.not_in([AgentStatus.TERMINATED.value, AgentStatus.ARCHIVED.value]),
+        )
+    )
+    for child in children:
+        problems = delegation.escalations(capabilities, child.capabilities)
+        if problems:
+            raise Conflict(
+                f"Child agent {child.id} holds more than these capabilities would: "
+                + "; ".join(problems)
+                + ". Narrow or deregister the child first.",
+                code="CHILD_EXCEEDS_CAPABILITIES",
+                child_id=str(child.id),
+                exceeding=problems,
+            )

@@ -6,6 +6,7 @@ These answer errors in the RFC 6749 form, not as problem documents, because OAut
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +18,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from aigos.core.agents import Capabilities, may_hold_tokens
+from aigos.core import delegation
+from aigos.core.agents import may_hold_tokens
 from aigos.server.audit.events import NewEvent, current_request_id
 from aigos.server.db.database import set_tenant
 from aigos.server.deps import RuntimeDep, SessionDep
@@ -302,8 +304,7 @@ async def _token_exchange(
         raise OAuthError("invalid_target", f"The child agent is {child.status}.")
     if child.lineage_depth > runtime.settings.max_lineage_depth:
         raise OAuthError("invalid_target", "DEPTH_EXCEEDED: the lineage is deeper than allowed.")
-    parent_caps = _capabilities(parent.claims.get("aigos:capabilities", {}))
-    problems = parent_caps.covers(_capabilities(child.capabilities))
+    problems = delegation.escalations(parent.claims.get("aigos:capabilities", {}), child.capabilities)
     if problems:
         raise OAuthError(
             "invalid_target", "PRIVILEGE_ESCALATION: child exceeds parent: " + "; ".join(problems)
@@ -312,12 +313,19 @@ async def _token_exchange(
     scope = _scope(form.get("scope") or " ".join(s for s in tokens.AGENT_SCOPES if s in parent_scopes))
     if not set(scope.split()) <= parent_scopes:
         raise OAuthError("invalid_scope", "A child token cannot have scopes its parent lacks.")
-    act: dict[str, Any] = {"sub": str(parent.agent_id)}
-    if "act" in parent.claims:
-        act["act"] = parent.claims["act"]
-    issued = tokens.sign(
-        runtime.keys, tokens.claims_for(child, issuer, runtime.settings.token_ttl_seconds, scope, act=act)
+    # The child token acts for the parent's, so it ends when that one does (revoked, or expired).
+    not_after = int(parent.claims["exp"])
+    if not_after <= time.time():
+        raise OAuthError("invalid_grant", "subject_token: the token has expired.")
+    claims = tokens.claims_for(
+        child,
+        issuer,
+        runtime.settings.token_ttl_seconds,
+        scope,
+        delegation=delegation.delegated(parent.claims, str(parent.agent_id)),
+        not_after=not_after,
     )
+    issued = tokens.sign(runtime.keys, claims)
     _record(
         runtime,
         parent.tenant_id,
@@ -327,14 +335,6 @@ async def _token_exchange(
         jti=issued.claims["jti"],
     )
     return issued, child
-
-
-def _capabilities(claim: dict[str, Any]) -> Capabilities:
-    return Capabilities(
-        tools=tuple(claim.get("tools") or ()),
-        domains=tuple(claim.get("domains") or ()),
-        max_budget=claim.get("max_budget"),
-    )
 
 
 async def _caller(request: Request, runtime: Runtime, session: AsyncSession, form: dict[str, str]) -> Client:

@@ -90,16 +90,22 @@ def claims_for(
     issuer: str,
     ttl: int,
     scope: str = DEFAULT_SCOPE,
-    act: dict[str, Any] | None = None,
+    delegation: dict[str, Any] | None = None,
     now: int | None = None,
+    not_after: int | None = None,
 ) -> dict[str, Any]:
-    """The claim set of an agent's token."""
+    """The claim set of an agent's token.
+
+    ``delegation`` holds the claims of an exchanged token (``act`` and its ancestors, from
+    ``core.delegation.delegated``); ``not_after`` caps ``exp``, so a child never outlives its parent's token.
+    """
     issued_at = int(now if now is not None else time.time())
+    expires = issued_at + ttl if not_after is None else min(issued_at + ttl, not_after)
     claims: dict[str, Any] = {
         "iss": issuer,
         "sub": str(agent.id),
         "aud": str(agent.tenant_id),
-        "exp": issued_at + ttl,
+        "exp": expires,
         "iat": issued_at,
         "nbf": issued_at,
         "jti": uuid.uuid4().hex,
@@ -120,8 +126,8 @@ def claims_for(
         }
     if agent.parent_id is not None:
         claims["aigos:lineage"] = {"parent_id": str(agent.parent_id), "depth": agent.lineage_depth}
-    if act:
-        claims["act"] = act
+    if delegation:
+        claims.update(delegation)
     return claims
 
 
