@@ -3,6 +3,8 @@
 Fast enough for the policy hot path: a token verified once is cached until it expires, and the checks that
 must reflect changes at once (revoked ``jti``, agent status) are dictionary look-ups in the replica's
 ``IdentityState``, kept current through the bus. Only while the bus is down do they hit the database.
+An exchanged token is checked along its whole delegation chain the same way: every agent in its ``act``
+chain must still hold tokens, and no token it was exchanged from may be revoked.
 """
 
 from __future__ import annotations
