@@ -9,11 +9,19 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import Scope
 
-from aigos.server.errors import AigosError, MalformedJSON, MethodNotAllowed, NotFound, ValidationFailed
+from aigos.server.errors import (
+    AigosError,
+    MalformedJSON,
+    MethodNotAllowed,
+    NotFound,
+    ServiceUnavailable,
+    ValidationFailed,
+)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_BASE_URI = "https://aigos.dev/problems/"
@@ -137,8 +145,55 @@ async def _handle_http(request: Request, exc: Exception) -> Response:
     return error_response(request.scope, error)
 
 
+#: SQLite's words for a database it cannot write to now (full disk, lock held past the busy timeout).
+_SQLITE_UNAVAILABLE = ("database or disk is full", "disk i/o error", "database is locked", "unable to open")
+
+
+def database_unavailable(error: BaseException) -> bool:
+    """Whether ``error`` says the database cannot be reached or written now, rather than a fault of ours.
+
+    A lost connection, a pool with no connection to give, a server refusing connections, a full disk:
+    the request may succeed later (503). Anything else the database refuses is a defect (500).
+    """
+    if isinstance(error, sa_exc.TimeoutError | ConnectionError | TimeoutError | OSError):
+        return True
+    if isinstance(error, sa_exc.DBAPIError):
+        if error.connection_invalidated or isinstance(error, sa_exc.InterfaceError):
+            return True
+        original = error.orig
+        cause = getattr(original, "__cause__", None) or original
+        if isinstance(cause, ConnectionError | OSError | TimeoutError):
+            return True
+        sqlstate = getattr(cause, "sqlstate", None) or ""
+        # Class 08: connection exception; 53: insufficient resources; 57P: operator intervention (shutdown).
+        if sqlstate.startswith(("08", "53", "57P")):
+            return True
+        message = str(original).lower()
+        return any(words in message for words in _SQLITE_UNAVAILABLE)
+    return False
+
+
+async def _handle_database(request: Request, exc: Exception) -> Response:
+    # A statement or the commit failed. Nothing of the request is kept (its transaction rolled back), so
+    # the answer is an error, never the success the endpoint may already have computed.
+    if database_unavailable(exc):
+        log.warning("database_unavailable", error=repr(exc), path=request.url.path)
+        return error_response(
+            request.scope,
+            ServiceUnavailable(
+                "The database is unavailable; nothing was changed. Retry later.",
+                code="DATABASE_UNAVAILABLE",
+                headers={"Retry-After": "1"},
+                dependency="database",
+            ),
+        )
+    log.error("database_error", exc_info=exc, path=request.url.path)
+    return internal_error_response(request.scope)
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Make every error the app can produce a problem+json response."""
     app.add_exception_handler(AigosError, _handle_aigos)
+    app.add_exception_handler(sa_exc.SQLAlchemyError, _handle_database)
     app.add_exception_handler(RequestValidationError, _handle_validation)
     app.add_exception_handler(StarletteHTTPException, _handle_http)

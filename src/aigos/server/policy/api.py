@@ -21,7 +21,7 @@ from aigos.core import policy as core
 from aigos.core.canonical import canonical
 from aigos.core.signing import Signer, b64url, derive_seed
 from aigos.server.audit.events import NewEvent, by, current_request_id
-from aigos.server.deps import RuntimeDep, SessionDep
+from aigos.server.deps import RuntimeDep, SessionDep, after_commit
 from aigos.server.errors import BadRequest, NotFound
 from aigos.server.identity import agents as registry
 from aigos.server.identity.agent_auth import AgentPrincipal, admit, agent_scope, bearer_token, require_scope
@@ -337,9 +337,13 @@ async def _changed(
         "policy_set_version": set_version,
     }
     await runtime.events.record(by(principal, event_type, data), session)
-    # Committed before the announcement, so a replica that reloads on hearing it reads the new version.
-    await session.commit()
-    await runtime.policy.announce(policy.tenant_id, set_version)
+    tenant_id = policy.tenant_id
+
+    async def announce() -> None:
+        # After the commit, so a replica that reloads on hearing it reads the new version.
+        await runtime.policy.announce(tenant_id, set_version)
+
+    after_commit(session, announce)
 
 
 @router.get("", response_model=PolicyPage, summary="List policies")
