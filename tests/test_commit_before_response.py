@@ -7,7 +7,7 @@ reported as a success.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -102,7 +102,7 @@ async def test_a_key_revoked_on_one_replica_is_refused_by_the_other_every_time(
 
 
 @pytest.fixture
-async def failing_commits(pg_database: str) -> AsyncIterator[None]:
+async def failing_commits(pg_database: str) -> None:
     """Make every commit that inserted an API key fail, as a deferred constraint does at COMMIT."""
     dsn = PG_ADMIN_DSN.rsplit("/", 1)[0] + "/" + pg_database
     connection = await asyncpg.connect(dsn)
@@ -122,7 +122,6 @@ async def failing_commits(pg_database: str) -> AsyncIterator[None]:
         )
     finally:
         await connection.close()
-    yield
 
 
 @pytest.mark.parametrize("settings", ["postgres"], indirect=True)
