@@ -56,7 +56,7 @@ async def test_database_down_then_back(
     body = response.json()
     assert response.headers["content-type"] == "application/problem+json"
     assert body["code"] == "NOT_READY"
-    assert body["checks"] == {"database": "down", "bus": "up"}
+    assert body["checks"] == {"database": "down", "bus": "up", "eventlog": "up"}
     assert "database (postgresql)" in body["detail"]
     assert (await proxied_client.get("/health")).status_code == 200
     pg.restore()
@@ -69,7 +69,7 @@ async def test_redis_down_then_back(proxied_client: AsyncClient, proxies: tuple[
     redis.sever()
     response = await proxied_client.get("/health/ready")
     assert response.status_code == 503
-    assert response.json()["checks"] == {"database": "up", "bus": "down"}
+    assert response.json()["checks"] == {"database": "up", "bus": "down", "eventlog": "up"}
     assert "bus (redis)" in response.json()["detail"]
     redis.restore()
     assert (await proxied_client.get("/health/ready")).status_code == 200

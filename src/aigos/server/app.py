@@ -205,11 +205,14 @@ async def start_runtime(settings: Settings, in_flight: InFlight | None = None) -
             flush_seconds=settings.audit_flush_seconds,
             checkpoint_seconds=settings.audit_checkpoint_seconds,
             in_flight=in_flight,
+            spill_dir=settings.data_dir / "spill",
         ),
         maintenance=Maintenance(database, signer, settings.audit_retention_days),
         features=list(FEATURES),
         passwords=Passwords(settings.password_hash_memory_kib, settings.password_hash_time_cost),
     )
+    # Events an earlier process could not write before it stopped: into the log before anything new.
+    await runtime.events.replay_spilled()
     runtime.start()
     await runtime.killswitch.start(runtime.events)
     return runtime

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import Scope
 
+from aigos.server.db.outage import is_outage
 from aigos.server.errors import (
     AigosError,
     MalformedJSON,
@@ -145,38 +146,10 @@ async def _handle_http(request: Request, exc: Exception) -> Response:
     return error_response(request.scope, error)
 
 
-#: SQLite's words for a database it cannot write to now (full disk, lock held past the busy timeout).
-_SQLITE_UNAVAILABLE = ("database or disk is full", "disk i/o error", "database is locked", "unable to open")
-
-
-def database_unavailable(error: BaseException) -> bool:
-    """Whether ``error`` says the database cannot be reached or written now, rather than a fault of ours.
-
-    A lost connection, a pool with no connection to give, a server refusing connections, a full disk:
-    the request may succeed later (503). Anything else the database refuses is a defect (500).
-    """
-    if isinstance(error, sa_exc.TimeoutError | ConnectionError | TimeoutError | OSError):
-        return True
-    if isinstance(error, sa_exc.DBAPIError):
-        if error.connection_invalidated or isinstance(error, sa_exc.InterfaceError):
-            return True
-        original = error.orig
-        cause = getattr(original, "__cause__", None) or original
-        if isinstance(cause, ConnectionError | OSError | TimeoutError):
-            return True
-        sqlstate = getattr(cause, "sqlstate", None) or ""
-        # Class 08: connection exception; 53: insufficient resources; 57P: operator intervention (shutdown).
-        if sqlstate.startswith(("08", "53", "57P")):
-            return True
-        message = str(original).lower()
-        return any(words in message for words in _SQLITE_UNAVAILABLE)
-    return False
-
-
 async def _handle_database(request: Request, exc: Exception) -> Response:
     # A statement or the commit failed. Nothing of the request is kept (its transaction rolled back), so
     # the answer is an error, never the success the endpoint may already have computed.
-    if database_unavailable(exc):
+    if is_outage(exc):
         log.warning("database_unavailable", error=repr(exc), path=request.url.path)
         return error_response(
             request.scope,

@@ -33,7 +33,8 @@ async def health() -> Liveness:
     responses={503: {"description": "A dependency is down; the problem body names it."}},
 )
 async def ready(runtime: RuntimeDep) -> Readiness:
-    """Checks the database and the bus (Redis) within a short timeout each."""
+    """Checks the database and the bus (Redis) within a short timeout each, and that the event log's
+    batch writer is making progress (``eventlog``: ``stalled`` after a few seconds without an append)."""
     timeout = runtime.settings.ready_timeout_seconds
     probes: dict[str, Awaitable[Any]] = {
         "database": runtime.database.ping(timeout),
@@ -46,10 +47,15 @@ async def ready(runtime: RuntimeDep) -> Readiness:
         if isinstance(result, BaseException):
             log.warning("dependency_down", dependency=name, error=repr(result))
     down = [name for name, state in checks.items() if state == "down"]
-    if down:
+    stuck = runtime.events.problem()
+    checks["eventlog"] = "stalled" if stuck else "up"
+    if down or stuck:
         kinds = {"database": runtime.database.kind, "bus": runtime.bus.kind}
-        named = ", ".join(f"{name} ({kinds[name]})" for name in down)
-        raise ServiceUnavailable(f"Not ready: {named} unreachable.", code="NOT_READY", checks=checks)
+        reasons = [f"{name} ({kinds[name]}) unreachable" for name in down]
+        if stuck:
+            log.warning("eventlog_stalled", problem=stuck)
+            reasons.append(stuck)
+        raise ServiceUnavailable(f"Not ready: {'; '.join(reasons)}.", code="NOT_READY", checks=checks)
     return Readiness(checks=checks)
 
 
@@ -93,6 +99,31 @@ async def metrics(runtime: RuntimeDep) -> PlainTextResponse:
             "counter",
             "Events dropped because the queue was full.",
             events.dropped_total,
+        ),
+        (
+            "aigos_eventlog_set_aside_total",
+            "counter",
+            "Events the database refused, set aside and recorded as audit.event_set_aside.",
+            events.set_aside_total,
+        ),
+        (
+            "aigos_eventlog_flush_failures_total",
+            "counter",
+            "Batch appends that failed and were retried (the database was unreachable).",
+            events.flush_failures_total,
+        ),
+        ("aigos_eventlog_stalled", "gauge", "1 while the batch writer cannot append.", int(events.stalled)),
+        (
+            "aigos_eventlog_spilled_total",
+            "counter",
+            "Events written to a spill file at shutdown because the database would not take them.",
+            events.spilled_total,
+        ),
+        (
+            "aigos_eventlog_replayed_total",
+            "counter",
+            "Events replayed from spill files at start.",
+            events.replayed_total,
         ),
     ]
     lines: list[str] = []

@@ -17,8 +17,9 @@ class Readiness(BaseModel):
     """Every dependency answered."""
 
     status: Literal["ready"] = "ready"
-    checks: dict[str, Literal["up", "down"]] = Field(
-        description="Each dependency (`database`, `bus`) and whether it answered."
+    checks: dict[str, Literal["up", "down", "stalled"]] = Field(
+        description="Each dependency (`database`, `bus`) and whether it answered; `eventlog`: whether the "
+        "event log's batch writer is appending (`stalled` when it has not for a few seconds)."
     )
 
 
