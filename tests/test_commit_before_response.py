@@ -140,3 +140,26 @@ async def test_a_commit_that_fails_is_never_reported_as_a_success(
     # The server goes on: the next request commits as usual.
     kept = await client.post("/v1/api-keys", json={"name": "kept", "scopes": ["agents:read"]}, headers=owner)
     assert kept.status_code == 201, kept.text
+
+
+async def test_an_agent_registered_on_one_replica_gets_a_token_from_the_other_at_once(
+    replicas: tuple[ServerProcess, ServerProcess],
+) -> None:
+    one, two = replicas
+    async with (
+        httpx.AsyncClient(base_url=one.base_url) as first,
+        httpx.AsyncClient(base_url=two.base_url) as second,
+    ):
+        owner = bearer(await owner_key(first, "registrations"))
+        refused = 0
+        for n in range(20):
+            registered = await first.post("/v1/agents/register", json={"name": f"agent-{n}"}, headers=owner)
+            assert registered.status_code == 201, registered.text
+            agent = registered.json()
+            token = await second.post(
+                "/oauth2/token",
+                data={"grant_type": "client_credentials"},
+                auth=(agent["client_id"], agent["client_secret"]),
+            )
+            refused += token.status_code != 200
+        assert refused == 0
