@@ -185,10 +185,6 @@ def _reproduction(case: schemathesis.Case, response: schemathesis.Response) -> s
     )
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open findings, fixed by other parts of issue 14: /tmp/schemathesis-findings.md",
-)
 @pytest.mark.timeout(120 + 60 * EXAMPLES)
 def test_every_operation_answers_as_documented_without_server_errors(live_server: ServerProcess) -> None:
     schema = committed_spec()

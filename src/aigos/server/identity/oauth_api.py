@@ -30,6 +30,7 @@ from aigos.server.identity.keys import ALGORITHMS
 from aigos.server.identity.models import Agent, RevokedToken
 from aigos.server.identity.oauth import Client, OAuthError, authenticate_client, invalid_client
 from aigos.server.identity.state import CachedClient
+from aigos.server.openapi import oauth_errors
 from aigos.server.routing import OAuthRoute
 from aigos.server.runtime import Runtime
 from aigos.server.throttle import Throttle, Throttled, source_address
@@ -46,7 +47,8 @@ _form_body = {
     "requestBody": {
         "required": True,
         "content": {FORM: {"schema": {"type": "object", "additionalProperties": {"type": "string"}}}},
-    }
+    },
+    "responses": oauth_errors(400, 401),
 }
 
 
