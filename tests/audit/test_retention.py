@@ -22,7 +22,7 @@ from aigos.core.canonical import canonical
 from aigos.core.merkle import CompactRange
 from aigos.core.signing import Signer
 from aigos.server.audit import appender, checkpoints
-from aigos.server.audit.log import EventLog, checkpoint_signer
+from aigos.server.audit.log import EventLog
 from aigos.server.audit.models import AuditAnchor, AuditEvent, AuditHead
 from aigos.server.audit.retention import PRUNED_TYPE, Maintenance, cutoff_day, ensure_partitions, prune
 from aigos.server.config import Settings
@@ -33,7 +33,6 @@ from tests.audit.test_writer import (
     assert_valid_log,
     event,
     export_lines,
-    open_database,
     stored,
     stored_checkpoints,
 )
@@ -43,31 +42,11 @@ RETENTION_DAYS = 30
 
 
 @pytest.fixture
-async def database(settings: Settings) -> AsyncIterator[Database]:
-    """The migrated database of this test's backend, as the application role."""
-    db = await open_database(settings)
-    yield db
-    await db.dispose()
-
-
-@pytest.fixture
 async def owner(settings: Settings, database: Database) -> AsyncIterator[Database]:
     """The same database as its owner (bypasses row-level security; used to set up history)."""
     db = Database(settings.resolved_database_url)
     yield db
     await db.dispose()
-
-
-@pytest.fixture
-def signer(settings: Settings) -> Signer:
-    """The checkpoint key the server would use."""
-    return checkpoint_signer(settings.pepper)
-
-
-@pytest.fixture
-def events(database: Database, signer: Signer) -> EventLog:
-    """An event log that is not started."""
-    return EventLog(database, signer)
 
 
 def later() -> datetime:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,20 +30,13 @@ from aigos.server.audit.models import AuditAnchor, AuditCheckpoint, AuditEvent, 
 from aigos.server.config import Settings
 from aigos.server.db import Database
 from aigos.server.db.database import APP_ROLE
-from aigos.server.db.migrate import upgrade
 from aigos.server.in_flight import InFlight
+from tests.audit.conftest import open_database
 from tests.conftest import ADMIN_TOKEN, SECRET_KEY, pg_url
 from tests.server_process import ServerProcess
 from tests.tcp_proxy import TcpProxy
 
 # -- helpers shared with test_retention ---------------------------------------------------------------
-
-
-async def open_database(settings: Settings) -> Database:
-    """The test's database, migrated, as the server uses it (the application role on PostgreSQL)."""
-    await upgrade(settings.resolved_migration_url)
-    role = APP_ROLE if settings.database_kind == "postgresql" else None
-    return Database(settings.resolved_database_url, role=role)
 
 
 def event(tenant_id: uuid.UUID, event_type: str = "test.happened", **fields: Any) -> NewEvent:
@@ -120,29 +112,6 @@ def assert_valid_log(lines: list[str], signer: Signer, count: int) -> auditlog.R
     assert report.ok, report.failure
     assert report.entries == count
     return report
-
-
-# -- fixtures ----------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def database(settings: Settings) -> AsyncIterator[Database]:
-    """The migrated database of this test's backend."""
-    db = await open_database(settings)
-    yield db
-    await db.dispose()
-
-
-@pytest.fixture
-def signer(settings: Settings) -> Signer:
-    """The checkpoint key the server would use."""
-    return checkpoint_signer(settings.pepper)
-
-
-@pytest.fixture
-def events(database: Database, signer: Signer) -> EventLog:
-    """An event log that is not started: tests flush and seal it themselves."""
-    return EventLog(database, signer)
 
 
 # -- record ------------------------------------------------------------------------------------------
@@ -507,7 +476,7 @@ async def test_a_connection_the_database_dropped_fails_one_append_and_is_not_reu
         pg_url(pg_database).replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}"), role=APP_ROLE
     )
     try:
-        log = EventLog(database, signer)
+        log = EventLog(database, checkpoint_signer(SECRET_KEY.encode()))
         tenant = uuid.uuid4()
         await log.record(event(tenant, data={"n": 1}))
         proxy.disconnect_all()

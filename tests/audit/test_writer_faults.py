@@ -21,12 +21,12 @@ from httpx import ASGITransport, AsyncClient
 from aigos.core.signing import Signer
 from aigos.server.app import create_app
 from aigos.server.audit import spill
-from aigos.server.audit.log import REPLAYED_TYPE, SET_ASIDE_TYPE, EventLog, checkpoint_signer
+from aigos.server.audit.log import REPLAYED_TYPE, SET_ASIDE_TYPE, EventLog
 from aigos.server.config import Settings
 from aigos.server.db import Database
 from aigos.server.db.database import APP_ROLE
 from aigos.server.runtime import Runtime
-from tests.audit.test_writer import assert_valid_log, event, export_lines, open_database, stored
+from tests.audit.test_writer import assert_valid_log, event, export_lines, stored
 from tests.conftest import embedded_settings, pg_url
 from tests.tcp_proxy import TcpProxy
 
@@ -35,22 +35,10 @@ REFUSED_EVERYWHERE = "\ud800"
 REFUSED_BY_POSTGRES = "a\x00b"
 
 
-@pytest.fixture
-async def database(settings: Settings) -> AsyncIterator[Database]:
-    db = await open_database(settings)
-    yield db
-    await db.dispose()
-
-
-@pytest.fixture
-def signer_of(settings: Settings) -> Signer:
-    return checkpoint_signer(settings.pepper)
-
-
 async def test_a_refused_entry_is_set_aside_and_every_other_entry_appended(
-    database: Database, signer_of: Signer, settings: Settings, tmp_path: Path
+    database: Database, signer: Signer, settings: Settings, tmp_path: Path
 ) -> None:
-    log = EventLog(database, signer_of, batch_size=64, spill_dir=tmp_path / "spill")
+    log = EventLog(database, signer, batch_size=64, spill_dir=tmp_path / "spill")
     troubled, other = uuid.uuid4(), uuid.uuid4()
     bad = [event(troubled, data={"n": 10}, trace_id=REFUSED_EVERYWHERE)]
     if settings.database_kind == "postgresql":
@@ -74,33 +62,33 @@ async def test_a_refused_entry_is_set_aside_and_every_other_entry_appended(
     assert [record["event_id"] for record in records] == [str(item.event_id) for item in bad]
     assert all(record["kept"] for record in records)
     assert len(await stored(database, other)) == 40
-    assert_valid_log(await export_lines(database, troubled, signer_of), signer_of, len(rows))
+    assert_valid_log(await export_lines(database, troubled, signer), signer, len(rows))
     kept = (tmp_path / "spill" / spill.SET_ASIDE_NAME).read_text().splitlines()
     assert [json.loads(line)["event_id"] for line in kept] == [str(item.event_id) for item in bad]
     assert spill.from_record(json.loads(kept[0])).trace_id == REFUSED_EVERYWHERE
 
 
 async def test_spilled_events_are_replayed_once_at_the_next_start(
-    database: Database, signer_of: Signer, tmp_path: Path
+    database: Database, signer: Signer, tmp_path: Path
 ) -> None:
     tenant = uuid.uuid4()
     folder = tmp_path / "spill"
     first = [event(tenant, data={"n": n}) for n in range(5)]
-    log = EventLog(database, signer_of, spill_dir=folder)
+    log = EventLog(database, signer, spill_dir=folder)
     # A replay cut short: the first two already made it into the log before the process stopped.
     for item in first[:2]:
         await log.record(item)
     spill.spill(folder, first)
 
-    assert await EventLog(database, signer_of, spill_dir=folder).replay_spilled() == 3
-    assert await EventLog(database, signer_of, spill_dir=folder).replay_spilled() == 0
+    assert await EventLog(database, signer, spill_dir=folder).replay_spilled() == 3
+    assert await EventLog(database, signer, spill_dir=folder).replay_spilled() == 0
 
     rows = await stored(database, tenant)
     assert [row.event_type for row in rows] == ["test.happened"] * 5 + [REPLAYED_TYPE]
     assert sorted(row.event_id for row in rows[:5]) == sorted(item.event_id for item in first)
     assert json.loads(rows[-1].data)["already_present"] == 2
     assert list(folder.glob("spill-*")) == []
-    assert_valid_log(await export_lines(database, tenant, signer_of), signer_of, 6)
+    assert_valid_log(await export_lines(database, tenant, signer), signer, 6)
 
 
 def test_a_spill_file_being_replayed_by_a_live_process_is_left_alone(tmp_path: Path) -> None:
