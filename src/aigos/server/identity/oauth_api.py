@@ -48,7 +48,7 @@ _form_body = {
         "required": True,
         "content": {FORM: {"schema": {"type": "object", "additionalProperties": {"type": "string"}}}},
     },
-    "responses": oauth_errors(400, 401),
+    "responses": oauth_errors(400, 401, 429),
 }
 
 
