@@ -13,10 +13,10 @@ async def test_health_is_ok(client: AsyncClient) -> None:
     assert response.json() == {"status": "ok"}
 
 
-async def test_ready_checks_database_and_bus(client: AsyncClient) -> None:
+async def test_ready_checks_database_bus_and_event_log(client: AsyncClient) -> None:
     response = await client.get("/health/ready")
     assert response.status_code == 200
-    assert response.json() == {"status": "ready", "checks": {"database": "up", "bus": "up"}}
+    assert response.json() == {"status": "ready", "checks": {"database": "up", "bus": "up", "eventlog": "up"}}
 
 
 async def test_info_names_version_and_backends(client: AsyncClient, backend: str) -> None:
