@@ -86,11 +86,12 @@ PLANS: dict[str, Plan] = {
         tenant_rpm=30_000,
         tenant_rph=1_000_000,
         policy=PolicyLimits(
-            policies=2_000,
-            rules=10_000,
+            # Room for the reference workload of bench/policy.py (1,000 agents with 50 rules each).
+            policies=5_000,
+            rules=50_000,
             rules_per_policy=500,
             document_bytes=512 * _KIB,
-            total_bytes=8192 * _KIB,
+            total_bytes=32_768 * _KIB,
             drafts=50,
             versions_kept=100,
         ),
