@@ -232,6 +232,16 @@ class KillSwitchListener:
             delay = _backoff(delay)
             self._stop.wait(_jitter(delay))
 
+    def _with_fresh_keys(self, check: Callable[[Any], None], item: Any) -> None:
+        """``check(item)``; if it names a key we do not hold (rotated since we loaded them), reload, retry."""
+        try:
+            check(item)
+        except CommandRejected as exc:
+            if exc.code != "UNKNOWN_KEY":
+                raise
+            self._refresh_keys()
+            check(item)
+
     def _refresh_keys(self) -> None:
         response = self.client.transport.request("GET", KEYS)
         if response.status == 200:
@@ -282,13 +292,7 @@ class KillSwitchListener:
         if anchor is None:
             return
         try:
-            try:
-                self.processor.anchor(anchor)
-            except CommandRejected as exc:
-                if exc.code != "UNKNOWN_KEY":
-                    raise
-                self._refresh_keys()
-                self.processor.anchor(anchor)
+            self._with_fresh_keys(self.processor.anchor, anchor)
         except CommandRejected as exc:
             # Commands are still verified one by one; only the floor after a restart is lost.
             log.error("kill switch: stream anchor refused: %s", exc)
@@ -302,13 +306,7 @@ class KillSwitchListener:
             self.processor.last_event_id = event.id
             return
         try:
-            try:
-                self.processor.verify(parsed)
-            except CommandRejected as exc:
-                if exc.code != "UNKNOWN_KEY":
-                    raise
-                self._refresh_keys()  # a key rotated since we loaded them
-                self.processor.verify(parsed)
+            self._with_fresh_keys(self.processor.verify, parsed)
         except CommandRejected as exc:
             self.processor.last_event_id = event.id
             if exc.code in ("REPLAYED", "OUT_OF_ORDER"):
@@ -420,6 +418,16 @@ class AsyncKillSwitchListener:
             delay = _backoff(delay)
             await asyncio.sleep(_jitter(delay))
 
+    async def _with_fresh_keys(self, check: Callable[[Any], None], item: Any) -> None:
+        """``check(item)``; if it names a key we do not hold (rotated since we loaded them), reload, retry."""
+        try:
+            check(item)
+        except CommandRejected as exc:
+            if exc.code != "UNKNOWN_KEY":
+                raise
+            await self._refresh_keys()
+            check(item)
+
     async def _refresh_keys(self) -> None:
         response = await self.client.transport.request("GET", KEYS)
         if response.status == 200:
@@ -463,13 +471,7 @@ class AsyncKillSwitchListener:
         if anchor is None:
             return
         try:
-            try:
-                self.processor.anchor(anchor)
-            except CommandRejected as exc:
-                if exc.code != "UNKNOWN_KEY":
-                    raise
-                await self._refresh_keys()
-                self.processor.anchor(anchor)
+            await self._with_fresh_keys(self.processor.anchor, anchor)
         except CommandRejected as exc:
             log.error("kill switch: stream anchor refused: %s", exc)
 
@@ -481,13 +483,7 @@ class AsyncKillSwitchListener:
             self.processor.last_event_id = event.id
             return
         try:
-            try:
-                self.processor.verify(parsed)
-            except CommandRejected as exc:
-                if exc.code != "UNKNOWN_KEY":
-                    raise
-                await self._refresh_keys()
-                self.processor.verify(parsed)
+            await self._with_fresh_keys(self.processor.verify, parsed)
         except CommandRejected as exc:
             self.processor.last_event_id = event.id
             if exc.code not in ("REPLAYED", "OUT_OF_ORDER"):
