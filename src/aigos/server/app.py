@@ -33,6 +33,7 @@ from aigos.server.in_flight import InFlight
 from aigos.server.killswitch import api as killswitch_api
 from aigos.server.killswitch.hub import create_hub
 from aigos.server.logging import configure_logging
+from aigos.server.middleware.admission import Admission, AdmissionMiddleware
 from aigos.server.middleware.body_limit import BodyLimitMiddleware
 from aigos.server.middleware.request_context import RequestContextMiddleware
 from aigos.server.middleware.security_headers import SecurityHeadersMiddleware
@@ -64,6 +65,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings.log_level, settings.log_format)
     in_flight = InFlight()
+    admission = Admission(
+        limit=settings.max_requests_in_flight,
+        wait_seconds=settings.admission_wait_seconds,
+        deadline_seconds=settings.request_deadline_seconds,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -100,6 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     middleware = [
         Middleware(SecurityHeadersMiddleware, hsts_max_age=settings.hsts_max_age),
         Middleware(RequestContextMiddleware, in_flight=in_flight),
+        Middleware(AdmissionMiddleware, admission=admission),
         Middleware(SingleAuthorizationMiddleware),
     ]
     if settings.cors_origins:
@@ -129,6 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
+    app.state.admission = admission
     install_problem_handlers(app)
     # Routes are matched in order: the hot path (`/v1/policies/check`) first.
     app.include_router(policy_api.router)
@@ -166,6 +174,8 @@ async def start_runtime(settings: Settings, in_flight: InFlight | None = None) -
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
         timeout_seconds=settings.database_timeout_seconds,
+        pool_timeout_seconds=settings.database_pool_timeout_seconds,
+        busy_timeout_seconds=settings.request_deadline_seconds,
         role=APP_ROLE,
     )
     bus = create_bus(settings.redis_url, settings.redis_prefix)

@@ -47,7 +47,10 @@ class Settings(BaseSettings):
     )
     database_pool_size: int = Field(20, ge=1, le=500, description="Connections kept per process.")
     database_max_overflow: int = Field(10, ge=0, le=500, description="Extra connections under bursts.")
-    database_timeout_seconds: float = Field(5.0, gt=0, description="Connect and pool checkout timeout.")
+    database_timeout_seconds: float = Field(5.0, gt=0, description="Connect timeout.")
+    database_pool_timeout_seconds: float = Field(
+        1.0, gt=0, description="Wait for a free pooled connection; then 503 DATABASE_BUSY."
+    )
     redis_url: str | None = Field(
         None, description="Redis URL. Unset: the in-process bus (one process only)."
     )
@@ -74,6 +77,17 @@ class Settings(BaseSettings):
     )
     request_body_timeout_seconds: float = Field(
         30.0, gt=0, description="A request's body must arrive within this after its head; else closed."
+    )
+    request_deadline_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="A request not committed within this of its arrival is stopped: 503 DEADLINE_EXCEEDED.",
+    )
+    max_requests_in_flight: int = Field(
+        32, ge=1, description="Requests one worker handles at once (health and kill switch apart)."
+    )
+    admission_wait_seconds: float = Field(
+        0.25, ge=0, description="How long a request beyond that waits for its turn; then 503 OVERLOADED."
     )
     forwarded_allow_ips: str = Field(
         "",

@@ -14,13 +14,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import Scope
 
-from aigos.server.db.outage import is_outage
+from aigos.server.db.outage import unavailable
 from aigos.server.errors import (
     AigosError,
     MalformedJSON,
     MethodNotAllowed,
     NotFound,
-    ServiceUnavailable,
     ValidationFailed,
 )
 
@@ -149,17 +148,9 @@ async def _handle_http(request: Request, exc: Exception) -> Response:
 async def _handle_database(request: Request, exc: Exception) -> Response:
     # A statement or the commit failed. Nothing of the request is kept (its transaction rolled back), so
     # the answer is an error, never the success the endpoint may already have computed.
-    if is_outage(exc):
+    if (problem := unavailable(exc)) is not None:
         log.warning("database_unavailable", error=repr(exc), path=request.url.path)
-        return error_response(
-            request.scope,
-            ServiceUnavailable(
-                "The database is unavailable; nothing was changed. Retry later.",
-                code="DATABASE_UNAVAILABLE",
-                headers={"Retry-After": "1"},
-                dependency="database",
-            ),
-        )
+        return error_response(request.scope, problem)
     log.error("database_error", exc_info=exc, path=request.url.path)
     return internal_error_response(request.scope)
 

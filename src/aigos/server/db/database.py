@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -16,15 +18,21 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.util import await_only
 
+from aigos.server import deadline
 from aigos.server.config import DatabaseKind
-from aigos.server.errors import ServiceUnavailable
+from aigos.server.db.outage import DatabaseUnavailable, unavailable
 
 TENANT_SETTING = "app.tenant_id"
 PLATFORM_SETTING = "app.platform_scope"
 #: The PostgreSQL role the server acts as: no BYPASSRLS, only the privileges the migrations grant it.
 APP_ROLE = "aigos_app"
-#: How long an embedded (SQLite) writer waits for another's write lock before giving up.
+#: How long an embedded (SQLite) writer waits for another's write lock before giving up, by default (a
+#: command-line tool); the server passes its request deadline: a request waits no longer than it may take.
 SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
+#: How much the storage probe writes next to an embedded database: room for a few transactions' pages.
+STORAGE_PROBE_BYTES = 64 * 1024
+#: How long a write refused for lack of space keeps readiness down (PostgreSQL, whose disk we cannot probe).
+STORAGE_FULL_HOLD_SECONDS = 10.0
 
 
 class Database:
@@ -35,6 +43,10 @@ class Database:
     queries by tenant themselves; the session carries the tenant in ``session.info`` for them.
     ``role`` (PostgreSQL) is set at connection start, so every connection acts as that role even when the
     URL names a superuser.
+
+    ``timeout_seconds`` bounds connecting; ``pool_timeout_seconds`` the wait for a free pooled connection,
+    after which the work is refused as ``DATABASE_BUSY`` rather than queued (kept well under the request
+    deadline). An outage met inside ``session()`` is raised as ``DatabaseUnavailable`` (a 503).
     """
 
     def __init__(
@@ -44,23 +56,32 @@ class Database:
         pool_size: int = 20,
         max_overflow: int = 10,
         timeout_seconds: float = 5.0,
+        pool_timeout_seconds: float | None = None,
+        busy_timeout_seconds: float = SQLITE_BUSY_TIMEOUT_SECONDS,
         role: str | None = None,
         echo: bool = False,
     ) -> None:
         self.url = url
         parsed = make_url(url)
         self.kind: DatabaseKind = "sqlite" if parsed.get_backend_name() == "sqlite" else "postgresql"
+        #: The folder of the embedded database file (None in memory or on PostgreSQL): the storage probe's.
+        self.folder: Path | None = None
+        #: When (monotonic) a write was last refused for lack of space; None once a probe found room again.
+        self.storage_full_at: float | None = None
+        pool_timeout = timeout_seconds if pool_timeout_seconds is None else pool_timeout_seconds
         options: dict[str, Any] = {"echo": echo}
         if self.kind == "sqlite":
             options["pool_pre_ping"] = True
             database = parsed.database or ""
             if database and database != ":memory:":
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
+                self.folder = Path(database).parent
+                self.folder.mkdir(parents=True, exist_ok=True)
+                # A file database has a queue pool (an in-memory one a single connection, no timeout).
+                options["pool_timeout"] = pool_timeout
             # SQLite has one writer at a time: a writer waits for the lock up to the busy timeout (the
-            # driver's ``timeout``) instead of failing at once with "database is locked". Longer than the
-            # pool timeout: a burst of writes queues on the lock, each held only for one short transaction,
-            # and a maintenance writer (retention, an export) may hold it for seconds.
-            options["connect_args"] = {"timeout": max(timeout_seconds, SQLITE_BUSY_TIMEOUT_SECONDS)}
+            # driver's ``timeout``) instead of failing at once with "database is locked"; each holds it for
+            # one short transaction, a maintenance writer (retention, an export) for longer.
+            options["connect_args"] = {"timeout": busy_timeout_seconds}
         else:
             server_settings = {"application_name": "aigos"}
             if role:
@@ -68,7 +89,7 @@ class Database:
             options.update(
                 pool_size=pool_size,
                 max_overflow=max_overflow,
-                pool_timeout=timeout_seconds,
+                pool_timeout=pool_timeout,
                 connect_args={
                     "timeout": timeout_seconds,
                     "command_timeout": 60,
@@ -85,22 +106,23 @@ class Database:
 
     @asynccontextmanager
     async def session(self, tenant_id: uuid.UUID | None = None) -> AsyncIterator[AsyncSession]:
-        """A session inside one transaction: committed on success, rolled back on any exception."""
+        """A session inside one transaction: committed on success, rolled back on any exception.
+
+        An outage (busy, unreachable, out of space) is raised as ``DatabaseUnavailable``; the transaction
+        rolled back, so nothing was written.
+        """
         try:
             async with self.sessions() as session, session.begin():
                 if tenant_id is not None:
                     await set_tenant(session, tenant_id)
                 yield session
-        except exc.OperationalError as error:
-            if self.kind == "sqlite" and "database is locked" in str(error.orig):
-                # The busy timeout ran out: the embedded database is overloaded, the request may succeed
-                # later. Nothing was written (the transaction rolled back).
-                raise ServiceUnavailable(
-                    "The embedded database is busy; retry shortly.",
-                    code="DATABASE_BUSY",
-                    headers={"Retry-After": "1"},
-                ) from error
-            raise
+                # The commit decides the outcome: from here the request's deadline no longer cuts it short.
+                deadline.hold()
+        except Exception as error:
+            problem = self._unavailable(error)
+            if problem is None or problem is error:
+                raise
+            raise problem from error
 
     @asynccontextmanager
     async def driver(self) -> AsyncIterator[Any]:
@@ -111,20 +133,53 @@ class Database:
         """
         async with self.engine.connect() as connection:
             raw = await connection.get_raw_connection()
+            # Each statement sent here may commit on its own: a request is no longer cut short from here.
+            deadline.hold()
             try:
                 yield raw.driver_connection
-            except BaseException:
+            except BaseException as error:
                 # SQLAlchemy never saw the statement fail, so tell it: a closed connection must not go
                 # back to the pool.
                 if raw.driver_connection is None or raw.driver_connection.is_closed():
                     await connection.invalidate()
-                raise
+                problem = self._unavailable(error) if isinstance(error, Exception) else None
+                if problem is None or problem is error:
+                    raise
+                raise problem from error
 
     async def ping(self, within_seconds: float = 2.0) -> None:
         """Raise if the database does not answer ``SELECT 1`` within ``within_seconds``."""
         async with asyncio.timeout(within_seconds):
             async with self.engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
+
+    async def check_storage(self) -> None:
+        """Raise ``DatabaseUnavailable`` (``STORAGE_FULL``) if the database cannot write for lack of space.
+
+        Embedded: a write next to the database file (``STORAGE_PROBE_BYTES``, flushed to disk), whose
+        success also clears an earlier refusal. PostgreSQL, whose disk is not ours to probe: the outcome of
+        the last writes, a refusal for lack of space counting for ``STORAGE_FULL_HOLD_SECONDS``.
+        """
+        if self.folder is not None:
+            try:
+                await asyncio.to_thread(_probe_write, self.folder / ".aigos-storage-probe")
+            except OSError as error:
+                if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                self.storage_full_at = time.monotonic()
+                raise DatabaseUnavailable("STORAGE_FULL") from error
+            self.storage_full_at = None
+            return
+        full_at = self.storage_full_at
+        if full_at is not None and time.monotonic() - full_at < STORAGE_FULL_HOLD_SECONDS:
+            raise DatabaseUnavailable("STORAGE_FULL")
+
+    def _unavailable(self, error: Exception) -> DatabaseUnavailable | None:
+        """``unavailable(error)``, noting a write refused for lack of space (see ``check_storage``)."""
+        problem = unavailable(error)
+        if problem is not None and problem.instance_code == "STORAGE_FULL":
+            self.storage_full_at = time.monotonic()
+        return problem
 
     async def dispose(self) -> None:
         """Close every pooled connection."""
@@ -163,6 +218,18 @@ def _ping_postgres(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: P
         await_only(dbapi_connection.driver_connection.fetchrow(";"))
     except Exception as error:
         raise exc.DisconnectionError(str(error)) from error
+
+
+def _probe_write(path: Path) -> None:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        left = memoryview(bytes(STORAGE_PROBE_BYTES))
+        while left:
+            left = left[os.write(descriptor, left) :]
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+        path.unlink(missing_ok=True)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
