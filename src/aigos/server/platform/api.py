@@ -11,10 +11,12 @@ from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 
 from aigos import __version__
+from aigos.server.db.outage import DatabaseUnavailable
 from aigos.server.deps import RuntimeDep
 from aigos.server.errors import ServiceUnavailable
 from aigos.server.platform.schemas import Backends, Info, Liveness, Readiness
 from aigos.server.routing import ValidatedRoute
+from aigos.server.runtime import Runtime
 
 router = APIRouter(tags=["platform"], route_class=ValidatedRoute)
 log = structlog.get_logger("aigos.health")
@@ -33,30 +35,42 @@ async def health() -> Liveness:
     responses={503: {"description": "A dependency is down; the problem body names it."}},
 )
 async def ready(runtime: RuntimeDep) -> Readiness:
-    """Checks the database and the bus (Redis) within a short timeout each, and that the event log's
-    batch writer is making progress (``eventlog``: ``stalled`` after a few seconds without an append)."""
+    """Checks the database and the bus (Redis) within a short timeout each, that the database can write
+    (``database``: ``full`` when its storage is), and that the event log's batch writer is making
+    progress (``eventlog``: ``stalled`` after a few seconds without an append)."""
     timeout = runtime.settings.ready_timeout_seconds
     probes: dict[str, Awaitable[Any]] = {
-        "database": runtime.database.ping(timeout),
+        "database": _database(runtime, timeout),
         "bus": asyncio.wait_for(runtime.bus.ping(), timeout),
     }
     results = await asyncio.gather(*probes.values(), return_exceptions=True)
     checks: dict[str, Any] = {}
     for name, result in zip(probes, results, strict=True):
-        checks[name] = "down" if isinstance(result, BaseException) else "up"
+        checks[name] = "up"
         if isinstance(result, BaseException):
+            full = isinstance(result, DatabaseUnavailable) and result.instance_code == "STORAGE_FULL"
+            checks[name] = "full" if full else "down"
             log.warning("dependency_down", dependency=name, error=repr(result))
-    down = [name for name, state in checks.items() if state == "down"]
+    down = [name for name, state in checks.items() if state != "up"]
     stuck = runtime.events.problem()
     checks["eventlog"] = "stalled" if stuck else "up"
     if down or stuck:
         kinds = {"database": runtime.database.kind, "bus": runtime.bus.kind}
-        reasons = [f"{name} ({kinds[name]}) unreachable" for name in down]
+        reasons = [
+            f"{name} ({kinds[name]}) {'storage full' if checks[name] == 'full' else 'unreachable'}"
+            for name in down
+        ]
         if stuck:
             log.warning("eventlog_stalled", problem=stuck)
             reasons.append(stuck)
         raise ServiceUnavailable(f"Not ready: {'; '.join(reasons)}.", code="NOT_READY", checks=checks)
     return Readiness(checks=checks)
+
+
+async def _database(runtime: Runtime, timeout: float) -> None:
+    # Answering is not enough: a database on a full disk answers reads while refusing every write.
+    await runtime.database.ping(timeout)
+    await asyncio.wait_for(runtime.database.check_storage(), timeout)
 
 
 @router.get("/v1/info", response_model=Info, summary="Server information")
