@@ -33,6 +33,11 @@ class Tally:
     outcomes: Counter[str] = field(default_factory=Counter)
     #: Ids of the agents answered 201.
     created: list[str] = field(default_factory=list)
+    #: Names of the agents answered 201; of those refused (a 503 that changed nothing, ...); of those whose
+    #: outcome the client cannot know (503 ``OUTCOME_UNKNOWN``, no answer).
+    acknowledged: set[str] = field(default_factory=set)
+    refused: set[str] = field(default_factory=set)
+    unknown: set[str] = field(default_factory=set)
     #: 503 answers without ``Retry-After``.
     without_retry_after: int = 0
 
@@ -50,14 +55,16 @@ class Tally:
         """Requests that got no answer at all: a connection closed, or the client's timeout."""
         return self.count("transport") + self.count("timeout")
 
-    def note(self, response: httpx.Response) -> None:
-        """Count one answer."""
+    def note(self, name: str, response: httpx.Response) -> None:
+        """Count the answer to registering ``name``."""
         if response.status_code == 201:
             self.created.append(response.json()["id"])
+            self.acknowledged.add(name)
             self.outcomes["201"] += 1
             return
         problem = response.headers.get("content-type", "").endswith("json")
         code = response.json().get("code") if problem else None
+        (self.unknown if code == "OUTCOME_UNKNOWN" else self.refused).add(name)
         self.outcomes[f"{response.status_code} {code}"] += 1
         if response.status_code == 503 and "Retry-After" not in response.headers:
             self.without_retry_after += 1
@@ -102,16 +109,17 @@ async def register_agents(
         async with httpx.AsyncClient(base_url=base_url, timeout=client_timeout, trust_env=False) as client:
             while left > 0:
                 left -= 1
+                name = f"load-{number}-{left}"
                 try:
-                    response = await client.post(
-                        "/v1/agents", json={"name": f"load-{number}-{left}"}, headers=headers
-                    )
+                    response = await client.post("/v1/agents", json={"name": name}, headers=headers)
                 except httpx.TimeoutException:
                     tally.outcomes["timeout"] += 1
+                    tally.unknown.add(name)
                 except httpx.TransportError as error:
                     tally.outcomes[f"transport {type(error).__name__}"] += 1
+                    tally.unknown.add(name)
                 else:
-                    tally.note(response)
+                    tally.note(name, response)
 
     await asyncio.gather(*(client_loop(number) for number in range(clients)))
     return tally
@@ -126,3 +134,18 @@ async def missing_agents(base_url: str, headers: dict[str, str], ids: list[str])
             if response.status_code != 200:
                 missing.append(agent_id)
     return missing
+
+
+async def agent_names(base_url: str, headers: dict[str, str]) -> set[str]:
+    """The names of every agent of the tenant ``headers`` authenticates."""
+    names: set[str] = set()
+    async with httpx.AsyncClient(base_url=base_url, timeout=30, trust_env=False) as client:
+        page = 1
+        while True:
+            response = await client.get("/v1/agents", params={"page": page, "limit": 100}, headers=headers)
+            response.raise_for_status()
+            agents = response.json()["agents"]
+            names.update(agent["name"] for agent in agents)
+            if len(agents) < 100:
+                return names
+            page += 1

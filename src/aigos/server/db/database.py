@@ -33,6 +33,11 @@ SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
 STORAGE_PROBE_BYTES = 64 * 1024
 #: How long a write refused for lack of space keeps readiness down (PostgreSQL, whose disk we cannot probe).
 STORAGE_FULL_HOLD_SECONDS = 10.0
+#: How much sooner than the request's deadline PostgreSQL stops a statement itself: its error comes back
+#: on a connection still fit for use, where cutting the statement off here costs the connection.
+STATEMENT_MARGIN_SECONDS = 0.25
+#: Session key: how long a request's statements may wait for a lock (``lock_timeout``), in seconds.
+LOCK_WAIT = "lock_wait_seconds"
 
 
 class Database:
@@ -45,8 +50,9 @@ class Database:
     URL names a superuser.
 
     ``timeout_seconds`` bounds connecting; ``pool_timeout_seconds`` the wait for a free pooled connection,
-    after which the work is refused as ``DATABASE_BUSY`` rather than queued (kept well under the request
-    deadline). An outage met inside ``session()`` is raised as ``DatabaseUnavailable`` (a 503).
+    and on PostgreSQL a request's wait for a lock, after which the work is refused as ``DATABASE_BUSY``
+    rather than queued (kept well under the request deadline). An outage met inside ``session()`` is
+    raised as ``DatabaseUnavailable`` (a 503).
     """
 
     def __init__(
@@ -69,6 +75,7 @@ class Database:
         #: When (monotonic) a write was last refused for lack of space; None once a probe found room again.
         self.storage_full_at: float | None = None
         pool_timeout = timeout_seconds if pool_timeout_seconds is None else pool_timeout_seconds
+        self.lock_wait_seconds = pool_timeout
         options: dict[str, Any] = {"echo": echo}
         if self.kind == "sqlite":
             options["pool_pre_ping"] = True
@@ -109,17 +116,21 @@ class Database:
         """A session inside one transaction: committed on success, rolled back on any exception.
 
         An outage (busy, unreachable, out of space) is raised as ``DatabaseUnavailable``; the transaction
-        rolled back, so nothing was written.
+        rolled back, so nothing was written, unless PostgreSQL was lost during the commit itself
+        (``OUTCOME_UNKNOWN``). The request's deadline gives a commit that starts time to finish.
         """
+        committing = False
         try:
             async with self.sessions() as session, session.begin():
+                session.info[LOCK_WAIT] = self.lock_wait_seconds
                 if tenant_id is not None:
                     await set_tenant(session, tenant_id)
                 yield session
-                # The commit decides the outcome: from here the request's deadline no longer cuts it short.
-                deadline.hold()
+                committing = True
+                deadline.commit_starts()
+            deadline.settled()
         except Exception as error:
-            problem = self._unavailable(error)
+            problem = self._unavailable(error, committing=committing)
             if problem is None or problem is error:
                 raise
             raise problem from error
@@ -133,8 +144,8 @@ class Database:
         """
         async with self.engine.connect() as connection:
             raw = await connection.get_raw_connection()
-            # Each statement sent here may commit on its own: a request is no longer cut short from here.
-            deadline.hold()
+            # Each statement sent here may commit on its own.
+            deadline.commit_starts()
             try:
                 yield raw.driver_connection
             except BaseException as error:
@@ -142,10 +153,11 @@ class Database:
                 # back to the pool.
                 if raw.driver_connection is None or raw.driver_connection.is_closed():
                     await connection.invalidate()
-                problem = self._unavailable(error) if isinstance(error, Exception) else None
-                if problem is None or problem is error:
+                outage = self._unavailable(error, committing=True) if isinstance(error, Exception) else None
+                if outage is None or outage is error:
                     raise
-                raise problem from error
+                raise outage from error
+            deadline.settled()
 
     async def ping(self, within_seconds: float = 2.0) -> None:
         """Raise if the database does not answer ``SELECT 1`` within ``within_seconds``."""
@@ -174,11 +186,20 @@ class Database:
         if full_at is not None and time.monotonic() - full_at < STORAGE_FULL_HOLD_SECONDS:
             raise DatabaseUnavailable("STORAGE_FULL")
 
-    def _unavailable(self, error: Exception) -> DatabaseUnavailable | None:
-        """``unavailable(error)``, noting a write refused for lack of space (see ``check_storage``)."""
+    def _unavailable(self, error: Exception, *, committing: bool) -> DatabaseUnavailable | None:
+        """``unavailable(error)``, noting a write refused for lack of space (see ``check_storage``).
+
+        PostgreSQL lost during a commit (``committing``) may have committed: ``OUTCOME_UNKNOWN``. (A
+        commit it refused is an answer, and SQLite's commit is all or nothing in this process.)
+        """
         problem = unavailable(error)
-        if problem is not None and problem.instance_code == "STORAGE_FULL":
+        if problem is None:
+            return None
+        code = problem.instance_code
+        if code == "STORAGE_FULL":
             self.storage_full_at = time.monotonic()
+        if committing and self.kind == "postgresql" and code == "DATABASE_UNAVAILABLE":
+            return DatabaseUnavailable("OUTCOME_UNKNOWN")
         return problem
 
     async def dispose(self) -> None:
@@ -187,14 +208,38 @@ class Database:
 
 
 async def set_tenant(session: AsyncSession, tenant_id: uuid.UUID) -> None:
-    """Bind the session's current transaction to one tenant (``SET LOCAL app.tenant_id`` on PostgreSQL)."""
+    """Bind the session's current transaction to one tenant (``SET LOCAL app.tenant_id`` on PostgreSQL).
+
+    Inside a request it also bounds the transaction's statements by the request's deadline
+    (``statement_timeout``) and its lock waits (``lock_timeout``), in the same round trip: PostgreSQL then
+    refuses what the request could not finish in time, and the connection stays fit for the next one.
+    """
     session.info["tenant_id"] = tenant_id
-    if session.bind is not None and session.bind.dialect.name == "postgresql":
-        # set_config(..., true) is SET LOCAL with a bind parameter: it ends with the transaction.
+    if session.bind is None or session.bind.dialect.name != "postgresql":
+        return
+    # set_config(..., true) is SET LOCAL with a bind parameter: it ends with the transaction.
+    left = deadline.remaining()
+    if left is None:
         await session.execute(_SET_TENANT, {"name": TENANT_SETTING, "value": str(tenant_id)})
+        return
+    statement = max(left - STATEMENT_MARGIN_SECONDS, 0.05)
+    lock = min(statement, session.info.get(LOCK_WAIT, statement))
+    await session.execute(
+        _SET_TENANT_WITHIN,
+        {
+            "name": TENANT_SETTING,
+            "value": str(tenant_id),
+            "statement": f"{round(statement * 1000)}ms",
+            "lock": f"{round(lock * 1000)}ms",
+        },
+    )
 
 
 _SET_TENANT = text("SELECT set_config(:name, :value, true)")
+_SET_TENANT_WITHIN = text(
+    "SELECT set_config(:name, :value, true), set_config('statement_timeout', :statement, true), "
+    "set_config('lock_timeout', :lock, true)"
+)
 
 
 #: A connection given back this recently is handed out again without a probe (HikariCP's "alive bypass

@@ -4,7 +4,11 @@ An outage answers 503 with a stable code and ``Retry-After``; the same work may 
 
 - ``DATABASE_BUSY``: no connection came free in time, or SQLite's write lock stayed taken;
 - ``STORAGE_FULL``: the disk the database writes to is full;
-- ``DATABASE_UNAVAILABLE``: the database cannot be reached (refused, lost, shutting down).
+- ``DATABASE_UNAVAILABLE``: the database cannot be reached (refused, lost, shutting down);
+- ``OUTCOME_UNKNOWN``: the connection was lost while a commit was under way: the change may have been
+  made. The client reads to find out before retrying.
+
+Each of the others means nothing was changed.
 """
 
 from __future__ import annotations
@@ -20,16 +24,23 @@ _SQLITE_UNAVAILABLE = ("database or disk is full", "disk i/o error", "database i
 _SQLITE_FULL = "database or disk is full"
 _SQLITE_BUSY = "database is locked"
 #: How soon to come back, by code: a full disk is not freed within a second.
-RETRY_AFTER = {"DATABASE_BUSY": "1", "DATABASE_UNAVAILABLE": "1", "STORAGE_FULL": "10"}
+RETRY_AFTER = {
+    "DATABASE_BUSY": "1",
+    "DATABASE_UNAVAILABLE": "1",
+    "STORAGE_FULL": "10",
+    "OUTCOME_UNKNOWN": "1",
+}
 _DETAIL = {
     "DATABASE_BUSY": "The database is busy; nothing was changed. Retry shortly.",
     "DATABASE_UNAVAILABLE": "The database is unavailable; nothing was changed. Retry later.",
     "STORAGE_FULL": "The database's storage is full; nothing was changed. Retry once space is freed.",
+    "OUTCOME_UNKNOWN": "The database was lost while the change was being committed: it may or may not "
+    "have been made. Read it back before retrying.",
 }
 
 
 class DatabaseUnavailable(ServiceUnavailable):
-    """503: the database cannot take the work now (busy, unreachable or out of space); nothing was changed.
+    """503: the database cannot take the work now (busy, unreachable, out of space, lost mid-commit).
 
     Raised in place of the driver's error, which stays its ``__cause__``; ``is_outage`` is true for it, so
     background writers keep what they could not write for their next attempt instead of setting it aside.

@@ -12,8 +12,8 @@ worker can serve, all of them slow down together, and clients time out with an u
 - **Deadline.** A request must be answered within ``AIGOS_REQUEST_DEADLINE_SECONDS`` of its arrival.
   When the deadline passes before the request commits anything, its work is stopped (the transaction
   rolls back) and it is answered 503 ``DEADLINE_EXCEEDED``: nothing was changed, it is safe to retry. A
-  commit under way is never cut short (see ``aigos.server.deadline``), and a response that has started
-  (a stream) runs as long as it likes.
+  commit that starts gets a short grace, and is answered ``OUTCOME_UNKNOWN`` only if it outlasts that
+  too (see ``aigos.server.deadline``); a response that has started (a stream) runs as long as it likes.
 - **Outages.** A database error that escaped the route's handlers is answered as the 503 it is
   (``DATABASE_UNAVAILABLE``, ``DATABASE_BUSY``, ``STORAGE_FULL``), never as a 500.
 """
@@ -27,7 +27,7 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aigos.server import deadline
-from aigos.server.db.outage import unavailable
+from aigos.server.db.outage import DatabaseUnavailable, unavailable
 from aigos.server.errors import ServiceUnavailable
 from aigos.server.problems import error_response
 
@@ -138,7 +138,7 @@ class AdmissionMiddleware:
             return
         started = False
         inside = True
-        timeout: asyncio.Timeout | None = None
+        limit: deadline.Deadline | None = None
 
         def leave() -> None:
             nonlocal inside
@@ -151,8 +151,8 @@ class AdmissionMiddleware:
             if message["type"] == "http.response.start" and not started:
                 started = True
                 # The answer is being sent: neither cut short nor counted any longer (a stream may last).
-                if timeout is not None and not timeout.expired():
-                    timeout.reschedule(None)
+                if limit is not None:
+                    limit.settle()
                 leave()
             await send(message)
 
@@ -161,14 +161,21 @@ class AdmissionMiddleware:
                 await self.app(scope, receive, send_started)
                 return
             left = admission.deadline_seconds - (loop.time() - arrived)
-            async with deadline.within(left) as timeout:
+            async with deadline.within(left) as limit:
                 await self.app(scope, receive, send_started)
         except TimeoutError:
-            if started or timeout is None or not timeout.expired():
+            if started or limit is None or not limit.expired():
                 raise
             leave()
-            log.warning("deadline_exceeded", method=scope["method"], path=scope["path"])
-            await self._refuse(scope, receive, send, _deadline_exceeded(admission.deadline_seconds))
+            log.warning(
+                "deadline_exceeded", method=scope["method"], path=scope["path"], committing=limit.committing
+            )
+            refusal = (
+                DatabaseUnavailable("OUTCOME_UNKNOWN")
+                if limit.committing
+                else _deadline_exceeded(admission.deadline_seconds)
+            )
+            await self._refuse(scope, receive, send, refusal)
         except Exception as error:
             problem = None if started else unavailable(error)
             if problem is None:

@@ -67,10 +67,10 @@ async def ready(runtime: RuntimeDep) -> Readiness:
     return Readiness(checks=checks)
 
 
-async def _database(runtime: Runtime, timeout: float) -> None:
+async def _database(runtime: Runtime, within_seconds: float) -> None:
     # Answering is not enough: a database on a full disk answers reads while refusing every write.
-    await runtime.database.ping(timeout)
-    await asyncio.wait_for(runtime.database.check_storage(), timeout)
+    await runtime.database.ping(within_seconds)
+    await asyncio.wait_for(runtime.database.check_storage(), within_seconds)
 
 
 @router.get("/v1/info", response_model=Info, summary="Server information")
