@@ -211,10 +211,15 @@ async def test_writes_wait_for_another_writer_on_sqlite(
     tmp_path: Path, admin_headers: dict[str, str]
 ) -> None:
     """Concurrent writes through the API while another process (a backup, the retention CLI) holds the
-    embedded database's write lock for a few seconds: every write waits its turn, none fails."""
+    embedded database's write lock for a few seconds, within the requests' deadline and pool wait: every
+    write waits its turn, none fails. (Past them they are answered 503: see ``tests/test_overload.py``.)"""
     # Rate limits high enough that only the database could refuse a write.
     settings = embedded_settings(
-        tmp_path / "data", default_rate_limit_rpm=10_000, default_rate_limit_rph=10_000
+        tmp_path / "data",
+        default_rate_limit_rpm=10_000,
+        default_rate_limit_rph=10_000,
+        request_deadline_seconds=12.0,
+        database_pool_timeout_seconds=12.0,
     )
     app = create_app(settings)
     async with (

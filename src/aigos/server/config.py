@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     database_max_overflow: int = Field(10, ge=0, le=500, description="Extra connections under bursts.")
     database_timeout_seconds: float = Field(5.0, gt=0, description="Connect timeout.")
     database_pool_timeout_seconds: float = Field(
-        1.0, gt=0, description="Wait for a free pooled connection; then 503 DATABASE_BUSY."
+        1.0, gt=0, description="Wait for a pooled connection (PostgreSQL: a lock too); then DATABASE_BUSY."
     )
     redis_url: str | None = Field(
         None, description="Redis URL. Unset: the in-process bus (one process only)."

@@ -7,8 +7,8 @@ worker can serve, all of them slow down together, and clients time out with an u
   the start of the response). One more waits up to ``AIGOS_ADMISSION_WAIT_SECONDS`` for its turn, in
   arrival order, behind at most as many others; otherwise it is answered 503 ``OVERLOADED`` with
   ``Retry-After`` straight away. Health checks (``/health``, ``/health/*``) are never held back, and the
-  kill switch (trigger, stream, acknowledgement) has a lane of its own, so an operator can stop an agent
-  while the worker sheds everything else.
+  kill switch (trigger, stream, acknowledgement) has a lane of its own, as wide, so an operator can stop
+  an agent while the worker sheds everything else.
 - **Deadline.** A request must be answered within ``AIGOS_REQUEST_DEADLINE_SECONDS`` of its arrival.
   When the deadline passes before the request commits anything, its work is stopped (the transaction
   rolls back) and it is answered 503 ``DEADLINE_EXCEEDED``: nothing was changed, it is safe to retry. A
@@ -33,12 +33,11 @@ from aigos.server.problems import error_response
 
 log = structlog.get_logger("aigos.admission")
 
-#: Requests answered whatever the load: a load balancer's probes must see the worker as it is.
-UNMETERED_PREFIX = "/health"
+#: Requests answered whatever the load: a load balancer's probes and the scrape must see the worker as it is.
+UNMETERED_PREFIXES = ("/health", "/metrics")
 #: The kill switch's own lane: (method, path) pairs and the acknowledgement's path shape.
 KILLSWITCH_ROUTES = {("POST", "/v1/kill-switch/trigger"), ("GET", "/v1/kill-switch/stream")}
 KILLSWITCH_COMMANDS = "/v1/kill-switch/commands/"
-KILLSWITCH_LANE_SIZE = 16
 #: Routes that by nature take longer than a request deadline (verifying a whole log); still admitted.
 NO_DEADLINE_ROUTES = {("POST", "/v1/audit/verify")}
 
@@ -96,16 +95,17 @@ class Admission:
 
     def __init__(self, *, limit: int, wait_seconds: float, deadline_seconds: float) -> None:
         self.general = Lane("general", limit)
-        self.killswitch = Lane("killswitch", KILLSWITCH_LANE_SIZE)
+        # As wide as the general lane, and apart from it: a reconnecting fleet of agents streams again soon.
+        self.killswitch = Lane("killswitch", limit)
         self.wait_seconds = min(wait_seconds, deadline_seconds)
         self.deadline_seconds = deadline_seconds
         #: Requests answered 503 here, by code (``OVERLOADED``, ``DEADLINE_EXCEEDED``, outages).
         self.refused: Counter[str] = Counter()
 
     def lane_of(self, scope: Scope) -> Lane | None:
-        """The lane a request waits in; None for requests never held back (health checks)."""
+        """The lane a request waits in; None for requests never held back (health checks, metrics)."""
         path: str = scope["path"]
-        if path.startswith(UNMETERED_PREFIX):
+        if path.startswith(UNMETERED_PREFIXES):
             return None
         method: str = scope["method"]
         if (method, path) in KILLSWITCH_ROUTES or (
@@ -163,25 +163,23 @@ class AdmissionMiddleware:
             left = admission.deadline_seconds - (loop.time() - arrived)
             async with deadline.within(left) as limit:
                 await self.app(scope, receive, send_started)
-        except TimeoutError:
-            if started or limit is None or not limit.expired():
-                raise
-            leave()
-            log.warning(
-                "deadline_exceeded", method=scope["method"], path=scope["path"], committing=limit.committing
-            )
-            refusal = (
-                DatabaseUnavailable("OUTCOME_UNKNOWN")
-                if limit.committing
-                else _deadline_exceeded(admission.deadline_seconds)
-            )
-            await self._refuse(scope, receive, send, refusal)
         except Exception as error:
-            problem = None if started else unavailable(error)
-            if problem is None:
+            if started:
                 raise
+            problem: ServiceUnavailable | None
+            if isinstance(error, TimeoutError) and limit is not None and limit.expired():
+                log.warning("deadline_exceeded", path=scope["path"], committing=limit.committing)
+                problem = (
+                    DatabaseUnavailable("OUTCOME_UNKNOWN")
+                    if limit.committing
+                    else _deadline_exceeded(admission.deadline_seconds)
+                )
+            else:
+                problem = unavailable(error)
+                if problem is None:
+                    raise
+                log.warning("database_unavailable", error=repr(error), path=scope["path"])
             leave()
-            log.warning("database_unavailable", error=repr(error), path=scope["path"])
             await self._refuse(scope, receive, send, problem)
         finally:
             leave()

@@ -7,13 +7,14 @@ from collections.abc import Awaitable
 from typing import Any
 
 import structlog
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
 from aigos import __version__
 from aigos.server.db.outage import DatabaseUnavailable
 from aigos.server.deps import RuntimeDep
 from aigos.server.errors import ServiceUnavailable
+from aigos.server.middleware.admission import Admission
 from aigos.server.platform.schemas import Backends, Info, Liveness, Readiness
 from aigos.server.routing import ValidatedRoute
 from aigos.server.runtime import Runtime
@@ -91,7 +92,7 @@ async def info(runtime: RuntimeDep) -> Info:
     response_class=PlainTextResponse,
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format"}},
 )
-async def metrics(runtime: RuntimeDep) -> PlainTextResponse:
+async def metrics(request: Request, runtime: RuntimeDep) -> PlainTextResponse:
     """This process's counters and gauges in the Prometheus text format (scrape every replica)."""
     events = runtime.events
     samples = [
@@ -143,4 +144,21 @@ async def metrics(runtime: RuntimeDep) -> PlainTextResponse:
     lines: list[str] = []
     for name, kind, help_text, value in samples:
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+    lines += _admission_lines(request.app.state.admission)
     return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+
+def _admission_lines(admission: Admission) -> list[str]:
+    # Shedding is the server working as designed under overload: visible here, never silent.
+    refused = sorted(admission.refused.items())
+    lines = [
+        "# HELP aigos_requests_refused_total Requests answered 503 by admission (shed, past their deadline, "
+        "an outage), by code.",
+        "# TYPE aigos_requests_refused_total counter",
+        *(f'aigos_requests_refused_total{{code="{code}"}} {n}' for code, n in refused),
+        "# HELP aigos_requests_in_flight Requests being handled, by admission lane.",
+        "# TYPE aigos_requests_in_flight gauge",
+    ]
+    for lane in (admission.general, admission.killswitch):
+        lines.append(f'aigos_requests_in_flight{{lane="{lane.name}"}} {lane.active}')
+    return lines
