@@ -7,8 +7,9 @@
 
 The floor of each is the same server and request mix at 8 clients. Each client keeps one request in flight
 on its own keep-alive connection, cycling through a mix over 4 tenants: register an agent (a write), read
-an agent, a policy check (the hot path), read again. A separate connection probes ``GET /health`` (liveness)
-every 50 ms meanwhile. Every phase is repeated (``--repeat``), floor and load alternating.
+an agent, a policy check (the hot path), read again; a client refused with 503 honours its ``Retry-After``
+(1 s) before its next request. A separate connection probes ``GET /health`` (liveness) every 50 ms
+meanwhile. Every phase is repeated (``--repeat``), floor and load alternating.
 
 Printed per phase: answers (2xx, 503, other, unanswered: connection closed or no answer within 30 s),
 latency of the admitted (2xx) requests p50/p99/max, the slowest answer of any kind, 2xx per second, and
@@ -19,13 +20,19 @@ Run: ``.venv/bin/python bench/overload.py [--scenario slow-db|saturated|all] [--
 database is created and dropped, and the Redis keys deleted, each scenario.
 """
 
+# ruff: noqa: E402 - the bench directory must leave sys.path before anything imports the stdlib's ``http``.
+
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-if __name__ == "__main__":  # run as a script: ``bench`` and ``tests`` are imported from the repo root
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Run as a script, this file's directory is sys.path[0], where ``bench/http.py`` would shadow the standard
+# library's ``http``; ``bench`` and ``tests`` are imported from the repo root instead.
+_BENCH_DIR = Path(__file__).resolve().parent
+if __name__ == "__main__":
+    sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _BENCH_DIR]
+    sys.path.insert(0, str(_BENCH_DIR.parent))
 
 import argparse
 import asyncio
@@ -48,6 +55,8 @@ from bench._load import ProtocolError, build_request, load_runner, percentile, r
 from bench._server import HOST, aigos_server, postgres_environment
 
 TENANTS = 4
+CAPABILITIES = {"tools": ["web_*"], "domains": ["*.example.com"]}
+CHECK_BODY = b'{"action":"web_search","resource":"docs.example.com"}'
 FLOOR_CLIENTS = 8
 SLOW_DB_CLIENTS = 32
 SATURATED_CLIENTS = 64
@@ -55,6 +64,8 @@ SLOW_DB_DELAY_SECONDS = 0.2
 #: A request unanswered this long counts as unanswered (the outside run's clients gave up after 15 s).
 CLIENT_TIMEOUT_SECONDS = 30.0
 HEALTH_EVERY_SECONDS = 0.05
+#: What a client refused with 503 waits before its next request (the ``Retry-After`` the server sends).
+RETRY_AFTER_SECONDS = 1.0
 HEALTH_REQUEST = build_request("GET", "/health")
 
 
@@ -125,7 +136,7 @@ def prepare(base_url: str, admin_token: str) -> list[list[bytes]]:
             key = {"Authorization": f"Bearer {signup.json()['api_key']['key']}"}
             agent = client.post(
                 "/v1/agents/register",
-                json={"name": "reader", "capabilities": {"tools": ["*"], "resources": ["*"]}},
+                json={"name": "reader", "capabilities": CAPABILITIES},
                 headers=key,
             )
             agent.raise_for_status()
@@ -134,9 +145,7 @@ def prepare(base_url: str, admin_token: str) -> list[list[bytes]]:
             token = {"Authorization": f"Bearer {body['identity_token']}", "Content-Type": "application/json"}
             write = build_request("POST", "/v1/agents", headers=json_key, body=b'{"name":"load"}')
             read = build_request("GET", f"/v1/agents/{body['agent_id']}", headers=key)
-            check = build_request(
-                "POST", "/v1/policies/check", headers=token, body=b'{"action":"read","resource":"doc"}'
-            )
+            check = build_request("POST", "/v1/policies/check", headers=token, body=CHECK_BODY)
             mixes.append([write, read, check, read])
     return mixes
 
@@ -173,8 +182,12 @@ async def run_phase(
                 if 200 <= status < 300:
                     statuses["ok"] += 1
                     admitted.append(took)
+                elif status == 503:
+                    statuses["shed"] += 1
+                    # A well-behaved client: every 503 here says Retry-After: 1.
+                    await asyncio.sleep(RETRY_AFTER_SECONDS)
                 else:
-                    statuses["shed" if status == 503 else "other"] += 1
+                    statuses["other"] += 1
         finally:
             writer.close()
 

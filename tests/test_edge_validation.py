@@ -211,8 +211,8 @@ async def test_writes_wait_for_another_writer_on_sqlite(
     tmp_path: Path, admin_headers: dict[str, str]
 ) -> None:
     """Concurrent writes through the API while another process (a backup, the retention CLI) holds the
-    embedded database's write lock for a few seconds, within the requests' deadline and pool wait: every
-    write waits its turn, none fails. (Past them they are answered 503: see ``tests/test_overload.py``.)"""
+    embedded database's write lock for a few seconds, within the requests' deadline, pool wait and lane:
+    every write waits its turn, none fails. (Past them they are answered 503: see ``test_overload.py``.)"""
     # Rate limits high enough that only the database could refuse a write.
     settings = embedded_settings(
         tmp_path / "data",
@@ -220,6 +220,7 @@ async def test_writes_wait_for_another_writer_on_sqlite(
         default_rate_limit_rph=10_000,
         request_deadline_seconds=12.0,
         database_pool_timeout_seconds=12.0,
+        max_requests_in_flight=32,
     )
     app = create_app(settings)
     async with (

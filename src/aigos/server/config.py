@@ -84,7 +84,7 @@ class Settings(BaseSettings):
         description="A request not committed within this of its arrival is stopped: 503 DEADLINE_EXCEEDED.",
     )
     max_requests_in_flight: int = Field(
-        32, ge=1, description="Requests one worker handles at once (health and kill switch apart)."
+        16, ge=1, description="Requests one worker handles at once (health and kill switch apart)."
     )
     admission_wait_seconds: float = Field(
         0.25, ge=0, description="How long a request beyond that waits for its turn; then 503 OVERLOADED."
