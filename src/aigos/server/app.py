@@ -128,6 +128,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         middleware=middleware,
         docs_url=None,
         redoc_url=None,
+        # FastAPI's own OpenTelemetry hooks ask the global providers on every request even when nothing is
+        # configured (several µs on the check path); AIGOS's telemetry is wired by AIGOS.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_problem_handlers(app)
     # Routes are matched in order: the hot path (`/v1/policies/check`) first.
