@@ -9,9 +9,9 @@ on one process gets that process's part. The local buckets start full, so an out
 extra burst per process. Checks of what agents do (policy rate limits, budgets) do not come here: they
 fail closed.
 
-After a failure the shared limiter is left alone for ``retry_seconds``: an outage costs each process one
-failed attempt per interval rather than one per request (a Redis that times out instead of refusing would
-otherwise add its timeout to every request).
+After a failure the shared limiter is left alone for ``retry_seconds``, then tried by one request at a
+time until it answers: an outage costs each process one failed attempt per interval rather than one per
+request (a Redis that times out instead of refusing would otherwise add its timeout to every request).
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ class FallbackRateLimiter(RateLimiter):
         #: ``time.monotonic`` before which the shared limiter is not tried again.
         self._shared_after = 0.0
         self._degraded = False
+        #: Whether a request is finding out if the shared limiter is back (others stay local meanwhile).
+        self._probing = False
         #: Hits answered by the local buckets since the process started.
         self.local_hits_total = 0
 
@@ -58,7 +60,9 @@ class FallbackRateLimiter(RateLimiter):
     async def hit(self, key: str, limit: int, period_seconds: float, cost: int = 1) -> RateLimitResult:
         """Account one request against ``key`` (see ``RateLimiter.hit``), locally while the bus is down."""
         gcra.check_args(limit, period_seconds, cost)
-        if time.monotonic() >= self._shared_after:
+        if not self._degraded or (not self._probing and time.monotonic() >= self._shared_after):
+            probe = self._degraded
+            self._probing = self._probing or probe
             try:
                 result = await self.shared.hit(key, limit, period_seconds, cost)
             except BusUnavailable as exc:
@@ -71,6 +75,9 @@ class FallbackRateLimiter(RateLimiter):
                     self._degraded = False
                     log.warning("rate_limits_shared_again", local_hits=self.local_hits_total)
                 return result
+            finally:
+                if probe:
+                    self._probing = False
         self.local_hits_total += 1
         local_limit = max(1, math.ceil(limit / self.share))
         # A cost the divided limit can never allow is capped rather than refused forever.
