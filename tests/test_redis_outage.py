@@ -19,9 +19,13 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
 
 from aigos.core.commands import SignedCommand, verify_command
 from aigos.core.signing import unb64url
+from aigos.server.app import create_app
+from tests.conftest import REDIS_URL, embedded_settings, pg_url
+from tests.identity.test_oauth import SigningClient
 from tests.killswitch.sse import SseClient, SseStream
 from tests.server_process import ServerProcess
 from tests.tcp_proxy import TcpProxy
@@ -35,13 +39,23 @@ PATIENCE = 15.0
 
 @dataclass
 class Fleet:
-    """Two replicas sharing one database and one Redis, which both reach through ``proxy``."""
+    """Two replicas sharing one database and one Redis, each reaching Redis through its own proxy."""
 
-    proxy: TcpProxy
+    proxies: tuple[TcpProxy, TcpProxy]
     one: httpx.AsyncClient
     two: httpx.AsyncClient
     owner: TenantHandle
     keys: dict[str, bytes]
+
+    def sever(self) -> None:
+        """Cut both replicas off Redis."""
+        for proxy in self.proxies:
+            proxy.sever()
+
+    def restore(self) -> None:
+        """Let both replicas reach Redis again."""
+        for proxy in self.proxies:
+            proxy.restore()
 
     async def agent(self, name: str) -> dict[str, Any]:
         """A registered agent (with its identity token)."""
@@ -66,13 +80,20 @@ class Fleet:
 
 @pytest.fixture
 async def fleet(tmp_path: Path, replica_env: dict[str, str]) -> AsyncIterator[Fleet]:
-    """Two ``aigos serve`` processes whose Redis can be cut (``fleet.proxy.sever()``) and restored."""
+    """Two ``aigos serve`` processes whose Redis can be cut (``fleet.sever()``) and restored."""
     redis = urlsplit(replica_env["AIGOS_REDIS_URL"])
-    proxy = await TcpProxy(redis.hostname or "127.0.0.1", redis.port or 6379).start()
-    env = {**replica_env, "AIGOS_REDIS_URL": f"redis://127.0.0.1:{proxy.port}{redis.path}"}
-    servers = [ServerProcess(tmp_path / "one", env), ServerProcess(tmp_path / "two", env)]
+    proxies = (
+        await TcpProxy(redis.hostname or "127.0.0.1", redis.port or 6379).start(),
+        await TcpProxy(redis.hostname or "127.0.0.1", redis.port or 6379).start(),
+    )
+    servers = [
+        ServerProcess(
+            tmp_path / name, {**replica_env, "AIGOS_REDIS_URL": f"redis://127.0.0.1:{proxy.port}{redis.path}"}
+        )
+        for name, proxy in zip(("one", "two"), proxies, strict=True)
+    ]
     try:
-        # Started from threads: the servers reach Redis through the proxy, which runs in this loop.
+        # Started from threads: the servers reach Redis through the proxies, which run in this loop.
         await asyncio.gather(*(asyncio.to_thread(server.start) for server in servers))
         async with (
             httpx.AsyncClient(base_url=servers[0].base_url, timeout=PATIENCE) as one,
@@ -81,17 +102,18 @@ async def fleet(tmp_path: Path, replica_env: dict[str, str]) -> AsyncIterator[Fl
             owner = await signup(one, "Outage")
             published = (await two.get("/v1/kill-switch/keys")).json()["keys"]
             keys = {key["key_id"]: unb64url(key["public_key"]) for key in published}
-            yield Fleet(proxy, one, two, owner, keys)
+            yield Fleet(proxies, one, two, owner, keys)
     finally:
         for server in reversed(servers):
             await asyncio.to_thread(server.__exit__, None, None, None)
-        await proxy.stop()
+        for proxy in proxies:
+            await proxy.stop()
 
 
 async def test_api_key_routes_answer_while_redis_is_down(fleet: Fleet) -> None:
     agents = [await fleet.agent(f"before-{n}") for n in range(2)]
     headers = fleet.owner.headers
-    fleet.proxy.sever()
+    fleet.sever()
     statuses: Counter[int] = Counter()
     problems: Counter[str] = Counter()
     created: list[str] = []
@@ -135,7 +157,7 @@ async def test_api_key_routes_answer_while_redis_is_down(fleet: Fleet) -> None:
     assert 30 <= admitted_by_one <= 33, admitted_by_one
     assert statuses[500] == 0, (statuses, problems)
 
-    fleet.proxy.restore()
+    fleet.restore()
     # Acknowledged means kept: every agent created during the outage is there, on either replica.
     for agent_id in created:
         found = await fleet.two.get(f"/v1/agents/{agent_id}", headers=headers)
@@ -149,7 +171,7 @@ async def test_kill_switch_reaches_both_replicas_while_redis_is_down(fleet: Flee
         far_stream = await sse_two.open(far["identity_token"])
         near_stream = await sse_one.open(near["identity_token"])
         paused_stream = await sse_two.open(paused["identity_token"])
-        fleet.proxy.sever()
+        fleet.sever()
 
         # Triggered on replica one: the agent streaming from replica two hears it, and so does the one here.
         started = time.monotonic()
@@ -170,7 +192,7 @@ async def test_kill_switch_reaches_both_replicas_while_redis_is_down(fleet: Flee
 
         # Redis is back: replica two resynchronises (reading PAUSE again, which its stream already sent)
         # and the next command travels through the bus as before.
-        fleet.proxy.restore()
+        fleet.restore()
         await until_ready(fleet.two)
         await until_ready(fleet.one)
         answer = await fleet.trigger(fleet.one, paused, "RESUME")
@@ -181,7 +203,7 @@ async def test_kill_switch_reaches_both_replicas_while_redis_is_down(fleet: Flee
         with pytest.raises(TimeoutError):
             await paused_stream.next(within=1.5)
     finally:
-        fleet.proxy.restore()
+        fleet.restore()
         await sse_one.aclose()
         await sse_two.aclose()
 
@@ -194,3 +216,67 @@ async def until_ready(http: httpx.AsyncClient) -> None:
             return
         await asyncio.sleep(0.1)
     raise AssertionError("the replica did not become ready again")
+
+
+async def test_a_replica_that_lost_redis_still_stops_an_agent_on_the_other(fleet: Fleet) -> None:
+    agent = await fleet.agent("elsewhere")
+    beat = f"/v1/agents/{agent['agent_id']}/heartbeat"
+    token = {"Authorization": f"Bearer {agent['identity_token']}"}
+    assert (await fleet.two.post(beat, headers=token)).status_code == 200
+    sse = SseClient(fleet.two)
+    try:
+        stream = await sse.open(agent["identity_token"])
+        # Only replica one loses Redis: its bus announcements are lost, and replica two, whose own bus
+        # connection never broke, has no reason to resynchronise.
+        fleet.proxies[0].sever()
+        answer = await fleet.trigger(fleet.one, agent, "TERMINATE")
+        assert answer.status_code == 201, answer.text
+        assert (await fleet.command(stream, agent)).command == "TERMINATE"
+        # Replica two heard the new status along with the command: the agent is refused there too.
+        refused = await fleet.two.post(beat, headers=token)
+        assert refused.status_code == 401, refused.text
+        assert refused.json()["code"] == "AGENT_TERMINATED"
+    finally:
+        fleet.restore()
+        await sse.aclose()
+
+
+async def test_what_cannot_do_without_redis_answers_503_naming_it(
+    tmp_path: Path, pg_database: str, redis_prefix: str
+) -> None:
+    target = urlsplit(REDIS_URL)
+    proxy = await TcpProxy(target.hostname or "127.0.0.1", target.port or 6379).start()
+    settings = embedded_settings(
+        tmp_path,
+        database_url=pg_url(pg_database),
+        redis_url=f"redis://127.0.0.1:{proxy.port}{target.path}",
+        redis_prefix=redis_prefix,
+    )
+    app = create_app(settings)
+    try:
+        async with (
+            LifespanManager(app) as manager,
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=manager.app), base_url="http://testserver"
+            ) as http,
+        ):
+            owner = await signup(http, "Strict")
+            spec = {"name": "signer"}
+            registered = await http.post("/v1/agents/register", json=spec, headers=owner.headers)
+            assert registered.status_code == 201, registered.text
+            signer = SigningClient(registered.json()["agent_id"])
+            await signer.register_key(http, owner)
+            proxy.sever()
+            # A client assertion is single-use across every replica, which only the bus can tell: refused,
+            # as a 503 the client may retry, never a 500 and never accepted twice.
+            answer = await http.post("/oauth2/token", data=signer.form())
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["content-type"] == "application/problem+json"
+            assert answer.headers["retry-after"] == "1"
+            body = answer.json()
+            assert (body["code"], body["dependency"]) == ("BUS_UNAVAILABLE", "bus")
+            assert "Redis" in body["detail"]
+            proxy.restore()
+            assert (await http.post("/oauth2/token", data=signer.form())).status_code == 200
+    finally:
+        await proxy.stop()
