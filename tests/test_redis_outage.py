@@ -266,7 +266,13 @@ async def test_what_cannot_do_without_redis_answers_503_naming_it(
             assert registered.status_code == 201, registered.text
             signer = SigningClient(registered.json()["agent_id"])
             await signer.register_key(http, owner)
+            agent_token = {"Authorization": f"Bearer {registered.json()['identity_token']}"}
             proxy.sever()
+            # Policy checks fail closed: the replica cannot know what changed meanwhile.
+            check = {"action": "read", "resource": "db://x"}
+            refused = await http.post("/v1/policies/check", json=check, headers=agent_token)
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["retry-after"]
             # A client assertion is single-use across every replica, which only the bus can tell: refused,
             # as a 503 the client may retry, never a 500 and never accepted twice.
             answer = await http.post("/oauth2/token", data=signer.form())
