@@ -17,7 +17,7 @@ from aigos import __version__
 from aigos.server.audit import api as audit_api
 from aigos.server.audit.log import EventLog, checkpoint_signer
 from aigos.server.audit.retention import Maintenance, ensure_partitions
-from aigos.server.bus import create_bus
+from aigos.server.bus import FallbackRateLimiter, create_bus
 from aigos.server.config import Settings
 from aigos.server.datadir import DataDirLock
 from aigos.server.datadir import prepare as prepare_data_dir
@@ -186,6 +186,7 @@ async def start_runtime(settings: Settings, in_flight: InFlight | None = None) -
     await identity.start()
     policy = PolicyState(database, bus)
     await policy.start()
+    hub = create_hub(database, bus, settings, identity)
     runtime = Runtime(
         settings=settings,
         database=database,
@@ -197,9 +198,10 @@ async def start_runtime(settings: Settings, in_flight: InFlight | None = None) -
         agent_seen=Touches(database, Agent, "last_seen_at", settings.usage_flush_seconds),
         agent_auth_seen=Touches(database, Agent, "last_auth_at", settings.usage_flush_seconds),
         credential_used=Touches(database, AgentCredential, "last_used_at", settings.usage_flush_seconds),
-        killswitch=create_hub(database, bus, settings),
+        killswitch=hub,
         policy=policy,
         budgets=BudgetBook(database, bus.ledger, bus.limiter, settings.usage_flush_seconds),
+        limiter=FallbackRateLimiter(bus.limiter, share=hub.replicas),
         events=EventLog(
             database,
             signer,

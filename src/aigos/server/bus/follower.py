@@ -16,7 +16,7 @@ import structlog
 
 from aigos.core.canonical import canonical, parse
 from aigos.server.background import cancel
-from aigos.server.bus.base import Bus, Subscription
+from aigos.server.bus.base import Bus, BusUnavailable, Subscription
 
 log = structlog.get_logger("aigos.bus.follower")
 
@@ -57,6 +57,9 @@ class Follower(ABC):
         """Tell every other replica (a failure is logged: they catch up at their next resync)."""
         try:
             await self.bus.pubsub.publish(channel, canonical({**message, "origin": self.origin}))
+        except BusUnavailable as exc:
+            # Expected during an outage, once per announcement: a line each, not a stack trace each.
+            log.warning("bus_publish_failed", follower=self.name, message=message, error=str(exc))
         except Exception:
             log.exception("bus_publish_failed", follower=self.name, message=message)
 

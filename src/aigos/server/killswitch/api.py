@@ -62,12 +62,16 @@ async def trigger(spec: TriggerIn, runtime: RuntimeDep, principal: Trigger) -> T
 
     Each affected agent gets its own signed command and its status changes at once on every replica
     (terminated agents' tokens are refused; paused agents' policy checks answer `PAUSED`). The commands
-    are delivered to the agents' streams, on any replica, as soon as the trigger is committed.
+    are delivered to the agents' streams, on any replica, as soon as the trigger is committed; with
+    PostgreSQL this holds while Redis is down too.
     """
     hub = runtime.killswitch
     async with runtime.database.session() as session:
         await set_tenant(session, _tenant(principal))
         result = await service.trigger(runtime, session, principal, hub.signer, spec)
+        # Heard by the other replicas at the commit, through PostgreSQL: Redis may be down.
+        target, _ = service.TARGETS[spec.command]
+        await hub.notify(session, _tenant(principal), [row.agent_id for row in result.rows], target.value)
         refs = [CommandRef(command_id=row.id, agent_id=row.agent_id, status="pending") for row in result.rows]
     # Committed: now every replica may deliver.
     await hub.publish(result.commands)
