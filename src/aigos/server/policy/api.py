@@ -21,7 +21,8 @@ from aigos.core import policy as core
 from aigos.core.canonical import canonical
 from aigos.core.signing import Signer, b64url, derive_seed
 from aigos.server.audit.events import NewEvent, by, current_request_id
-from aigos.server.deps import RuntimeDep, SessionDep, after_commit
+from aigos.server.db.commit_hooks import after_commit
+from aigos.server.deps import RuntimeDep, SessionDep
 from aigos.server.errors import BadRequest, NotFound
 from aigos.server.identity import agents as registry
 from aigos.server.identity.agent_auth import AgentPrincipal, admit, agent_scope, bearer_token, require_scope
