@@ -2139,10 +2139,10 @@ def _candidates_the_long_way(
         (p.id for p in policies.policies if p.applies_to(who)),
         key=lambda pid: (-next(p.priority for p in ordered if p.id == pid), pid),
     )
-    walked = sorted((item for p in ordered for item in p.rules), key=lambda item: item[1][0].order)
+    walked = sorted((item for p in ordered for item in p.rules), key=lambda item: item[2][0].order)
     return [
         entry[0].id
-        for actions, entry in walked
+        for actions, _, entry in walked
         if globs.names(actions)(action)
         and (any_tool or entry[0].tool is None or (tool is not None and entry[0].tool(tool)))
     ]
