@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import time
 
 from aigos.server.background import cancel
 
@@ -43,11 +44,11 @@ class LoopLag:
         self._task = None
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        # Not ``loop.time()``: uvloop's counts whole milliseconds.
         while True:
-            due = loop.time() + self.tick
+            due = time.perf_counter() + self.tick
             await asyncio.sleep(self.tick)
-            self.record(loop.time() - due)
+            self.record(time.perf_counter() - due)
 
     def record(self, late: float) -> None:
         """Count one tick that woke ``late`` seconds after it was due."""
