@@ -33,6 +33,7 @@ from aigos.server.in_flight import InFlight
 from aigos.server.killswitch import api as killswitch_api
 from aigos.server.killswitch.hub import create_hub
 from aigos.server.logging import configure_logging
+from aigos.server.loop_lag import LoopLag
 from aigos.server.middleware.body_limit import BodyLimitMiddleware
 from aigos.server.middleware.request_context import RequestContextMiddleware
 from aigos.server.middleware.security_headers import SecurityHeadersMiddleware
@@ -84,6 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # whose full passes would otherwise walk it and show up as tail latency on the check path.
         gc.collect()
         gc.freeze()
+        app.state.loop_lag = lag = LoopLag()
+        lag.start()
         log.info(
             "started",
             version=__version__,
@@ -93,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await lag.stop()
             await runtime.close()
             claim.release()
             log.info("stopped")

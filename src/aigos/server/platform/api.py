@@ -7,12 +7,13 @@ from collections.abc import Awaitable
 from typing import Any
 
 import structlog
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
 from aigos import __version__
 from aigos.server.deps import RuntimeDep
 from aigos.server.errors import ServiceUnavailable
+from aigos.server.loop_lag import LoopLag
 from aigos.server.platform.schemas import Backends, Info, Liveness, Readiness
 from aigos.server.routing import ValidatedRoute
 
@@ -77,7 +78,7 @@ async def info(runtime: RuntimeDep) -> Info:
     response_class=PlainTextResponse,
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format"}},
 )
-async def metrics(runtime: RuntimeDep) -> PlainTextResponse:
+async def metrics(runtime: RuntimeDep, request: Request) -> PlainTextResponse:
     """This process's counters and gauges in the Prometheus text format (scrape every replica)."""
     events = runtime.events
     samples = [
@@ -129,4 +130,7 @@ async def metrics(runtime: RuntimeDep) -> PlainTextResponse:
     lines: list[str] = []
     for name, kind, help_text, value in samples:
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+    lag: LoopLag | None = getattr(request.app.state, "loop_lag", None)
+    if lag is not None:
+        lines += lag.exposition()
     return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
