@@ -21,9 +21,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aigos.core import globs
+from aigos.core import policy as core
 from aigos.core.policy import (
     CAPABILITY_BUDGET,
     PERIODS,
+    RULES_PER_STEP,
     STAGES,
     Budget,
     Bundle,
@@ -2139,10 +2141,10 @@ def _candidates_the_long_way(
         (p.id for p in policies.policies if p.applies_to(who)),
         key=lambda pid: (-next(p.priority for p in ordered if p.id == pid), pid),
     )
-    walked = sorted((item for p in ordered for item in p.rules), key=lambda item: item[1][0].order)
+    walked = sorted((item for p in ordered for item in p.rules), key=lambda item: item[2][0].order)
     return [
         entry[0].id
-        for actions, entry in walked
+        for actions, _, entry in walked
         if globs.names(actions)(action)
         and (any_tool or entry[0].tool is None or (tool is not None and entry[0].tool(tool)))
     ]
@@ -2201,6 +2203,61 @@ def test_a_large_policy_set_with_distinct_actions_compiles_and_decides() -> None
     assert evaluate(policies, who, request("grp_0_x", "res/0/y")).matched_rule == "r0"
     assert evaluate(policies, who, request("grp_1_x", "res/0/y")).allowed
     assert [entry[0].id for entry in policies.effective(who).rules_for("act_70")] == ["r70"]
+
+
+def _mixed_large_set() -> list[Doc]:
+    """30 policies of 150 rules (4,500, past one step of every pass): mixed rule and policy priorities,
+    actions shared across policies, some pattern actions, and one policy in five for one agent only."""
+    return [
+        policy(
+            f"p{p:02}",
+            *(
+                rule(
+                    f"r{n}",
+                    "deny" if n % 4 == 0 else "allow",
+                    actions=[f"act_{n % 700}", *([f"grp_{n % 5}_*", f"g?p_{n % 3}_x"] if n % 9 == 0 else [])],
+                    priority=(n % 5) - 2 if p % 2 else 0,
+                )
+                for n in range(p * 150, (p + 1) * 150)
+            ),
+            priority=p % 3,
+            **({"target": {"kind": "agent", "agent_id": AGENT}} if p % 5 == 0 else {}),
+        )
+        for p in range(30)
+    ]
+
+
+@pytest.mark.parametrize("who", [AGENT, OTHER], ids=["every-policy", "some-policies"])
+def test_a_set_built_and_selected_in_steps_orders_rules_as_one_sort_would(who: str) -> None:
+    """Placing (radix passes), selecting (all policies, or a subset filtered from the whole order) and an
+    action's rules (pattern rules in chunks), each in steps: the same rules, in the same order."""
+    documents = _mixed_large_set()
+    steps = PolicySet.in_steps(7, documents)
+    paused = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            built: PolicySet = done.value
+            break
+        paused += 1
+    assert paused >= 4_500 // RULES_PER_STEP
+    assert built.version == 7
+    assert built.rule_count == 4_500
+    agent = subject(who)
+    effective = core.finish(built.selecting(agent))
+    assert built.cached(agent) is effective is built.effective(agent)
+    assert not effective.knows("act_0")  # 1,500 action patterns: worked out in two steps
+    for action in ("act_0", "act_9", "act_699", "grp_0_x", "gap_0_x", "grp_4_act", "nothing"):
+        found = core.finish(effective.finding(action))
+        assert [entry[0].id for entry in found] == _candidates_the_long_way(
+            built, agent, action, None, any_tool=True
+        )
+        assert effective.knows(action)
+    reference = PolicySet(7, documents)
+    for action in ("act_0", "act_18", "grp_1_y", "zzz"):
+        asked = request(action, "db/users")
+        assert evaluate(built, agent, asked) == evaluate(reference, agent, asked)
 
 
 def test_generated_sets_exercise_every_outcome() -> None:

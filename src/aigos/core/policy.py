@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from datetime import time as clock
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aigos.core import globs
@@ -431,6 +431,50 @@ def _before(trace: Iterable[dict[str, Any]], stage: str) -> tuple[dict[str, Any]
     return tuple(step for step in trace if STAGES.index(step["stage"]) < order)
 
 
+# -- work in steps ----------------------------------------------------------------------------------
+
+_T = TypeVar("_T")
+#: A computation in steps: a generator that pauses (yields ``None``) every few milliseconds of work and
+#: returns its result. ``finish`` runs one at once; the server runs one on its event loop and lets other
+#: requests in at each pause, so that the largest policy set a plan allows holds up no other request.
+Steps = Generator[None, None, _T]
+
+#: Rules, or patterns, handled between two pauses of a computation in steps (a few milliseconds of work).
+RULES_PER_STEP = 100
+PATTERNS_PER_STEP = 1_000
+#: Cheap items (rules placed or indexed, selections filtered) handled between two pauses.
+ITEMS_PER_STEP = 2_000
+
+
+class Pace:
+    """When a computation in steps pauses: after ``RULES_PER_STEP`` rules or ``PATTERNS_PER_STEP``
+    patterns since its last pause, whichever comes first (a rule may hold hundreds of patterns)."""
+
+    __slots__ = ("_patterns", "_rules")
+
+    def __init__(self) -> None:
+        self._rules = self._patterns = 0
+
+    def due(self, patterns: int, rules: int = 1) -> bool:
+        """Count one more rule with ``patterns`` patterns; whether it is time to pause."""
+        self._rules += rules
+        self._patterns += patterns
+        if self._rules >= RULES_PER_STEP or self._patterns >= PATTERNS_PER_STEP:
+            self._rules = self._patterns = 0
+            return True
+        return False
+
+
+def finish(steps: Steps[_T]) -> _T:
+    """The result of a computation in steps, run at once (off an event loop, or where it is small)."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            result: _T = done.value
+            return result
+
+
 # -- the policy document -----------------------------------------------------------------------------
 
 
@@ -451,17 +495,25 @@ def validate(document: Mapping[str, Any]) -> list[tuple[str, str]]:
     Shapes and types are checked by the API schema; this checks what only the evaluator knows: that each
     pattern compiles to what it looks like, that time zones exist, that windows are well formed.
     """
-    errors: list[tuple[str, str]] = []
+    return finish(validating(document))
 
-    def patterns(pointer: str, values: Iterable[object] | None, check: _Check) -> None:
-        for index, value in enumerate(values or []):
+
+def validating(document: Mapping[str, Any]) -> Steps[list[tuple[str, str]]]:
+    """``validate`` in steps (see ``Pace``): a document may hold tens of thousands of patterns."""
+    errors: list[tuple[str, str]] = []
+    pace = Pace()
+
+    def patterns(base: str, name: str, values: Sequence[object] | None, check: _Check) -> int:
+        # Pointers are only spelled out for an error: most documents have none.
+        for index, value in enumerate(values or ()):
             problem = check(value)
             if problem:
-                errors.append((f"{pointer}/{index}", problem))
+                errors.append((f"{base}{name}/{index}", problem))
+        return len(values or ())
 
     domain_lists = document.get("domains") or {}
-    patterns("/domains/allow", domain_lists.get("allow"), globs.domain_glob_error)
-    patterns("/domains/deny", domain_lists.get("deny"), globs.domain_glob_error)
+    patterns("", "/domains/allow", domain_lists.get("allow"), globs.domain_glob_error)
+    patterns("", "/domains/deny", domain_lists.get("deny"), globs.domain_glob_error)
     budget = document.get("budget")
     if budget:
         errors += _budget_errors(budget)
@@ -469,21 +521,25 @@ def validate(document: Mapping[str, Any]) -> list[tuple[str, str]]:
     if rate:
         errors += _rate_errors(rate)
     seen: set[str] = set()
-    for index, rule in enumerate(document.get("rules") or []):
+    for index, rule in enumerate(document.get("rules") or ()):
         base = f"/rules/{index}"
         # Ids left out are filled in as rule-N: those count too, or two rules could share one.
         rule_id = str(rule.get("id") or f"rule-{index + 1}")
         if rule_id in seen:
             errors.append((f"{base}/id", f"duplicate rule id {rule_id!r}"))
         seen.add(rule_id)
-        patterns(f"{base}/actions", rule.get("actions"), globs.name_glob_error)
-        patterns(f"{base}/resources", rule.get("resources"), globs.name_glob_error)
-        conditions = rule.get("conditions") or {}
-        patterns(f"{base}/conditions/tools", conditions.get("tools"), globs.name_glob_error)
-        patterns(f"{base}/conditions/domains", conditions.get("domains"), globs.domain_glob_error)
-        window = conditions.get("time")
-        if window:
-            errors += _window_errors(f"{base}/conditions/time", window)
+        count = patterns(base, "/actions", rule.get("actions"), globs.name_glob_error)
+        count += patterns(base, "/resources", rule.get("resources"), globs.name_glob_error)
+        conditions = rule.get("conditions")
+        if conditions:
+            count += patterns(base, "/conditions/tools", conditions.get("tools"), globs.name_glob_error)
+            domains = conditions.get("domains")
+            count += patterns(base, "/conditions/domains", domains, globs.domain_glob_error)
+            window = conditions.get("time")
+            if window:
+                errors += _window_errors(f"{base}/conditions/time", window)
+        if pace.due(count):
+            yield
     return errors
 
 
@@ -617,8 +673,10 @@ def _selector(spec: Mapping[str, Any] | None) -> _Selector:
 _Conditions = Callable[[Subject, Request, datetime | None], bool]
 
 
-@dataclass(frozen=True, slots=True)
-class _Rule:
+class _Rule(NamedTuple):
+    """A compiled rule (a named tuple: made for every rule of every compile, at a third of the cost of a
+    frozen dataclass)."""
+
     id: str
     policy_id: str
     effect: Literal["allow", "deny"]
@@ -716,14 +774,16 @@ def _names(patterns: tuple[str, ...]) -> globs.Matcher:
 
 
 @functools.lru_cache(maxsize=4096)
-def _prefixes(patterns: tuple[str, ...]) -> tuple[str, ...] | None:
-    return globs.prefixes(patterns)
+def _resource_matcher(patterns: tuple[str, ...]) -> tuple[globs.Matcher | None, tuple[str, ...] | None]:
+    """A rule's resource matcher and literal prefixes (see ``_Rule``); both None for every resource."""
+    if "*" in patterns:
+        return None, None
+    return globs.names(patterns), globs.prefixes(patterns)
 
 
-def _entry(rule: _Rule) -> _Entry:
-    prefixes = rule.resource_prefixes
-    kind = _DENY if rule.effect == "deny" else _ALLOW if rule.enforce else _ALLOW_DRY_RUN
-    return (rule, prefixes, None if prefixes else rule.resource, rule.conditions, kind)
+#: A rule as its policy holds it: its action patterns (lower-cased, each once), a matcher of them when one
+#: has a wildcard (else ``None``: exact names, indexed by name), and the entry the custom stage reads.
+_Indexed = tuple[tuple[str, ...], globs.Matcher | None, _Entry]
 
 
 @dataclass(frozen=True, slots=True)
@@ -740,8 +800,8 @@ class _Policy:
     domain_allow: globs.Matcher | None
     budget: Budget | None
     rate_limit: RateLimit | None
-    #: (lower-cased action patterns, the rule as the custom stage reads it), in document order.
-    rules: tuple[tuple[tuple[str, ...], _Entry], ...]
+    #: The rules in document order (see ``_Indexed``).
+    rules: tuple[_Indexed, ...]
     document: Mapping[str, Any]
 
     def applies_to(self, subject: Subject) -> bool:
@@ -752,26 +812,15 @@ class _Policy:
         return True
 
 
-#: Rules compiled between two pauses of ``compiling`` (a few milliseconds of work).
-RULES_PER_STEP = 100
-
-
 def compile_policy(document: Mapping[str, Any]) -> _Policy:
     """The compiled form of one (validated) policy document."""
-    steps = compiling(document)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            compiled: _Policy = done.value
-            return compiled
+    return finish(compiling(document))
 
 
-def compiling(document: Mapping[str, Any]) -> Generator[None, None, _Policy]:
-    """``compile_policy`` in steps: a generator that pauses every ``RULES_PER_STEP`` rules and returns the
-    compiled policy, so a caller on an event loop can let other work in between (see the server's
-    ``compile_in_pieces``)."""
-    errors = validate(document)
+def compiling(document: Mapping[str, Any]) -> Steps[_Policy]:
+    """``compile_policy`` in steps (see ``Pace``), validation included, so that a caller on an event loop
+    can let other work in between (see the server's ``compile_in_pieces``)."""
+    errors = yield from validating(document)
     if errors:
         raise PolicyError(errors)
     policy_id = str(document["id"])
@@ -803,25 +852,37 @@ def compiling(document: Mapping[str, Any]) -> Generator[None, None, _Policy]:
             enforce=enforce,
             label=str(document.get("name") or policy_id),
         )
-    rules: list[tuple[tuple[str, ...], _Entry]] = []
-    for index, spec in enumerate(document.get("rules") or []):
-        if index % RULES_PER_STEP == RULES_PER_STEP - 1:
-            yield
+    rules: list[_Indexed] = []
+    patterns = 0
+    for index, spec in enumerate(document.get("rules") or ()):
+        # The hot loop of a compile (once per rule of every policy): no generators, no keyword calls.
         conditions = spec.get("conditions") or {}
-        resources = tuple(str(pattern) for pattern in spec.get("resources") or ["*"])
+        resources = tuple(spec.get("resources") or ("*",))
+        tools = tuple(conditions["tools"]) if conditions.get("tools") else ()
+        matcher, prefixes = _resource_matcher(resources)
+        effect: Literal["allow", "deny"] = "deny" if spec.get("effect") == "deny" else "allow"
         rule = _Rule(
-            id=str(spec.get("id") or f"rule-{index + 1}"),
-            policy_id=policy_id,
-            effect="deny" if spec.get("effect") == "deny" else "allow",
-            enforce=enforce,
-            order=(-int(spec.get("priority") or 0), -priority, index),
-            resource=None if "*" in resources else _names(resources),
-            resource_prefixes=None if "*" in resources else _prefixes(resources),
-            tool=_names(tuple(conditions["tools"])) if conditions.get("tools") else None,
-            conditions=_conditions(conditions) if conditions else None,
-            description=spec.get("description"),
+            str(spec.get("id") or f"rule-{index + 1}"),
+            policy_id,
+            effect,
+            enforce,
+            (-int(spec.get("priority") or 0), -priority, index),
+            matcher,
+            prefixes,
+            _names(tools) if tools else None,
+            _conditions(conditions) if conditions else None,
+            spec.get("description"),
         )
-        rules.append((tuple(str(a).lower() for a in spec.get("actions") or ["*"]), _entry(rule)))
+        kind = _DENY if effect == "deny" else _ALLOW if enforce else _ALLOW_DRY_RUN
+        entry = (rule, prefixes, None if prefixes else matcher, rule.conditions, kind)
+        actions = tuple(dict.fromkeys([str(action).lower() for action in spec.get("actions") or ("*",)]))
+        # Indexed once here, not in each agent's selection: exact names, or one matcher of the patterns.
+        glob = "*" in actions[0] or "?" in actions[0] if len(actions) == 1 else any(map(_is_glob, actions))
+        rules.append((actions, _names(actions) if glob else None, entry))
+        patterns += len(actions) + len(resources) + len(tools) + len(conditions.get("domains") or ())
+        if patterns >= PATTERNS_PER_STEP or index % RULES_PER_STEP == RULES_PER_STEP - 1:
+            patterns = 0
+            yield
     deny, allow = domain_lists.get("deny"), domain_lists.get("allow")
     return _Policy(
         id=policy_id,
@@ -841,9 +902,10 @@ def compiling(document: Mapping[str, Any]) -> Generator[None, None, _Policy]:
     )
 
 
-#: A rule as an agent's selection holds it: its position in evaluation order, its action patterns (lower-
-#: cased), and the entry the custom stage reads.
-_Placed = tuple[int, tuple[str, ...], _Entry]
+#: A rule as an agent's selection holds it: its position in evaluation order, then as ``_Indexed``.
+_Placed = tuple[int, tuple[str, ...], globs.Matcher | None, _Entry]
+#: A rule with an action pattern, as an agent's selection holds it: position, matcher, entry.
+_GlobRule = tuple[int, globs.Matcher, _Entry]
 
 
 def _is_glob(action: str) -> bool:
@@ -855,16 +917,17 @@ class Effective:
     """The policies that apply to one agent, arranged for evaluation.
 
     The rules are indexed once, in time linear in their number: rules whose actions are all exact names
-    by name, the others (an action pattern with a wildcard) in one list. The rules an action may meet are
-    worked out at its first request, by testing the pattern rules once and merging both by position, and
-    kept (``MAX_CANDIDATE_SETS`` actions per agent selection).
+    by name, the others (an action pattern with a wildcard) in chunks of about ``PATTERNS_PER_STEP``
+    patterns. The rules an action may meet are worked out at its first request, by testing the pattern
+    rules once and merging both by position (in steps, one chunk each: ``finding``), and kept
+    (``MAX_CANDIDATE_SETS`` actions per agent selection).
     """
 
     policies: tuple[_Policy, ...]
     #: Rules whose actions are all exact names, by lower-cased name: (position, entry), in order.
-    exact: Mapping[str, tuple[tuple[int, _Entry], ...]]
-    #: Rules with a wildcard action pattern: (position, matcher of all their actions, entry), in order.
-    glob_rules: tuple[tuple[int, globs.Matcher, _Entry], ...]
+    exact: Mapping[str, Sequence[tuple[int, _Entry]]]
+    #: Rules with a wildcard action pattern, in order, in chunks of about ``PATTERNS_PER_STEP`` patterns.
+    glob_chunks: tuple[tuple[_GlobRule, ...], ...]
     domain_rules: tuple[_Policy, ...]
     budgets: tuple[Budget, ...]
     rate_limits: tuple[RateLimit, ...]
@@ -883,16 +946,28 @@ class Effective:
             return found
         found = self._by_action.get(action)
         if found is None:
-            exact = self.exact.get(action, ())
-            matching = [(position, entry) for position, match, entry in self.glob_rules if match(action)]
-            if matching and exact:
-                merged = sorted((*exact, *matching), key=_position)
-                found = tuple(entry for _, entry in merged)
-            else:
-                found = tuple(entry for _, entry in exact or matching)
-            if len(self._by_action) >= MAX_CANDIDATE_SETS:
-                self._by_action.clear()
-            self._by_action[action] = found
+            found = finish(self.finding(action))
+        return found
+
+    def knows(self, action: str) -> bool:
+        """Whether ``action``'s rules are worked out already, or cost at most one step to work out."""
+        return len(self.glob_chunks) <= 1 or action in self.ready or action in self._by_action
+
+    def finding(self, action: str) -> Steps[tuple[_Entry, ...]]:
+        """Work out (and keep) the rules that may match ``action`` (lower-cased), one step per chunk."""
+        exact = self.exact.get(action, ())
+        matching: list[tuple[int, _Entry]] = []
+        for chunk in self.glob_chunks:
+            matching += [(position, entry) for position, match, entry in chunk if match(action)]
+            yield
+        if matching and exact:
+            merged = sorted((*exact, *matching), key=_position)
+            found = tuple(entry for _, entry in merged)
+        else:
+            found = tuple(entry for _, entry in exact or matching)
+        if len(self._by_action) >= MAX_CANDIDATE_SETS:
+            self._by_action.clear()
+        self._by_action[action] = found
         return found
 
     def candidates(self, action: str, tool: str | None) -> tuple[_Entry, ...]:
@@ -915,20 +990,32 @@ def _position(item: tuple[int, _Entry]) -> int:
     return item[0]
 
 
-def _arrange(ordered: tuple[_Policy, ...], placed: Iterable[_Placed]) -> Effective:
+def _arranging(ordered: tuple[_Policy, ...], placed: Sequence[_Placed]) -> Steps[Effective]:
     """The selection of ``ordered`` (policies by precedence) whose rules are ``placed`` (in order)."""
     exact: dict[str, list[tuple[int, _Entry]]] = {}
-    glob_rules: list[tuple[int, globs.Matcher, _Entry]] = []
-    for position, actions, entry in placed:
-        if any(_is_glob(action) for action in actions):
-            glob_rules.append((position, globs.names(actions), entry))
-            continue
-        for action in dict.fromkeys(actions):
-            exact.setdefault(action, []).append((position, entry))
+    chunks: list[tuple[_GlobRule, ...]] = []
+    chunk: list[_GlobRule] = []
+    patterns = total = 0
+    for start in range(0, len(placed), ITEMS_PER_STEP):
+        for position, actions, matcher, entry in placed[start : start + ITEMS_PER_STEP]:
+            if matcher is None:
+                for action in actions:
+                    exact.setdefault(action, []).append((position, entry))
+                continue
+            chunk.append((position, matcher, entry))
+            patterns += len(actions)
+            if patterns >= PATTERNS_PER_STEP or len(chunk) >= ITEMS_PER_STEP:
+                chunks.append(tuple(chunk))
+                total += patterns
+                chunk, patterns = [], 0
+        yield
+    if chunk:
+        chunks.append(tuple(chunk))
+        total += patterns
     made = Effective(
         policies=ordered,
-        exact={action: tuple(items) for action, items in exact.items()},
-        glob_rules=tuple(glob_rules),
+        exact=exact,
+        glob_chunks=tuple(chunks),
         domain_rules=tuple(p for p in ordered if p.domain_deny is not None or p.domain_allow is not None),
         budgets=tuple(p.budget for p in ordered if p.budget is not None),
         rate_limits=tuple(p.rate_limit for p in ordered if p.rate_limit is not None),
@@ -936,53 +1023,99 @@ def _arrange(ordered: tuple[_Policy, ...], placed: Iterable[_Placed]) -> Effecti
     )
     # The rules of the actions rules name, worked out now when that costs little (as for most agents), so
     # a first check of them is as quick as the next; past the bound, at each action's first check.
-    if len(exact) * len(glob_rules) <= EAGER_TESTS and len(exact) <= MAX_CANDIDATE_SETS:
-        ready = {action: made.rules_for(action) for action in exact}
+    if len(exact) * total <= EAGER_TESTS and len(exact) <= MAX_CANDIDATE_SETS:
+        ready: dict[str, tuple[_Entry, ...]] = {}
+        for action in exact:
+            ready[action] = yield from made.finding(action)
         made._by_action.clear()
         made = dataclasses.replace(made, ready=ready)
     return made
 
 
+#: A rule being placed: its ``order``, the index of its policy, the rule.
+_Item = tuple[tuple[int, int, int], int, _Indexed]
+
+
 class PolicySet:
     """A tenant's compiled policies at one version; per-agent selections are cached.
 
-    Building it is linear in the rules but for one sort: every rule gets its place in evaluation order once
-    (rule priority, policy priority, policy id, document order), so an agent's selection is its policies'
-    rules merged by place, never a search through the others. Agents to whom the same policies apply share
-    one selection.
+    Building it is linear in the rules: every rule gets its place in evaluation order once (rule
+    priority, policy priority, place in the document, then policy rank: priority, id), so an agent's
+    selection is its policies' rules taken in place order, never a search through the others. Agents to
+    whom the same policies apply share one selection. Building and selecting also run in steps
+    (``in_steps``, ``selecting``), so that a server compiles the largest set without stalling.
     """
 
     def __init__(
         self, version: int, documents: Iterable[Mapping[str, Any]], max_cached: int = 50_000
     ) -> None:
         compiled = [compile_policy(document) for document in documents if document.get("enabled", True)]
-        self._setup(version, compiled, max_cached)
+        finish(self._placing(version, compiled, max_cached))
 
     @classmethod
     def of_compiled(cls, version: int, policies: Iterable[_Policy], max_cached: int = 50_000) -> PolicySet:
         """The set of policies already compiled with ``compile_policy`` (enabled ones only)."""
         made = cls.__new__(cls)
-        made._setup(version, list(policies), max_cached)
+        finish(made._placing(version, list(policies), max_cached))
         return made
 
-    def _setup(self, version: int, compiled: list[_Policy], max_cached: int) -> None:
+    @classmethod
+    def in_steps(
+        cls, version: int, documents: Iterable[Mapping[str, Any]], max_cached: int = 50_000
+    ) -> Steps[PolicySet]:
+        """``PolicySet(version, documents)`` in steps (see ``Pace``): compiling, then placing the rules."""
+        compiled: list[_Policy] = []
+        pace = Pace()
+        for document in documents:
+            if document.get("enabled", True):
+                policy = yield from compiling(document)
+                compiled.append(policy)
+                # Many small policies pause too, not only a large one.
+                if pace.due(0, len(policy.rules) + 1):
+                    yield
+        made = cls.__new__(cls)
+        yield from made._placing(version, compiled, max_cached)
+        return made
+
+    def _placing(self, version: int, compiled: list[_Policy], max_cached: int) -> Steps[None]:
         self.version = version
         self.policies = tuple(compiled)
         ranked = sorted(range(len(compiled)), key=lambda at: (-compiled[at].priority, compiled[at].id))
-        rank_of = {at: rank for rank, at in enumerate(ranked)}
         # Deny overrides allow whatever the order, which decides only the rule reported and how soon a
-        # walk may stop: rule priority, then policy priority, then policy rank (priority, id), then place
-        # in the document. One sort of every rule, so selections merge, never search.
-        keyed = sorted(
-            (rule[1][0].order, rank_of[at], rule)
-            for at, policy in enumerate(compiled)
-            for rule in policy.rules
-        )
+        # walk may stop: a rule's ``order`` (rule priority, policy priority, place in the document), then
+        # its policy's rank. Sorted as a radix sort would, least significant key first: the rules taken
+        # by policy rank, then put stably in buckets by place, policy priority and rule priority. Each
+        # pass is linear and in steps; a pass whose key is the same for every rule is skipped.
+        items: list[_Item] = []
+        rule_priorities: set[int] = set()
+        since = 0
+        for at in ranked:
+            taken = [(rule[2][0].order, at, rule) for rule in compiled[at].rules]
+            rule_priorities.update(order[0] for order, _, _ in taken)
+            items += taken
+            since += len(taken)
+            if since >= ITEMS_PER_STEP:
+                since = 0
+                yield
+        distinct = (len(rule_priorities), len({policy.priority for policy in compiled}), len(compiled))
+        for part in (2, 1, 0):
+            if distinct[part] > 1:
+                items = yield from _bucketed(items, part)
+        owners: list[int] = []
+        ordered: list[_Placed] = []
         placed: list[list[_Placed]] = [[] for _ in compiled]
-        for position, (_, rank, (actions, entry)) in enumerate(keyed):
-            placed[ranked[rank]].append((position, actions, entry))
+        for position, (_, at, (actions, matcher, entry)) in enumerate(items):
+            item = (position, actions, matcher, entry)
+            placed[at].append(item)
+            owners.append(at)
+            ordered.append(item)
+            if position % ITEMS_PER_STEP == ITEMS_PER_STEP - 1:
+                yield
         self._ranked = tuple(ranked)
         self._placed = tuple(tuple(items) for items in placed)
+        #: Every rule in evaluation order, and the index of its policy.
+        self._ordered = ordered
+        self._owners = owners
         self._effective: dict[tuple[Any, ...], Effective] = {}
         self._selections: dict[tuple[int, ...], Effective] = {}
         self._max_cached = max_cached
@@ -990,33 +1123,71 @@ class PolicySet:
     @property
     def rule_count(self) -> int:
         """How many rules the enabled policies hold."""
-        return sum(len(items) for items in self._placed)
+        return len(self._ordered)
 
     def effective(self, subject: Subject) -> Effective:
         """The policies that apply to ``subject`` (cached by the attributes targeting depends on)."""
-        key = subject.target_key
-        found = self._effective.get(key)
-        if found is None:
-            if len(self._effective) >= self._max_cached:
-                self._effective.clear()
-            found = self._effective[key] = self._select(subject)
-        return found
+        found = self._effective.get(subject.target_key)
+        return found if found is not None else finish(self.selecting(subject))
 
-    def _select(self, subject: Subject) -> Effective:
+    def cached(self, subject: Subject) -> Effective | None:
+        """``effective(subject)`` when it was worked out already (else ``selecting`` works it out)."""
+        return self._effective.get(subject.target_key)
+
+    def selecting(self, subject: Subject) -> Steps[Effective]:
+        """``effective`` in steps: the selection for ``subject``, made (or shared) and kept."""
         chosen = tuple(at for at in self._ranked if self.policies[at].applies_to(subject))
         found = self._selections.get(chosen)
         if found is None:
+            placed = yield from self._gathering(chosen)
+            found = yield from _arranging(tuple(self.policies[at] for at in chosen), placed)
             if len(self._selections) >= self._max_cached:
                 self._selections.clear()
-            # Each policy's rules are already in order: sorting the concatenation merges the runs.
-            placed = sorted(itertools.chain.from_iterable(self._placed[at] for at in chosen), key=_first)
-            found = _arrange(tuple(self.policies[at] for at in chosen), placed)
             self._selections[chosen] = found
+        if len(self._effective) >= self._max_cached:
+            self._effective.clear()
+        self._effective[subject.target_key] = found
         return found
+
+    def _gathering(self, chosen: tuple[int, ...]) -> Steps[Sequence[_Placed]]:
+        """The rules of the ``chosen`` policies in evaluation order."""
+        if len(chosen) == len(self.policies):
+            return self._ordered
+        if sum(len(self._placed[at]) for at in chosen) <= ITEMS_PER_STEP:
+            # Each policy's rules are already in order: sorting the concatenation merges the runs.
+            return sorted(itertools.chain.from_iterable(self._placed[at] for at in chosen), key=_first)
+        wanted = bytearray(len(self.policies))
+        for at in chosen:
+            wanted[at] = 1
+        placed: list[_Placed] = []
+        owners, ordered = self._owners, self._ordered
+        for start in range(0, len(ordered), ITEMS_PER_STEP):
+            end = start + ITEMS_PER_STEP
+            pairs = zip(owners[start:end], ordered[start:end], strict=True)
+            placed += [item for at, item in pairs if wanted[at]]
+            yield
+        return placed
 
     def documents_for(self, subject: Subject) -> list[Mapping[str, Any]]:
         """The documents of the policies that apply to ``subject`` (a bundle's content)."""
         return [policy.document for policy in self.effective(subject).policies]
+
+
+def _bucketed(items: list[_Item], part: int) -> Steps[list[_Item]]:
+    """``items`` sorted stably by ``order[part]``: one pass into buckets, in steps."""
+    buckets: dict[int, list[_Item]] = {}
+    for start in range(0, len(items), ITEMS_PER_STEP):
+        for item in items[start : start + ITEMS_PER_STEP]:
+            key = item[0][part]
+            bucket = buckets.get(key)
+            if bucket is None:
+                bucket = buckets[key] = []
+            bucket.append(item)
+        yield
+    merged: list[_Item] = []
+    for key in sorted(buckets):
+        merged += buckets[key]
+    return merged
 
 
 def _first(item: _Placed) -> int:

@@ -17,7 +17,7 @@ from aigos import __version__
 from aigos.server.audit import api as audit_api
 from aigos.server.audit.log import EventLog, checkpoint_signer
 from aigos.server.audit.retention import Maintenance, ensure_partitions
-from aigos.server.bus import create_bus
+from aigos.server.bus import FallbackRateLimiter, create_bus
 from aigos.server.config import Settings
 from aigos.server.datadir import DataDirLock
 from aigos.server.datadir import prepare as prepare_data_dir
@@ -33,6 +33,7 @@ from aigos.server.in_flight import InFlight
 from aigos.server.killswitch import api as killswitch_api
 from aigos.server.killswitch.hub import create_hub
 from aigos.server.logging import configure_logging
+from aigos.server.loop_lag import LoopLag
 from aigos.server.middleware.admission import Admission, AdmissionMiddleware
 from aigos.server.middleware.body_limit import BodyLimitMiddleware
 from aigos.server.middleware.request_context import RequestContextMiddleware
@@ -90,6 +91,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # whose full passes would otherwise walk it and show up as tail latency on the check path.
         gc.collect()
         gc.freeze()
+        app.state.loop_lag = lag = LoopLag()
+        lag.start()
         log.info(
             "started",
             version=__version__,
@@ -99,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await lag.stop()
             await runtime.close()
             claim.release()
             log.info("stopped")
@@ -135,6 +139,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         middleware=middleware,
         docs_url=None,
         redoc_url=None,
+        # FastAPI's own OpenTelemetry hooks ask the global providers on every request even when nothing is
+        # configured (several µs on the check path); AIGOS's telemetry is wired by AIGOS.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.admission = admission
     install_problem_handlers(app)
@@ -193,6 +200,7 @@ async def start_runtime(settings: Settings, in_flight: InFlight | None = None) -
     await identity.start()
     policy = PolicyState(database, bus)
     await policy.start()
+    hub = create_hub(database, bus, settings, identity)
     runtime = Runtime(
         settings=settings,
         database=database,
@@ -204,9 +212,10 @@ async def start_runtime(settings: Settings, in_flight: InFlight | None = None) -
         agent_seen=Touches(database, Agent, "last_seen_at", settings.usage_flush_seconds),
         agent_auth_seen=Touches(database, Agent, "last_auth_at", settings.usage_flush_seconds),
         credential_used=Touches(database, AgentCredential, "last_used_at", settings.usage_flush_seconds),
-        killswitch=create_hub(database, bus, settings),
+        killswitch=hub,
         policy=policy,
         budgets=BudgetBook(database, bus.ledger, bus.limiter, settings.usage_flush_seconds),
+        limiter=FallbackRateLimiter(bus.limiter, share=hub.replicas),
         events=EventLog(
             database,
             signer,

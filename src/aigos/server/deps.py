@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from aigos.server.db.commit_hooks import run_after_commit
 from aigos.server.runtime import Runtime
-
-AfterCommit = Callable[[], Awaitable[None]]
-_AFTER_COMMIT = "after_commit"
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -34,17 +32,7 @@ async def get_session(runtime: Annotated[Runtime, Depends(get_runtime)]) -> Asyn
     """
     async with runtime.database.session() as session:
         yield session
-    for callback in session.info.pop(_AFTER_COMMIT, ()):
-        await callback()
-
-
-def after_commit(session: AsyncSession, callback: AfterCommit) -> None:
-    """Run ``callback`` once the request's transaction has committed (skipped if it rolls back).
-
-    For announcements that other replicas act on by reading the database: heard before the commit, they
-    would read the old state.
-    """
-    session.info.setdefault(_AFTER_COMMIT, []).append(callback)
+    await run_after_commit(session)
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

@@ -14,12 +14,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import Scope
 
+from aigos.server.bus import BusUnavailable
 from aigos.server.db.outage import unavailable
 from aigos.server.errors import (
     AigosError,
     MalformedJSON,
     MethodNotAllowed,
     NotFound,
+    ServiceUnavailable,
     ValidationFailed,
 )
 
@@ -155,9 +157,25 @@ async def _handle_database(request: Request, exc: Exception) -> Response:
     return internal_error_response(request.scope)
 
 
+async def _handle_bus(request: Request, exc: Exception) -> Response:
+    # Whatever still needs Redis when it is gone (request admission falls back to per-process limits;
+    # what cannot, such as single-use assertion ids, fails closed): a 503 the client may retry.
+    log.warning("bus_unavailable", error=str(exc), path=request.url.path)
+    return error_response(
+        request.scope,
+        ServiceUnavailable(
+            "The bus (Redis) is unavailable; retry shortly.",
+            code="BUS_UNAVAILABLE",
+            headers={"Retry-After": "1"},
+            dependency="bus",
+        ),
+    )
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Make every error the app can produce a problem+json response."""
     app.add_exception_handler(AigosError, _handle_aigos)
     app.add_exception_handler(sa_exc.SQLAlchemyError, _handle_database)
+    app.add_exception_handler(BusUnavailable, _handle_bus)
     app.add_exception_handler(RequestValidationError, _handle_validation)
     app.add_exception_handler(StarletteHTTPException, _handle_http)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from aigos.server.audit.log import EventLog
 from aigos.server.audit.retention import Maintenance
-from aigos.server.bus import Bus
+from aigos.server.bus import Bus, RateLimiter
 from aigos.server.config import Settings
 from aigos.server.db import Database
 from aigos.server.identity.keys import SigningKeys
@@ -39,6 +39,9 @@ class Runtime:
     killswitch: Hub
     policy: PolicyState
     budgets: BudgetBook
+    #: Admits requests (API keys, tenants, sign-in and signup throttles): shared across replicas, and
+    #: per process while the bus is down (``FallbackRateLimiter``).
+    limiter: RateLimiter
     maintenance: Maintenance | None = None
     features: list[str] = field(default_factory=list)
     passwords: Passwords = field(default_factory=Passwords)

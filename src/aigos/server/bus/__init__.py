@@ -19,6 +19,7 @@ from aigos.server.bus.base import (
     Subscription,
 )
 from aigos.server.bus.factory import DEFAULT_PREFIX, create_bus
+from aigos.server.bus.fallback import FallbackRateLimiter
 from aigos.server.bus.memory import MemoryBus
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "BusUnavailable",
     "Cache",
     "Counters",
+    "FallbackRateLimiter",
     "Ledger",
     "MemoryBus",
     "Message",

@@ -16,9 +16,11 @@ import structlog
 
 from aigos.core.canonical import canonical, parse
 from aigos.server.background import cancel
-from aigos.server.bus.base import Bus, Subscription
+from aigos.server.bus.base import Bus, BusUnavailable, Subscription
 
 log = structlog.get_logger("aigos.bus.follower")
+#: How long stopping waits for announcements still being published.
+PUBLISH_AT_STOP_SECONDS = 1.0
 
 
 class Follower(ABC):
@@ -34,6 +36,7 @@ class Follower(ABC):
         self.origin = uuid.uuid4().hex
         self._subscription: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
+        self._publishing: set[asyncio.Task[None]] = set()
 
     @property
     def live(self) -> bool:
@@ -48,8 +51,10 @@ class Follower(ABC):
         self._task = asyncio.create_task(self._listen(), name=self.name)
 
     async def stop(self) -> None:
-        """Stop listening."""
-        await cancel(self._task)
+        """Let announcements under way go out (a moment at most), then stop listening."""
+        if self._publishing:
+            await asyncio.wait(set(self._publishing), timeout=PUBLISH_AT_STOP_SECONDS)
+        await cancel(self._task, *self._publishing)
         if self._subscription is not None:
             await self._subscription.close()
 
@@ -57,8 +62,18 @@ class Follower(ABC):
         """Tell every other replica (a failure is logged: they catch up at their next resync)."""
         try:
             await self.bus.pubsub.publish(channel, canonical({**message, "origin": self.origin}))
+        except BusUnavailable as exc:
+            # Expected during an outage, once per announcement: a line each, not a stack trace each.
+            log.warning("bus_publish_failed", follower=self.name, message=message, error=str(exc))
         except Exception:
             log.exception("bus_publish_failed", follower=self.name, message=message)
+
+    def publish_soon(self, channel: str, message: dict[str, Any]) -> None:
+        """``publish`` without waiting for it: an answer must not wait on the bus (a stalled Redis would
+        hold it for seconds), and what the bus misses the others catch up with at their next resync."""
+        task = asyncio.create_task(self.publish(channel, message), name=f"{self.name}-publish")
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
 
     @abstractmethod
     async def load(self) -> None:

@@ -212,8 +212,9 @@ class MemoryCounters(Counters):
 class MemoryRateLimiter(RateLimiter):
     """GCRA over ``time.monotonic_ns``; Python integers make the arithmetic exact at any scale."""
 
-    def __init__(self, lifecycle: _Lifecycle) -> None:
-        self._lifecycle = lifecycle
+    def __init__(self, lifecycle: _Lifecycle | None = None) -> None:
+        # Alone (no bus around it, as the fallback of a shared limiter) it is never closed.
+        self._lifecycle = lifecycle or _Lifecycle()
         self._states: _ExpiringDict[tuple[int, int]] = _ExpiringDict()
 
     async def hit(self, key: str, limit: int, period_seconds: float, cost: int = 1) -> RateLimitResult:

@@ -3,14 +3,15 @@
 One piece of code for the registry's suspend / reactivate / deregister routes and for the kill switch, so
 a status change always does the same things: the transition (409 when the lifecycle forbids it),
 credentials revoked on termination, one event per agent recorded in the caller's transaction, and every
-replica told at once. It works on many agents in a few statements, so a tenant-wide kill switch costs
-about as much as a single one.
+replica told once it is committed (this one refuses a stopped agent at once). It works on many agents in a
+few statements, so a tenant-wide kill switch costs about as much as a single one.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING
 
 from sqlalchemy import update
@@ -19,6 +20,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from aigos.core.agents import AgentStatus, can_transition
 from aigos.server.audit.events import by
+from aigos.server.db.commit_hooks import after_commit
 from aigos.server.db.types import utcnow
 from aigos.server.errors import Conflict
 from aigos.server.identity import agents
@@ -106,6 +108,11 @@ async def change_statuses(
         )
     # One append for all of them: durable with the caller's transaction, as EventLog.record is.
     await runtime.events.record_many(tenant_id, events, session)
-    # Before the commit: replicas start refusing at once; a failed commit errs on the safe side.
-    await runtime.identity.announce_statuses([agent.id for agent in moved], target.value)
+    ids = [agent.id for agent in moved]
+    if target is not AgentStatus.ACTIVE:
+        # This replica refuses at once, before the commit: a commit that then fails errs on the safe side.
+        runtime.identity.restrict(ids, target.value)
+    # The others hear it once committed (a return to active must never be heard for a rollback), and the
+    # answer does not wait for the bus; with PostgreSQL the kill switch's NOTIFY carries it too.
+    after_commit(session, partial(runtime.identity.announce_statuses, ids, target.value, wait=False))
     return befores

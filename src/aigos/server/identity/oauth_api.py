@@ -238,7 +238,7 @@ async def _authenticate(
     """``authenticate_client``, throttled: past too many failures per client id or per source address the
     caller gets 429 before its credential is even looked at, so guessing a secret gains nothing."""
     issuer = issuer_for(request, runtime.settings)
-    throttle = Throttle(runtime.bus.limiter, runtime.settings)
+    throttle = Throttle(runtime.limiter, runtime.settings)
     buckets = throttle.sign_in("oauth", _claimed_client_id(request, form) or "", source_address(request))
     what = "failed client authentications"
     try:

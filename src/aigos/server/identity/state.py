@@ -133,14 +133,38 @@ class IdentityState(Follower):
         """Apply a status change here and tell every other replica (call after the commit)."""
         await self.announce_statuses([agent_id], status)
 
-    async def announce_statuses(self, agent_ids: Sequence[uuid.UUID], status: str) -> None:
-        """``announce_status`` for many agents in one message per ``STATUS_BATCH`` (a tenant-wide stop)."""
-        at = time.time()
-        for start in range(0, len(agent_ids), STATUS_BATCH):
-            chunk = [str(agent_id) for agent_id in agent_ids[start : start + STATUS_BATCH]]
-            message = {"type": "statuses", "agent_ids": chunk, "status": status, "at": at}
+    async def announce_statuses(
+        self, agent_ids: Sequence[uuid.UUID], status: str, *, wait: bool = True
+    ) -> None:
+        """``announce_status`` for many agents in one message per ``STATUS_BATCH`` (a tenant-wide stop).
+
+        Without ``wait`` the messages are published in the background (``publish_soon``).
+        """
+        for message in self._status_messages(agent_ids, status):
             self._apply(message)
-            await self.publish(CHANNEL, message)
+            if wait:
+                await self.publish(CHANNEL, message)
+            else:
+                self.publish_soon(CHANNEL, message)
+
+    def restrict(self, agent_ids: Sequence[uuid.UUID], status: str) -> None:
+        """Apply a status here only, at once: for a stop, before its commit (a failed commit errs on the
+        safe side); the announcement to the other replicas follows the commit."""
+        for message in self._status_messages(agent_ids, status):
+            self._apply(message)
+
+    @staticmethod
+    def _status_messages(agent_ids: Sequence[uuid.UUID], status: str) -> list[dict[str, Any]]:
+        at = time.time()
+        return [
+            {
+                "type": "statuses",
+                "agent_ids": [str(agent_id) for agent_id in agent_ids[start : start + STATUS_BATCH]],
+                "status": status,
+                "at": at,
+            }
+            for start in range(0, len(agent_ids), STATUS_BATCH)
+        ]
 
     async def announce_revoked(self, jti: str, expires_at: float) -> None:
         """Apply a token revocation here and tell every other replica (call after the commit)."""

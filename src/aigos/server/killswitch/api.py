@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, status
@@ -10,6 +11,7 @@ from fastapi.responses import StreamingResponse
 
 from aigos.core.agents import AgentStatus
 from aigos.core.signing import b64url
+from aigos.server.db.commit_hooks import after_commit
 from aigos.server.db.database import set_tenant
 from aigos.server.deps import RuntimeDep, SessionDep
 from aigos.server.errors import BadRequest, ServiceUnavailable
@@ -57,20 +59,25 @@ def _tenant(principal: Principal) -> uuid.UUID:
     status_code=status.HTTP_201_CREATED,
     summary="Trigger the kill switch",
 )
-async def trigger(spec: TriggerIn, runtime: RuntimeDep, principal: Trigger) -> TriggerOut:
+async def trigger(
+    spec: TriggerIn, runtime: RuntimeDep, session: SessionDep, principal: Trigger
+) -> TriggerOut:
     """TERMINATE, PAUSE or RESUME one agent (with its descendants unless `cascade` is false) or every agent.
 
     Each affected agent gets its own signed command and its status changes at once on every replica
     (terminated agents' tokens are refused; paused agents' policy checks answer `PAUSED`). The commands
-    are delivered to the agents' streams, on any replica, as soon as the trigger is committed.
+    are delivered to the agents' streams, on any replica, as soon as the trigger is committed; with
+    PostgreSQL this holds while Redis is down too.
     """
     hub = runtime.killswitch
-    async with runtime.database.session() as session:
-        await set_tenant(session, _tenant(principal))
-        result = await service.trigger(runtime, session, principal, hub.signer, spec)
-        refs = [CommandRef(command_id=row.id, agent_id=row.agent_id, status="pending") for row in result.rows]
+    await set_tenant(session, _tenant(principal))
+    result = await service.trigger(runtime, session, principal, hub.signer, spec)
+    # Heard by the other replicas at the commit, through PostgreSQL: Redis may be down.
+    target, _ = service.TARGETS[spec.command]
+    await hub.notify(session, _tenant(principal), [row.agent_id for row in result.rows], target.value)
+    refs = [CommandRef(command_id=row.id, agent_id=row.agent_id, status="pending") for row in result.rows]
     # Committed: now every replica may deliver.
-    await hub.publish(result.commands)
+    after_commit(session, partial(hub.publish, result.commands))
     return TriggerOut(
         command_id=refs[0].command_id if refs else uuid.uuid4(),
         status="pending",

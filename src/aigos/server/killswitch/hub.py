@@ -4,8 +4,11 @@ After a trigger commits, the replica hands the signed commands to its own stream
 the bus channel ``killswitch`` (the whole signed command travels in the message, so no replica reads the
 database per delivery). Every other replica pushes them to the streams of the named agents it holds.
 When the bus connection was lost (a ``resync`` message), messages may have been missed: the replica reads
-the undelivered commands of its connected agents from the database. Duplicates are harmless: each stream
-sends a sequence only once.
+the undelivered commands of its connected agents from the database. On PostgreSQL the trigger also sends
+a ``NOTIFY`` in its transaction (``notices``): every other replica hears it at the commit, without Redis,
+and reads the named agents' undelivered commands if it holds their streams. The bus publish itself runs
+in the background, so a trigger never waits on Redis. Duplicates are harmless: each stream sends a
+sequence only once.
 
 Per connection there is one bounded queue and nothing else: a single ticker feeds keep-alives to all
 of them, and deliveries are recorded in batches. On shutdown every stream is ended at once, so clients
@@ -35,6 +38,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import Table, bindparam, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigos.core.canonical import canonical, parse
 from aigos.core.commands import SignedCommand
@@ -47,8 +51,10 @@ from aigos.server.config import Settings
 from aigos.server.db import Database
 from aigos.server.db.database import set_tenant
 from aigos.server.db.types import utcnow
-from aigos.server.killswitch import service
+from aigos.server.identity.state import IdentityState
+from aigos.server.killswitch import notices, service
 from aigos.server.killswitch.models import KillSwitchCommand
+from aigos.server.killswitch.notices import Notice, NoticeListener
 
 log = structlog.get_logger("aigos.killswitch.hub")
 CHANNEL = "killswitch"
@@ -125,8 +131,11 @@ class Hub:
         keepalive_seconds: float,
         flush_seconds: float,
         max_streams_per_agent: int = 4,
+        identity: IdentityState | None = None,
     ) -> None:
         self.database = database
+        #: Told of status changes heard through PostgreSQL (their bus announcement may have been lost).
+        self.identity = identity
         #: Signs this replica's commands; every replica derives the same key from the server secret.
         self.signer = signer
         self.bus = bus
@@ -138,7 +147,12 @@ class Hub:
         self.closing = False
         # Per agent, its streams oldest first (a dict is an insertion-ordered set).
         self._connections: dict[uuid.UUID, dict[Connection, None]] = {}
-        self._origin = uuid.uuid4().hex
+        #: Marks this replica's bus messages and notices, which it skips when they come back.
+        self.origin = uuid.uuid4().hex
+        #: Hears triggers committed on other replicas through PostgreSQL (None on SQLite: one process).
+        self.notices: NoticeListener | None = None
+        self._heard: asyncio.Queue[str] = asyncio.Queue()
+        self._announcing: set[asyncio.Task[None]] = set()
         self._deliveries: dict[uuid.UUID, list[tuple[Connection, Outgoing, datetime]]] = defaultdict(list)
         self._subscription: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -195,37 +209,62 @@ class Hub:
                 reached += 1
         return reached
 
+    async def notify(
+        self, session: AsyncSession, tenant_id: uuid.UUID, agent_ids: list[uuid.UUID], status: str
+    ) -> None:
+        """Tell the other replicas through PostgreSQL, at ``session``'s commit, that these agents have new
+        commands and ``status`` (before committing a trigger; nothing happens on SQLite)."""
+        if agent_ids:
+            await notices.send(session, self.origin, tenant_id, agent_ids, status)
+
     async def publish(self, commands: list[SignedCommand]) -> None:
-        """Deliver committed commands here at once and to every other replica through the bus."""
+        """Deliver committed commands here at once, and to every other replica through the bus.
+
+        The bus publish runs in the background: a trigger's answer waits for neither Redis nor its
+        timeouts (the other replicas hear the commit through PostgreSQL anyway).
+        """
         self.dispatch(commands)
+        if commands:
+            task = asyncio.create_task(self._announce(commands), name="killswitch-publish")
+            self._announcing.add(task)
+            task.add_done_callback(self._announcing.discard)
+
+    async def _announce(self, commands: list[SignedCommand]) -> None:
         for start in range(0, len(commands), BATCH):
             chunk = [command.to_json() for command in commands[start : start + BATCH]]
-            message = canonical({"origin": self._origin, "commands": chunk})
+            message = canonical({"origin": self.origin, "commands": chunk})
             try:
                 await self.bus.pubsub.publish(CHANNEL, message)
-            except Exception:
-                # Replicas that missed it catch up from the database once their bus connection is back.
-                log.exception("killswitch_publish_failed", commands=len(chunk))
+            except Exception as exc:
+                # The other replicas hear of it through PostgreSQL, or catch up once their bus is back.
+                log.warning("killswitch_publish_failed", commands=len(chunk), error=repr(exc))
 
-    async def catch_up(self) -> int:
-        """Queue every undelivered command of the connected agents, read from the database."""
+    async def catch_up(
+        self, tenant_id: uuid.UUID | None = None, agent_ids: Iterable[uuid.UUID] | None = None
+    ) -> int:
+        """Queue every undelivered command of the connected agents (of one tenant, of some agents only),
+        read from the database; returns how many were found."""
+        only = None if agent_ids is None else set(agent_ids)
         by_tenant: dict[uuid.UUID, list[uuid.UUID]] = defaultdict(list)
         for agent_id, conns in list(self._connections.items()):
+            if only is not None and agent_id not in only:
+                continue
             for connection in conns:
-                by_tenant[connection.tenant_id].append(agent_id)
+                if tenant_id is None or connection.tenant_id == tenant_id:
+                    by_tenant[connection.tenant_id].append(agent_id)
                 break
         found = 0
-        for tenant_id, agent_ids in by_tenant.items():
+        for tenant, agents in by_tenant.items():
             async with self.database.session() as session:
-                await set_tenant(session, tenant_id)
-                rows = await service.pending(session, tenant_id, agent_ids)
+                await set_tenant(session, tenant)
+                rows = await service.pending(session, tenant, agents)
                 commands = [service.signed(row) for row in rows]
             found += len(commands)
             self.dispatch(commands)
         return found
 
     def _receive(self, data: Any) -> None:
-        if not isinstance(data, dict) or data.get("origin") == self._origin:
+        if not isinstance(data, dict) or data.get("origin") == self.origin:
             return  # our own commands were dispatched here when published
         commands = []
         for item in data.get("commands") or []:
@@ -246,6 +285,46 @@ class Hub:
                     self._receive(parse(message.data))
             except Exception:
                 log.exception("killswitch_delivery_failed")
+
+    async def _follow_notices(self) -> None:
+        while True:
+            payloads = [await self._heard.get()]
+            while not self._heard.empty():
+                payloads.append(self._heard.get_nowait())
+            try:
+                await self._apply_notices(payloads)
+            except Exception:
+                # The database failed us: try again shortly, rather than leave a stream without its command.
+                log.exception("killswitch_notice_failed", notices=len(payloads))
+                for payload in payloads:
+                    self._heard.put_nowait(payload)
+                await asyncio.sleep(0.5)
+
+    async def _apply_notices(self, payloads: list[str]) -> None:
+        """Statuses to the identity state, then the undelivered commands of the named agents held here."""
+        wanted: dict[uuid.UUID, set[uuid.UUID] | None] = {}
+        reload_identity = False
+        for notice in (Notice.decode(payload) for payload in payloads):
+            if notice is None or notice.origin == self.origin:
+                continue  # our own: applied and dispatched when triggered
+            if notice.agent_ids is None:
+                wanted[notice.tenant_id] = None
+                reload_identity = True
+                continue
+            if self.identity is not None and notice.status is not None:
+                agents = [str(agent_id) for agent_id in notice.agent_ids]
+                message = {"type": "statuses", "agent_ids": agents, "status": notice.status, "at": notice.at}
+                await self.identity.receive(message)
+            if notice.tenant_id in wanted:
+                earlier = wanted[notice.tenant_id]
+                if earlier is not None:  # else the whole tenant is caught up anyway
+                    earlier.update(notice.agent_ids)
+            else:
+                wanted[notice.tenant_id] = set(notice.agent_ids)
+        if reload_identity and self.identity is not None:
+            await self.identity.reload()
+        for tenant_id, agent_ids in wanted.items():
+            await self.catch_up(tenant_id, agent_ids)
 
     # -- background: keep-alives and delivery records ---------------------------------------------
 
@@ -315,7 +394,17 @@ class Hub:
             asyncio.create_task(self._tick(), name="killswitch-keepalive"),
             asyncio.create_task(self._flush_loop(), name="killswitch-deliveries"),
         ]
+        if self.database.kind == "postgresql":
+            self._tasks.append(asyncio.create_task(self._follow_notices(), name="killswitch-notices-apply"))
+            self.notices = NoticeListener(
+                notices.connect_args(self.database.engine), self._heard.put_nowait, self.catch_up
+            )
+            await self.notices.start()
         self._watch_shutdown_signals()
+
+    def replicas(self) -> int:
+        """How many server processes share this database (1 when they cannot be counted)."""
+        return self.notices.replicas if self.notices is not None else 1
 
     def begin_close(self) -> None:
         """End every stream now (server shutdown): clients reconnect, to another replica if there is one."""
@@ -327,7 +416,9 @@ class Hub:
     async def stop(self) -> None:
         """End the streams, stop the background tasks and record the last deliveries."""
         self.begin_close()
-        await cancel(*self._tasks)
+        if self.notices is not None:
+            await self.notices.stop()
+        await cancel(*self._tasks, *self._announcing)
         with contextlib.suppress(Exception):
             await self.flush()
         if self._subscription is not None:
@@ -360,7 +451,9 @@ class Hub:
                 return
 
 
-def create_hub(database: Database, bus: Bus, settings: Settings) -> Hub:
+def create_hub(
+    database: Database, bus: Bus, settings: Settings, identity: IdentityState | None = None
+) -> Hub:
     """The hub configured by ``settings`` (start it with the runtime's event log)."""
     return Hub(
         database,
@@ -369,4 +462,5 @@ def create_hub(database: Database, bus: Bus, settings: Settings) -> Hub:
         keepalive_seconds=settings.killswitch_keepalive_seconds,
         flush_seconds=settings.killswitch_delivery_flush_seconds,
         max_streams_per_agent=settings.killswitch_max_streams_per_agent,
+        identity=identity,
     )

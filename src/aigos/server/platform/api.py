@@ -14,6 +14,7 @@ from aigos import __version__
 from aigos.server.db.outage import DatabaseUnavailable
 from aigos.server.deps import RuntimeDep
 from aigos.server.errors import ServiceUnavailable
+from aigos.server.loop_lag import LoopLag
 from aigos.server.middleware.admission import Admission
 from aigos.server.platform.schemas import Backends, Info, Liveness, Readiness
 from aigos.server.routing import ValidatedRoute
@@ -92,7 +93,7 @@ async def info(runtime: RuntimeDep) -> Info:
     response_class=PlainTextResponse,
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format"}},
 )
-async def metrics(request: Request, runtime: RuntimeDep) -> PlainTextResponse:
+async def metrics(runtime: RuntimeDep, request: Request) -> PlainTextResponse:
     """This process's counters and gauges in the Prometheus text format (scrape every replica)."""
     events = runtime.events
     samples = [
@@ -144,6 +145,9 @@ async def metrics(request: Request, runtime: RuntimeDep) -> PlainTextResponse:
     lines: list[str] = []
     for name, kind, help_text, value in samples:
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+    lag: LoopLag | None = getattr(request.app.state, "loop_lag", None)
+    if lag is not None:
+        lines += lag.exposition()
     lines += _admission_lines(request.app.state.admission)
     return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 

@@ -21,7 +21,8 @@ from aigos.core import policy as core
 from aigos.core.canonical import canonical
 from aigos.core.signing import Signer, b64url, derive_seed
 from aigos.server.audit.events import NewEvent, by, current_request_id
-from aigos.server.deps import RuntimeDep, SessionDep, after_commit
+from aigos.server.db.commit_hooks import after_commit
+from aigos.server.deps import RuntimeDep, SessionDep
 from aigos.server.errors import BadRequest, NotFound
 from aigos.server.identity import agents as registry
 from aigos.server.identity.agent_auth import AgentPrincipal, admit, agent_scope, bearer_token, require_scope
@@ -38,7 +39,7 @@ from aigos.server.policy.schemas import (
     SimulateIn,
     SimulateOut,
 )
-from aigos.server.policy.state import compile_in_pieces
+from aigos.server.policy.state import compile_in_pieces, in_pieces, select_in_pieces
 from aigos.server.routing import ValidatedRoute
 from aigos.server.runtime import Runtime
 from aigos.server.telemetry.reported import reported_events
@@ -110,8 +111,9 @@ async def check(request: Request) -> Response:
     state.ensure_live()
     subject = await state.subject(agent.tenant_id, agent.agent_id, agent.status.value, agent.claims)
     policies = await state.policy_set(agent.tenant_id)
+    effective = await select_in_pieces(policies, subject, body.action)
     asked = core.Request.of(body.action, body.resource, body.context.model_dump(exclude_none=True))
-    decision = core.evaluate(policies, subject, asked, trace=body.trace)
+    decision = core.evaluate(effective, subject, asked, trace=body.trace)
     if decision.needs_rate:
         decision = await runtime.budgets.count_rates(agent.tenant_id, decision)
     if decision.needs_budget:
@@ -197,6 +199,8 @@ async def get_bundle(
     state.ensure_live()
     subject = await state.subject(agent.tenant_id, agent.agent_id, agent.status.value, agent.claims)
     policies = await state.policy_set(agent.tenant_id)
+    if policies.cached(subject) is None:
+        await in_pieces(policies.selecting(subject))
     content = {
         "version": policies.version,
         "agent": subject.to_json(),
@@ -256,7 +260,8 @@ async def simulate(
     policies = await compile_in_pieces(version, documents.values())
     context = body.request.context.model_dump(exclude_none=True)
     request = core.Request.of(body.request.action, body.request.resource, context, at=body.at)
-    decision = core.evaluate(policies, subject, request, trace=True)
+    effective = await select_in_pieces(policies, subject, request.action)
+    decision = core.evaluate(effective, subject, request, trace=True)
     if decision.budgets:
         spent = await runtime.budgets.spent(tenant_id, decision.budgets)
         decision = decision.with_spent(spent)

@@ -54,7 +54,7 @@ async def create_tenant(
             "Signup is closed; ask the platform admin to create the tenant.", code="SIGNUP_CLOSED"
         )
     if principal is None:
-        throttle = Throttle(runtime.bus.limiter, runtime.settings)
+        throttle = Throttle(runtime.limiter, runtime.settings)
         try:
             await throttle.spend(throttle.signup(source_address(request)), "signups")
         except Throttled as exc:

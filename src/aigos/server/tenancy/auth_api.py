@@ -36,7 +36,7 @@ async def login(
     """A member signs in to one tenant with their password; the session works on the admin API with the
     member's role's scopes until it expires or `POST /v1/auth/logout`. Failed attempts are throttled per
     email and per source address (429 `RATE_LIMITED` with `Retry-After`)."""
-    throttle = Throttle(runtime.bus.limiter, runtime.settings)
+    throttle = Throttle(runtime.limiter, runtime.settings)
     buckets = throttle.sign_in("login", spec.email, source_address(request))
     try:
         await throttle.check(buckets, "failed sign-ins")

@@ -36,7 +36,7 @@ async def get_principal(
     if principal.tenant_id is not None:
         await set_tenant(session, principal.tenant_id)
         request.state.tenant_id = str(principal.tenant_id)
-    response.headers.update(await ratelimit.enforce(runtime.bus, runtime.settings, principal))
+    response.headers.update(await ratelimit.enforce(runtime.limiter, runtime.settings, principal))
     if principal.tenant_id is not None:
         runtime.usage.count(principal.tenant_id, "api_calls")
         if principal.api_key_id is not None:

@@ -1,10 +1,14 @@
-"""Request rate limits per API key and per tenant, global across replicas (the bus's GCRA limiter)."""
+"""Request rate limits per API key and per tenant, global across replicas (the bus's GCRA limiter).
+
+While the bus is down the limits are counted per process instead, each divided by the number of server
+processes (``FallbackRateLimiter``): requests keep being admitted rather than refused with the bus.
+"""
 
 from __future__ import annotations
 
 import math
 
-from aigos.server.bus import Bus, RateLimitResult
+from aigos.server.bus import RateLimiter, RateLimitResult
 from aigos.server.config import Settings
 from aigos.server.errors import RateLimited
 from aigos.server.tenancy.plans import plan_of
@@ -14,7 +18,7 @@ MINUTE = 60.0
 HOUR = 3600.0
 
 
-async def enforce(bus: Bus, settings: Settings, principal: Principal) -> dict[str, str]:
+async def enforce(limiter: RateLimiter, settings: Settings, principal: Principal) -> dict[str, str]:
     """Count one request against the key's and the tenant's limits.
 
     Returns the ``RateLimit-*`` headers of the limit closest to exhaustion, or raises ``RATE_LIMITED``
@@ -34,7 +38,7 @@ async def enforce(bus: Bus, settings: Settings, principal: Principal) -> dict[st
     )
     results: list[RateLimitResult] = []
     for name, limit, period in limits:
-        result = await bus.limiter.hit(name, limit, period)
+        result = await limiter.hit(name, limit, period)
         if not result.allowed:
             headers = headers_for(result)
             headers["Retry-After"] = str(max(1, math.ceil(result.retry_after)))
