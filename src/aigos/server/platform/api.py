@@ -39,7 +39,12 @@ async def health() -> Liveness:
 async def ready(runtime: RuntimeDep) -> Readiness:
     """Checks the database and the bus (Redis) within a short timeout each, that the database can write
     (``database``: ``full`` when its storage is), and that the event log's batch writer is making
-    progress (``eventlog``: ``stalled`` after a few seconds without an append)."""
+    progress (``eventlog``: ``stalled`` after a few seconds without an append).
+
+    503 when the database or the event log cannot do its part. The bus down answers 200 with status
+    ``degraded``: the replica still serves the admin API and the kill switch (delivered through
+    PostgreSQL), and refuses agents' policy checks with 503 until the bus is back.
+    """
     timeout = runtime.settings.ready_timeout_seconds
     probes: dict[str, Awaitable[Any]] = {
         "database": _database(runtime, timeout),
@@ -56,7 +61,10 @@ async def ready(runtime: RuntimeDep) -> Readiness:
     down = [name for name, state in checks.items() if state != "up"]
     stuck = runtime.events.problem()
     checks["eventlog"] = "stalled" if stuck else "up"
-    if down or stuck:
+    # The bus (Redis) down is no reason to leave the load balancer: the kill switch, the admin API (on
+    # per-process rate limits) and agents' checks (refused, 503) all still answer here, and with every
+    # replica unready nobody could stop an agent. Such a replica is ready but `degraded`.
+    if [name for name in down if name != "bus"] or stuck:
         kinds = {"database": runtime.database.kind, "bus": runtime.bus.kind}
         reasons = [
             f"{name} ({kinds[name]}) {'storage full' if checks[name] == 'full' else 'unreachable'}"
@@ -66,7 +74,7 @@ async def ready(runtime: RuntimeDep) -> Readiness:
             log.warning("eventlog_stalled", problem=stuck)
             reasons.append(stuck)
         raise ServiceUnavailable(f"Not ready: {'; '.join(reasons)}.", code="NOT_READY", checks=checks)
-    return Readiness(checks=checks)
+    return Readiness(status="degraded" if down else "ready", checks=checks)
 
 
 async def _database(runtime: Runtime, within_seconds: float) -> None:

@@ -14,12 +14,17 @@ class Liveness(BaseModel):
 
 
 class Readiness(BaseModel):
-    """Every dependency answered."""
+    """The replica can serve: every dependency answered, or only the bus is down (``degraded``)."""
 
-    status: Literal["ready"] = "ready"
-    checks: dict[str, Literal["up", "down", "stalled"]] = Field(
-        description="Each dependency (`database`, `bus`) and whether it answered; `eventlog`: whether the "
-        "event log's batch writer is appending (`stalled` when it has not for a few seconds)."
+    status: Literal["ready", "degraded"] = Field(
+        "ready",
+        description="`degraded`: the bus (Redis) is down; the admin API and the kill switch still work, "
+        "agents' policy checks are refused with 503 until it is back.",
+    )
+    checks: dict[str, Literal["up", "down", "full", "stalled"]] = Field(
+        description="Each dependency (`database`, `bus`) and whether it answered (`full`: the database's "
+        "storage refuses writes); `eventlog`: whether the event log's batch writer is appending "
+        "(`stalled` when it has not for a few seconds)."
     )
 
 
