@@ -109,7 +109,7 @@ def _compact(fields: tuple[str, ...]) -> bytes:
         return orjson.dumps(fields) + b"\n"
     except orjson.JSONEncodeError:
         # An agent id no UTF-8 encoder takes (a lone surrogate): escaped, as spill.encode does.
-        return json.dumps(fields, ensure_ascii=True).encode() + b"\n"
+        return json.dumps(fields, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
 
 
 class Journal:

@@ -128,6 +128,8 @@ class EventLog:
         self._queue: deque[NewEvent] = deque()
         self._aggregates: dict[tuple[uuid.UUID, str], Bucket] = {}
         self._dropped: dict[tuple[uuid.UUID, str], Bucket] = {}
+        self._minute_number = -1
+        self._minute_text = ""
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._pauses = 0
@@ -213,7 +215,7 @@ class EventLog:
         """
         own = self.journal
         if aggregate_allowed and event.event_type == "policy.checked" and event.outcome == "allowed":
-            minute = (event.occurred_at or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%MZ")
+            minute = self._this_minute() if event.occurred_at is None else _minute_of(event.occurred_at)
             key = (event.tenant_id, minute)
             bucket = self._aggregates.get(key)
             if bucket is None:
@@ -702,8 +704,16 @@ class EventLog:
                 present.update(rows.scalars())
         return present
 
+    def _this_minute(self) -> str:
+        # Formatted once a minute, not per decision (the check path calls this).
+        now = int(time.time()) // 60
+        if now != self._minute_number:
+            self._minute_number = now
+            self._minute_text = _minute_of(datetime.fromtimestamp(now * 60, UTC))
+        return self._minute_text
+
     def _drain_aggregates(self, everything: bool) -> None:
-        current = datetime.now(UTC).strftime("%Y-%m-%dT%H:%MZ")
+        current = _minute_of(datetime.now(UTC))
         for key in [key for key in self._aggregates if everything or key[1] < current]:
             bucket = self._aggregates.pop(key)
             if bucket.counts:
@@ -761,6 +771,10 @@ class EventLog:
                     await self.replay_journals()
                 except Exception:
                     log.exception("audit_journal_replay_failed")
+
+
+def _minute_of(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")
 
 
 def _aggregated_event(bucket: Bucket) -> NewEvent:
