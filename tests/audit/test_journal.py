@@ -6,8 +6,10 @@ killed process leaves behind. ``test_crash.py`` kills real server processes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import random
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -29,13 +31,19 @@ from aigos.server.audit.log import (
     REPLAYED_TYPE,
     UNJOURNALED,
     EventLog,
+    checkpoint_signer,
 )
 from aigos.server.config import Settings
 from aigos.server.db import Database
 from aigos.server.runtime import Runtime
+from tests.audit.conftest import open_database
 from tests.audit.test_writer import assert_valid_log, event, export_lines, stored
+from tests.audit.test_writer_faults import pg_proxy, proxied_settings
 from tests.identity.test_registry import bearer, register
+from tests.tcp_proxy import TcpProxy
 from tests.tenancy.conftest import signup
+
+__all__ = ["pg_proxy"]
 
 PAST = datetime(2020, 1, 1, 12, 30, tzinfo=UTC)
 FUTURE = datetime(2999, 1, 1, 0, 0, tzinfo=UTC)
@@ -272,3 +280,52 @@ async def test_a_journal_that_cannot_be_written_refuses_telemetry_and_records_lo
     ]
     assert len([row for row in rows if row.event_type == "tool.completed"]) == 3
     assert not [row for row in rows if row.event_type == "policy.checked"]
+
+
+# -- an append whose outcome is unknown ----------------------------------------------------------------
+
+
+async def test_appends_cut_off_at_any_moment_are_neither_lost_nor_written_twice(
+    tmp_path: Path, pg_database: str, redis_prefix: str, pg_proxy: TcpProxy
+) -> None:
+    # Batches commit without waiting for the WAL flush and are confirmed once per flush: a connection cut
+    # after some committed puts them back, and they must be found by id rather than appended again.
+    settings = proxied_settings(tmp_path, pg_database, redis_prefix, pg_proxy)
+    database = await open_database(settings)
+    signer = checkpoint_signer(settings.pepper)
+    tenant = uuid.uuid4()
+    log = EventLog(database, signer, batch_size=50, journal_dir=tmp_path / "journal")
+    assert log.journal is not None
+    log.journal.open()
+    for n in range(2_000):
+        assert log.enqueue(event(tenant, data={"n": n}))
+    chaos = random.Random(26)
+
+    async def cut_now_and_then() -> None:
+        for _ in range(25):
+            await asyncio.sleep(chaos.uniform(0.005, 0.04))
+            pg_proxy.sever()
+            await asyncio.sleep(0.01)
+            pg_proxy.restore()
+
+    cutting = asyncio.create_task(cut_now_and_then())
+    failures = 0
+    try:
+        while log.depth or not cutting.done():
+            try:
+                await log.flush(everything=True)
+            except Exception:
+                failures += 1
+                await asyncio.sleep(0.01)
+    finally:
+        await cutting
+        pg_proxy.restore()
+    await log.flush(everything=True)
+
+    assert failures > 0
+    rows = await stored(database, tenant)
+    assert sorted(json.loads(row.data)["n"] for row in rows) == list(range(2_000))
+    assert log.journal.held == 0
+    assert_valid_log(await export_lines(database, tenant, signer), signer, 2_000)
+    log.journal.close(remove=True)
+    await database.dispose()

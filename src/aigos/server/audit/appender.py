@@ -3,13 +3,13 @@
 Appends to one tenant's log are strictly sequential across every process, so the sequence stays gap-free
 and the chain linear; different tenants append in parallel.
 
-On PostgreSQL one statement (``aigos_audit_append``, migrations 0007 and 0011) inserts a hashed segment and
-moves the head, but only if the head is still where the segment was hashed onto. Each process remembers the
-heads it last saw (``Heads``), so an append is one round trip when no other writer got there first;
-otherwise the statement answers the head it found and the segment is rehashed onto that one. After a few
-such misses the head row is locked first. On SQLite (one writer at a time) the segment is hashed onto the
-remembered head before the write transaction begins; inside it, which holds the database's write lock, the
-head is read, the segment rehashed only if the head moved meanwhile, the rows inserted and the head moved.
+On PostgreSQL one statement (``aigos_audit_append``, migration 0007) inserts a hashed segment and moves the
+head, but only if the head is still where the segment was hashed onto. Each process remembers the heads it
+last saw (``Heads``), so an append is one round trip when no other writer got there first; otherwise the
+statement answers the head it found and the segment is rehashed onto that one. After a few such misses the
+head row is locked first. On SQLite (one writer at a time) the segment is hashed onto the remembered head
+before the write transaction begins; inside it, which holds the database's write lock, the head is read,
+the segment rehashed only if the head moved meanwhile, the rows inserted and the head moved.
 """
 
 from __future__ import annotations
@@ -213,7 +213,9 @@ def _head_of(row: Sequence[Any]) -> Head:
     return Head(int(seq), str(hash_), cast(datetime, recorded_at).astimezone(UTC), compact)
 
 
-async def _append_args(tenant_id: uuid.UUID, head: Head, segment: Segment, pause: Pause) -> tuple[Any, ...]:
+async def _append_args(
+    tenant_id: uuid.UUID, head: Head, segment: Segment, relaxed: bool, pause: Pause
+) -> tuple[Any, ...]:
     # The rows go as one JSON document, serialised in slices with pauses between them.
     parts: list[str] = []
     for start in range(0, len(segment.rows), ROWS_PER_PAUSE):
@@ -228,8 +230,7 @@ async def _append_args(tenant_id: uuid.UUID, head: Head, segment: Segment, pause
         segment.head.hash,
         segment.head.recorded_at,
         orjson.dumps(segment.head.compact_range).decode(),
-        # p_relaxed: once an asynchronous commit; ignored since migration 0011 (every append is durable).
-        False,
+        relaxed,
         "[" + ",".join(parts) + "]",
     )
 
@@ -245,12 +246,13 @@ async def append_postgres(
     heads: Heads,
     *,
     locking: Locking = contextlib.nullcontext,
+    relaxed: bool = False,
     pause: Pause = _yield,
     entries: bool = True,
 ) -> list[dict[str, Any]]:
     """Append ``events`` with ``fetch``: onto the remembered head, then, if other writers kept moving it,
     with the head row locked inside ``locking()``. ``pause`` and ``entries`` are ``chain``'s."""
-    options: dict[str, Any] = {"pause": pause, "entries": entries}
+    options: dict[str, Any] = {"relaxed": relaxed, "pause": pause, "entries": entries}
     try:
         return await _attempt(fetch, tenant_id, events, heads, lock=False, **options)
     except ContendedError:
@@ -265,6 +267,7 @@ async def _attempt(
     heads: Heads,
     *,
     lock: bool,
+    relaxed: bool,
     pause: Pause,
     entries: bool,
 ) -> list[dict[str, Any]]:
@@ -274,7 +277,7 @@ async def _attempt(
         if lock or head is None:
             head = _head_of(await fetch(_HEAD_SQL, (tenant_id, lock)))
         segment = await chain(tenant_id, head, events, pause=pause, entries=entries)
-        row = await fetch(_APPEND_SQL, await _append_args(tenant_id, head, segment, pause))
+        row = await fetch(_APPEND_SQL, await _append_args(tenant_id, head, segment, relaxed, pause))
         if row[0]:
             heads.remember(tenant_id, segment.head)
             return segment.stored

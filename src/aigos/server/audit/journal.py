@@ -150,6 +150,7 @@ class Journal:
             self._failed(error, "audit_journal_open_failed")
 
     def _open(self) -> None:
+        self.closed = False
         private_dir(self.root)
         # Built under a name claimers skip, locked, and only then given its name: a claimer never sees it
         # unlocked while this process lives.

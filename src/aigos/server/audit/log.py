@@ -78,6 +78,8 @@ SHUTDOWN_SECONDS = 10.0
 LOOKUP_CHUNK = 500
 #: How often (seconds) a running process looks for journals of processes that died beside it.
 CLAIM_SECONDS = 30.0
+#: A transaction that takes an id (and so writes a commit record) and commits durably.
+_FLUSH_WAL_SQL = "SELECT set_config('synchronous_commit', 'on', true), pg_current_xact_id()"
 #: Loss records get ids derived from where the loss is, so a replay done twice records it once.
 _LOSS_IDS = uuid.UUID("5b0c3f9e-6d1a-4f7e-9a51-3c2b8e0d7a14")
 
@@ -130,6 +132,12 @@ class EventLog:
         self._dropped: dict[tuple[uuid.UUID, str], Bucket] = {}
         self._minute_number = -1
         self._minute_text = ""
+        #: Events whose last append failed with its outcome unknown (committed or not): checked by id first.
+        self._doubtful: set[uuid.UUID] = set()
+        #: Events appended, not yet known to be durable (``_confirm``).
+        self._unconfirmed: list[NewEvent] = []
+        #: Entries of the batch being appended that were set aside rather than appended.
+        self._set_aside_ids: set[uuid.UUID] = set()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._pauses = 0
@@ -172,9 +180,9 @@ class EventLog:
     ) -> list[dict[str, Any]]:
         # PostgreSQL, in a transaction of its own: the append is one statement, sent outside any explicit
         # transaction (no BEGIN, no COMMIT round trips); only a writer that kept losing the race to other
-        # processes opens one, to lock the head. A batch is hashed in pieces between requests and returns
-        # no entries; its commit waits for the WAL flush like any other (the journal releases its events
-        # once it returns, so it must be durable).
+        # processes opens one, to lock the head. A batch is hashed in pieces between requests, returns no
+        # entries, and commits without waiting for the WAL flush: one flush per batch, not one per tenant,
+        # is awaited before the journal lets its events go (``_confirm``).
         async with self.database.driver() as driver:
 
             async def fetch(sql: str, args: tuple[Any, ...]) -> Any:
@@ -190,6 +198,7 @@ class EventLog:
                 events,
                 self.heads,
                 locking=driver.transaction,
+                relaxed=True,
                 pause=self._pause,
                 entries=False,
             )
@@ -372,7 +381,8 @@ class EventLog:
     async def flush(self, *, everything: bool = False) -> int:
         """Append what is queued (and aggregates of finished minutes; all of them with ``everything``).
 
-        Raises when the database cannot be reached; what was not appended stays queued, in order.
+        Returns once what it appended is durable. Raises when the database cannot be reached; what was not
+        durably appended stays queued, in order.
         """
         self._drain_aggregates(everything)
         self._drain_dropped()
@@ -380,22 +390,44 @@ class EventLog:
         # Only what is queued now: events arriving meanwhile wait for the next tick, so steady traffic is
         # written in full batches rather than one tiny transaction after another.
         pending = len(self._queue)
-        while self._queue and (everything or written < pending):
-            size = min(self.batch_size, len(self._queue) if everything else pending - written)
-            batch = [self._queue.popleft() for _ in range(size)]
-            try:
+        try:
+            while self._queue and (everything or written < pending):
+                size = min(self.batch_size, len(self._queue) if everything else pending - written)
+                batch = [self._queue.popleft() for _ in range(size)]
                 await self._append_batch(batch)
-            except Exception as error:
-                self.flush_failures_total += 1
-                self.last_error = _printable(f"{type(error).__name__}: {error}", 300)
-                if self._failing_since is None:
-                    self._failing_since = time.monotonic()
-                raise
-            self._failing_since = None
-            written += len(batch)
-            if not everything and written >= self.batch_size * 20:
-                break
+                written += len(batch)
+                if not everything and written >= self.batch_size * 20:
+                    break
+        except Exception as error:
+            await self._confirm(failed=error)
+            raise
+        await self._confirm()
         return written
+
+    def _failed(self, error: BaseException) -> None:
+        self.flush_failures_total += 1
+        self.last_error = _printable(f"{type(error).__name__}: {error}", 300)
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+
+    async def _confirm(self, failed: BaseException | None = None) -> None:
+        """Wait until the batches appended since the last call are durable, then let the journal release
+        them; if that cannot be known, put them back at the front of the queue, to be checked by id."""
+        unconfirmed, self._unconfirmed = self._unconfirmed, []
+        try:
+            if failed is None and unconfirmed:
+                await self._flush_wal()
+        except BaseException as error:
+            failed = error
+            raise
+        finally:
+            if failed is None:
+                self._failing_since = None
+                self._release(event.event_id for event in unconfirmed)
+            else:
+                self._failed(failed)
+                self._doubtful.update(event.event_id for event in unconfirmed)
+                self._queue.extendleft(reversed(unconfirmed))
 
     def problem(self) -> str | None:
         """Why the batch writer cannot make progress or the journal cannot keep events, or None when all is
@@ -430,22 +462,65 @@ class EventLog:
 
     async def _append_batch(self, batch: list[NewEvent]) -> None:
         """Append ``batch``, isolating entries the database refuses; on an outage (or cancellation) what
-        was not appended goes back to the front of the queue, in order, and the error is raised."""
+        was not appended goes back to the front of the queue, in order, and the error is raised.
+
+        What it appended waits in ``_unconfirmed`` for ``_confirm()``: on PostgreSQL a batch commits without
+        waiting for the WAL flush, and one wait covers every batch of a flush.
+        """
         by_tenant: dict[uuid.UUID, list[NewEvent]] = {}
         for event in batch:
             by_tenant.setdefault(event.tenant_id, []).append(event)
         written: set[uuid.UUID] = set()
+        self._set_aside_ids.clear()
         try:
+            if self._doubtful:
+                await self._skip_present(by_tenant, written)
             outage = await self._append_groups(by_tenant, written)
         except BaseException:
-            self._release(written)
-            self._queue.extendleft(reversed([event for event in batch if event.event_id not in written]))
+            self._doubtful.update(event.event_id for event in batch if event.event_id not in written)
             raise
-        # Committed (durably: the journal's copies may go) or set aside (kept in the spill folder).
-        self._release(written)
-        if outage is not None:
+        finally:
+            # Set aside (kept in the spill folder): done with. Appended: durable once confirmed.
+            self._release(self._set_aside_ids)
+            self._unconfirmed.extend(
+                event
+                for event in batch
+                if event.event_id in written and event.event_id not in self._set_aside_ids
+            )
             self._queue.extendleft(reversed([event for event in batch if event.event_id not in written]))
+        if outage is not None:
+            self._doubtful.update(event.event_id for event in batch if event.event_id not in written)
             raise outage
+
+    async def _skip_present(
+        self, by_tenant: dict[uuid.UUID, list[NewEvent]], written: set[uuid.UUID]
+    ) -> None:
+        # An earlier attempt at some of these failed on a connection that broke: its commit may have
+        # happened anyway. What it did write is found by id (and confirmed with the rest), not written twice.
+        for tenant_id, events in list(by_tenant.items()):
+            doubtful = [event.event_id for event in events if event.event_id in self._doubtful]
+            if not doubtful:
+                continue
+            present = await self._present(tenant_id, doubtful)
+            self._doubtful.difference_update(doubtful)
+            written.update(present)
+            fresh = [event for event in events if event.event_id not in present]
+            if fresh:
+                by_tenant[tenant_id] = fresh
+            else:
+                del by_tenant[tenant_id]
+
+    async def _flush_wal(self) -> None:
+        """Wait until what this process committed so far is durable (PostgreSQL; SQLite's commits are).
+
+        A batch commits without waiting for the WAL flush; a transaction with an id commits with
+        ``synchronous_commit`` on, and its commit record follows every earlier one in the WAL, so once it
+        returns they are all flushed too.
+        """
+        if self.database.kind != "postgresql":
+            return
+        async with self.database.driver() as driver:
+            await driver.fetchrow(_FLUSH_WAL_SQL)
 
     async def _append_groups(
         self, by_tenant: dict[uuid.UUID, list[NewEvent]], written: set[uuid.UUID]
@@ -540,6 +615,7 @@ class EventLog:
                 log.exception("audit_set_aside_not_kept", spill_dir=str(self.spill_dir))
         # Handled from here on: it is never retried, whatever becomes of the record below.
         written.add(event.event_id)
+        self._set_aside_ids.add(event.event_id)
         record = NewEvent(
             tenant_id=event.tenant_id,
             event_type=SET_ASIDE_TYPE,
@@ -595,13 +671,15 @@ class EventLog:
         if self.journal_dir is None:
             return 0
         appended = 0
-        for orphan in journal.claim(self.journal_dir):
-            try:
+        orphans = journal.claim(self.journal_dir)
+        try:
+            for orphan in orphans:
                 appended += await self._replay_journal(orphan)
-            except BaseException:
+                orphan.remove()
+        finally:
+            # Those not replayed (the database failed) stay for a later attempt, by this process or another.
+            for orphan in orphans:
                 orphan.release()
-                raise
-            orphan.remove()
         return appended
 
     async def _replay_journal(self, orphan: journal.Orphan) -> int:
