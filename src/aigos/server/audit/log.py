@@ -79,7 +79,9 @@ LOOKUP_CHUNK = 500
 #: How often (seconds) a running process looks for journals of processes that died beside it.
 CLAIM_SECONDS = 30.0
 #: A transaction that takes an id (and so writes a commit record) and commits durably.
-_FLUSH_WAL_SQL = "SELECT set_config('synchronous_commit', 'on', true), pg_current_xact_id()"
+_FLUSH_WAL_SQL = (
+    "SELECT set_config('synchronous_commit', 'on', true), pg_current_xact_id(), pg_postmaster_start_time()"
+)
 #: Loss records get ids derived from where the loss is, so a replay done twice records it once.
 _LOSS_IDS = uuid.UUID("5b0c3f9e-6d1a-4f7e-9a51-3c2b8e0d7a14")
 
@@ -136,6 +138,8 @@ class EventLog:
         self._doubtful: set[uuid.UUID] = set()
         #: Events appended, not yet known to be durable (``_confirm``).
         self._unconfirmed: list[NewEvent] = []
+        #: When the database server last confirmed durable had started (PostgreSQL), to tell a restart.
+        self._epoch: datetime | None = None
         #: Entries of the batch being appended that were set aside rather than appended.
         self._set_aside_ids: set[uuid.UUID] = set()
         self._wake = asyncio.Event()
@@ -390,19 +394,22 @@ class EventLog:
         # Only what is queued now: events arriving meanwhile wait for the next tick, so steady traffic is
         # written in full batches rather than one tiny transaction after another.
         pending = len(self._queue)
-        try:
-            while self._queue and (everything or written < pending):
-                size = min(self.batch_size, len(self._queue) if everything else pending - written)
-                batch = [self._queue.popleft() for _ in range(size)]
-                await self._append_batch(batch)
-                written += len(batch)
-                if not everything and written >= self.batch_size * 20:
-                    break
-        except Exception as error:
-            await self._confirm(failed=error)
-            raise
-        await self._confirm()
-        return written
+        while True:
+            try:
+                while self._queue and (everything or written < pending):
+                    size = min(self.batch_size, len(self._queue) if everything else pending - written)
+                    batch = [self._queue.popleft() for _ in range(size)]
+                    await self._append_batch(batch)
+                    written += len(batch)
+                    if not everything and written >= self.batch_size * 20:
+                        break
+            except Exception as error:
+                await self._confirm(failed=error)
+                raise
+            await self._confirm()
+            # A database that restarted meanwhile may have lost some: they are queued again.
+            if not (everything and self._queue):
+                return written
 
     def _failed(self, error: BaseException) -> None:
         self.flush_failures_total += 1
@@ -416,7 +423,18 @@ class EventLog:
         unconfirmed, self._unconfirmed = self._unconfirmed, []
         try:
             if failed is None and unconfirmed:
-                await self._flush_wal()
+                epoch = await self._flush_wal()
+                if epoch != self._epoch:
+                    # The database restarted (or another took over) since the last confirmation, perhaps
+                    # after these committed without waiting for the WAL: what survived is found by id, the
+                    # rest is queued again.
+                    present = await self._present_among(unconfirmed)
+                    self._epoch = epoch
+                    missing = [event for event in unconfirmed if event.event_id not in present]
+                    unconfirmed = [event for event in unconfirmed if event.event_id in present]
+                    self._queue.extendleft(reversed(missing))
+                    if missing:
+                        log.warning("audit_appends_lost_by_the_database", count=len(missing))
         except BaseException as error:
             failed = error
             raise
@@ -510,17 +528,29 @@ class EventLog:
             else:
                 del by_tenant[tenant_id]
 
-    async def _flush_wal(self) -> None:
-        """Wait until what this process committed so far is durable (PostgreSQL; SQLite's commits are).
+    async def _flush_wal(self) -> datetime | None:
+        """Wait until what this process committed so far is durable (PostgreSQL; SQLite's commits are);
+        returns when the database server started, which tells a restart in between.
 
         A batch commits without waiting for the WAL flush; a transaction with an id commits with
         ``synchronous_commit`` on, and its commit record follows every earlier one in the WAL, so once it
-        returns they are all flushed too.
+        returns they are all flushed too: unless the server restarted since they committed, and lost them.
         """
         if self.database.kind != "postgresql":
-            return
+            return None
         async with self.database.driver() as driver:
-            await driver.fetchrow(_FLUSH_WAL_SQL)
+            row = await driver.fetchrow(_FLUSH_WAL_SQL)
+        started: datetime = row[2]
+        return started
+
+    async def _present_among(self, events: Sequence[NewEvent]) -> set[uuid.UUID]:
+        by_tenant: dict[uuid.UUID, list[uuid.UUID]] = {}
+        for event in events:
+            by_tenant.setdefault(event.tenant_id, []).append(event.event_id)
+        present: set[uuid.UUID] = set()
+        for tenant_id, event_ids in by_tenant.items():
+            present |= await self._present(tenant_id, event_ids)
+        return present
 
     async def _append_groups(
         self, by_tenant: dict[uuid.UUID, list[NewEvent]], written: set[uuid.UUID]
@@ -746,6 +776,7 @@ class EventLog:
         by_tenant: dict[uuid.UUID, list[NewEvent]] = {}
         for event in events:
             by_tenant.setdefault(event.tenant_id, []).append(event)
+        epoch = await self._flush_wal()
         appended = 0
         for tenant_id, group in by_tenant.items():
             present = await self._present(tenant_id, [event.event_id for event in group])
@@ -766,6 +797,10 @@ class EventLog:
             )
             await self.record(replayed)
             appended += len(fresh)
+        if await self._flush_wal() != epoch:
+            # Appended without waiting for the WAL, and the server restarted since: some may be gone. The
+            # source is kept, and replayed again (what is there is skipped) by a later attempt.
+            raise RuntimeError("the database restarted during the replay")
         self.replayed_total += appended
         return appended
 
