@@ -336,7 +336,11 @@ def _remove(folder: Path) -> None:
     for path in folder.glob(SEGMENT_GLOB):
         path.unlink(missing_ok=True)
     (folder / LOCK_NAME).unlink(missing_ok=True)
-    folder.rmdir()
+    try:
+        folder.rmdir()
+    except OSError:
+        # Something else was put there: left for an operator; without its lock nobody claims it again.
+        log.warning("audit_journal_folder_not_removed", path=str(folder))
 
 
 # -- journals of processes that are gone ------------------------------------------------------------------
