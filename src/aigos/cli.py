@@ -347,8 +347,26 @@ def audit_verify(
         typer.secho(f"{summary}; keys: {', '.join(report.key_ids) or 'none'}", fg=typer.colors.GREEN)
     else:
         typer.secho(f"FAILED: {report.failure}", fg=typer.colors.RED)
+    if report.losses and not as_json:
+        _print_losses(report)
     if not report.ok:
         raise typer.Exit(code=1)
+
+
+def _print_losses(report: auditlog.Report) -> None:
+    """The log's own record of acknowledged events it does not hold: never verified away in silence."""
+    typer.secho(
+        f"LOSSES: {len(report.losses)} entries record {report.lost} acknowledged events that were lost:",
+        fg=typer.colors.YELLOW,
+    )
+    for loss in report.losses:
+        span = f", {loss['from']} .. {loss['to']}" if loss.get("from") or loss.get("to") else ""
+        process = f", process {loss['process']}" if loss.get("process") else ""
+        typer.secho(
+            f"  seq {loss['seq']}: {loss['event_type']}: {loss.get('count')} "
+            f"({loss.get('reason', 'no reason given')}{process}{span})",
+            fg=typer.colors.YELLOW,
+        )
 
 
 @audit_app.command("prune")

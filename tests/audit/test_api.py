@@ -414,6 +414,8 @@ async def test_export_verifies_with_checkpoints_in_place(client: AsyncClient, ap
         "sealed_through": 9,
         "unsealed": 0,
         "key_ids": sorted(keys),
+        "losses": [],
+        "lost": 0,
         "failure": None,
     }
     served = await client.post("/v1/audit/verify", headers=tenant.headers)

@@ -816,6 +816,8 @@ def test_report_to_json_when_ok() -> None:
         "sealed_through": 8,
         "unsealed": 2,
         "key_ids": [SIGNER.key_id],
+        "losses": [],
+        "lost": 0,
         "failure": None,
     }
     canonical(report.to_json())  # JSON-serialisable as is

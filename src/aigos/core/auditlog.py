@@ -5,7 +5,9 @@ canonical JSON of all its fields (``prev_hash`` included, ``hash`` excluded), so
 the whole history before it. The entry hashes are also the leaves of an RFC 9162 Merkle tree; a
 checkpoint signs the tree head (``tree_size``, ``root_hash``) and the chain head (``head_hash``).
 Editing, deleting, inserting or reordering any entry changes a hash the next entry or a signed
-checkpoint commits to, and ``verify_export`` names the first entry where that shows.
+checkpoint commits to, and ``verify_export`` names the first entry where that shows. Events that were
+acknowledged but never logged are not silent either: the log records them (``LOSS_TYPES``) and the report
+lists those records.
 
 This module does no I/O: the server and ``aigos audit verify`` (light install) share it.
 """
@@ -44,6 +46,8 @@ ENTRY_FIELDS = (
     "prev_hash",
 )
 CHECKPOINT_FIELDS = ("type", "tenant_id", "tree_size", "root_hash", "head_hash", "issued_at", "key_id")
+#: Entries recording events that were acknowledged and then lost (dropped, or unreadable after a crash).
+LOSS_TYPES = frozenset({"audit.events_dropped", "audit.events_lost"})
 
 
 def entry_hash(entry: Mapping[str, Any]) -> str:
@@ -122,11 +126,18 @@ class Report:
     unsealed: int = 0
     key_ids: list[str] = field(default_factory=list)
     failure: Failure | None = None
+    #: The loss records met: seq, event type, and the record's data (``count``, ``reason``, times...).
+    losses: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         """Whether everything verified."""
         return self.failure is None
+
+    @property
+    def lost(self) -> int:
+        """Events the loss records count (at least: an unreadable journal line may have held several)."""
+        return sum(loss["count"] for loss in self.losses if isinstance(loss.get("count"), int))
 
     def to_json(self) -> dict[str, Any]:
         """A JSON form for the API and the CLI's ``--json``."""
@@ -140,6 +151,8 @@ class Report:
             "sealed_through": self.sealed_through,
             "unsealed": self.unsealed,
             "key_ids": self.key_ids,
+            "losses": self.losses,
+            "lost": self.lost,
             "failure": None
             if self.failure is None
             else {
@@ -252,6 +265,10 @@ def _check_entry(record: dict[str, Any], number: int, seq: int, head: str, repor
     report.entries += 1
     report.first_seq = report.first_seq or entry_seq
     report.last_seq = entry_seq
+    if record.get("event_type") in LOSS_TYPES:
+        data = record.get("data")
+        details = data if isinstance(data, dict) else {}
+        report.losses.append({"seq": entry_seq, "event_type": record["event_type"], **details})
     return entry_seq, computed
 
 

@@ -225,13 +225,17 @@ async def start_runtime(settings: Settings, in_flight: InFlight | None = None) -
             checkpoint_seconds=settings.audit_checkpoint_seconds,
             in_flight=in_flight,
             spill_dir=settings.data_dir / "spill",
+            journal_dir=settings.data_dir / "journal" if settings.audit_journal else None,
+            journal_sync_seconds=settings.audit_journal_sync_seconds,
         ),
         maintenance=Maintenance(database, signer, settings.audit_retention_days),
         features=list(FEATURES),
         passwords=Passwords(settings.password_hash_memory_kib, settings.password_hash_time_cost),
     )
-    # Events an earlier process could not write before it stopped: into the log before anything new.
+    # Events an earlier process could not write before it stopped (or was killed): into the log before
+    # anything new.
     await runtime.events.replay_spilled()
+    await runtime.events.replay_journals()
     runtime.start()
     await runtime.killswitch.start(runtime.events)
     return runtime

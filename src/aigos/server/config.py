@@ -156,6 +156,12 @@ class Settings(BaseSettings):
     audit_flush_seconds: float = Field(
         0.2, gt=0, description="Longest wait before buffered events are written."
     )
+    audit_journal: bool = Field(
+        True, description="Journal buffered events in <data>/journal before acknowledging them (crash-safe)."
+    )
+    audit_journal_sync_seconds: float = Field(
+        1.0, gt=0, description="How often the event journal is fsynced (a power loss loses what came since)."
+    )
     usage_flush_seconds: float = Field(
         10.0, gt=0, description="How often buffered usage counts and key activity are written."
     )

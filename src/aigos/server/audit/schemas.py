@@ -110,4 +110,11 @@ class AuditVerifyReport(BaseModel):
     sealed_through: int = Field(description="The largest tree size a verified checkpoint covers.")
     unsealed: int = Field(description="Entries after the last checkpoint.")
     key_ids: list[str]
+    losses: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Entries recording acknowledged events that were lost (`audit.events_dropped`, "
+        "`audit.events_lost`): `seq`, `event_type`, `count`, `reason` and what else they know (process, "
+        "time range).",
+    )
+    lost: int = Field(0, description="Events those entries count (at least).")
     failure: AuditVerifyFailure | None

@@ -28,10 +28,8 @@ async def report(batch: TelemetryBatch, runtime: RuntimeDep, agent: ReporterDep)
     A terminated agent may still report with its unexpired token (its last calls' outcomes).
     """
     events = reported_events(agent, batch.events, "/events")
-    accepted = 0
-    for event in events:
-        if runtime.events.enqueue(event):
-            accepted += 1
+    # 503 STORAGE_UNAVAILABLE if the event log's journal cannot be written: nothing is kept then.
+    accepted = runtime.events.enqueue_many(events)
     if accepted == 0:
         # Nothing fitted: the writer is behind. Tell the SDK to retry instead of losing the batch silently.
         raise ServiceUnavailable(
