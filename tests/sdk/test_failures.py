@@ -19,7 +19,7 @@ from aigos.core.signing import Signer
 from aigos.sdk import AigosClient, AigosUnavailable, AsyncAigosClient, AuthenticationError, guard
 from aigos.sdk.errors import AigosError
 from aigos.sdk.killswitch import CommandProcessor, SseEvent, SseParser
-from aigos.sdk.transport import RetryPolicy, SyncTransport, raise_for_problem
+from aigos.sdk.transport import AsyncTransport, RetryPolicy, SyncTransport, raise_for_problem
 from tests.server_process import free_port
 
 AGENT = "7d7f3c9e-8a3b-4f1e-9c55-0c1f0b3a9e11"
@@ -94,6 +94,28 @@ def test_retries_on_503_and_429_honour_retry_after(peer: str) -> None:
         raise_for_problem(last)
     assert (unavailable.value.code, unavailable.value.status) == ("POLICY_STATE_STALE", 503)
     transport.close()
+
+
+def test_an_unknown_outcome_is_not_sent_again(peer: str) -> None:
+    # The change may have been made: a retry could register the same agent twice.
+    Script.answers = [(503, {"Retry-After": "0"}, problem(503, "OUTCOME_UNKNOWN"))]
+    transport = SyncTransport(peer, retry=RetryPolicy(max_retries=3, base=0.01))
+    response = transport.request("POST", "/v1/agents/register", json={"name": "a"})
+    assert response.status == 503
+    assert len(Script.seen) == 1
+    with pytest.raises(AigosUnavailable) as unavailable:
+        raise_for_problem(response)
+    assert unavailable.value.code == "OUTCOME_UNKNOWN"
+    transport.close()
+
+
+async def test_an_unknown_outcome_is_not_sent_again_async(peer: str) -> None:
+    Script.answers = [(503, {"Retry-After": "0"}, problem(503, "OUTCOME_UNKNOWN"))]
+    transport = AsyncTransport(peer, retry=RetryPolicy(max_retries=3, base=0.01))
+    response = await transport.request("POST", "/v1/agents/register", json={"name": "a"})
+    assert response.status == 503
+    assert len(Script.seen) == 1
+    await transport.close()
 
 
 def test_problems_become_typed_errors(peer: str) -> None:

@@ -4,7 +4,8 @@ Why ``http.client`` for the sync path: measured on loopback, a kept-alive ``http
 ~0.3 ms per call against ~0.8 ms for ``httpx.Client``, and the guarded call's overhead is mostly this.
 
 Both retry with exponential backoff and jitter on 429/502/503/504 and connection errors, honouring
-``Retry-After``, and turn RFC 9457 problem bodies into typed exceptions (``raise_for_problem``).
+``Retry-After`` (never a 503 ``OUTCOME_UNKNOWN``: the change may have been made), and turn RFC 9457
+problem bodies into typed exceptions (``raise_for_problem``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from aigos.sdk.errors import AigosError, AigosUnavailable, AuthenticationError
 log = logging.getLogger("aigos.sdk")
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+#: A 503 that says the change may have been made: sent again, a write could be made twice.
+OUTCOME_UNKNOWN = b'"OUTCOME_UNKNOWN"'
 USER_AGENT = "aigos-sdk-python"
 
 
@@ -99,6 +102,11 @@ def raise_for_problem(response: HttpResponse) -> None:
     if response.status in RETRY_STATUSES or response.status >= 500:
         raise AigosUnavailable(message, code=code, status=response.status, problem=problem)
     raise AigosError(message, code=code, status=response.status, problem=problem)
+
+
+def worth_retrying(response: HttpResponse) -> bool:
+    """Whether sending the same request again is safe and may succeed: a refusal that changed nothing."""
+    return response.status in RETRY_STATUSES and OUTCOME_UNKNOWN not in response.body
 
 
 def encode(json: Any = None, form: Mapping[str, str] | None = None) -> tuple[bytes | None, str | None]:
@@ -216,7 +224,7 @@ class SyncTransport:
                 wait = self.retry.delay(attempt, None)
                 log.warning("aigos request failed, retrying in %.2fs: %s %s: %r", wait, method, path, exc)
             else:
-                if response.status not in RETRY_STATUSES or attempt >= limit:
+                if not worth_retrying(response) or attempt >= limit:
                     return response
                 wait = self.retry.delay(attempt, retry_after(response.headers))
                 log.info("aigos %s %s answered %s, retrying in %.2fs", method, path, response.status, wait)
@@ -274,7 +282,7 @@ class AsyncTransport:
                 response = HttpResponse(
                     raw.status_code, {k.lower(): v for k, v in raw.headers.items()}, raw.content
                 )
-                if response.status not in RETRY_STATUSES or attempt >= limit:
+                if not worth_retrying(response) or attempt >= limit:
                     return response
                 wait = self.retry.delay(attempt, retry_after(response.headers))
                 log.info("aigos %s %s answered %s, retrying in %.2fs", method, path, response.status, wait)
