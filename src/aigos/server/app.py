@@ -23,7 +23,6 @@ from aigos.server.datadir import DataDirLock
 from aigos.server.datadir import prepare as prepare_data_dir
 from aigos.server.db import Database
 from aigos.server.db.database import APP_ROLE
-from aigos.server.db.migrate import upgrade
 from aigos.server.db.types import utcnow
 from aigos.server.identity import agents_api, agntcy_api, keys_api, oauth_api
 from aigos.server.identity.keys import SigningKeys
@@ -175,6 +174,9 @@ async def start_runtime(settings: Settings, in_flight: InFlight | None = None) -
     ``in_flight`` counts the process's requests; the event log's batch writer yields to them.
     """
     if settings.migrate_on_start:
+        # Imported here: Alembic is a fair share of the server's start-up time, and only this needs it.
+        from aigos.server.db.migrate import upgrade
+
         await upgrade(settings.resolved_migration_url)
     database = Database(
         settings.resolved_database_url,
