@@ -8,11 +8,9 @@ import string
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from aigos.core.canonical import NotCanonicalizable, canonical
-from aigos.core.signing import Signer, b64url, derive_seed, key_id, unb64url, verify
+from aigos.core.signing import SEED_SALT, Signer, b64url, derive_seed, hkdf_sha256, key_id, unb64url, verify
 
 # RFC 8032 section 7.1, TEST 1.
 RFC8032_SEED = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
@@ -135,11 +133,74 @@ def test_derive_seed_is_deterministic_and_32_bytes() -> None:
     )
 
 
-def test_derive_seed_is_hkdf_sha256() -> None:
-    secret = b"test-server-secret-0123456789"
-    for purpose in ("audit-checkpoints", "kill-switch", "", "ünïcode"):
-        hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"aigos-signing-v1", info=purpose.encode())
-        assert derive_seed(secret, purpose) == hkdf.derive(secret)
+# Seeds derived before HKDF came from `cryptography`: keys already in use must stay the same bytes.
+DERIVED_SEEDS = [
+    (
+        b"test-server-secret",
+        "audit-checkpoint",
+        "ea354ae12ccf79d01f6c45dc7789256fb1293d895f312dab7ff568f475477e9e",
+    ),
+    (
+        b"test-server-secret",
+        "kill-switch",
+        "1cfd199d69c266043e5d17101747c5976636e54fcb57653ef461ea6f82461ef0",
+    ),
+    (b"", "policy-bundle", "bc840ed4f2e1078749eae45de2ca004dc127521232730b24b3751026030c9686"),
+    (
+        b"\x00" * 32,
+        "signing-key-encryption",
+        "07aea509527f51afb0d5f2dad987616149addd96e4b30840a18f2362a31803d4",
+    ),
+    ("pepper-ü".encode(), "zoë ✓", "ac567a18d2008991005f9e0a4bcbde75ea47b910d238c3afee13a14df7b1ae3f"),
+]
+
+
+@pytest.mark.parametrize(("secret", "purpose", "seed"), DERIVED_SEEDS)
+def test_derive_seed_matches_the_seeds_already_in_use(secret: bytes, purpose: str, seed: str) -> None:
+    assert derive_seed(secret, purpose).hex() == seed
+
+
+# RFC 5869 appendix A, test cases 1-3 (SHA-256): key material, salt, info, length, output.
+RFC5869 = [
+    (
+        "0b" * 22,
+        "000102030405060708090a0b0c",
+        "f0f1f2f3f4f5f6f7f8f9",
+        42,
+        "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865",
+    ),
+    (
+        bytes(range(0x00, 0x50)).hex(),
+        bytes(range(0x60, 0xB0)).hex(),
+        bytes(range(0xB0, 0x100)).hex(),
+        82,
+        "b11e398dc80327a1c8e7f78c596a49344f012eda2d4efad8a050cc4c19afa97c59045a99cac7827271cb41c65e590e09"
+        "da3275600c2f09b8367793a9aca3db71cc30c58179ec3e87c14c01d5c1f3434f1d87",
+    ),
+    (
+        "0b" * 22,
+        "",
+        "",
+        42,
+        "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d9d201395faa4b61a96c8",
+    ),
+]
+
+
+@pytest.mark.parametrize(("key_material", "salt", "info", "length", "output"), RFC5869)
+def test_hkdf_sha256_rfc5869_vectors(
+    key_material: str, salt: str, info: str, length: int, output: str
+) -> None:
+    derived = hkdf_sha256(
+        bytes.fromhex(key_material), salt=bytes.fromhex(salt), info=bytes.fromhex(info), length=length
+    )
+    assert derived.hex() == output
+
+
+def test_derive_seed_is_hkdf_sha256_with_the_aigos_salt() -> None:
+    assert derive_seed(b"secret", "kill-switch") == hkdf_sha256(
+        b"secret", salt=SEED_SALT, info=b"kill-switch"
+    )
 
 
 def test_derive_seed_separates_purposes_and_secrets() -> None:

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from aigos.core.canonical import canonical
 
@@ -35,13 +35,22 @@ def key_id(public_key: bytes) -> str:
     return hashlib.sha256(public_key).hexdigest()[:16]
 
 
+SEED_SALT = b"aigos-signing-v1"
+"""The HKDF salt of ``derive_seed``: part of the wire format, since every derived key depends on it."""
+
+
+def hkdf_sha256(key_material: bytes, *, salt: bytes, info: bytes, length: int = 32) -> bytes:
+    """HKDF-SHA256 (RFC 5869): ``length`` bytes of output keying material."""
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(key_material)
+
+
 def derive_seed(secret: bytes, purpose: str) -> bytes:
     """A 32-byte Ed25519 seed derived from a server secret for one purpose (HKDF-SHA256, RFC 5869).
 
-    Every replica holding the same secret derives the same key, so no key needs storing or syncing.
+    The salt is ``SEED_SALT`` and the info is the UTF-8 of ``purpose``. Every replica holding the same
+    secret derives the same key, so no key needs storing or syncing.
     """
-    prk = hmac.new(b"aigos-signing-v1", secret, hashlib.sha256).digest()
-    return hmac.new(prk, purpose.encode() + b"\x01", hashlib.sha256).digest()
+    return hkdf_sha256(secret, salt=SEED_SALT, info=purpose.encode())
 
 
 @dataclass(frozen=True)
