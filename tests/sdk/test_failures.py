@@ -18,8 +18,10 @@ from aigos.core.commands import CommandRejected, sign_command
 from aigos.core.signing import Signer
 from aigos.sdk import AigosClient, AigosUnavailable, AsyncAigosClient, AuthenticationError, guard
 from aigos.sdk.errors import AigosError
-from aigos.sdk.killswitch import CommandProcessor, SseEvent, SseParser
-from aigos.sdk.transport import AsyncTransport, RetryPolicy, SyncTransport, raise_for_problem
+from aigos.sdk.killswitch import CommandProcessor
+from aigos.sdk.retry import RetryPolicy
+from aigos.sdk.sse import SseEvent
+from aigos.sdk.transport import AsyncTransport, SyncTransport, raise_for_problem
 from tests.server_process import free_port
 
 AGENT = "7d7f3c9e-8a3b-4f1e-9c55-0c1f0b3a9e11"
@@ -254,13 +256,3 @@ def test_commands_are_verified_before_they_are_obeyed() -> None:
     assert outcome(SseEvent("2", "kill-switch", "{not json")) == "MALFORMED"
     assert outcome(signed(server_key, 3)) == "OK"
     assert outcome(signed(server_key, 2)) == "OUT_OF_ORDER"
-
-
-def test_sse_parser() -> None:
-    parser = SseParser()
-    lines = [": keep-alive", "", "id: 7", "event: kill-switch", 'data: {"a":', "data: 1}", "", "data:x", ""]
-    events = [event for line in lines if (event := parser.feed(line)) is not None]
-    assert [(e.id, e.event, e.data) for e in events] == [
-        ("7", "kill-switch", '{"a":\n1}'),
-        ("7", "message", "x"),
-    ]

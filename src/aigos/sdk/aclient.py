@@ -16,7 +16,8 @@ from aigos.sdk.errors import AigosError, AigosUnavailable, AuthenticationError
 from aigos.sdk.killswitch import AsyncHandler, AsyncKillSwitchListener, default_exit
 from aigos.sdk.local import BundleRejected, LocalPolicy, public_keys
 from aigos.sdk.models import Decision, Identity
-from aigos.sdk.transport import AsyncTransport, HttpResponse, RetryPolicy, raise_for_problem
+from aigos.sdk.retry import RetryPolicy
+from aigos.sdk.transport import AsyncTransport, HttpResponse, raise_for_problem
 
 log = logging.getLogger("aigos.sdk")
 

@@ -18,7 +18,8 @@ from aigos.sdk.errors import AigosError, AigosUnavailable, AuthenticationError
 from aigos.sdk.killswitch import Handler, KillSwitchListener, default_exit
 from aigos.sdk.local import BundleRejected, LocalPolicy, public_keys
 from aigos.sdk.models import Decision, Identity
-from aigos.sdk.transport import HttpResponse, RetryPolicy, SyncTransport, raise_for_problem
+from aigos.sdk.retry import RetryPolicy
+from aigos.sdk.transport import HttpResponse, SyncTransport, raise_for_problem
 
 log = logging.getLogger("aigos.sdk")
 

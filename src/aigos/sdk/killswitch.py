@@ -16,12 +16,11 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import signal
 import socket
 import threading
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -39,6 +38,8 @@ from aigos.core.commands import (
 from aigos.sdk.errors import AigosError, AigosUnavailable, AuthenticationError
 from aigos.sdk.local import public_keys
 from aigos.sdk.models import KillSwitchCommand
+from aigos.sdk.retry import RetryPolicy
+from aigos.sdk.sse import SseEvent, SseParser, read_lines
 
 if TYPE_CHECKING:
     from aigos.sdk.aclient import AsyncAigosClient
@@ -50,49 +51,11 @@ STREAM = "/v1/kill-switch/stream"
 KEYS = "/v1/kill-switch/keys"
 #: Longer than the server's 15 s keep-alive comments: silence beyond it means the connection is dead.
 READ_TIMEOUT = 45.0
-BACKOFF_START, BACKOFF_MAX = 0.25, 30.0
+#: No limit: the listener reconnects for as long as it runs; an established stream starts the waits over.
+RECONNECT = RetryPolicy(max_retries=None, base=0.25, cap=30.0)
 
 Handler = Callable[[KillSwitchCommand], Any]
 AsyncHandler = Callable[[KillSwitchCommand], Awaitable[Any] | Any]
-
-
-@dataclass
-class SseEvent:
-    """One server-sent event."""
-
-    id: str | None = None
-    event: str = "message"
-    data: str = ""
-
-
-@dataclass
-class SseParser:
-    """Turns the stream's lines into events (the WHATWG rules we need: id, event, data, comments)."""
-
-    _id: str | None = None
-    _event: str = "message"
-    _data: list[str] = field(default_factory=list)
-
-    def feed(self, line: str) -> SseEvent | None:
-        """Feed one line (without its newline); returns an event when a blank line completes one."""
-        if not line:
-            if not self._data:
-                self._event = "message"
-                return None
-            event = SseEvent(self._id, self._event, "\n".join(self._data))
-            self._event, self._data = "message", []
-            return event
-        if line.startswith(":"):
-            return None
-        name, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if name == "data":
-            self._data.append(value)
-        elif name == "event":
-            self._event = value
-        elif name == "id" and "\x00" not in value:
-            self._id = value
-        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,14 +121,6 @@ def ack_of(command: KillSwitchCommand, outcome: str) -> tuple[str, str | None]:
     return "rejected", f"the agent is already {outcome}"
 
 
-def _backoff(delay: float) -> float:
-    return min(BACKOFF_MAX, delay * 2) if delay else BACKOFF_START
-
-
-def _jitter(delay: float) -> float:
-    return delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
-
-
 def default_exit() -> None:
     """Shut this process down gracefully: SIGTERM runs the application's handlers (``sys.exit`` in a
     thread would only end that thread)."""
@@ -207,13 +162,13 @@ class KillSwitchListener:
         return self.thread.is_alive()
 
     def _run(self) -> None:
-        delay = 0.0
+        attempt = 0
         # Runs on after a termination learnt elsewhere (a 401 on a check): the TERMINATE itself is still
         # pending on the stream and must be acknowledged; the server closes the stream after it.
         while not self._stop.is_set():
             try:
                 if self._stream():
-                    delay = 0.0
+                    attempt = 0
             except AuthenticationError as exc:
                 if exc.code in ("AGENT_TERMINATED", "AGENT_SUSPENDED", "AGENT_ARCHIVED"):
                     log.error("kill switch: the server says %s; stopping guarded calls", exc.code)
@@ -229,8 +184,8 @@ class KillSwitchListener:
                 self._sock = None
             if self._stop.is_set() or self.client.control.terminated:
                 return
-            delay = _backoff(delay)
-            self._stop.wait(_jitter(delay))
+            self._stop.wait(RECONNECT.delay(attempt))
+            attempt += 1
 
     def _with_fresh_keys(self, check: Callable[[Any], None], item: Any) -> None:
         """``check(item)``; if it names a key we do not hold (rotated since we loaded them), reload, retry."""
@@ -275,7 +230,7 @@ class KillSwitchListener:
                 raise error
             self.connected.set()
             parser = SseParser()
-            for line in _lines(response):
+            for line in read_lines(response):
                 event = parser.feed(line)
                 if event is not None and event.event == "kill-switch":
                     self._handle(event)
@@ -354,14 +309,6 @@ class KillSwitchListener:
             log.warning("telemetry flush after TERMINATE failed: %s", exc)
 
 
-def _lines(response: Any) -> Iterator[str]:
-    while True:
-        raw = response.readline(65_536)
-        if not raw:
-            return
-        yield raw.decode("utf-8", "replace").rstrip("\r\n")
-
-
 def _problem_error(status: int, body: bytes) -> AigosError:
     from aigos.sdk.transport import HttpResponse, raise_for_problem
 
@@ -398,11 +345,11 @@ class AsyncKillSwitchListener:
                 await self.task
 
     async def _run(self) -> None:
-        delay = 0.0
+        attempt = 0
         while not self._stopped:
             try:
                 if await self._stream():
-                    delay = 0.0
+                    attempt = 0
             except AuthenticationError as exc:
                 if exc.code in ("AGENT_TERMINATED", "AGENT_SUSPENDED", "AGENT_ARCHIVED"):
                     self.client.control.apply("TERMINATE", exc.message or exc.code)
@@ -415,8 +362,8 @@ class AsyncKillSwitchListener:
                 self.connected.clear()
             if self.client.control.terminated:
                 return
-            delay = _backoff(delay)
-            await asyncio.sleep(_jitter(delay))
+            await asyncio.sleep(RECONNECT.delay(attempt))
+            attempt += 1
 
     async def _with_fresh_keys(self, check: Callable[[Any], None], item: Any) -> None:
         """``check(item)``; if it names a key we do not hold (rotated since we loaded them), reload, retry."""

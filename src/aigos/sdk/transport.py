@@ -3,22 +3,20 @@
 Why ``http.client`` for the sync path: measured on loopback, a kept-alive ``http.client`` connection costs
 ~0.3 ms per call against ~0.8 ms for ``httpx.Client``, and the guarded call's overhead is mostly this.
 
-Both retry with exponential backoff and jitter on 429/502/503/504 and connection errors, honouring
-``Retry-After`` (never a 503 ``OUTCOME_UNKNOWN``: the change may have been made), and turn RFC 9457
-problem bodies into typed exceptions (``raise_for_problem``).
+Both retry as ``aigos.sdk.retry.RetryPolicy`` decides (429/502/503/504 and connection errors, never a 503
+``OUTCOME_UNKNOWN``: the change may have been made), and turn RFC 9457 problem bodies into typed
+exceptions (``raise_for_problem``).
 """
 
 from __future__ import annotations
 
-import email.utils
 import http.client
 import logging
-import random
 import socket
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -26,12 +24,10 @@ import httpx
 import orjson
 
 from aigos.sdk.errors import AigosError, AigosUnavailable, AuthenticationError
+from aigos.sdk.retry import RETRY_STATUSES, RetryPolicy
 
 log = logging.getLogger("aigos.sdk")
 
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
-#: A 503 that says the change may have been made: sent again, a write could be made twice.
-OUTCOME_UNKNOWN = b'"OUTCOME_UNKNOWN"'
 USER_AGENT = "aigos-sdk-python"
 
 
@@ -46,37 +42,6 @@ class HttpResponse:
     def json(self) -> Any:
         """The body parsed as JSON (``None`` when empty)."""
         return orjson.loads(self.body) if self.body else None
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """How often and how long to wait between attempts."""
-
-    max_retries: int = 3
-    base: float = 0.1
-    cap: float = 10.0
-
-    def delay(self, attempt: int, retry_after: float | None) -> float:
-        """Seconds before attempt ``attempt + 1``: ``Retry-After`` if given, else jittered exponential."""
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), self.cap)
-        return min(self.cap, self.base * (2.0**attempt)) * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
-
-
-def retry_after(headers: Mapping[str, str]) -> float | None:
-    """``Retry-After`` in seconds (delta-seconds or an HTTP date), or ``None``."""
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def raise_for_problem(response: HttpResponse) -> None:
@@ -104,11 +69,6 @@ def raise_for_problem(response: HttpResponse) -> None:
     raise AigosError(message, code=code, status=response.status, problem=problem)
 
 
-def worth_retrying(response: HttpResponse) -> bool:
-    """Whether sending the same request again is safe and may succeed: a refusal that changed nothing."""
-    return response.status in RETRY_STATUSES and OUTCOME_UNKNOWN not in response.body
-
-
 def encode(json: Any = None, form: Mapping[str, str] | None = None) -> tuple[bytes | None, str | None]:
     """A request body and its content type."""
     if form is not None:
@@ -116,6 +76,11 @@ def encode(json: Any = None, form: Mapping[str, str] | None = None) -> tuple[byt
     if json is not None:
         return orjson.dumps(json), "application/json"
     return None, None
+
+
+def _policy(policy: RetryPolicy, retries: int | None) -> RetryPolicy:
+    """``policy``, with a request's own number of retries if it gives one."""
+    return policy if retries is None else replace(policy, max_retries=retries)
 
 
 class SyncTransport:
@@ -213,20 +178,20 @@ class SyncTransport:
         sent = {"User-Agent": USER_AGENT, "Accept": "application/json", **(headers or {})}
         if content_type:
             sent["Content-Type"] = content_type
-        limit = self.retry.max_retries if retries is None else retries
+        policy = _policy(self.retry, retries)
         attempt = 0
         while True:
             try:
                 response = self._once(method, path, body, sent)
             except (OSError, http.client.HTTPException) as exc:
-                if attempt >= limit:
+                wait = policy.after(attempt)
+                if wait is None:
                     raise AigosUnavailable(f"{method} {path}: {exc or type(exc).__name__}") from exc
-                wait = self.retry.delay(attempt, None)
                 log.warning("aigos request failed, retrying in %.2fs: %s %s: %r", wait, method, path, exc)
             else:
-                if not worth_retrying(response) or attempt >= limit:
+                wait = policy.after(attempt, response)
+                if wait is None:
                     return response
-                wait = self.retry.delay(attempt, retry_after(response.headers))
                 log.info("aigos %s %s answered %s, retrying in %.2fs", method, path, response.status, wait)
             attempt += 1
             time.sleep(wait)
@@ -268,23 +233,23 @@ class AsyncTransport:
         sent = {"Accept": "application/json", **(headers or {})}
         if content_type:
             sent["Content-Type"] = content_type
-        limit = self.retry.max_retries if retries is None else retries
+        policy = _policy(self.retry, retries)
         attempt = 0
         while True:
             try:
                 raw = await self.client.request(method, path, content=body, headers=sent)
             except httpx.TransportError as exc:
-                if attempt >= limit:
+                wait = policy.after(attempt)
+                if wait is None:
                     raise AigosUnavailable(f"{method} {path}: {exc or type(exc).__name__}") from exc
-                wait = self.retry.delay(attempt, None)
                 log.warning("aigos request failed, retrying in %.2fs: %s %s: %r", wait, method, path, exc)
             else:
                 response = HttpResponse(
                     raw.status_code, {k.lower(): v for k, v in raw.headers.items()}, raw.content
                 )
-                if not worth_retrying(response) or attempt >= limit:
+                wait = policy.after(attempt, response)
+                if wait is None:
                     return response
-                wait = self.retry.delay(attempt, retry_after(response.headers))
                 log.info("aigos %s %s answered %s, retrying in %.2fs", method, path, response.status, wait)
             attempt += 1
             await asyncio.sleep(wait)
