@@ -2,7 +2,9 @@
 
 JSON, UTF-8, object keys sorted, no insignificant whitespace, as ``orjson`` writes it with
 ``OPT_SORT_KEYS``. One implementation on both sides (server and verifier) so a float or a non-ASCII
-string can never be written one way and checked another.
+string can never be written one way and checked another. The exact format, for verifiers in other
+languages, and how it differs from RFC 8785 (JCS): docs/canonical-json.md, with the vectors in
+tests/core/canonical_vectors.json.
 """
 
 from __future__ import annotations
