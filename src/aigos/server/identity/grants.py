@@ -26,7 +26,7 @@ from aigos.server.identity.oauth import (
     agent_of,
     authenticate,
     invalid_client,
-    record,
+    record_agent_event,
     record_failure,
 )
 from aigos.server.identity.state import CachedClient
@@ -69,7 +69,7 @@ async def client_credentials(
         runtime.keys,
         tokens.claims_for(agent, issuer, runtime.settings.token_ttl_seconds, scope_of(form.get("scope"))),
     )
-    record(
+    record_agent_event(
         runtime,
         client.tenant_id,
         "agent.token_issued",
@@ -148,7 +148,7 @@ async def token_exchange(
         not_after=not_after,
     )
     issued = tokens.sign(runtime.keys, claims)
-    record(
+    record_agent_event(
         runtime,
         parent.tenant_id,
         "agent.token_exchanged",

@@ -166,7 +166,7 @@ async def record_failure(
         return
     tenant_id = await credentials.tenant_of_agent(session, agent_id)
     if tenant_id is not None:
-        record(
+        record_agent_event(
             runtime,
             tenant_id,
             "agent.authentication_failed",
@@ -176,7 +176,9 @@ async def record_failure(
         )
 
 
-def record(runtime: Runtime, tenant_id: uuid.UUID, event_type: str, agent_id: uuid.UUID, **data: Any) -> None:
+def record_agent_event(
+    runtime: Runtime, tenant_id: uuid.UUID, event_type: str, agent_id: uuid.UUID, **data: Any
+) -> None:
     """Enqueue an event the agent caused on its tenant's log (``...failed`` types record a failure)."""
     # Buffered: token traffic is high-volume; the event must never slow issuance down.
     outcome = "failure" if event_type.endswith("failed") else "success"

@@ -35,7 +35,6 @@ async def revoke(runtime: Runtime, session: AsyncSession, caller: Client, token:
     if str(caller.agent_id) not in issued_to:
         raise OAuthError("unauthorized_client", "The token was not issued to this client.")
     await revoke_jti(
-        runtime,
         session,
         caller.tenant_id,
         uuid.UUID(str(claims["sub"])),
@@ -60,7 +59,7 @@ async def revoke(runtime: Runtime, session: AsyncSession, caller: Client, token:
 
 
 async def revoke_jti(
-    runtime: Runtime, session: AsyncSession, tenant_id: uuid.UUID, agent_id: uuid.UUID, jti: str, exp: float
+    session: AsyncSession, tenant_id: uuid.UUID, agent_id: uuid.UUID, jti: str, exp: float
 ) -> None:
     """Store a token revocation (idempotent); the caller announces it after committing."""
     await set_tenant(session, tenant_id)
