@@ -138,3 +138,15 @@ def test_postgres_without_issuer_is_refused_at_start(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "AIGOS_ISSUER is required with PostgreSQL" in result.stderr
+
+
+def test_the_cli_imports_no_server_package_until_a_server_command_runs() -> None:
+    """Every command module loads with ``aigos``; only running a server command imports the server (the
+    light install has none)."""
+    probe = (
+        "import sys; from aigos.cli import app; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'sqlalchemy', 'pydantic')"
+        " or m.startswith('aigos.server')))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -132,3 +132,17 @@ class ServiceUnavailable(AigosError):
     status = 503
     code = "SERVICE_UNAVAILABLE"
     title = "Service unavailable"
+
+
+class OAuthError(Exception):
+    """An OAuth 2.0 refusal, answered in the RFC 6749 section 5.2 form (``error``, ``error_description``)
+    rather than as a problem: OAuth clients parse that form. Not an ``AigosError`` for that reason."""
+
+    def __init__(
+        self, error: str, description: str, status: int = 400, headers: dict[str, str] | None = None
+    ):
+        super().__init__(description)
+        self.error = error
+        self.description = description
+        self.status = status
+        self.headers = headers or {}

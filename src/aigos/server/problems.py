@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.types import Scope
 
 from aigos.server.bus import BusUnavailable
@@ -21,12 +21,15 @@ from aigos.server.errors import (
     MalformedJSON,
     MethodNotAllowed,
     NotFound,
+    OAuthError,
     ServiceUnavailable,
     ValidationFailed,
 )
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_BASE_URI = "https://aigos.dev/problems/"
+#: RFC 6749 section 5.1: token endpoint answers, errors included, are never cached.
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 log = structlog.get_logger("aigos.errors")
 
@@ -157,6 +160,16 @@ async def _handle_database(request: Request, exc: Exception) -> Response:
     return internal_error_response(request.scope)
 
 
+async def _handle_oauth(request: Request, exc: Exception) -> Response:
+    # The OAuth 2.0 endpoints answer in the RFC 6749 section 5.2 form, not as problems.
+    assert isinstance(exc, OAuthError)
+    return JSONResponse(
+        {"error": exc.error, "error_description": exc.description},
+        status_code=exc.status,
+        headers={**NO_STORE, **exc.headers},
+    )
+
+
 async def _handle_bus(request: Request, exc: Exception) -> Response:
     # Whatever still needs Redis when it is gone (request admission falls back to per-process limits;
     # what cannot, such as single-use assertion ids, fails closed): a 503 the client may retry.
@@ -175,6 +188,7 @@ async def _handle_bus(request: Request, exc: Exception) -> Response:
 def install_problem_handlers(app: FastAPI) -> None:
     """Make every error the app can produce a problem+json response."""
     app.add_exception_handler(AigosError, _handle_aigos)
+    app.add_exception_handler(OAuthError, _handle_oauth)
     app.add_exception_handler(sa_exc.SQLAlchemyError, _handle_database)
     app.add_exception_handler(BusUnavailable, _handle_bus)
     app.add_exception_handler(RequestValidationError, _handle_validation)

@@ -19,9 +19,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic_core import from_json
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from aigos.core.storable import find_unstorable, text_problem
+from aigos.server.errors import OAuthError
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -118,11 +119,7 @@ class OAuthRoute(ValidatedRoute):
         """400 ``invalid_request`` naming the parameter (RFC 6749 section 5.2)."""
         first = refusal.errors()[0]
         name = ":".join(str(part) for part in first["loc"])
-        return JSONResponse(
-            {"error": "invalid_request", "error_description": f"{name}: {first['msg']}"},
-            status_code=400,
-            headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
-        )
+        raise OAuthError("invalid_request", f"{name}: {first['msg']}")
 
 
 async def check_request(request: Request, *, untyped_is_json: bool, any_type_is_json: bool = False) -> None:

@@ -190,6 +190,32 @@ async def _from_database(
 
 authenticator = AgentAuthenticator()
 
+#: The claims an introspection answer repeats from the token (RFC 7662 section 2.2), then AIGOS's own.
+_INTROSPECTED = ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "nbf", "jti")
+_INTROSPECTED_AIGOS = ("aigos:capabilities", "aigos:golden_thread", "aigos:lineage", "act")
+
+
+async def introspection(runtime: Runtime, tenant_id: uuid.UUID, token: str, issuer: str) -> dict[str, Any]:
+    """Whether ``token`` is active, and its claims, as RFC 7662 answers a caller of ``tenant_id``: a token
+    of another tenant is as inactive as an invalid one."""
+    try:
+        agent = await authenticator.authenticate(runtime, token, issuer)
+    except Unauthenticated:
+        return {"active": False}
+    if agent.tenant_id != tenant_id:
+        return {"active": False}
+    claims = agent.claims
+    body: dict[str, Any] = {
+        "active": True,
+        **{key: claims[key] for key in _INTROSPECTED if key in claims},
+        "token_type": "Bearer",
+        "aigos:status": agent.status.value,
+    }
+    for key in _INTROSPECTED_AIGOS:
+        if key in claims:
+            body[key] = claims[key]
+    return body
+
 
 async def get_agent(
     request: Request,

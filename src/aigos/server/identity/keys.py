@@ -2,7 +2,8 @@
 
 Every replica holds the published keys in memory. Signing uses the newest active key; verifying accepts
 any published key, so a token signed just before a rotation stays valid until it expires. A retired key
-is published until ``publish_until`` (its last token's expiry plus leeway), then dropped.
+is published until ``publish_until`` (its last token's expiry plus leeway), then dropped. ``list_keys``
+is the listing both the admin API and ``aigos keys`` show.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from aigos.core.signing import derive_seed
 from aigos.server.db import Database
 from aigos.server.db.types import utcnow
 from aigos.server.identity.models import SigningKey
+from aigos.server.identity.schemas import SigningKeyList, SigningKeyOut
 
 log = structlog.get_logger("aigos.keys")
 
@@ -197,3 +199,27 @@ class SigningKeys:
             )
         )
         return kid
+
+
+async def list_keys(database: Database, keys: SigningKeys) -> SigningKeyList:
+    """All signing keys in the database, newest first, as ``keys`` (this process's view) signs with them."""
+    now = utcnow()
+    async with database.session() as session:
+        rows = (await session.scalars(select(SigningKey).order_by(SigningKey.created_at.desc()))).all()
+    active = keys.active.kid
+    return SigningKeyList(
+        active_kid=active,
+        keys=[
+            SigningKeyOut(
+                kid=row.kid,
+                alg=row.alg,
+                status="active" if row.status == "active" else "retired",
+                created_at=row.created_at,
+                retired_at=row.retired_at,
+                publish_until=row.publish_until,
+                published=row.status == "active" or row.publish_until is None or row.publish_until > now,
+                signing=row.kid == active,
+            )
+            for row in rows
+        ],
+    )

@@ -11,72 +11,21 @@ tenant's event log.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 import structlog
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field
-from sqlalchemy import select
 
-from aigos.server.db import Database
-from aigos.server.db.types import utcnow
 from aigos.server.deps import RuntimeDep
 from aigos.server.errors import Forbidden
-from aigos.server.identity.keys import SigningKeys
-from aigos.server.identity.models import SigningKey
+from aigos.server.identity.keys import list_keys
+from aigos.server.identity.schemas import SigningKeyList
 from aigos.server.routing import ValidatedRoute
 from aigos.server.tenancy.deps import PrincipalDep
 from aigos.server.tenancy.principal import Principal
 
 router = APIRouter(prefix="/v1/admin/signing-keys", tags=["admin"], route_class=ValidatedRoute)
 log = structlog.get_logger("aigos.keys")
-
-
-class SigningKeyOut(BaseModel):
-    """A signing key as listed: its public facts, never the private key."""
-
-    kid: str = Field(description="Key id (RFC 7638 thumbprint), the `kid` header of the tokens it signs.")
-    alg: str
-    status: Literal["active", "retired"]
-    created_at: datetime
-    retired_at: datetime | None
-    publish_until: datetime | None = Field(
-        description="A retired key leaves the JWKS after this (its last token's expiry plus leeway)."
-    )
-    published: bool = Field(description="Whether the key is in the JWKS now.")
-    signing: bool = Field(description="Whether new tokens are signed with this key (on this replica).")
-
-
-class SigningKeyList(BaseModel):
-    """Every signing key, newest first."""
-
-    active_kid: str = Field(description="The key new tokens are signed with.")
-    keys: list[SigningKeyOut]
-
-
-async def list_keys(database: Database, keys: SigningKeys) -> SigningKeyList:
-    """All signing keys in the database, newest first, as ``keys`` (this process's view) signs with them."""
-    now = utcnow()
-    async with database.session() as session:
-        rows = (await session.scalars(select(SigningKey).order_by(SigningKey.created_at.desc()))).all()
-    active = keys.active.kid
-    return SigningKeyList(
-        active_kid=active,
-        keys=[
-            SigningKeyOut(
-                kid=row.kid,
-                alg=row.alg,
-                status="active" if row.status == "active" else "retired",
-                created_at=row.created_at,
-                retired_at=row.retired_at,
-                publish_until=row.publish_until,
-                published=row.status == "active" or row.publish_until is None or row.publish_until > now,
-                signing=row.kid == active,
-            )
-            for row in rows
-        ],
-    )
 
 
 async def _platform_only(principal: PrincipalDep) -> Principal:

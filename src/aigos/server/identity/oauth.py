@@ -1,6 +1,7 @@
-"""OAuth 2.0 client authentication for agents (RFC 6749 section 2.3, RFC 7523 ``private_key_jwt``).
+"""OAuth 2.0 client authentication for agents (RFC 6749 section 2.3, RFC 7523 ``private_key_jwt``),
+throttled per client and per address, and the agent an authenticated client stands for.
 
-Errors are raised as ``OAuthError`` and rendered in the RFC 6749 form by the OAuth routes.
+Errors are raised as ``OAuthError`` and rendered in the RFC 6749 form by the app's handler.
 """
 
 from __future__ import annotations
@@ -21,31 +22,22 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigos.core import secrets
+from aigos.core.agents import may_hold_tokens
 from aigos.core.canonical import parse
+from aigos.server.audit.events import NewEvent, current_request_id
 from aigos.server.db.database import set_tenant
+from aigos.server.errors import OAuthError
 from aigos.server.identity import credentials
 from aigos.server.identity.keys import ALGORITHMS
-from aigos.server.identity.models import AgentCredential
+from aigos.server.identity.models import Agent, AgentCredential
 from aigos.server.identity.tokens import AgentSnapshot
 from aigos.server.runtime import Runtime
+from aigos.server.throttle import Throttle, Throttled
 
 JWT_BEARER_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 #: Longest lifetime (exp - iat) of a client assertion. One hour, as Authlib and most client libraries issue
 #: by default (Okta's limit too); each assertion is single-use, so a long one cannot be replayed anyway.
 ASSERTION_MAX_LIFETIME = 3600
-
-
-class OAuthError(Exception):
-    """An error answered in the RFC 6749 form: ``{"error": ..., "error_description": ...}``."""
-
-    def __init__(
-        self, error: str, description: str, status: int = 400, headers: dict[str, str] | None = None
-    ):
-        super().__init__(description)
-        self.error = error
-        self.description = description
-        self.status = status
-        self.headers = headers or {}
 
 
 def invalid_client(description: str, basic: bool) -> OAuthError:
@@ -83,7 +75,128 @@ def _basic(header: str | None) -> tuple[str, str] | None:
     return unquote(client_id.replace("+", " ")), unquote(secret.replace("+", " "))
 
 
-async def authenticate_client(
+async def authenticate(
+    runtime: Runtime,
+    session: AsyncSession,
+    form: dict[str, str],
+    authorization: str | None,
+    source: str,
+    issuer: str,
+) -> Client:
+    """The client making this request (``authorization``: its ``Authorization`` header, ``source``: its
+    address), throttled: past too many failures per client id or per source address the caller gets 429
+    before its credential is even looked at, so guessing a secret gains nothing."""
+    throttle = Throttle(runtime.limiter, runtime.settings)
+    buckets = throttle.sign_in("oauth", claimed_client_id(authorization, form) or "", source)
+    try:
+        await throttle.check(buckets, "failed client authentications")
+    except Throttled as exc:
+        raise OAuthError("temporarily_unavailable", str(exc), 429, exc.headers) from exc
+    try:
+        return await _authenticate_client(
+            runtime, session, form, authorization, issuer + "/oauth2/token", issuer
+        )
+    except OAuthError as error:
+        if error.error == "invalid_client":
+            await throttle.record(buckets)
+        raise
+
+
+async def authenticate_agent(
+    runtime: Runtime,
+    session: AsyncSession,
+    form: dict[str, str],
+    authorization: str | None,
+    source: str,
+    issuer: str,
+) -> Client:
+    """``authenticate``, for an agent that may still hold tokens: a suspended or terminated agent keeps its
+    secret but may no longer use the OAuth endpoints."""
+    client = await authenticate(runtime, session, form, authorization, source, issuer)
+    await agent_of(session, client)
+    return client
+
+
+async def agent_of(session: AsyncSession, client: Client) -> Agent:
+    """The agent ``client`` authenticated as, read from the database; ``invalid_client`` unless it may
+    hold tokens."""
+    await set_tenant(session, client.tenant_id)
+    agent = await session.scalar(
+        select(Agent).where(Agent.id == client.agent_id, Agent.tenant_id == client.tenant_id)
+    )
+    # A client that authenticated with Basic gets the challenge RFC 6749 5.2 requires with every 401.
+    basic = client.method == "client_secret_basic"
+    if agent is None:
+        raise invalid_client("Unknown client.", basic)
+    if not may_hold_tokens(agent.status):
+        raise invalid_client(f"The agent is {agent.status}.", basic)
+    return agent
+
+
+def claimed_client_id(authorization: str | None, form: dict[str, str]) -> str | None:
+    """The client id the caller claims (Basic user name, form ``client_id``, or an assertion's unverified
+    ``iss``), before any check."""
+    try:
+        basic = _basic(authorization)
+    except OAuthError:
+        basic = None
+    if basic:
+        return basic[0]
+    if form.get("client_id") or "client_assertion" not in form:
+        return form.get("client_id")
+    try:
+        return str(_client_id_from(form, form["client_assertion"]))
+    except (OAuthError, ValueError):
+        return None
+
+
+async def record_failure(
+    runtime: Runtime,
+    session: AsyncSession,
+    form: dict[str, str],
+    authorization: str | None,
+    error: OAuthError,
+) -> None:
+    """Put a failed authentication of a known agent on its tenant's record."""
+    if error.status == 429:
+        return  # refused before any check: nothing was attempted against the agent
+    try:
+        agent_id = uuid.UUID(str(claimed_client_id(authorization, form)))
+    except ValueError:
+        return
+    tenant_id = await credentials.tenant_of_agent(session, agent_id)
+    if tenant_id is not None:
+        record_agent_event(
+            runtime,
+            tenant_id,
+            "agent.authentication_failed",
+            agent_id,
+            error=error.error,
+            reason=error.description,
+        )
+
+
+def record_agent_event(
+    runtime: Runtime, tenant_id: uuid.UUID, event_type: str, agent_id: uuid.UUID, **data: Any
+) -> None:
+    """Enqueue an event the agent caused on its tenant's log (``...failed`` types record a failure)."""
+    # Buffered: token traffic is high-volume; the event must never slow issuance down.
+    outcome = "failure" if event_type.endswith("failed") else "success"
+    runtime.events.enqueue(
+        NewEvent(
+            tenant_id=tenant_id,
+            event_type=event_type,
+            actor_type="agent",
+            actor_id=str(agent_id),
+            agent_id=str(agent_id),
+            outcome=outcome,
+            data=data,
+            request_id=current_request_id(),
+        )
+    )
+
+
+async def _authenticate_client(
     runtime: Runtime,
     session: AsyncSession,
     form: dict[str, str],

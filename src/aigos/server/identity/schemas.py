@@ -237,3 +237,25 @@ class RotateCredentialIn(Input):
     model_config = ConfigDict(extra="forbid")
 
     grace_seconds: int | None = Field(None, ge=0, le=30 * 86_400)
+
+
+class SigningKeyOut(BaseModel):
+    """A signing key as listed: its public facts, never the private key."""
+
+    kid: str = Field(description="Key id (RFC 7638 thumbprint), the `kid` header of the tokens it signs.")
+    alg: str
+    status: Literal["active", "retired"]
+    created_at: datetime
+    retired_at: datetime | None
+    publish_until: datetime | None = Field(
+        description="A retired key leaves the JWKS after this (its last token's expiry plus leeway)."
+    )
+    published: bool = Field(description="Whether the key is in the JWKS now.")
+    signing: bool = Field(description="Whether new tokens are signed with this key (on this replica).")
+
+
+class SigningKeyList(BaseModel):
+    """Every signing key, newest first."""
+
+    active_kid: str = Field(description="The key new tokens are signed with.")
+    keys: list[SigningKeyOut]

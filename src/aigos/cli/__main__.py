@@ -1,0 +1,5 @@
+"""``python -m aigos.cli``, as ``aigos``."""
+
+from aigos.cli import main
+
+main()

@@ -1,0 +1,214 @@
+"""``aigos audit``: verify the tamper-evident event log (``verify``) and prune it past retention (``prune``).
+
+``verify`` must work with the light install (``pip install aigos``): at import and on its path this module
+uses only ``aigos.core``, httpx and the standard library, never ``aigos.server``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from aigos.cli.settings import fail, load_settings
+
+if TYPE_CHECKING:
+    from aigos.core import auditlog
+
+app = typer.Typer(
+    name="audit", help="Verify the tamper-evident event log.", no_args_is_help=True, add_completion=False
+)
+_PINNING_NOTE = (
+    "note: checked against the keys in the export's own header, which proves the log was not altered by "
+    "anyone without the server's signing key. Pinning the keys published at GET /v1/audit/keys with "
+    "--public-key KEY_ID=B64URL is stronger: it also holds the server itself to them."
+)
+
+
+def _pinned_keys(values: list[str]) -> dict[str, bytes]:
+    """``KEY_ID=B64URL`` options as a key-id-to-raw-key map; usage error (exit 2) when one is malformed."""
+    from aigos.core import signing
+
+    keys: dict[str, bytes] = {}
+    for value in values:
+        kid, sep, encoded = value.partition("=")
+        kid, encoded = kid.strip(), encoded.strip()
+        if not sep or not kid or not encoded:
+            raise fail(f"--public-key takes KEY_ID=B64URL, got {value!r}")
+        try:
+            raw = signing.unb64url(encoded)
+        except ValueError as exc:
+            raise fail(f"--public-key {kid}: not base64url") from exc
+        if len(raw) != 32:
+            raise fail(f"--public-key {kid}: an Ed25519 public key is 32 bytes, this one is {len(raw)}")
+        if signing.key_id(raw) != kid:
+            raise fail(f"--public-key {kid}: that key's id is {signing.key_id(raw)}, not {kid}")
+        keys[kid] = raw
+    return keys
+
+
+def _verify_download(url: str, api_key: str, trusted: dict[str, bytes] | None) -> auditlog.Report:
+    """Stream ``GET /v1/audit/export`` from ``url`` into the verifier line by line."""
+    import httpx
+
+    from aigos.core import auditlog
+
+    endpoint = url.rstrip("/") + "/v1/audit/export"
+    headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/x-ndjson"}
+    try:
+        with httpx.stream(
+            "GET", endpoint, headers=headers, timeout=httpx.Timeout(30.0, read=300.0)
+        ) as response:
+            if response.status_code != 200:
+                response.read()
+                try:
+                    detail = str(response.json().get("detail", ""))
+                except ValueError:
+                    detail = response.text[:200]
+                raise fail(f"{endpoint} answered {response.status_code}: {detail}")
+            return auditlog.verify_export(response.iter_lines(), trusted)
+    except httpx.HTTPError as exc:
+        raise fail(f"cannot download {endpoint}: {exc}") from exc
+
+
+def _verify_file(path: Path, trusted: dict[str, bytes] | None) -> auditlog.Report:
+    """Verify an export file (``-``: standard input), reading it line by line."""
+    import sys
+
+    from aigos.core import auditlog
+
+    if str(path) == "-":
+        return auditlog.verify_export(sys.stdin.buffer, trusted)
+    try:
+        with path.open("rb") as lines:
+            return auditlog.verify_export(lines, trusted)
+    except OSError as exc:
+        raise fail(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+@app.command("verify")
+def audit_verify(
+    file: Annotated[
+        Path | None,
+        typer.Argument(help="An export (NDJSON from GET /v1/audit/export); `-` reads standard input."),
+    ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="Download the export from this server (http://host:port) and verify it as it streams."
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="AIGOS_API_KEY", show_default=False, help="An API key with `audit:read`, for --url."
+        ),
+    ] = None,
+    public_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="KEY_ID=B64URL",
+            show_default=False,
+            help="Trust only this checkpoint-signing key (repeatable); see GET /v1/audit/keys.",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Verify an audit export: every entry's hash, the chain, and every signed checkpoint.
+
+    Exits 0 when everything verifies, 1 when it does not (naming the line, seq and event id of the first
+    failure), 2 on usage errors.
+    """
+    if (file is None) == (url is None):
+        raise fail("give an export FILE or --url, one of them")
+    if url is not None and not api_key:
+        raise fail("--url needs --api-key (or AIGOS_API_KEY)")
+    trusted = _pinned_keys(public_key) if public_key else None
+    if url is not None:
+        assert api_key is not None
+        report = _verify_download(url, api_key, trusted)
+    else:
+        assert file is not None
+        report = _verify_file(file, trusted)
+    if trusted is None:
+        typer.secho(_PINNING_NOTE, err=True, fg=typer.colors.YELLOW)
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+    elif report.ok:
+        span = f"seq {report.first_seq}..{report.last_seq}" if report.entries else "no entries"
+        summary = (
+            f"OK: tenant {report.tenant_id}: {report.entries} entries ({span}), "
+            f"{report.checkpoints} signed checkpoints, sealed through seq {report.sealed_through}"
+        )
+        if report.unsealed:
+            summary += f"; the last {report.unsealed} entries are chained but not yet signed"
+        typer.secho(f"{summary}; keys: {', '.join(report.key_ids) or 'none'}", fg=typer.colors.GREEN)
+    else:
+        typer.secho(f"FAILED: {report.failure}", fg=typer.colors.RED)
+    if report.losses and not as_json:
+        _print_losses(report)
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
+def _print_losses(report: auditlog.Report) -> None:
+    """The log's own record of acknowledged events it does not hold: never verified away in silence."""
+    typer.secho(
+        f"LOSSES: {len(report.losses)} entries record {report.lost} acknowledged events that were lost:",
+        fg=typer.colors.YELLOW,
+    )
+    for loss in report.losses:
+        span = f", {loss['from']} .. {loss['to']}" if loss.get("from") or loss.get("to") else ""
+        process = f", process {loss['process']}" if loss.get("process") else ""
+        typer.secho(
+            f"  seq {loss['seq']}: {loss['event_type']}: {loss.get('count')} "
+            f"({loss.get('reason', 'no reason given')}{process}{span})",
+            fg=typer.colors.YELLOW,
+        )
+
+
+@app.command("prune")
+def audit_prune(
+    retention_days: Annotated[
+        int | None,
+        typer.Option(min=1, show_default=False, help="Days to keep (default: AIGOS_AUDIT_RETENTION_DAYS)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Prune event-log entries past retention now, as the server does hourly (server install only).
+
+    Each tenant's log is anchored and sealed before its old entries go, so what remains still verifies.
+    Exits 1 when a tenant's entries did not verify and were therefore kept.
+    """
+    settings = load_settings()
+    from aigos.server.audit.retention import run_once
+
+    result = asyncio.run(run_once(settings, retention_days))
+    if as_json:
+        body = {
+            "cutoff": result.cutoff.isoformat(),
+            "tenants": result.tenants,
+            "entries": result.entries,
+            "removed": result.removed,
+            "partitions_dropped": result.partitions_dropped,
+            "left_behind": result.left_behind,
+            "refused": [str(tenant) for tenant in result.refused],
+            "skipped": result.skipped,
+        }
+        typer.echo(json.dumps(body, indent=2))
+    elif result.skipped:
+        typer.echo("another process is pruning right now; nothing done")
+    else:
+        typer.echo(
+            f"entries recorded before {result.cutoff.isoformat()}: {result.entries} anchored in "
+            f"{result.tenants} tenants, {result.removed} removed, {result.left_behind} left in storage"
+        )
+    if result.refused:
+        for tenant in result.refused:
+            typer.secho(
+                f"FAILED: tenant {tenant}: its log does not verify; kept", err=True, fg=typer.colors.RED
+            )
+        raise typer.Exit(code=1)
