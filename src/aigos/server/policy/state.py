@@ -26,14 +26,14 @@ from typing import Any, TypeVar
 
 from sqlalchemy import select
 
-from aigos.core.policy import Effective, PolicySet, Steps, Subject, labels_of
+from aigos.core.policy import Effective, PolicySet, Request, Steps, Subject, labels_of, narrowing
 from aigos.server.bus import Bus
 from aigos.server.bus.follower import Follower
 from aigos.server.db import Database
 from aigos.server.db.database import set_tenant
 from aigos.server.errors import ServiceUnavailable, Unauthenticated
 from aigos.server.identity.models import Agent
-from aigos.server.policy.models import Policy, PolicySetVersion
+from aigos.server.policy import service
 from aigos.server.tenancy import tenants
 
 CHANNEL = "policy"
@@ -93,11 +93,15 @@ async def compile_in_pieces(version: int, documents: Iterable[Mapping[str, Any]]
     return await in_pieces(PolicySet.in_steps(version, documents))
 
 
-async def select_in_pieces(policies: PolicySet, subject: Subject, action: str) -> Effective:
+async def select_in_pieces(
+    policies: PolicySet, subject: Subject, action: str, request: Request | None = None
+) -> Effective:
     """The policies that apply to ``subject`` with ``action``'s rules worked out, in pieces when new.
 
     Once both are cached (every check but an agent's first, or an action's first), this is two look-ups
-    and ``evaluate`` with the result does no more work than a check of a known action.
+    and ``evaluate`` with the result does no more work than a check of a known action. Given the
+    ``request`` (of that action), a resource that is costly to test against the rules it may meet is
+    tested first, in pieces too (``aigos.core.policy.narrowing``): the result is then for it alone.
     """
     effective = policies.cached(subject)
     if effective is None:
@@ -105,6 +109,8 @@ async def select_in_pieces(policies: PolicySet, subject: Subject, action: str) -
     action = action.lower()
     if not effective.knows(action):
         await in_pieces(effective.finding(action))
+    if request is not None and effective.costly(request):
+        return await in_pieces(narrowing(effective, request))
     return effective
 
 
@@ -165,16 +171,38 @@ class PolicyState(Follower):
         current = self._sets.get(tenant_id)
         if current is not None and current.version >= self._announced.get(tenant_id, 0):
             return current
+        task = self._loader(tenant_id)
+        if current is None:
+            return await asyncio.shield(task)
+        done, _ = await asyncio.wait({task}, timeout=FRESH_WITHIN_SECONDS)
+        return task.result() if done else current
+
+    async def policy_set_at_least(self, tenant_id: uuid.UUID, version: int) -> PolicySet:
+        """The tenant's compiled policies at ``version`` (read from the database) or newer, waiting for them.
+
+        For a simulation, which must see the saved policies as they stand even on a replica the change's
+        announcement has not reached yet; the set is kept for the checks that follow.
+        """
+        if version > self._announced.get(tenant_id, 0):
+            self._announced[tenant_id] = version
+        current = self._sets.get(tenant_id)
+        # A load that began before the version was committed may bring an older set: load once more.
+        for _ in range(2):
+            if current is not None and current.version >= version:
+                break
+            current = await asyncio.shield(self._loader(tenant_id))
+        assert current is not None
+        return current
+
+    def _loader(self, tenant_id: uuid.UUID) -> asyncio.Task[PolicySet]:
+        """The load of the tenant's set under way, or a new one."""
         task = self._loading.get(tenant_id)
         if task is None:
             task = asyncio.create_task(self._load(tenant_id), name=f"policy-set-{tenant_id}")
             # A failure nobody waited for is not worth a warning: the next check loads again and sees it.
             task.add_done_callback(_retrieve)
             self._loading[tenant_id] = task
-        if current is None:
-            return await asyncio.shield(task)
-        done, _ = await asyncio.wait({task}, timeout=FRESH_WITHIN_SECONDS)
-        return task.result() if done else current
+        return task
 
     async def _load(self, tenant_id: uuid.UUID) -> PolicySet:
         try:
@@ -187,18 +215,22 @@ class PolicyState(Follower):
         """Read and compile the tenant's current policies (bypassing the cache)."""
         async with self.database.session() as session:
             await set_tenant(session, tenant_id)
-            version = await session.scalar(
-                select(PolicySetVersion.version).where(PolicySetVersion.tenant_id == tenant_id)
-            )
-            documents = await session.scalars(
-                select(Policy.document).where(Policy.tenant_id == tenant_id, Policy.deleted_at.is_(None))
-            )
+            version = await service.set_version(session, tenant_id)
             if await tenants.aggregates_allowed_decisions(session, tenant_id):
                 self._aggregating.add(tenant_id)
             else:
                 self._aggregating.discard(tenant_id)
-            rows = list(documents.all())
-        return await compile_in_pieces(int(version or 0), rows)
+            documents: list[dict[str, Any]] = []
+            batches = 0
+            # A batch at a time (decoding 32 MiB of JSON at once would hold the loop for half a second),
+            # frozen as compiling freezes (see ``_freeze``): the documents are long-lived too.
+            async for batch in service.document_batches(session, tenant_id):
+                documents += batch
+                batches += 1
+                if batches % FREEZE_EVERY == 0:
+                    _freeze()
+                await asyncio.sleep(0)
+        return await compile_in_pieces(version, documents)
 
     def aggregates(self, tenant_id: uuid.UUID) -> bool:
         """Whether the tenant's allowed decisions are recorded as per-minute counts."""
