@@ -1258,13 +1258,15 @@ class PolicySet:
         """The documents of the policies that apply to ``subject`` (a bundle's content)."""
         return [policy.document for policy in self.effective(subject).policies]
 
-    def encoding(self, subject: Subject) -> Steps[bytes]:
-        """``canonical(documents_for(subject))`` in steps of about ``BYTES_PER_STEP``.
+    def encoding(self, subject: Subject) -> Steps[list[bytes]]:
+        """``canonical(documents_for(subject))`` in steps of about ``BYTES_PER_STEP``, as the pieces that
+        ``b"".join`` makes it of.
 
         A bundle may hold every document of the tenant (32 MiB at the largest plan): each document is
-        encoded once per set and kept, so the next bundle only joins them. Documents are stored through
-        the edge validator and read back through a JSON parser, so none holds a non-finite number and the
-        walk that looks for one is skipped.
+        encoded once per set and kept, so the next bundle only gathers them; the pieces are left for the
+        caller to join where copying tens of MiB holds nothing up (``bytes.join`` releases the GIL).
+        Documents are stored through the edge validator and read back through a JSON parser, so none
+        holds a non-finite number and the walk that looks for one is skipped.
         """
         pieces = [b"["]
         since = 0
@@ -1280,7 +1282,7 @@ class PolicySet:
                 pieces.append(b",")
             pieces.append(encoded)
         pieces.append(b"]")
-        return b"".join(pieces)  # one copy (joining with brackets around would make three)
+        return pieces
 
 
 def _bucketed(items: list[_Item], part: int) -> Steps[list[_Item]]:
@@ -1561,7 +1563,11 @@ def bundle_payload(
     }
 
 
-def bundle_content(version: int, subject: Subject, documents: bytes) -> bytes:
+#: Canonical JSON as the pieces ``b"".join`` makes it of (see ``PolicySet.encoding``).
+Pieces = list[bytes]
+
+
+def bundle_content(version: int, subject: Subject, documents: Pieces) -> Pieces:
     """What a bundle's ETag hashes: canonical ``{"version", "agent", "policies"}``, the policies' documents
     given as ``PolicySet.encoding`` made them."""
     return canonical_object(
@@ -1570,11 +1576,11 @@ def bundle_content(version: int, subject: Subject, documents: bytes) -> bytes:
 
 
 def signed_payload(
-    tenant_id: str, version: int, subject: Subject, documents: bytes, issued_at: str, expires_at: str
-) -> bytes:
-    """``canonical(bundle_payload(...))``, the bytes a bundle's signature covers, with the policies'
-    documents given as ``PolicySet.encoding`` made them (they are most of a large bundle)."""
-    members = {
+    tenant_id: str, version: int, subject: Subject, documents: Pieces, issued_at: str, expires_at: str
+) -> Pieces:
+    """``canonical(bundle_payload(...))``, which a bundle's signature covers, with the policies' documents
+    given as ``PolicySet.encoding`` made them (they are most of a large bundle)."""
+    members: dict[str, bytes | Pieces] = {
         "tenant_id": canonical(tenant_id),
         "version": canonical(version),
         "agent": canonical(subject.to_json()),
@@ -1585,7 +1591,16 @@ def signed_payload(
     return canonical_object(members)
 
 
-def canonical_object(members: Mapping[str, bytes]) -> bytes:
-    """``canonical`` of a JSON object whose members' values are canonical JSON already: names sorted, no
-    spaces, as ``canonical`` writes an object."""
-    return b"{" + b",".join(canonical(name) + b":" + members[name] for name in sorted(members)) + b"}"
+def canonical_object(members: Mapping[str, bytes | Pieces]) -> Pieces:
+    """``canonical`` of a JSON object whose members' values are canonical JSON already (bytes, or pieces),
+    as pieces: names sorted, no spaces, as ``canonical`` writes an object. Nothing large is copied."""
+    pieces: Pieces = []
+    for name in sorted(members):
+        pieces.append((b"{" if not pieces else b",") + canonical(name) + b":")
+        value = members[name]
+        if isinstance(value, bytes):
+            pieces.append(value)
+        else:
+            pieces += value
+    pieces.append(b"}" if pieces else b"{}")
+    return pieces

@@ -8,13 +8,14 @@ import functools
 import hashlib
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -28,6 +29,7 @@ from aigos.server.errors import BadRequest, NotFound
 from aigos.server.identity import agents as registry
 from aigos.server.identity.agent_auth import AgentPrincipal, admit, agent_scope, bearer_token, require_scope
 from aigos.server.policy import limits, service
+from aigos.server.policy.pieces import in_pieces
 from aigos.server.policy.schemas import (
     CheckIn,
     CheckOut,
@@ -40,7 +42,7 @@ from aigos.server.policy.schemas import (
     SimulateIn,
     SimulateOut,
 )
-from aigos.server.policy.state import in_pieces, select_in_pieces
+from aigos.server.policy.state import select_in_pieces
 from aigos.server.routing import ValidatedRoute
 from aigos.server.runtime import Runtime
 from aigos.server.telemetry.reported import reported_events
@@ -204,13 +206,18 @@ async def get_bundle(
     if policies.cached(subject) is None:
         await in_pieces(policies.selecting(subject))
     documents = await in_pieces(policies.encoding(subject))
+    # Hashing, joining and signing tens of MiB: in a thread when large (each releases the GIL; nothing is
+    # copied but by ``bytes.join``, which does too).
+    large = sum(map(len, documents)) > OFF_LOOP_BYTES
 
     def digest() -> tuple[int, str]:
-        content = core.bundle_content(policies.version, subject, documents)
-        return len(content), hashlib.sha256(content).hexdigest()[:32]
+        hashed, size = hashlib.sha256(), 0
+        for piece in core.bundle_content(policies.version, subject, documents):
+            hashed.update(piece)
+            size += len(piece)
+        return size, hashed.hexdigest()[:32]
 
-    # Copying, hashing and signing tens of MiB: in a thread when large (each releases the GIL).
-    size, digested = await _off_loop(len(documents), digest)
+    size, digested = await _off_loop(large, digest)
     if size > MAX_BUNDLE_BYTES:
         raise limits.bundle_too_large(size, MAX_BUNDLE_BYTES)
     etag = f'"{digested}"'
@@ -219,32 +226,45 @@ async def get_bundle(
     now = datetime.now(UTC).replace(microsecond=0)
     signer = bundle_signer(runtime.settings.pepper)
 
-    def signed() -> bytes:
-        payload = core.signed_payload(
-            str(agent.tenant_id),
-            policies.version,
-            subject,
-            documents,
-            now.isoformat().replace("+00:00", "Z"),
-            (now + BUNDLE_TTL).isoformat().replace("+00:00", "Z"),
+    def signed() -> list[bytes]:
+        payload = b"".join(
+            core.signed_payload(
+                str(agent.tenant_id),
+                policies.version,
+                subject,
+                documents,
+                now.isoformat().replace("+00:00", "Z"),
+                (now + BUNDLE_TTL).isoformat().replace("+00:00", "Z"),
+            )
         )
         signature = b64url(signer.private_key.sign(payload))  # Signer.sign, over bytes already canonical
         fields = {"key_id": signer.key_id, "alg": "Ed25519", "signature": signature}
-        return core.canonical_object(
-            {"payload": payload, **{name: canonical(value) for name, value in fields.items()}}
-        )
+        body = {"payload": payload, **{name: canonical(value) for name, value in fields.items()}}
+        return core.canonical_object(body)
 
-    body = await _off_loop(len(documents), signed)
-    return Response(body, media_type="application/json", headers={"ETag": etag, "Cache-Control": "no-cache"})
+    body = await _off_loop(large, signed)
+    headers = {"ETag": etag, "Cache-Control": "no-cache", "Content-Length": str(sum(map(len, body)))}
+    return StreamingResponse(_chunks(body), media_type="application/json", headers=headers)
+
+
+#: A response body is written this much at a time: a write of tens of MiB at once holds the loop.
+CHUNK_BYTES = 1 << 20
+
+
+async def _chunks(pieces: list[bytes]) -> AsyncIterator[memoryview]:
+    for piece in pieces:
+        view = memoryview(piece)
+        for start in range(0, len(view), CHUNK_BYTES):
+            yield view[start : start + CHUNK_BYTES]
 
 
 #: Bundles of more policy bytes than this are hashed and signed in a thread.
 OFF_LOOP_BYTES = 256 * 1024
 
 
-async def _off_loop(size: int, work: Callable[[], T]) -> T:
-    """``work()``, in a thread when ``size`` bytes make it long (work that releases the GIL)."""
-    return await asyncio.to_thread(work) if size > OFF_LOOP_BYTES else work()
+async def _off_loop(large: bool, work: Callable[[], T]) -> T:
+    """``work()``, in a thread when ``large`` (work that releases the GIL)."""
+    return await asyncio.to_thread(work) if large else work()
 
 
 @router.get("/keys", response_model=PublicKeys, summary="List bundle-signing keys")
@@ -272,9 +292,9 @@ async def simulate(
     for index, draft in enumerate(body.policies):
         document = service.document_of(draft.id or uuid.uuid4(), draft)
         limits.check_document(plan, document, f"/policies/{index}")
-        service.check_document(document, f"/policies/{index}")
+        await service.check_document(document, f"/policies/{index}")
         drafts[document["id"]] = document
-        await asyncio.sleep(0)  # a draft's checks take milliseconds: let other requests in between
+        await asyncio.sleep(0)  # each draft takes a millisecond or more: let other requests in between
     saved: tuple[Any, ...] = ()
     if not body.only_drafts:
         # The saved policies as this replica compiled them for checks (at the version read above or

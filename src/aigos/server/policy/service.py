@@ -24,6 +24,7 @@ from aigos.server.errors import NotFound, PreconditionFailed, ValidationFailed
 from aigos.server.identity.models import Agent
 from aigos.server.policy import limits
 from aigos.server.policy.models import Policy, PolicySetVersion, PolicyVersion
+from aigos.server.policy.pieces import in_pieces
 from aigos.server.policy.schemas import PolicyIn, PolicyOut, PolicyVersionOut
 from aigos.server.tenancy.locks import lock_tenant
 from aigos.server.tenancy.plans import Plan
@@ -38,9 +39,10 @@ def document_of(policy_id: uuid.UUID, spec: PolicyIn) -> dict[str, Any]:
     return document
 
 
-def check_document(document: dict[str, Any], pointer: str = "") -> None:
-    """Refuse a document whose patterns, windows or rule ids the evaluator cannot take, naming each field."""
-    errors = core.validate(document)
+async def check_document(document: dict[str, Any], pointer: str = "") -> None:
+    """Refuse a document whose patterns, windows or rule ids the evaluator cannot take, naming each field
+    (in pieces: a document may hold tens of thousands of patterns)."""
+    errors = await in_pieces(core.validating(document))
     if errors:
         first_pointer, first_detail = errors[0]
         raise ValidationFailed(
@@ -187,7 +189,7 @@ async def create(
     policy_id = uuid.uuid4()
     document = document_of(policy_id, spec)
     size = limits.check_document(plan, document)
-    check_document(document)
+    await check_document(document)
     await _check_target(session, tenant_id, spec)
     set_version = await _next_set_version(session, tenant_id)
     await _check_totals(session, tenant_id, plan, document, size)
@@ -250,7 +252,7 @@ async def replace(
         raise PreconditionFailed(
             f"The policy is at version {policy.version}, not {if_match}.", current_version=policy.version
         )
-    check_document(document)
+    await check_document(document)
     await _check_target(session, tenant_id, spec)
     set_version = await _next_set_version(session, tenant_id)
     await _check_totals(session, tenant_id, plan, document, size, replacing=policy)

@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import select
 
-from aigos.core.policy import Effective, PolicySet, Request, Steps, Subject, labels_of, narrowing
+from aigos.core.policy import Effective, PolicySet, Request, Subject, labels_of, narrowing
 from aigos.server.bus import Bus
 from aigos.server.bus.follower import Follower
 from aigos.server.db import Database
@@ -34,6 +33,7 @@ from aigos.server.db.database import set_tenant
 from aigos.server.errors import ServiceUnavailable, Unauthenticated
 from aigos.server.identity.models import Agent
 from aigos.server.policy import service
+from aigos.server.policy.pieces import freeze, in_pieces
 from aigos.server.tenancy import tenants
 
 CHANNEL = "policy"
@@ -44,48 +44,6 @@ REFORGET_AFTER_SECONDS = 1.0
 #: How long a check waits for its tenant's newer policy set before it is answered from the previous one:
 #: a small set is ready well within it, so a change is enforced from the next check on.
 FRESH_WITHIN_SECONDS = 1.0
-
-T = TypeVar("T")
-
-
-async def in_pieces(steps: Steps[T]) -> T:
-    """The result of a computation in steps (``aigos.core.policy.Steps``), run on the event loop: other
-    requests, ``/health`` included, get their turn at each of its pauses.
-
-    A thread would not help: compiling is pure Python and holds the GIL, and a thread holding it makes
-    the loop wait a whole switch interval at each of its system calls. A long computation also freezes
-    what it built so far every ``FREEZE_EVERY`` pieces (see ``_freeze``).
-    """
-    pieces = 0
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            if pieces >= FREEZE_EVERY:
-                _freeze()
-            result: T = done.value
-            return result
-        pieces += 1
-        if pieces % FREEZE_EVERY == 0:
-            _freeze()
-        await asyncio.sleep(0)
-
-
-#: Pieces of one computation between two freezes of what it built.
-FREEZE_EVERY = 8
-
-
-def _freeze() -> None:
-    """Take what exists out of the garbage collector's reach, as the process does once at start.
-
-    A compiled set of 50,000 rules is about a million objects; each full pass of the collector walks
-    every one not frozen, 50-200 ms on the event loop, and a set that grows while it is compiled sets
-    off a full pass each time it grows by a quarter. Frozen objects are still freed as soon as nothing
-    refers to them (a compiled set holds no reference cycles); the young generations are collected
-    first, so the garbage frozen with them is only what was already old.
-    """
-    gc.collect(1)
-    gc.freeze()
 
 
 async def compile_in_pieces(version: int, documents: Iterable[Mapping[str, Any]]) -> PolicySet:
@@ -221,14 +179,12 @@ class PolicyState(Follower):
             else:
                 self._aggregating.discard(tenant_id)
             documents: list[dict[str, Any]] = []
-            batches = 0
             # A batch at a time (decoding 32 MiB of JSON at once would hold the loop for half a second),
-            # frozen as compiling freezes (see ``_freeze``): the documents are long-lived too.
+            # each frozen as compiling freezes (see ``freeze``): the documents are long-lived too, and a
+            # batch is as many objects as several pieces of a compile.
             async for batch in service.document_batches(session, tenant_id):
                 documents += batch
-                batches += 1
-                if batches % FREEZE_EVERY == 0:
-                    _freeze()
+                freeze()
                 await asyncio.sleep(0)
         return await compile_in_pieces(version, documents)
 
