@@ -18,25 +18,27 @@ T = TypeVar("T")
 FREEZE_EVERY = 8
 
 
-async def in_pieces(steps: Steps[T]) -> T:
+async def in_pieces(steps: Steps[T], *, freezing: bool = False) -> T:
     """The result of a computation in steps (``aigos.core.policy.Steps``), run on the event loop: other
     requests, ``/health`` included, get their turn at each of its pauses.
 
     A thread would not help: compiling is pure Python and holds the GIL, and a thread holding it makes
-    the loop wait a whole switch interval at each of its system calls. A long computation also freezes
-    what it built so far every ``FREEZE_EVERY`` pieces (see ``freeze``).
+    the loop wait a whole switch interval at each of its system calls. A long computation whose result is
+    kept (``freezing``: a replica's compiled set, an agent's selection) also freezes what it built so far
+    every ``FREEZE_EVERY`` pieces (see ``freeze``); one whose result is soon dropped does not (a freeze
+    costs a collection of the young generations, and what it froze would only be walked once).
     """
     pieces = 0
     while True:
         try:
             next(steps)
         except StopIteration as done:
-            if pieces >= FREEZE_EVERY:
+            if freezing and pieces >= FREEZE_EVERY:
                 freeze()
             result: T = done.value
             return result
         pieces += 1
-        if pieces % FREEZE_EVERY == 0:
+        if freezing and pieces % FREEZE_EVERY == 0:
             freeze()
         await asyncio.sleep(0)
 

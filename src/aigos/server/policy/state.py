@@ -48,7 +48,7 @@ FRESH_WITHIN_SECONDS = 1.0
 
 async def compile_in_pieces(version: int, documents: Iterable[Mapping[str, Any]]) -> PolicySet:
     """``PolicySet(version, documents)``, yielding to the event loop between pieces of a few milliseconds."""
-    return await in_pieces(PolicySet.in_steps(version, documents))
+    return await in_pieces(PolicySet.in_steps(version, documents), freezing=True)
 
 
 async def select_in_pieces(
@@ -63,10 +63,10 @@ async def select_in_pieces(
     """
     effective = policies.cached(subject)
     if effective is None:
-        effective = await in_pieces(policies.selecting(subject))
+        effective = await in_pieces(policies.selecting(subject), freezing=True)
     action = action.lower()
     if not effective.knows(action):
-        await in_pieces(effective.finding(action))
+        await in_pieces(effective.finding(action), freezing=True)
     if request is not None and effective.costly(request):
         return await in_pieces(narrowing(effective, request))
     return effective
