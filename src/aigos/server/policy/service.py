@@ -2,7 +2,8 @@
 
 Every change raises the tenant's policy-set version in the same transaction, so the replicas' compiled
 snapshots are named by a number that only grows; the caller announces the new version after the commit.
-Each change is held to the tenant's plan (``aigos.server.policy.limits``), and only the newest
+Each change is held to the tenant's plan (``aigos.server.policy.limits``; the totals sum each policy's
+stored size and rule count, never its document), and only the newest
 ``versions_kept`` versions of a policy are kept: older ones are pruned in the same transaction (every
 change stays in the audit log, with who made it).
 """

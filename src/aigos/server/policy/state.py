@@ -2,11 +2,13 @@
 
 A tenant's policies are loaded once and compiled (``aigos.core.policy.PolicySet``), named by the tenant's
 policy-set version. A change raises the version in the database, commits, then is announced on the bus;
-each replica loads the new set at the next check. Compiling is done in pieces that yield to the event
-loop (``compile_in_pieces``), so a large set never holds up other requests or ``/health``; while it is
-compiled, the tenant's checks wait for it at most ``FRESH_WITHIN_SECONDS`` and are then answered from the
-previous set (a check with no previous set waits for the new one). An agent's selection of the set, and
-each action's rules in it, are worked out in pieces too (``select_in_pieces``). Agents' targeting attributes
+each replica loads the new set at the next check. Reading (in batches of about half a MiB of documents)
+and compiling are done in pieces that yield to the event loop (``compile_in_pieces``), so a large set never
+holds up other requests or ``/health``; while it is compiled, the tenant's checks wait for it at most
+``FRESH_WITHIN_SECONDS`` and are then answered from the previous set (a check with no previous set waits
+for the new one). An agent's selection of the set, each action's rules in it, and a request's resource
+when it is costly to test against them are worked out in pieces too (``select_in_pieces``). A simulation
+reuses the set at the version the database holds (``policy_set_at_least``). Agents' targeting attributes
 (type, owner, environment, labels) are loaded once per agent and dropped when the identity context
 announces the agent changed.
 
