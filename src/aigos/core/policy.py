@@ -441,10 +441,10 @@ _T = TypeVar("_T")
 Steps = Generator[None, None, _T]
 
 #: Rules, or patterns, handled between two pauses of a computation in steps (a few milliseconds of work).
-RULES_PER_STEP = 100
-PATTERNS_PER_STEP = 1_000
+RULES_PER_STEP = 50
+PATTERNS_PER_STEP = 500
 #: Cheap items (rules placed or indexed, selections filtered) handled between two pauses.
-ITEMS_PER_STEP = 2_000
+ITEMS_PER_STEP = 1_000
 #: Bytes of JSON encoded between two pauses.
 BYTES_PER_STEP = 1 << 20
 
