@@ -116,8 +116,15 @@ def test_drafts_over_a_compiled_set_decide_as_the_whole_set_compiled() -> None:
     for action, resource in [("read", "docs/x"), ("read", "a" * 50), ("write", "x"), ("other", "y")]:
         asked = core.Request.of(action, resource)
         assert core.evaluate(amended, WHO, asked, trace=True) == core.evaluate(whole, WHO, asked, trace=True)
-    # The compiled set is shared, not changed.
+    # Once done with, the amended set is emptied in steps; the compiled set it shared is not changed.
+    held = amended.rule_count
+    pauses, _ = steps_of(amended.releasing())
+    assert (held, amended.rule_count) == (23, 0)
+    assert pauses >= 1
     assert core.evaluate(compiled, WHO, core.Request.of("write", "x")).allowed
+    assert core.evaluate(compiled, WHO, core.Request.of("read", "docs/x"), trace=True) == core.evaluate(
+        core.PolicySet(4, saved), WHO, core.Request.of("read", "docs/x"), trace=True
+    )
 
 
 def test_a_bundle_is_encoded_once_and_signs_the_bytes_of_its_payload() -> None:

@@ -1254,6 +1254,27 @@ class PolicySet:
             yield
         return placed
 
+    def releasing(self) -> Steps[None]:
+        """Empty this set, in steps (see ``Pace``), for a caller done with a set nobody else holds (a
+        simulation's): a set of 50,000 rules is some 200,000 objects, and freeing them all at once, when
+        the last reference goes, takes 20 ms and more. The compiled policies are left to whoever else
+        holds them."""
+        self._placed = ()
+        for effective in self._selections.values():
+            exact = effective.exact
+            if isinstance(exact, dict):
+                while exact:
+                    for _ in range(min(ITEMS_PER_STEP, len(exact))):
+                        exact.popitem()
+                    yield
+        self._selections.clear()
+        self._effective.clear()
+        ordered = self._ordered
+        while ordered:
+            del ordered[-ITEMS_PER_STEP:]
+            yield
+        self._owners = []
+
     def documents_for(self, subject: Subject) -> list[Mapping[str, Any]]:
         """The documents of the policies that apply to ``subject`` (a bundle's content)."""
         return [policy.document for policy in self.effective(subject).policies]

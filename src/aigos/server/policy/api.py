@@ -308,6 +308,8 @@ async def simulate(
     request = core.Request.of(body.request.action, body.request.resource, context, at=body.at)
     effective = await select_in_pieces(policies, subject, request.action, request)
     decision = core.evaluate(effective, subject, request, trace=True)
+    del effective
+    await in_pieces(policies.releasing())  # freed a piece at a time, not all at the return
     if decision.budgets:
         spent = await runtime.budgets.spent(tenant_id, decision.budgets)
         decision = decision.with_spent(spent)
