@@ -10,7 +10,9 @@ tenant on that plan:
    ``MAX_PATTERN`` characters: literal parts, parts with ``?``, and ``*a*a*...*b``), and sends, for
    ``--seconds``, checks with a resource of 2,048 ``a`` (no pattern matches, every part is searched);
 3. sends the same worst policy as ``drafts`` (the plan's limit) through ``POST /v1/policies/simulate``,
-   each simulation compiling the saved set and the drafts.
+   each simulation compiling the drafts over the saved set;
+4. fetches the agent's signed bundle (``GET /v1/policies/bundle``): every policy applies to it, so it is
+   the largest bundle the plan allows.
 
 Meanwhile a separate thread asks ``GET /health`` every 10 ms. Printed per phase: ``/health`` p50 / p99 /
 max, the phase's requests, and the longest event-loop pause, read from the server's own lag monitor
@@ -103,7 +105,7 @@ def probe(
     base_url: str, seconds: float, attack: Any = None, at_least: int = 0
 ) -> tuple[list[float], list[float]]:
     """``/health`` latencies for ``seconds`` (and ``at_least`` attacks) while ``attack`` (a callable
-    returning its latency) runs."""
+    returning its latency, or ``None`` when the tenant's rate limit refused it) runs."""
     health = HealthProbe(base_url)
     health.start()
     attacked: list[float] = []
@@ -112,7 +114,9 @@ def probe(
         time.sleep(seconds)
     else:
         while time.monotonic() < deadline or len(attacked) < at_least:
-            attacked.append(attack())
+            latency = attack()
+            if latency is not None:
+                attacked.append(latency)
     health.stop.set()
     health.join()
     return health.latencies, attacked
@@ -239,10 +243,25 @@ def attack_plan(base_url: str, admin_token: str, plan: str, args: argparse.Names
         assert response.json()["allowed"], response.text  # no deny pattern matches
         return (time.perf_counter() - started) * 1e3
 
-    def simulate() -> float:
+    refused = 0
+
+    def simulate() -> float | None:
+        nonlocal refused
         started = time.perf_counter()
         response = http.post("/v1/policies/simulate", json=drafts, headers=admin)
+        if response.status_code == 429:
+            # The plan's requests per minute (the free plan's 300 run out within the phase): wait as told.
+            refused += 1
+            time.sleep(float(response.headers.get("Retry-After", "1")))
+            return None
         assert response.status_code == 200, response.text
+        return (time.perf_counter() - started) * 1e3
+
+    def bundle() -> float:
+        # Every policy applies to the agent: the largest bundle the plan allows, encoded, hashed and signed.
+        started = time.perf_counter()
+        response = http.get("/v1/policies/bundle", headers=token)
+        assert response.status_code == 200, response.text[:300]
         return (time.perf_counter() - started) * 1e3
 
     def first_checks() -> float:
@@ -262,6 +281,8 @@ def attack_plan(base_url: str, admin_token: str, plan: str, args: argparse.Names
     pauses["worst-pattern checks"] = longest_pause(http)
     under_simulate, simulations = probe(base_url, args.seconds, simulate, at_least=1)
     pauses["simulate with drafts"] = longest_pause(http)
+    under_bundle, bundles = probe(base_url, args.seconds, bundle, at_least=2)
+    pauses["signed bundles"] = longest_pause(http)
     http.close()
 
     print(
@@ -272,13 +293,15 @@ def attack_plan(base_url: str, admin_token: str, plan: str, args: argparse.Names
     print("   " + figures("/health under compile", under_compile))
     print("   " + figures("/health under checks", under_check))
     print("   " + figures("/health under simulate", under_simulate))
+    print("   " + figures("/health under bundles", under_bundle))
     print("   " + figures("compile + 20 first checks", compiles))
     print("   " + figures("POST /v1/policies/check", checks))
-    print("   " + figures("POST /v1/policies/simulate", simulations))
+    print("   " + figures("POST /v1/policies/simulate", simulations) + f"   ({refused} refused: 429)")
+    print("   " + figures("GET /v1/policies/bundle", bundles))
     print("   longest event-loop pause (the server's lag monitor):")
     for phase, pause in pauses.items():
         print(f"     {phase:<28} {pause:9.2f} ms")
-    under = [*under_compile, *under_check, *under_simulate]
+    under = [*under_compile, *under_check, *under_simulate, *under_bundle]
     print(
         f"   targets: /health p99 under attack {p99(under):.2f} ms (< 50), "
         f"longest pause {max(pauses.values()):.2f} ms (<= 50)"

@@ -112,3 +112,33 @@ async def test_a_large_set_frozen_out_of_garbage_collection_is_still_freed() -> 
     assert compiled is not None
     compiled = None
     assert gc.get_freeze_count() - before < frozen // 10
+
+
+async def test_a_costly_resource_is_tested_in_pieces_before_the_check() -> None:
+    costly = [
+        {"id": f"r{n}", "effect": "deny", "actions": ["read"], "resources": [f"*a*{n}x*b", f"a?*{n}c*"]}
+        for n in range(2_000)
+    ]
+    compiled = await compile_in_pieces(1, [{"id": "p", "name": "p", "rules": costly}])
+    who = core.Subject.of("agent")
+    await select_in_pieces(compiled, who, "read")
+    ticks = 0
+    done = asyncio.Event()
+
+    async def other_request() -> None:
+        nonlocal ticks
+        while not done.is_set():
+            ticks += 1
+            await asyncio.sleep(0)
+
+    running = asyncio.create_task(other_request())
+    await asyncio.sleep(0)
+    ticks = 0
+    asked = core.Request.of("read", "a" * 2_048)
+    narrowed = await select_in_pieces(compiled, who, "read", asked)
+    done.set()
+    await running
+    # 4,000 patterns, each test counted 9 times on 2,048 characters: other work between the pieces.
+    assert ticks >= 4_000 * 9 // core.PATTERNS_PER_STEP - 1
+    assert core.evaluate(narrowed, who, asked) == core.evaluate(compiled, who, asked)
+    assert compiled.cached(who) is not narrowed  # the agent's selection is kept as it was

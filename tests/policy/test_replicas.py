@@ -147,6 +147,33 @@ async def test_a_replica_that_lost_the_bus_fails_closed_then_catches_up(
     assert response.json()["code"] == "CUSTOM_DENIED"
 
 
+async def test_a_simulation_on_a_replica_cut_off_from_the_bus_sees_the_saved_policies(
+    replicas: tuple[AsyncClient, AsyncClient, TcpProxy],
+) -> None:
+    client_a, client_b, proxy = replicas
+    tenant: TenantHandle = await signup(client_a, "Simulated")
+    saved = await create_policy(
+        client_a, tenant, rules=[{"id": "x", "effect": "deny", "actions": ["export"]}]
+    )
+    ask = {"agent": {}, "request": {"action": "export", "resource": "db"}}
+    before = await client_b.post("/v1/policies/simulate", json=ask, headers=tenant.headers)
+    assert before.json()["matched_rule"] == "x"  # the second replica now holds the compiled set
+
+    # Changed through the first replica while the second cannot hear of it: a simulation there reuses its
+    # compiled set only at the version the database holds.
+    proxy.sever()
+    changed = await client_a.put(
+        f"/v1/policies/{saved['id']}",
+        json={"name": "p", "rules": [{"id": "y", "effect": "deny", "actions": ["export"]}]},
+        headers=tenant.headers,
+    )
+    assert changed.status_code == 200
+    after = await client_b.post("/v1/policies/simulate", json=ask, headers=tenant.headers)
+    assert after.status_code == 200, after.text
+    assert (after.json()["matched_rule"], after.json()["policy_version"]) == ("y", 2)
+    proxy.restore()
+
+
 async def _check_until_stale(client: AsyncClient, token: str) -> httpx.Response:
     deadline = time.monotonic() + 10
     while True:

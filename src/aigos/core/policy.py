@@ -42,6 +42,7 @@ from typing import Any, Literal, NamedTuple, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aigos.core import globs
+from aigos.core.canonical import canonical
 
 STAGES = ("kill_switch", "capability", "budget", "domain", "custom")
 PERIODS = ("lifetime", "daily", "monthly")
@@ -440,10 +441,12 @@ _T = TypeVar("_T")
 Steps = Generator[None, None, _T]
 
 #: Rules, or patterns, handled between two pauses of a computation in steps (a few milliseconds of work).
-RULES_PER_STEP = 100
-PATTERNS_PER_STEP = 1_000
+RULES_PER_STEP = 50
+PATTERNS_PER_STEP = 500
 #: Cheap items (rules placed or indexed, selections filtered) handled between two pauses.
-ITEMS_PER_STEP = 2_000
+ITEMS_PER_STEP = 1_000
+#: Bytes of JSON encoded between two pauses.
+BYTES_PER_STEP = 1 << 20
 
 
 class Pace:
@@ -690,6 +693,9 @@ class _Rule(NamedTuple):
     #: None when no condition beyond resource and tool is set, so most rules stop after two tests.
     conditions: _Conditions | None
     description: str | None
+    #: The resource patterns a test of the resource may try (0 when every resource, or prefixes only,
+    #: which cost one C call): what testing this rule's resource costs, at most (see ``narrowing``).
+    resource_weight: int
 
 
 def _conditions(spec: Mapping[str, Any]) -> _Conditions | None:
@@ -872,6 +878,7 @@ def compiling(document: Mapping[str, Any]) -> Steps[_Policy]:
             _names(tools) if tools else None,
             _conditions(conditions) if conditions else None,
             spec.get("description"),
+            len(resources) if matcher is not None and prefixes is None else 0,
         )
         kind = _DENY if effect == "deny" else _ALLOW if enforce else _ALLOW_DRY_RUN
         entry = (rule, prefixes, None if prefixes else matcher, rule.conditions, kind)
@@ -934,10 +941,14 @@ class Effective:
     default_deny: tuple[_Policy, ...]
     #: ``rules_for`` answers worked out with the selection, when that is cheap (see ``EAGER_TESTS``).
     ready: Mapping[str, tuple[_Entry, ...]] = field(default_factory=dict)
+    #: The rules' ``resource_weight`` together: whether any request's resource could cost a step to test.
+    resource_weight: int = 0
     #: ``rules_for`` answers, by action.
     _by_action: dict[str, tuple[_Entry, ...]] = field(default_factory=dict)
     #: ``candidates`` answers, by (action, tool): agents repeat the same few calls.
     _candidates: dict[tuple[str, str | None], tuple[_Entry, ...]] = field(default_factory=dict)
+    #: The ``resource_weight`` of each ``candidates`` answer together, by (action, tool).
+    _weights: dict[tuple[str, str | None], int] = field(default_factory=dict)
 
     def rules_for(self, action: str) -> tuple[_Entry, ...]:
         """The rules that may match ``action`` (lower-cased), in evaluation order."""
@@ -982,12 +993,67 @@ class Effective:
             )
             if len(self._candidates) >= MAX_CANDIDATE_SETS:
                 self._candidates.clear()
+                self._weights.clear()
             self._candidates[key] = found
+            self._weights[key] = sum([entry[0].resource_weight for entry in found])
         return found
+
+    def costly(self, request: Request) -> bool:
+        """Whether testing ``request``'s resource against the rules it may meet is more than one step of
+        work (``PATTERNS_PER_STEP`` pattern tests, a long resource counting as several): then ``narrowing``
+        does it in steps before ``evaluate``. False at once for a selection with few resource patterns."""
+        units = 1 + len(request.resource) // RESOURCE_CHARS_PER_UNIT
+        if self.resource_weight * units <= PATTERNS_PER_STEP:
+            return False
+        key = (request.action.lower(), request.tool.lower() if request.tool else None)
+        if key not in self._candidates:
+            self.candidates(*key)
+        return self._weights.get(key, 0) * units > PATTERNS_PER_STEP
 
 
 def _position(item: tuple[int, _Entry]) -> int:
     return item[0]
+
+
+#: Resource characters that count as one more pattern test (see ``Effective.costly``): matching a glob is
+#: linear in the resource, and a resource may be 2,048 characters long.
+RESOURCE_CHARS_PER_UNIT = 256
+
+
+def narrowing(effective: Effective, request: Request) -> Steps[Effective]:
+    """``effective`` for this one request, its resource tested in steps against the rules it may meet.
+
+    The custom stage tests each candidate rule's resource patterns as it walks them, in one go; a tenant's
+    rules may hold tens of thousands of costly patterns (``Effective.costly``). Here they are tested first,
+    a step at a time (each matcher once: rules often share one pattern list), and the result is a copy of
+    ``effective`` whose candidates for this action and tool are the rules whose resource matched, with
+    nothing left to test; ``evaluate`` with it decides as it would with ``effective``. Use it for this
+    request only.
+    """
+    action, tool = request.action.lower(), request.tool.lower() if request.tool else None
+    resource = request.resource.lower()
+    units = 1 + len(resource) // RESOURCE_CHARS_PER_UNIT
+    tested: dict[int, bool] = {}
+    kept: list[_Entry] = []
+    spent = 0
+    for rule, prefixes, matches, holds, kind in effective.candidates(action, tool):
+        if prefixes is not None:
+            if not resource.startswith(prefixes):
+                continue
+        elif matches is not None:
+            found = tested.get(id(matches))
+            if found is None:
+                found = tested[id(matches)] = matches(resource)
+                spent += rule.resource_weight * units
+                if spent >= PATTERNS_PER_STEP:
+                    spent = 0
+                    yield
+            if not found:
+                continue
+        kept.append((rule, None, None, holds, kind))
+    return dataclasses.replace(
+        effective, _by_action={}, _candidates={(action, tool): tuple(kept)}, _weights={}
+    )
 
 
 def _arranging(ordered: tuple[_Policy, ...], placed: Sequence[_Placed]) -> Steps[Effective]:
@@ -995,9 +1061,10 @@ def _arranging(ordered: tuple[_Policy, ...], placed: Sequence[_Placed]) -> Steps
     exact: dict[str, list[tuple[int, _Entry]]] = {}
     chunks: list[tuple[_GlobRule, ...]] = []
     chunk: list[_GlobRule] = []
-    patterns = total = 0
+    patterns = total = weight = 0
     for start in range(0, len(placed), ITEMS_PER_STEP):
         for position, actions, matcher, entry in placed[start : start + ITEMS_PER_STEP]:
+            weight += entry[0].resource_weight
             if matcher is None:
                 for action in actions:
                     exact.setdefault(action, []).append((position, entry))
@@ -1020,6 +1087,7 @@ def _arranging(ordered: tuple[_Policy, ...], placed: Sequence[_Placed]) -> Steps
         budgets=tuple(p.budget for p in ordered if p.budget is not None),
         rate_limits=tuple(p.rate_limit for p in ordered if p.rate_limit is not None),
         default_deny=tuple(p for p in ordered if p.default_deny),
+        resource_weight=weight,
     )
     # The rules of the actions rules name, worked out now when that costs little (as for most agents), so
     # a first check of them is as quick as the next; past the bound, at each action's first check.
@@ -1064,17 +1132,33 @@ class PolicySet:
         cls, version: int, documents: Iterable[Mapping[str, Any]], max_cached: int = 50_000
     ) -> Steps[PolicySet]:
         """``PolicySet(version, documents)`` in steps (see ``Pace``): compiling, then placing the rules."""
-        compiled: list[_Policy] = []
+        return cls.amending(version, (), documents, max_cached)
+
+    @classmethod
+    def amending(
+        cls,
+        version: int,
+        compiled: Iterable[_Policy],
+        documents: Iterable[Mapping[str, Any]],
+        max_cached: int = 50_000,
+    ) -> Steps[PolicySet]:
+        """In steps, the set of the ``compiled`` policies (another set's ``policies``) and ``documents``,
+        each document in place of the compiled policy of the same id (a simulation's drafts over the saved
+        set: only the drafts are compiled)."""
+        added: list[_Policy] = []
+        replaced: set[str] = set()
         pace = Pace()
         for document in documents:
+            replaced.add(str(document.get("id")))
             if document.get("enabled", True):
                 policy = yield from compiling(document)
-                compiled.append(policy)
+                added.append(policy)
                 # Many small policies pause too, not only a large one.
                 if pace.due(0, len(policy.rules) + 1):
                     yield
+        kept = [policy for policy in compiled if policy.id not in replaced] if replaced else list(compiled)
         made = cls.__new__(cls)
-        yield from made._placing(version, compiled, max_cached)
+        yield from made._placing(version, kept + added, max_cached)
         return made
 
     def _placing(self, version: int, compiled: list[_Policy], max_cached: int) -> Steps[None]:
@@ -1119,6 +1203,8 @@ class PolicySet:
         self._effective: dict[tuple[Any, ...], Effective] = {}
         self._selections: dict[tuple[int, ...], Effective] = {}
         self._max_cached = max_cached
+        #: Each policy's document as canonical JSON, by policy id, once a bundle needed it.
+        self._encoded: dict[str, bytes] = {}
 
     @property
     def rule_count(self) -> int:
@@ -1168,9 +1254,56 @@ class PolicySet:
             yield
         return placed
 
+    def releasing(self) -> Steps[None]:
+        """Empty this set, in steps (see ``Pace``), for a caller done with a set nobody else holds (a
+        simulation's): a set of 50,000 rules is some 200,000 objects, and freeing them all at once, when
+        the last reference goes, takes 20 ms and more. The compiled policies are left to whoever else
+        holds them."""
+        self._placed = ()
+        for effective in self._selections.values():
+            exact = effective.exact
+            if isinstance(exact, dict):
+                while exact:
+                    for _ in range(min(ITEMS_PER_STEP, len(exact))):
+                        exact.popitem()
+                    yield
+        self._selections.clear()
+        self._effective.clear()
+        ordered = self._ordered
+        while ordered:
+            del ordered[-ITEMS_PER_STEP:]
+            yield
+        self._owners = []
+
     def documents_for(self, subject: Subject) -> list[Mapping[str, Any]]:
         """The documents of the policies that apply to ``subject`` (a bundle's content)."""
         return [policy.document for policy in self.effective(subject).policies]
+
+    def encoding(self, subject: Subject) -> Steps[list[bytes]]:
+        """``canonical(documents_for(subject))`` in steps of about ``BYTES_PER_STEP``, as the pieces that
+        ``b"".join`` makes it of.
+
+        A bundle may hold every document of the tenant (32 MiB at the largest plan): each document is
+        encoded once per set and kept, so the next bundle only gathers them; the pieces are left for the
+        caller to join where copying tens of MiB holds nothing up (``bytes.join`` releases the GIL).
+        Documents are stored through the edge validator and read back through a JSON parser, so none
+        holds a non-finite number and the walk that looks for one is skipped.
+        """
+        pieces = [b"["]
+        since = 0
+        for policy in self.effective(subject).policies:
+            encoded = self._encoded.get(policy.id)
+            if encoded is None:
+                encoded = self._encoded[policy.id] = canonical(dict(policy.document), check_finite=False)
+                since += len(encoded)
+                if since >= BYTES_PER_STEP:
+                    since = 0
+                    yield
+            if len(pieces) > 1:
+                pieces.append(b",")
+            pieces.append(encoded)
+        pieces.append(b"]")
+        return pieces
 
 
 def _bucketed(items: list[_Item], part: int) -> Steps[list[_Item]]:
@@ -1449,3 +1582,46 @@ def bundle_payload(
         "issued_at": issued_at,
         "expires_at": expires_at,
     }
+
+
+#: Canonical JSON as the pieces ``b"".join`` makes it of (see ``PolicySet.encoding``).
+Pieces = list[bytes]
+
+
+def bundle_content(version: int, subject: Subject, documents: Pieces) -> Pieces:
+    """What a bundle's ETag hashes: canonical ``{"version", "agent", "policies"}``, the policies' documents
+    given as ``PolicySet.encoding`` made them."""
+    return canonical_object(
+        {"version": canonical(version), "agent": canonical(subject.to_json()), "policies": documents}
+    )
+
+
+def signed_payload(
+    tenant_id: str, version: int, subject: Subject, documents: Pieces, issued_at: str, expires_at: str
+) -> Pieces:
+    """``canonical(bundle_payload(...))``, which a bundle's signature covers, with the policies' documents
+    given as ``PolicySet.encoding`` made them (they are most of a large bundle)."""
+    members: dict[str, bytes | Pieces] = {
+        "tenant_id": canonical(tenant_id),
+        "version": canonical(version),
+        "agent": canonical(subject.to_json()),
+        "policies": documents,
+        "issued_at": canonical(issued_at),
+        "expires_at": canonical(expires_at),
+    }
+    return canonical_object(members)
+
+
+def canonical_object(members: Mapping[str, bytes | Pieces]) -> Pieces:
+    """``canonical`` of a JSON object whose members' values are canonical JSON already (bytes, or pieces),
+    as pieces: names sorted, no spaces, as ``canonical`` writes an object. Nothing large is copied."""
+    pieces: Pieces = []
+    for name in sorted(members):
+        pieces.append((b"{" if not pieces else b",") + canonical(name) + b":")
+        value = members[name]
+        if isinstance(value, bytes):
+            pieces.append(value)
+        else:
+            pieces += value
+    pieces.append(b"}" if pieces else b"{}")
+    return pieces

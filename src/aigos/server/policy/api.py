@@ -8,12 +8,14 @@ import functools
 import hashlib
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -27,6 +29,7 @@ from aigos.server.errors import BadRequest, NotFound
 from aigos.server.identity import agents as registry
 from aigos.server.identity.agent_auth import AgentPrincipal, admit, agent_scope, bearer_token, require_scope
 from aigos.server.policy import limits, service
+from aigos.server.policy.pieces import in_pieces
 from aigos.server.policy.schemas import (
     CheckIn,
     CheckOut,
@@ -39,7 +42,7 @@ from aigos.server.policy.schemas import (
     SimulateIn,
     SimulateOut,
 )
-from aigos.server.policy.state import compile_in_pieces, in_pieces, select_in_pieces
+from aigos.server.policy.state import select_in_pieces
 from aigos.server.routing import ValidatedRoute
 from aigos.server.runtime import Runtime
 from aigos.server.telemetry.reported import reported_events
@@ -57,6 +60,7 @@ PageNo = Annotated[int, Query(ge=1, le=1_000_000, description="Page number, from
 Limit = Annotated[int, Query(ge=1, le=100, description="Items per page.")]
 #: How long a bundle may be used offline before the SDK must fetch it again.
 BUNDLE_TTL = timedelta(minutes=5)
+T = TypeVar("T")
 #: Which event a decision is recorded as.
 _EVENT = {None: "policy.checked", core.Code.BUDGET_EXCEEDED.value: "budget.exceeded"}
 
@@ -111,8 +115,8 @@ async def check(request: Request) -> Response:
     state.ensure_live()
     subject = await state.subject(agent.tenant_id, agent.agent_id, agent.status.value, agent.claims)
     policies = await state.policy_set(agent.tenant_id)
-    effective = await select_in_pieces(policies, subject, body.action)
     asked = core.Request.of(body.action, body.resource, body.context.model_dump(exclude_none=True))
+    effective = await select_in_pieces(policies, subject, body.action, asked)
     decision = core.evaluate(effective, subject, asked, trace=body.trace)
     if decision.needs_rate:
         decision = await runtime.budgets.count_rates(agent.tenant_id, decision)
@@ -200,31 +204,67 @@ async def get_bundle(
     subject = await state.subject(agent.tenant_id, agent.agent_id, agent.status.value, agent.claims)
     policies = await state.policy_set(agent.tenant_id)
     if policies.cached(subject) is None:
-        await in_pieces(policies.selecting(subject))
-    content = {
-        "version": policies.version,
-        "agent": subject.to_json(),
-        "policies": policies.documents_for(subject),
-    }
-    serialised = canonical(content)
-    if len(serialised) > MAX_BUNDLE_BYTES:
-        raise limits.bundle_too_large(len(serialised), MAX_BUNDLE_BYTES)
-    etag = '"' + hashlib.sha256(serialised).hexdigest()[:32] + '"'
+        await in_pieces(policies.selecting(subject), freezing=True)
+    documents = await in_pieces(policies.encoding(subject))
+    # Hashing, joining and signing tens of MiB: in a thread when large (each releases the GIL; nothing is
+    # copied but by ``bytes.join``, which does too).
+    large = sum(map(len, documents)) > OFF_LOOP_BYTES
+
+    def digest() -> tuple[int, str]:
+        hashed, size = hashlib.sha256(), 0
+        for piece in core.bundle_content(policies.version, subject, documents):
+            hashed.update(piece)
+            size += len(piece)
+        return size, hashed.hexdigest()[:32]
+
+    size, digested = await _off_loop(large, digest)
+    if size > MAX_BUNDLE_BYTES:
+        raise limits.bundle_too_large(size, MAX_BUNDLE_BYTES)
+    etag = f'"{digested}"'
     if if_none_match is not None and etag in {tag.strip() for tag in if_none_match.split(",")}:
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
     now = datetime.now(UTC).replace(microsecond=0)
-    payload = core.bundle_payload(
-        str(agent.tenant_id),
-        policies,
-        subject,
-        now.isoformat().replace("+00:00", "Z"),
-        (now + BUNDLE_TTL).isoformat().replace("+00:00", "Z"),
-    )
     signer = bundle_signer(runtime.settings.pepper)
-    body = {"payload": payload, "key_id": signer.key_id, "alg": "Ed25519", "signature": signer.sign(payload)}
-    return Response(
-        orjson.dumps(body), media_type="application/json", headers={"ETag": etag, "Cache-Control": "no-cache"}
-    )
+
+    def signed() -> list[bytes]:
+        payload = b"".join(
+            core.signed_payload(
+                str(agent.tenant_id),
+                policies.version,
+                subject,
+                documents,
+                now.isoformat().replace("+00:00", "Z"),
+                (now + BUNDLE_TTL).isoformat().replace("+00:00", "Z"),
+            )
+        )
+        signature = b64url(signer.private_key.sign(payload))  # Signer.sign, over bytes already canonical
+        fields = {"key_id": signer.key_id, "alg": "Ed25519", "signature": signature}
+        body = {"payload": payload, **{name: canonical(value) for name, value in fields.items()}}
+        return core.canonical_object(body)
+
+    body = await _off_loop(large, signed)
+    headers = {"ETag": etag, "Cache-Control": "no-cache", "Content-Length": str(sum(map(len, body)))}
+    return StreamingResponse(_chunks(body), media_type="application/json", headers=headers)
+
+
+#: A response body is written this much at a time: a write of tens of MiB at once holds the loop.
+CHUNK_BYTES = 1 << 20
+
+
+async def _chunks(pieces: list[bytes]) -> AsyncIterator[memoryview]:
+    for piece in pieces:
+        view = memoryview(piece)
+        for start in range(0, len(view), CHUNK_BYTES):
+            yield view[start : start + CHUNK_BYTES]
+
+
+#: Bundles of more policy bytes than this are hashed and signed in a thread.
+OFF_LOOP_BYTES = 256 * 1024
+
+
+async def _off_loop(large: bool, work: Callable[[], T]) -> T:
+    """``work()``, in a thread when ``large`` (work that releases the GIL)."""
+    return await asyncio.to_thread(work) if large else work()
 
 
 @router.get("/keys", response_model=PublicKeys, summary="List bundle-signing keys")
@@ -247,21 +287,29 @@ async def simulate(
     plan = plan_of(principal.plan_tier)
     limits.check_drafts(plan, len(body.policies))
     subject = await _simulated_subject(runtime, session, tenant_id, body)
-    documents: dict[str, dict[str, Any]] = {}
     version = await service.set_version(session, tenant_id)
-    if not body.only_drafts:
-        documents = await service.current_documents(session, tenant_id)
+    drafts: dict[str, dict[str, Any]] = {}
     for index, draft in enumerate(body.policies):
         document = service.document_of(draft.id or uuid.uuid4(), draft)
         limits.check_document(plan, document, f"/policies/{index}")
-        service.check_document(document, f"/policies/{index}")
-        documents[document["id"]] = document
-        await asyncio.sleep(0)  # a draft's checks take milliseconds: let other requests in between
-    policies = await compile_in_pieces(version, documents.values())
+        await service.check_document(document, f"/policies/{index}")
+        drafts[document["id"]] = document
+        await asyncio.sleep(0)  # each draft takes a millisecond or more: let other requests in between
+    saved: tuple[Any, ...] = ()
+    if not body.only_drafts:
+        # The saved policies as this replica compiled them for checks (at the version read above or
+        # newer): only the drafts are compiled here, each in place of the saved policy of its id.
+        current = await runtime.policy.policy_set_at_least(tenant_id, version)
+        version, saved = current.version, current.policies
+    # Frozen as it is built, though dropped after this request: else each full pass of the garbage
+    # collector (one per 70,000 allocations once the saved set is frozen) walks all of it built so far.
+    policies = await in_pieces(core.PolicySet.amending(version, saved, drafts.values()), freezing=True)
     context = body.request.context.model_dump(exclude_none=True)
     request = core.Request.of(body.request.action, body.request.resource, context, at=body.at)
-    effective = await select_in_pieces(policies, subject, request.action)
+    effective = await select_in_pieces(policies, subject, request.action, request)
     decision = core.evaluate(effective, subject, request, trace=True)
+    del effective
+    await in_pieces(policies.releasing())  # freed a piece at a time, not all at the return
     if decision.budgets:
         spent = await runtime.budgets.spent(tenant_id, decision.budgets)
         decision = decision.with_spent(spent)

@@ -8,8 +8,8 @@ tenant's policies would pass a total.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -58,39 +58,35 @@ def check_drafts(plan: Plan, drafts: int) -> None:
         raise _too_large(plan, "drafts", plan.policy.drafts, f"/policies has {drafts}")
 
 
-def check_totals(
-    plan: Plan,
-    after: Iterable[Mapping[str, Any]],
-    before: Iterable[Mapping[str, Any]] | None = None,
-) -> None:
+class Totals(NamedTuple):
+    """What a tenant's policies hold together (as the plan's totals name them)."""
+
+    policies: int
+    rules: int
+    total_bytes: int
+
+    def plus(self, rules: int, size: int) -> Totals:
+        """These totals with one more policy of ``rules`` rules and ``size`` bytes."""
+        return Totals(self.policies + 1, self.rules + rules, self.total_bytes + size)
+
+
+def check_totals(plan: Plan, after: Totals, before: Totals | None = None) -> None:
     """Refuse a change that leaves the tenant's policies (``after``) past a total of the plan.
 
     A tenant already past a total (its plan was lowered) may still make changes that do not add to it:
-    ``before`` is the set the change replaces one document of.
+    ``before`` is what the tenant held before the change, when it replaces a policy.
     """
     limits = plan.policy
-    found = _totals(after)
-    was = _totals(before) if before is not None else None
-    for at, (name, allowed) in enumerate(
-        (("policies", limits.policies), ("rules", limits.rules), ("total_bytes", limits.total_bytes))
-    ):
-        if found[at] > allowed and (was is None or found[at] > was[at]):
+    for name in Totals._fields:
+        found, allowed = getattr(after, name), getattr(limits, name)
+        if found > allowed and (before is None or found > getattr(before, name)):
             raise PolicyQuotaExceeded(
                 f"The {plan.name} plan allows {allowed:,} {_NAMES[name]} in a tenant's policies; this "
-                f"change would make {found[at]:,}.",
+                f"change would make {found:,}.",
                 limit=name,
                 max=allowed,
                 plan=plan.name,
             )
-
-
-def _totals(documents: Iterable[Mapping[str, Any]]) -> tuple[int, int, int]:
-    count = rules = size = 0
-    for document in documents:
-        count += 1
-        rules += len(document.get("rules") or ())
-        size += document_size(document)
-    return count, rules, size
 
 
 def bundle_too_large(size: int, maximum: int) -> PolicyQuotaExceeded:

@@ -1,6 +1,7 @@
 """Tables of the policy context.
 
-A policy's current form lives in ``policies``; every version ever saved (created, changed, deleted) in the
+A policy's current form lives in ``policies``, with its document's size and rule count (the plan's totals
+sum those columns, never the documents); every version ever saved (created, changed, deleted) in the
 append-only ``policy_versions``. ``policy_sets`` holds one counter per tenant, raised by every change, which
 names the compiled snapshot each replica holds. ``budget_spend`` persists what budgets have spent.
 """
@@ -35,6 +36,9 @@ class Policy(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0)
     version: Mapped[int] = mapped_column(Integer, default=1)
     document: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    #: The document's size as limits count it (``aigos.server.policy.limits.document_size``).
+    document_bytes: Mapped[int] = mapped_column(Integer, server_default="0")
+    rule_count: Mapped[int] = mapped_column(Integer, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)

@@ -2,11 +2,13 @@
 
 A tenant's policies are loaded once and compiled (``aigos.core.policy.PolicySet``), named by the tenant's
 policy-set version. A change raises the version in the database, commits, then is announced on the bus;
-each replica loads the new set at the next check. Compiling is done in pieces that yield to the event
-loop (``compile_in_pieces``), so a large set never holds up other requests or ``/health``; while it is
-compiled, the tenant's checks wait for it at most ``FRESH_WITHIN_SECONDS`` and are then answered from the
-previous set (a check with no previous set waits for the new one). An agent's selection of the set, and
-each action's rules in it, are worked out in pieces too (``select_in_pieces``). Agents' targeting attributes
+each replica loads the new set at the next check. Reading (in batches of about half a MiB of documents)
+and compiling are done in pieces that yield to the event loop (``compile_in_pieces``), so a large set never
+holds up other requests or ``/health``; while it is compiled, the tenant's checks wait for it at most
+``FRESH_WITHIN_SECONDS`` and are then answered from the previous set (a check with no previous set waits
+for the new one). An agent's selection of the set, each action's rules in it, and a request's resource
+when it is costly to test against them are worked out in pieces too (``select_in_pieces``). A simulation
+reuses the set at the version the database holds (``policy_set_at_least``). Agents' targeting attributes
 (type, owner, environment, labels) are loaded once per agent and dropped when the identity context
 announces the agent changed.
 
@@ -18,22 +20,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import select
 
-from aigos.core.policy import Effective, PolicySet, Steps, Subject, labels_of
+from aigos.core.policy import Effective, PolicySet, Request, Subject, labels_of, narrowing
 from aigos.server.bus import Bus
 from aigos.server.bus.follower import Follower
 from aigos.server.db import Database
 from aigos.server.db.database import set_tenant
 from aigos.server.errors import ServiceUnavailable, Unauthenticated
 from aigos.server.identity.models import Agent
-from aigos.server.policy.models import Policy, PolicySetVersion
+from aigos.server.policy import service
+from aigos.server.policy.pieces import freeze, in_pieces
 from aigos.server.tenancy import tenants
 
 CHANNEL = "policy"
@@ -45,66 +47,30 @@ REFORGET_AFTER_SECONDS = 1.0
 #: a small set is ready well within it, so a change is enforced from the next check on.
 FRESH_WITHIN_SECONDS = 1.0
 
-T = TypeVar("T")
-
-
-async def in_pieces(steps: Steps[T]) -> T:
-    """The result of a computation in steps (``aigos.core.policy.Steps``), run on the event loop: other
-    requests, ``/health`` included, get their turn at each of its pauses.
-
-    A thread would not help: compiling is pure Python and holds the GIL, and a thread holding it makes
-    the loop wait a whole switch interval at each of its system calls. A long computation also freezes
-    what it built so far every ``FREEZE_EVERY`` pieces (see ``_freeze``).
-    """
-    pieces = 0
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            if pieces >= FREEZE_EVERY:
-                _freeze()
-            result: T = done.value
-            return result
-        pieces += 1
-        if pieces % FREEZE_EVERY == 0:
-            _freeze()
-        await asyncio.sleep(0)
-
-
-#: Pieces of one computation between two freezes of what it built.
-FREEZE_EVERY = 8
-
-
-def _freeze() -> None:
-    """Take what exists out of the garbage collector's reach, as the process does once at start.
-
-    A compiled set of 50,000 rules is about a million objects; each full pass of the collector walks
-    every one not frozen, 50-200 ms on the event loop, and a set that grows while it is compiled sets
-    off a full pass each time it grows by a quarter. Frozen objects are still freed as soon as nothing
-    refers to them (a compiled set holds no reference cycles); the young generations are collected
-    first, so the garbage frozen with them is only what was already old.
-    """
-    gc.collect(1)
-    gc.freeze()
-
 
 async def compile_in_pieces(version: int, documents: Iterable[Mapping[str, Any]]) -> PolicySet:
     """``PolicySet(version, documents)``, yielding to the event loop between pieces of a few milliseconds."""
-    return await in_pieces(PolicySet.in_steps(version, documents))
+    return await in_pieces(PolicySet.in_steps(version, documents), freezing=True)
 
 
-async def select_in_pieces(policies: PolicySet, subject: Subject, action: str) -> Effective:
+async def select_in_pieces(
+    policies: PolicySet, subject: Subject, action: str, request: Request | None = None
+) -> Effective:
     """The policies that apply to ``subject`` with ``action``'s rules worked out, in pieces when new.
 
     Once both are cached (every check but an agent's first, or an action's first), this is two look-ups
-    and ``evaluate`` with the result does no more work than a check of a known action.
+    and ``evaluate`` with the result does no more work than a check of a known action. Given the
+    ``request`` (of that action), a resource that is costly to test against the rules it may meet is
+    tested first, in pieces too (``aigos.core.policy.narrowing``): the result is then for it alone.
     """
     effective = policies.cached(subject)
     if effective is None:
-        effective = await in_pieces(policies.selecting(subject))
+        effective = await in_pieces(policies.selecting(subject), freezing=True)
     action = action.lower()
     if not effective.knows(action):
-        await in_pieces(effective.finding(action))
+        await in_pieces(effective.finding(action), freezing=True)
+    if request is not None and effective.costly(request):
+        return await in_pieces(narrowing(effective, request))
     return effective
 
 
@@ -165,16 +131,38 @@ class PolicyState(Follower):
         current = self._sets.get(tenant_id)
         if current is not None and current.version >= self._announced.get(tenant_id, 0):
             return current
+        task = self._loader(tenant_id)
+        if current is None:
+            return await asyncio.shield(task)
+        done, _ = await asyncio.wait({task}, timeout=FRESH_WITHIN_SECONDS)
+        return task.result() if done else current
+
+    async def policy_set_at_least(self, tenant_id: uuid.UUID, version: int) -> PolicySet:
+        """The tenant's compiled policies at ``version`` (read from the database) or newer, waiting for them.
+
+        For a simulation, which must see the saved policies as they stand even on a replica the change's
+        announcement has not reached yet; the set is kept for the checks that follow.
+        """
+        if version > self._announced.get(tenant_id, 0):
+            self._announced[tenant_id] = version
+        current = self._sets.get(tenant_id)
+        # A load that began before the version was committed may bring an older set: load once more.
+        for _ in range(2):
+            if current is not None and current.version >= version:
+                break
+            current = await asyncio.shield(self._loader(tenant_id))
+        assert current is not None
+        return current
+
+    def _loader(self, tenant_id: uuid.UUID) -> asyncio.Task[PolicySet]:
+        """The load of the tenant's set under way, or a new one."""
         task = self._loading.get(tenant_id)
         if task is None:
             task = asyncio.create_task(self._load(tenant_id), name=f"policy-set-{tenant_id}")
             # A failure nobody waited for is not worth a warning: the next check loads again and sees it.
             task.add_done_callback(_retrieve)
             self._loading[tenant_id] = task
-        if current is None:
-            return await asyncio.shield(task)
-        done, _ = await asyncio.wait({task}, timeout=FRESH_WITHIN_SECONDS)
-        return task.result() if done else current
+        return task
 
     async def _load(self, tenant_id: uuid.UUID) -> PolicySet:
         try:
@@ -187,18 +175,20 @@ class PolicyState(Follower):
         """Read and compile the tenant's current policies (bypassing the cache)."""
         async with self.database.session() as session:
             await set_tenant(session, tenant_id)
-            version = await session.scalar(
-                select(PolicySetVersion.version).where(PolicySetVersion.tenant_id == tenant_id)
-            )
-            documents = await session.scalars(
-                select(Policy.document).where(Policy.tenant_id == tenant_id, Policy.deleted_at.is_(None))
-            )
+            version = await service.set_version(session, tenant_id)
             if await tenants.aggregates_allowed_decisions(session, tenant_id):
                 self._aggregating.add(tenant_id)
             else:
                 self._aggregating.discard(tenant_id)
-            rows = list(documents.all())
-        return await compile_in_pieces(int(version or 0), rows)
+            documents: list[dict[str, Any]] = []
+            # A batch at a time (decoding 32 MiB of JSON at once would hold the loop for half a second),
+            # each frozen as compiling freezes (see ``freeze``): the documents are long-lived too, and a
+            # batch is as many objects as several pieces of a compile.
+            async for batch in service.document_batches(session, tenant_id):
+                documents += batch
+                freeze()
+                await asyncio.sleep(0)
+        return await compile_in_pieces(version, documents)
 
     def aggregates(self, tenant_id: uuid.UUID) -> bool:
         """Whether the tenant's allowed decisions are recorded as per-minute counts."""
