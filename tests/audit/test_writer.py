@@ -543,3 +543,22 @@ def test_two_server_processes_append_to_one_tenant(tmp_path: Path, replica_env: 
     assert [row.event_type for row in rows].count("api_key.created") == 2 * per_process
     report = assert_valid_log(lines, signer, len(rows))
     assert report.sealed_through == len(rows)
+
+
+async def test_the_durable_confirmation_flushes_what_was_appended_before_it(pg_database: str) -> None:
+    # Batches commit without waiting for the WAL; the journal lets them go only after _flush_wal, so it
+    # must flush the WAL at least up to them. (A transaction that only takes an id commits asynchronously.)
+    database = Database(pg_url(pg_database), role=APP_ROLE)
+    try:
+        log = EventLog(database, checkpoint_signer(SECRET_KEY.encode()))
+        for attempt in range(20):
+            log.enqueue(event(uuid.uuid4(), data={"n": attempt}))
+            assert await log.flush() == 1
+            async with database.driver() as driver:
+                appended = await driver.fetchval("SELECT pg_current_wal_insert_lsn()")
+            await log._flush_wal()
+            async with database.driver() as driver:
+                flushed = await driver.fetchval("SELECT pg_current_wal_flush_lsn()")
+            assert flushed >= appended, attempt
+    finally:
+        await database.dispose()

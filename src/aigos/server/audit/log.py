@@ -78,9 +78,12 @@ SHUTDOWN_SECONDS = 10.0
 LOOKUP_CHUNK = 500
 #: How often (seconds) a running process looks for journals of processes that died beside it.
 CLAIM_SECONDS = 30.0
-#: A transaction that takes an id (and so writes a commit record) and commits durably.
+#: A transaction that writes a WAL record of its own and commits durably. Taking a transaction id is not
+#: enough: PostgreSQL commits a transaction that wrote nothing else without flushing, whatever
+#: ``synchronous_commit`` says (``RecordTransactionCommit``'s ``wrote_xlog``).
 _FLUSH_WAL_SQL = (
-    "SELECT set_config('synchronous_commit', 'on', true), pg_current_xact_id(), pg_postmaster_start_time()"
+    "SELECT set_config('synchronous_commit', 'on', true),"
+    " pg_logical_emit_message(true, 'aigos.audit.flush', ''), pg_postmaster_start_time()"
 )
 #: Loss records get ids derived from where the loss is, so a replay done twice records it once.
 _LOSS_IDS = uuid.UUID("5b0c3f9e-6d1a-4f7e-9a51-3c2b8e0d7a14")
@@ -532,9 +535,10 @@ class EventLog:
         """Wait until what this process committed so far is durable (PostgreSQL; SQLite's commits are);
         returns when the database server started, which tells a restart in between.
 
-        A batch commits without waiting for the WAL flush; a transaction with an id commits with
-        ``synchronous_commit`` on, and its commit record follows every earlier one in the WAL, so once it
-        returns they are all flushed too: unless the server restarted since they committed, and lost them.
+        A batch commits without waiting for the WAL flush; a transaction that writes a WAL record (a
+        logical message, read by nobody) commits with ``synchronous_commit`` on, and its commit record
+        follows every earlier one in the WAL, so once it returns they are all flushed too: unless the
+        server restarted since they committed, and lost them.
         """
         if self.database.kind != "postgresql":
             return None
