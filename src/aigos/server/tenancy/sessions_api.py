@@ -1,4 +1,4 @@
-"""Routes of people's access: sign in and out, accept an invitation."""
+"""Routes of members' sign-in sessions: sign in and out."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from fastapi import APIRouter, Request, Response, status
 from aigos.server.audit.events import NewEvent, by, current_request_id
 from aigos.server.deps import EventsDep, LimiterDep, SessionDep, SettingsDep
 from aigos.server.errors import Forbidden, RateLimited, Unauthenticated
-from aigos.server.tenancy import invitations, sessions
+from aigos.server.tenancy import sessions
 from aigos.server.tenancy.deps import PasswordsDep, PrincipalDep
-from aigos.server.tenancy.schemas import InvitationAccept, InvitationAccepted, LoginIn, LoginOut
+from aigos.server.tenancy.schemas import LoginIn, LoginOut
 from aigos.server.throttle import Throttle, Throttled, source_address
 
 router = APIRouter(prefix="/v1", tags=["tenancy"])
@@ -75,28 +75,3 @@ async def logout(events: EventsDep, session: SessionDep, principal: PrincipalDep
     await sessions.logout(session, principal)
     await events.record(by(principal, "user.signed_out"), session)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
-
-
-@router.post("/invitations/accept", response_model=InvitationAccepted, summary="Accept an invitation")
-async def accept_invitation(
-    spec: InvitationAccept,
-    settings: SettingsDep,
-    passwords: PasswordsDep,
-    events: EventsDep,
-    session: SessionDep,
-) -> InvitationAccepted:
-    """Join the tenant that invited you, with the single-use token the admin handed you.
-
-    A new account chooses its password here; an existing account gives its own password.
-    """
-    joined = await invitations.accept(session, settings.pepper, passwords, spec.token, spec.password)
-    event = NewEvent(
-        tenant_id=joined.tenant_id,
-        event_type="member.joined",
-        actor_type="user",
-        actor_id=str(joined.user_id),
-        data={"user_id": str(joined.user_id), "role": joined.role},
-        request_id=current_request_id(),
-    )
-    await events.record(event, session)
-    return joined
