@@ -5,6 +5,9 @@ only it reads ``platform_tokens``, and the look-up is given to ``resolve`` (``Pl
 app) rather than imported. That way round because resolving a caller must know every kind of caller, while
 the platform context (health, metrics, the bootstrap token) needs nothing from tenancy: tenancy depends on
 a narrow interface it defines, and neither package imports the other.
+
+``Principal`` itself lives in ``server/principal.py``, below every context; it is re-exported here only for
+the modules of other contexts that still import it from here.
 """
 
 from __future__ import annotations
