@@ -11,11 +11,10 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigos.core.agents import AgentStatus
-from aigos.server.audit.events import by
 from aigos.server.audit.log import EventLog
 from aigos.server.deps import EventsDep, SessionDep, SettingsDep, UsageDep
-from aigos.server.errors import Conflict, NotFound
-from aigos.server.identity import agents, credentials, lifecycle, registration
+from aigos.server.errors import NotFound
+from aigos.server.identity import agents, credential_changes, credentials, lifecycle, registration
 from aigos.server.identity.agent_auth import AgentDep, issuer_for
 from aigos.server.identity.deps import AgentSeenDep, CredentialUsedDep, IdentityStateDep, SigningKeysDep
 from aigos.server.identity.models import Agent
@@ -149,11 +148,7 @@ async def update_agent(
     principal: Writer,
 ) -> AgentOut:
     """Change the given fields. New capabilities apply to tokens issued from now on."""
-    agent = await agents.update(session, _tenant(principal), agent_id, spec)
-    # New capabilities must reach the next token on every replica: drop cached clients of this agent.
-    await identity.announce_agent_changed(agent.id)
-    changed = sorted(spec.model_dump(exclude_unset=True))
-    await events.record(by(principal, "agent.updated", {"fields": changed}, agent_id=str(agent.id)), session)
+    agent = await registration.update(session, events, identity, principal, agent_id, spec)
     return agents.to_out(agent, seen.pending(agent.id))
 
 
@@ -246,22 +241,7 @@ async def add_credential(
     principal: Writer,
 ) -> CredentialCreated:
     """A new client secret (shown once), or, with `public_jwk`, a key for `private_key_jwt`."""
-    agent = await agents.get(session, _tenant(principal), agent_id)
-    if agent.status not in (AgentStatus.ACTIVE.value, AgentStatus.PAUSED.value, AgentStatus.SUSPENDED.value):
-        raise Conflict(
-            f"The agent is {agent.status}; it cannot get credentials.", code="AGENT_NOT_MODIFIABLE"
-        )
-    if spec.public_jwk is not None:
-        created = await credentials.add_public_key(
-            session, agent.tenant_id, agent.id, spec.name, spec.public_jwk
-        )
-    else:
-        created = await credentials.issue_secret(
-            session, settings.pepper, agent.tenant_id, agent.id, spec.name
-        )
-    data = {"credential_id": str(created.id), "kind": created.kind}
-    await events.record(by(principal, "agent.credential_created", data, agent_id=str(agent.id)), session)
-    return created
+    return await credential_changes.add(session, events, settings.pepper, principal, agent_id, spec)
 
 
 @router.post(
@@ -281,17 +261,12 @@ async def rotate_credential(
     spec: RotateCredentialIn | None = None,
 ) -> CredentialCreated:
     """A successor secret (shown once); the old one works until the grace period ends (0: stops now)."""
-    await agents.get(session, _tenant(principal), agent_id)
     grace = spec.grace_seconds if spec and spec.grace_seconds is not None else None
     if grace is None:
         grace = settings.credential_rotation_grace_seconds
-    created = await credentials.rotate_secret(
-        session, settings.pepper, _tenant(principal), agent_id, credential_id, grace
+    return await credential_changes.rotate(
+        session, events, identity, settings.pepper, principal, agent_id, credential_id, grace
     )
-    await identity.announce_client_changed(credential_id)
-    data = {"credential_id": str(credential_id), "successor_id": str(created.id), "grace_seconds": grace}
-    await events.record(by(principal, "agent.credential_rotated", data, agent_id=str(agent_id)), session)
-    return created
 
 
 @router.delete(
@@ -308,11 +283,7 @@ async def revoke_credential(
     principal: Writer,
 ) -> Response:
     """The token endpoint refuses this credential from now on."""
-    await credentials.revoke(session, _tenant(principal), agent_id, credential_id)
-    # Before the commit, like token revocations: replicas refuse the secret at once.
-    await identity.announce_client_changed(credential_id)
-    data = {"credential_id": str(credential_id)}
-    await events.record(by(principal, "agent.credential_revoked", data, agent_id=str(agent_id)), session)
+    await credential_changes.revoke(session, events, identity, principal, agent_id, credential_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -1,11 +1,13 @@
-"""Registering agents: the registry entry, counted against the tenant's usage and recorded on its log, and
-for a self-registration the agent's first client secret and identity token.
+"""Registering and changing agents: the registry entry, counted against the tenant's usage and recorded
+on its log, for a self-registration the agent's first client secret and identity token, and changes
+that every replica's client cache must hear of.
 
 One piece of code for the registry's routes and the AGNTCY import, so every way in does the same things.
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,7 +18,8 @@ from aigos.server.config import Settings
 from aigos.server.identity import agents, credentials, tokens
 from aigos.server.identity.keys import SigningKeys
 from aigos.server.identity.models import Agent
-from aigos.server.identity.schemas import AgentIn, CredentialCreated
+from aigos.server.identity.schemas import AgentIn, AgentUpdate, CredentialCreated
+from aigos.server.identity.state import IdentityState
 from aigos.server.tenancy.principal import Principal
 from aigos.server.tenancy.usage import UsageMeter
 
@@ -45,6 +48,24 @@ async def create(
     if source is not None:
         data["source"] = source
     await events.record(by(principal, "agent.created", data, agent_id=str(agent.id)), session)
+    return agent
+
+
+async def update(
+    session: AsyncSession,
+    events: EventLog,
+    identity: IdentityState,
+    principal: Principal,
+    agent_id: uuid.UUID,
+    spec: AgentUpdate,
+) -> Agent:
+    """Change the given fields of the principal's tenant's agent and record ``agent.updated``."""
+    assert principal.tenant_id is not None
+    agent = await agents.update(session, principal.tenant_id, agent_id, spec)
+    # New capabilities must reach the next token on every replica: drop cached clients of this agent.
+    await identity.announce_agent_changed(agent.id)
+    changed = sorted(spec.model_dump(exclude_unset=True))
+    await events.record(by(principal, "agent.updated", {"fields": changed}, agent_id=str(agent.id)), session)
     return agent
 
 
