@@ -1,5 +1,8 @@
 """Agent-plane authentication: one dependency that turns a bearer token into the calling agent.
 
+The work is the ``AgentAuthenticator``'s, built once with the runtime and given to ``admit`` (the policy
+check calls it directly) and to the dependencies ``AgentDep`` and ``agent_scope``.
+
 Fast enough for the policy hot path: a token verified once is cached until it expires, and the checks that
 must reflect changes at once (revoked ``jti``, agent status) are dictionary look-ups in the replica's
 ``IdentityState``, kept current through the bus. Only while the bus is down do they hit the database.
