@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, status
@@ -11,13 +10,12 @@ from fastapi.responses import StreamingResponse
 
 from aigos.core.agents import AgentStatus
 from aigos.core.signing import b64url
-from aigos.server.db.commit_hooks import after_commit
 from aigos.server.db.database import set_tenant
 from aigos.server.deps import DatabaseDep, EventsDep, SessionDep, SettingsDep
 from aigos.server.errors import BadRequest, ServiceUnavailable
 from aigos.server.identity.agent_auth import token_error
 from aigos.server.identity.deps import IdentityStateDep
-from aigos.server.killswitch import service
+from aigos.server.killswitch import service, triggers
 from aigos.server.killswitch.deps import HubDep
 from aigos.server.killswitch.hub import Outgoing
 from aigos.server.killswitch.listener import ListenerDep
@@ -77,16 +75,10 @@ async def trigger(
     are delivered to the agents' streams, on any replica, as soon as the trigger is committed; with
     PostgreSQL this holds while Redis is down too.
     """
-    await set_tenant(session, _tenant(principal))
-    result = await service.trigger(
-        session, principal, hub.signer, spec, events=events, identity=identity, settings=settings
+    result = await triggers.trigger(
+        session, hub, principal, spec, events=events, identity=identity, settings=settings
     )
-    # Heard by the other replicas at the commit, through PostgreSQL: Redis may be down.
-    target, _ = service.TARGETS[spec.command]
-    await hub.notify(session, _tenant(principal), [row.agent_id for row in result.rows], target.value)
     refs = [CommandRef(command_id=row.id, agent_id=row.agent_id, status="pending") for row in result.rows]
-    # Committed: now every replica may deliver.
-    after_commit(session, partial(hub.publish, result.commands))
     return TriggerOut(
         command_id=refs[0].command_id if refs else uuid.uuid4(),
         status="pending",
