@@ -130,7 +130,7 @@ async def test_rotation_keeps_old_tokens_valid_and_signs_new_ones(
         return await jwks_kids(client) == {new_kid}
 
     await eventually(old_key_gone)
-    runtime.token_cache = VerifiedCache()  # forget that the old token verified once
+    runtime.agent_auth.cache = VerifiedCache()  # forget that the old token verified once
     assert await heartbeat(client, agent["agent_id"], old_token) == 401
     assert await heartbeat(client, agent["agent_id"], new_token) == 200
     listed_after = (await client.get(KEYS, headers=admin_headers)).json()

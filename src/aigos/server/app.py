@@ -24,9 +24,10 @@ from aigos.server.datadir import prepare as prepare_data_dir
 from aigos.server.db import Database
 from aigos.server.db.database import APP_ROLE
 from aigos.server.db.types import utcnow
-from aigos.server.identity import agents_api, agntcy_api, keys_api, oauth_api
+from aigos.server.identity import activity, agents_api, agntcy_api, keys_api, oauth_api
+from aigos.server.identity.agent_auth import AgentAuthenticator
 from aigos.server.identity.keys import SigningKeys
-from aigos.server.identity.models import Agent, AgentCredential
+from aigos.server.identity.oauth import OAuthServer
 from aigos.server.identity.state import IdentityState
 from aigos.server.in_flight import InFlight
 from aigos.server.killswitch import api as killswitch_api
@@ -212,6 +213,33 @@ async def start_runtime(settings: Settings, in_flight: InFlight | None = None) -
     policy = PolicyState(database, bus)
     await policy.start()
     hub = create_hub(database, bus, settings, identity)
+    events = EventLog(
+        database,
+        signer,
+        queue_size=settings.audit_queue_size,
+        batch_size=settings.audit_batch_size,
+        flush_seconds=settings.audit_flush_seconds,
+        checkpoint_seconds=settings.audit_checkpoint_seconds,
+        in_flight=in_flight,
+        spill_dir=settings.data_dir / "spill",
+        journal_dir=settings.data_dir / "journal" if settings.audit_journal else None,
+        journal_sync_seconds=settings.audit_journal_sync_seconds,
+    )
+    limiter = FallbackRateLimiter(bus.limiter, share=hub.replicas)
+    agent_auth = AgentAuthenticator(keys, identity, database, settings)
+    credential_used = activity.credential_used(database, settings.usage_flush_seconds)
+    agent_auth_seen = activity.agent_authenticated(database, settings.usage_flush_seconds)
+    oauth = OAuthServer(
+        settings=settings,
+        keys=keys,
+        identity=identity,
+        agents=agent_auth,
+        events=events,
+        limiter=limiter,
+        counters=bus.counters,
+        credential_used=credential_used,
+        agent_auth_seen=agent_auth_seen,
+    )
     runtime = Runtime(
         settings=settings,
         database=database,
@@ -220,25 +248,16 @@ async def start_runtime(settings: Settings, in_flight: InFlight | None = None) -
         key_activity=Touches(database, ApiKey, "last_used_at", settings.usage_flush_seconds),
         keys=keys,
         identity=identity,
-        agent_seen=Touches(database, Agent, "last_seen_at", settings.usage_flush_seconds),
-        agent_auth_seen=Touches(database, Agent, "last_auth_at", settings.usage_flush_seconds),
-        credential_used=Touches(database, AgentCredential, "last_used_at", settings.usage_flush_seconds),
+        agent_seen=activity.agent_seen(database, settings.usage_flush_seconds),
+        agent_auth_seen=agent_auth_seen,
+        credential_used=credential_used,
+        agent_auth=agent_auth,
+        oauth=oauth,
         killswitch=hub,
         policy=policy,
         budgets=BudgetBook(database, bus.ledger, bus.limiter, settings.usage_flush_seconds),
-        limiter=FallbackRateLimiter(bus.limiter, share=hub.replicas),
-        events=EventLog(
-            database,
-            signer,
-            queue_size=settings.audit_queue_size,
-            batch_size=settings.audit_batch_size,
-            flush_seconds=settings.audit_flush_seconds,
-            checkpoint_seconds=settings.audit_checkpoint_seconds,
-            in_flight=in_flight,
-            spill_dir=settings.data_dir / "spill",
-            journal_dir=settings.data_dir / "journal" if settings.audit_journal else None,
-            journal_sync_seconds=settings.audit_journal_sync_seconds,
-        ),
+        limiter=limiter,
+        events=events,
         maintenance=Maintenance(database, signer, settings.audit_retention_days),
         features=list(FEATURES),
         passwords=Passwords(settings.password_hash_memory_kib, settings.password_hash_time_cost),

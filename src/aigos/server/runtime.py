@@ -9,9 +9,10 @@ from aigos.server.audit.retention import Maintenance
 from aigos.server.bus import Bus, RateLimiter
 from aigos.server.config import Settings
 from aigos.server.db import Database
+from aigos.server.identity.agent_auth import AgentAuthenticator
 from aigos.server.identity.keys import SigningKeys
+from aigos.server.identity.oauth import OAuthServer
 from aigos.server.identity.state import IdentityState
-from aigos.server.identity.tokens import VerifiedCache
 from aigos.server.killswitch.hub import Hub
 from aigos.server.policy.budgets import BudgetBook
 from aigos.server.policy.state import PolicyState
@@ -36,6 +37,10 @@ class Runtime:
     agent_auth_seen: Touches
     #: ``agent_credentials.last_used_at``: which secret or key authenticated at the token endpoint.
     credential_used: Touches
+    #: Verifies agent tokens (the policy check's first step), with its cache of verified tokens.
+    agent_auth: AgentAuthenticator
+    #: What the OAuth 2.0 endpoints work with.
+    oauth: OAuthServer
     killswitch: Hub
     policy: PolicyState
     budgets: BudgetBook
@@ -45,7 +50,6 @@ class Runtime:
     maintenance: Maintenance | None = None
     features: list[str] = field(default_factory=list)
     passwords: Passwords = field(default_factory=Passwords)
-    token_cache: VerifiedCache = field(default_factory=VerifiedCache)
 
     def start(self) -> None:
         """Start the background flushers."""

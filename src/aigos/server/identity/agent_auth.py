@@ -1,5 +1,8 @@
 """Agent-plane authentication: one dependency that turns a bearer token into the calling agent.
 
+The work is the ``AgentAuthenticator``'s, built once with the runtime and given to ``admit`` (the policy
+check calls it directly) and to the dependencies ``AgentDep`` and ``agent_scope``.
+
 Fast enough for the policy hot path: a token verified once is cached until it expires, and the checks that
 must reflect changes at once (revoked ``jti``, agent status) are dictionary look-ups in the replica's
 ``IdentityState``, kept current through the bus. Only while the bus is down do they hit the database.
@@ -24,12 +27,14 @@ from aigos.core import delegation
 from aigos.core.agents import AgentStatus, may_hold_tokens
 from aigos.core.canonical import parse
 from aigos.server.config import Settings
+from aigos.server.db import Database
 from aigos.server.db.database import set_tenant
-from aigos.server.deps import RuntimeDep
 from aigos.server.errors import Forbidden, Unauthenticated
 from aigos.server.identity import tokens
+from aigos.server.identity.keys import SigningKeys
 from aigos.server.identity.models import Agent, RevokedToken
-from aigos.server.runtime import Runtime
+from aigos.server.identity.state import IdentityState
+from aigos.server.identity.tokens import VerifiedCache
 
 agent_bearer = HTTPBearer(auto_error=False, description="An agent access token (RuntimeIdentity JWT).")
 
@@ -62,22 +67,41 @@ def token_error(detail: str, code: str) -> Unauthenticated:
 
 
 class AgentAuthenticator:
-    """Verifies agent tokens against a process's runtime (its keys, its cache, its identity state)."""
+    """Verifies agent tokens: built once per process from the signing keys, the identity state (revoked
+    ``jti`` and agent statuses, kept current through the bus), the database (asked only while the bus is
+    down) and the settings (the issuer), with its own cache of verified tokens."""
 
-    async def authenticate(self, runtime: Runtime, token: str, issuer: str) -> AgentPrincipal:
+    __slots__ = ("cache", "database", "identity", "keys", "settings")
+
+    def __init__(
+        self,
+        keys: SigningKeys,
+        identity: IdentityState,
+        database: Database,
+        settings: Settings,
+        cache: VerifiedCache | None = None,
+    ) -> None:
+        self.keys = keys
+        self.identity = identity
+        self.database = database
+        self.settings = settings
+        #: Tokens whose signature and claims were verified, until they expire.
+        self.cache = cache if cache is not None else VerifiedCache()
+
+    async def authenticate(self, token: str, issuer: str) -> AgentPrincipal:
         """The agent behind ``token`` or a 401 saying why not."""
         now = time.time()
-        claims = runtime.token_cache.get(token, now)
+        claims = self.cache.get(token, now)
         if claims is None or claims.get("iss") != issuer:
-            claims = await self._verify(runtime, token, issuer)
-            runtime.token_cache.put(token, claims)
+            claims = await self._verify(token, issuer)
+            self.cache.put(token, claims)
         try:
             agent_id, tenant_id = uuid.UUID(str(claims["sub"])), uuid.UUID(str(claims["aud"]))
         except ValueError as exc:
             raise token_error("The token names no agent.", "INVALID_TOKEN") from exc
         jti = str(claims["jti"])
         chain = _chain_of(claims)
-        state = runtime.identity
+        state = self.identity
         known: AgentStatus | None
         if state.live:
             revoked, known = state.is_revoked(jti), state.status_of(agent_id)
@@ -89,7 +113,7 @@ class AgentAuthenticator:
             }
         else:
             revoked, known, ancestor_revoked, actors = await _from_database(
-                runtime, tenant_id, agent_id, jti, chain
+                self.database, tenant_id, agent_id, jti, chain
             )
         if known is None:
             # Only a token signed with our key gets here: sub and aud must still name one of our agents.
@@ -105,31 +129,41 @@ class AgentAuthenticator:
             status = _delegated_status(status, actors)
         return AgentPrincipal(agent_id=agent_id, tenant_id=tenant_id, status=status, claims=claims)
 
-    async def _verify(self, runtime: Runtime, token: str, issuer: str) -> dict[str, Any]:
+    def terminated(self, token: str, refusal: Unauthenticated) -> AgentPrincipal | None:
+        """The terminated agent behind ``token``, when ``refusal`` was for that alone; else None."""
+        # The authenticator refuses on status only after the signature, issuer, revocation and tenant
+        # checks passed and the verified claims were cached: those claims are then the terminated agent's.
+        claims = self.cache.get(token, time.time())
+        if refusal.instance_code != "AGENT_TERMINATED" or claims is None:
+            return None
+        return AgentPrincipal(
+            agent_id=uuid.UUID(str(claims["sub"])),
+            tenant_id=uuid.UUID(str(claims["aud"])),
+            status=AgentStatus.TERMINATED,
+            claims=claims,
+        )
+
+    async def _verify(self, token: str, issuer: str) -> dict[str, Any]:
         try:
-            return tokens.verify(runtime.keys, token, issuer)
+            return tokens.verify(self.keys, token, issuer)
         except tokens.InvalidToken as first:
             # A key created on another replica since our last load: reload once, then decide.
-            if not _names_unknown_key(runtime, token):
+            if not _names_unknown_key(self.keys, token):
                 raise token_error(str(first), "INVALID_TOKEN") from first
-            if not await runtime.keys.reload_if_stale():
+            if not await self.keys.reload_if_stale():
                 raise token_error(str(first), "INVALID_TOKEN") from first
             try:
-                return tokens.verify(runtime.keys, token, issuer)
+                return tokens.verify(self.keys, token, issuer)
             except tokens.InvalidToken as exc:
                 raise token_error(str(exc), "INVALID_TOKEN") from exc
 
 
-def _names_unknown_key(runtime: Runtime, token: str) -> bool:
+def _names_unknown_key(keys: SigningKeys, token: str) -> bool:
     try:
         header = parse(base64.urlsafe_b64decode(token.split(".", 1)[0] + "=="))
     except (ValueError, IndexError):
         return False
-    return (
-        isinstance(header, dict)
-        and isinstance(header.get("kid"), str)
-        and not runtime.keys.knows(header["kid"])
-    )
+    return isinstance(header, dict) and isinstance(header.get("kid"), str) and not keys.knows(header["kid"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,13 +204,13 @@ def _delegated_status(own: AgentStatus, actors: dict[uuid.UUID, AgentStatus | No
 
 
 async def _from_database(
-    runtime: Runtime, tenant_id: uuid.UUID, agent_id: uuid.UUID, jti: str, chain: _Delegation
+    database: Database, tenant_id: uuid.UUID, agent_id: uuid.UUID, jti: str, chain: _Delegation
 ) -> tuple[bool, AgentStatus | None, bool, dict[uuid.UUID, AgentStatus | None]]:
     """What the identity state would say, read from the database: whether the token and any of its
     ancestors were revoked, the agent's status and its delegators'."""
     agent_ids = {agent_id, *chain.actors}
     jtis = {jti, *chain.ancestor_jtis}
-    async with runtime.database.session() as session:
+    async with database.session() as session:
         await set_tenant(session, tenant_id)
         rows = await session.execute(
             select(Agent.id, Agent.status).where(Agent.id.in_(agent_ids), Agent.tenant_id == tenant_id)
@@ -188,18 +222,18 @@ async def _from_database(
     return jti in revoked, statuses.get(agent_id), ancestor_revoked, actors
 
 
-authenticator = AgentAuthenticator()
-
 #: The claims an introspection answer repeats from the token (RFC 7662 section 2.2), then AIGOS's own.
 _INTROSPECTED = ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "nbf", "jti")
 _INTROSPECTED_AIGOS = ("aigos:capabilities", "aigos:golden_thread", "aigos:lineage", "act")
 
 
-async def introspection(runtime: Runtime, tenant_id: uuid.UUID, token: str, issuer: str) -> dict[str, Any]:
+async def introspection(
+    authenticator: AgentAuthenticator, tenant_id: uuid.UUID, token: str, issuer: str
+) -> dict[str, Any]:
     """Whether ``token`` is active, and its claims, as RFC 7662 answers a caller of ``tenant_id``: a token
     of another tenant is as inactive as an invalid one."""
     try:
-        agent = await authenticator.authenticate(runtime, token, issuer)
+        agent = await authenticator.authenticate(token, issuer)
     except Unauthenticated:
         return {"active": False}
     if agent.tenant_id != tenant_id:
@@ -217,18 +251,27 @@ async def introspection(runtime: Runtime, tenant_id: uuid.UUID, token: str, issu
     return body
 
 
+async def get_agent_authenticator(request: Request) -> AgentAuthenticator:
+    """The process's agent authenticator, built with the runtime (``async``: see ``deps.get_runtime``)."""
+    authenticator: AgentAuthenticator = request.app.state.runtime.agent_auth
+    return authenticator
+
+
+AgentAuthDep = Annotated[AgentAuthenticator, Depends(get_agent_authenticator)]
+
+
 async def get_agent(
     request: Request,
-    runtime: RuntimeDep,
+    authenticator: AgentAuthDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(agent_bearer)],
 ) -> AgentPrincipal:
     """The calling agent; 401 without a valid, unrevoked token of a token-holding agent."""
-    return await admit(request, runtime, credentials.credentials if credentials else None)
+    return await admit(request, authenticator, credentials.credentials if credentials else None)
 
 
 async def admit(
     request: Request,
-    runtime: Runtime,
+    authenticator: AgentAuthenticator,
     token: str | None,
     scope: str | None = None,
     *,
@@ -247,9 +290,9 @@ async def admit(
             headers={"WWW-Authenticate": 'Bearer realm="aigos"'},
         )
     try:
-        principal = await authenticator.authenticate(runtime, token, issuer_for(request, runtime.settings))
+        principal = await authenticator.authenticate(token, issuer_for(request, authenticator.settings))
     except Unauthenticated as exc:
-        terminated = _terminated(runtime, token, exc) if terminated_too else None
+        terminated = authenticator.terminated(token, exc) if terminated_too else None
         if terminated is None:
             raise
         principal = terminated
@@ -263,20 +306,6 @@ def require_scope(principal: AgentPrincipal, scope: str) -> None:
     """403 ``INSUFFICIENT_SCOPE`` unless the agent's token holds ``scope``."""
     if scope not in str(principal.claims.get("scope", "")).split():
         raise Forbidden(f"The token lacks the `{scope}` scope.", code="INSUFFICIENT_SCOPE", scope=scope)
-
-
-def _terminated(runtime: Runtime, token: str, refusal: Unauthenticated) -> AgentPrincipal | None:
-    # The authenticator refuses on status only after the signature, issuer, revocation and tenant checks
-    # passed and the verified claims were cached: those claims are then the terminated agent's.
-    claims = runtime.token_cache.get(token, time.time())
-    if refusal.instance_code != "AGENT_TERMINATED" or claims is None:
-        return None
-    return AgentPrincipal(
-        agent_id=uuid.UUID(str(claims["sub"])),
-        tenant_id=uuid.UUID(str(claims["aud"])),
-        status=AgentStatus.TERMINATED,
-        claims=claims,
-    )
 
 
 def bearer_token(request: Request) -> str | None:
@@ -296,11 +325,11 @@ def agent_scope(scope: str, *, terminated_too: bool = False) -> Callable[..., Aw
 
     async def check(
         request: Request,
-        runtime: RuntimeDep,
+        authenticator: AgentAuthDep,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(agent_bearer)],
     ) -> AgentPrincipal:
         token = credentials.credentials if credentials else None
-        return await admit(request, runtime, token, scope, terminated_too=terminated_too)
+        return await admit(request, authenticator, token, scope, terminated_too=terminated_too)
 
     check.__name__ = f"agent_scope_{scope.replace(':', '_')}"
     return check

@@ -11,11 +11,12 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigos.core.agents import AgentStatus
-from aigos.server.audit.events import by
-from aigos.server.deps import RuntimeDep, SessionDep
-from aigos.server.errors import Conflict, NotFound
-from aigos.server.identity import agents, credentials, lifecycle, tokens
+from aigos.server.audit.log import EventLog
+from aigos.server.deps import EventsDep, SessionDep, SettingsDep, UsageDep
+from aigos.server.errors import NotFound
+from aigos.server.identity import agents, credential_changes, credentials, lifecycle, registration
 from aigos.server.identity.agent_auth import AgentDep, issuer_for
+from aigos.server.identity.deps import AgentSeenDep, CredentialUsedDep, IdentityStateDep, SigningKeysDep
 from aigos.server.identity.models import Agent
 from aigos.server.identity.schemas import (
     AgentIn,
@@ -30,8 +31,8 @@ from aigos.server.identity.schemas import (
     RotateCredentialIn,
     StatusChange,
 )
+from aigos.server.identity.state import IdentityState
 from aigos.server.routing import ValidatedRoute
-from aigos.server.runtime import Runtime
 from aigos.server.tenancy.deps import require_tenant
 from aigos.server.tenancy.principal import Principal
 
@@ -48,58 +49,56 @@ def _tenant(principal: Principal) -> uuid.UUID:
     return principal.tenant_id
 
 
-def _out(runtime: Runtime, agent: Agent) -> AgentOut:
-    return agents.to_out(agent, runtime.agent_seen.pending(agent.id))
-
-
-async def _create(runtime: Runtime, session: AsyncSession, principal: Principal, spec: AgentIn) -> Agent:
-    tenant_id = _tenant(principal)
-    agent = await agents.create(
-        session, tenant_id, principal.plan_tier, spec, runtime.settings.max_lineage_depth
-    )
-    runtime.usage.count(tenant_id, "agent_registrations")
-    data = {
-        "name": agent.name,
-        "agent_type": agent.agent_type,
-        "parent_id": str(agent.parent_id or "") or None,
-    }
-    await runtime.events.record(by(principal, "agent.created", data, agent_id=str(agent.id)), session)
-    return agent
-
-
 @router.post("", response_model=AgentOut, status_code=status.HTTP_201_CREATED, summary="Create an agent")
 async def create_agent(
-    spec: AgentIn, runtime: RuntimeDep, session: SessionDep, principal: Writer
+    spec: AgentIn,
+    settings: SettingsDep,
+    events: EventsDep,
+    usage: UsageDep,
+    seen: AgentSeenDep,
+    session: SessionDep,
+    principal: Writer,
 ) -> AgentOut:
     """Add an agent to the registry (no credential yet: add one, or use `/v1/agents/register`)."""
-    return _out(runtime, await _create(runtime, session, principal, spec))
+    agent = await registration.create(
+        session, events, usage, principal, spec, max_depth=settings.max_lineage_depth
+    )
+    return agents.to_out(agent, seen.pending(agent.id))
 
 
 @router.post("/register", response_model=Registered, status_code=status.HTTP_201_CREATED, summary="Register")
 async def register_agent(
-    spec: AgentIn, request: Request, runtime: RuntimeDep, session: SessionDep, principal: Writer
+    spec: AgentIn,
+    request: Request,
+    settings: SettingsDep,
+    keys: SigningKeysDep,
+    events: EventsDep,
+    usage: UsageDep,
+    seen: AgentSeenDep,
+    session: SessionDep,
+    principal: Writer,
 ) -> Registered:
     """Create an agent with a client secret (shown once) and its first identity token (seed E3-S2)."""
-    agent = await _create(runtime, session, principal, spec)
-    secret = await credentials.issue_secret(session, runtime.settings.pepper, agent.tenant_id, agent.id)
-    claims = tokens.claims_for(
-        agent, issuer_for(request, runtime.settings), runtime.settings.token_ttl_seconds
+    agent = await registration.create(
+        session, events, usage, principal, spec, max_depth=settings.max_lineage_depth
     )
-    issued = tokens.sign(runtime.keys, claims)
-    assert secret.client_secret is not None
+    first = await registration.first_credentials(
+        session, keys, settings, agent, issuer_for(request, settings)
+    )
+    assert first.secret.client_secret is not None
     return Registered(
         agent_id=agent.id,
         client_id=str(agent.id),
-        client_secret=secret.client_secret,
-        identity_token=issued.token,
-        expires_at=datetime.fromtimestamp(claims["exp"], UTC),
-        agent=_out(runtime, agent),
+        client_secret=first.secret.client_secret,
+        identity_token=first.token.token,
+        expires_at=datetime.fromtimestamp(first.token.claims["exp"], UTC),
+        agent=agents.to_out(agent, seen.pending(agent.id)),
     )
 
 
 @router.get("", response_model=AgentPage, summary="List agents")
 async def list_agents(
-    runtime: RuntimeDep,
+    seen: AgentSeenDep,
     session: SessionDep,
     principal: Reader,
     page: PageNo = 1,
@@ -124,35 +123,39 @@ async def list_agents(
         deployment_env=deployment_env,
         query=q,
     )
-    return AgentPage(agents=[_out(runtime, row) for row in rows], total=total, page=page, limit=limit)
+    return AgentPage(
+        agents=[agents.to_out(row, seen.pending(row.id)) for row in rows], total=total, page=page, limit=limit
+    )
 
 
 @router.get("/{agent_id}", response_model=AgentOut, summary="Get an agent")
 async def get_agent(
-    agent_id: uuid.UUID, runtime: RuntimeDep, session: SessionDep, principal: Reader
+    agent_id: uuid.UUID, seen: AgentSeenDep, session: SessionDep, principal: Reader
 ) -> AgentOut:
     """One agent of the tenant; 404 `AGENT_NOT_FOUND` otherwise."""
-    return _out(runtime, await agents.get(session, _tenant(principal), agent_id))
+    agent = await agents.get(session, _tenant(principal), agent_id)
+    return agents.to_out(agent, seen.pending(agent.id))
 
 
 @router.patch("/{agent_id}", response_model=AgentOut, summary="Change an agent")
 async def update_agent(
-    agent_id: uuid.UUID, spec: AgentUpdate, runtime: RuntimeDep, session: SessionDep, principal: Writer
+    agent_id: uuid.UUID,
+    spec: AgentUpdate,
+    identity: IdentityStateDep,
+    events: EventsDep,
+    seen: AgentSeenDep,
+    session: SessionDep,
+    principal: Writer,
 ) -> AgentOut:
     """Change the given fields. New capabilities apply to tokens issued from now on."""
-    agent = await agents.update(session, _tenant(principal), agent_id, spec)
-    # New capabilities must reach the next token on every replica: drop cached clients of this agent.
-    await runtime.identity.announce_agent_changed(agent.id)
-    changed = sorted(spec.model_dump(exclude_unset=True))
-    await runtime.events.record(
-        by(principal, "agent.updated", {"fields": changed}, agent_id=str(agent.id)), session
-    )
-    return _out(runtime, agent)
+    agent = await registration.update(session, events, identity, principal, agent_id, spec)
+    return agents.to_out(agent, seen.pending(agent.id))
 
 
 async def _move(
-    runtime: Runtime,
     session: AsyncSession,
+    events: EventLog,
+    identity: IdentityState,
     principal: Principal,
     agent_id: uuid.UUID,
     target: AgentStatus,
@@ -160,60 +163,67 @@ async def _move(
     reason: str | None,
 ) -> Agent:
     agent, _ = await lifecycle.change_status(
-        runtime, session, principal, agent_id, target, event_type, reason
+        session, events, identity, principal, agent_id, target, event_type, reason
     )
     return agent
 
 
 @router.delete("/{agent_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Deregister an agent")
 async def deregister_agent(
-    agent_id: uuid.UUID, runtime: RuntimeDep, session: SessionDep, principal: Writer
+    agent_id: uuid.UUID,
+    events: EventsDep,
+    identity: IdentityStateDep,
+    session: SessionDep,
+    principal: Writer,
 ) -> Response:
     """The agent stops working at once (`terminated`, credentials revoked); record and history stay."""
-    await _move(runtime, session, principal, agent_id, AgentStatus.TERMINATED, "agent.deregistered", None)
+    target, event_type = AgentStatus.TERMINATED, "agent.deregistered"
+    await _move(session, events, identity, principal, agent_id, target, event_type, None)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/{agent_id}/suspend", response_model=AgentOut, summary="Suspend an agent")
 async def suspend_agent(
     agent_id: uuid.UUID,
-    runtime: RuntimeDep,
+    events: EventsDep,
+    identity: IdentityStateDep,
+    seen: AgentSeenDep,
     session: SessionDep,
     principal: Writer,
     spec: StatusChange | None = None,
 ) -> AgentOut:
     """Refuse the agent's tokens until it is reactivated."""
     reason = spec.reason if spec else None
-    return _out(
-        runtime,
-        await _move(runtime, session, principal, agent_id, AgentStatus.SUSPENDED, "agent.suspended", reason),
-    )
+    target, event_type = AgentStatus.SUSPENDED, "agent.suspended"
+    agent = await _move(session, events, identity, principal, agent_id, target, event_type, reason)
+    return agents.to_out(agent, seen.pending(agent.id))
 
 
 @router.post("/{agent_id}/reactivate", response_model=AgentOut, summary="Reactivate an agent")
 async def reactivate_agent(
     agent_id: uuid.UUID,
-    runtime: RuntimeDep,
+    events: EventsDep,
+    identity: IdentityStateDep,
+    seen: AgentSeenDep,
     session: SessionDep,
     principal: Writer,
     spec: StatusChange | None = None,
 ) -> AgentOut:
     """Let a suspended (or paused) agent work again."""
     reason = spec.reason if spec else None
-    return _out(
-        runtime,
-        await _move(runtime, session, principal, agent_id, AgentStatus.ACTIVE, "agent.reactivated", reason),
-    )
+    target, event_type = AgentStatus.ACTIVE, "agent.reactivated"
+    agent = await _move(session, events, identity, principal, agent_id, target, event_type, reason)
+    return agents.to_out(agent, seen.pending(agent.id))
 
 
 @router.get("/{agent_id}/credentials", response_model=list[CredentialOut], summary="List credentials")
 async def list_credentials(
-    agent_id: uuid.UUID, runtime: RuntimeDep, session: SessionDep, principal: Reader
+    agent_id: uuid.UUID, used: CredentialUsedDep, session: SessionDep, principal: Reader
 ) -> list[CredentialOut]:
     """The agent's client secrets and public keys (never the secrets themselves), each with its last use."""
     await agents.get(session, _tenant(principal), agent_id)
     rows = await credentials.list_for(session, _tenant(principal), agent_id)
-    return [credentials.to_out(row, runtime.credential_used.pending(row.id)) for row in rows]
+    return [credentials.to_out(row, used.pending(row.id)) for row in rows]
 
 
 @router.post(
@@ -223,27 +233,15 @@ async def list_credentials(
     summary="Add a credential",
 )
 async def add_credential(
-    agent_id: uuid.UUID, spec: CredentialIn, runtime: RuntimeDep, session: SessionDep, principal: Writer
+    agent_id: uuid.UUID,
+    spec: CredentialIn,
+    settings: SettingsDep,
+    events: EventsDep,
+    session: SessionDep,
+    principal: Writer,
 ) -> CredentialCreated:
     """A new client secret (shown once), or, with `public_jwk`, a key for `private_key_jwt`."""
-    agent = await agents.get(session, _tenant(principal), agent_id)
-    if agent.status not in (AgentStatus.ACTIVE.value, AgentStatus.PAUSED.value, AgentStatus.SUSPENDED.value):
-        raise Conflict(
-            f"The agent is {agent.status}; it cannot get credentials.", code="AGENT_NOT_MODIFIABLE"
-        )
-    if spec.public_jwk is not None:
-        created = await credentials.add_public_key(
-            session, agent.tenant_id, agent.id, spec.name, spec.public_jwk
-        )
-    else:
-        created = await credentials.issue_secret(
-            session, runtime.settings.pepper, agent.tenant_id, agent.id, spec.name
-        )
-    data = {"credential_id": str(created.id), "kind": created.kind}
-    await runtime.events.record(
-        by(principal, "agent.credential_created", data, agent_id=str(agent.id)), session
-    )
-    return created
+    return await credential_changes.add(session, events, settings.pepper, principal, agent_id, spec)
 
 
 @router.post(
@@ -255,25 +253,20 @@ async def add_credential(
 async def rotate_credential(
     agent_id: uuid.UUID,
     credential_id: uuid.UUID,
-    runtime: RuntimeDep,
+    settings: SettingsDep,
+    events: EventsDep,
+    identity: IdentityStateDep,
     session: SessionDep,
     principal: Writer,
     spec: RotateCredentialIn | None = None,
 ) -> CredentialCreated:
     """A successor secret (shown once); the old one works until the grace period ends (0: stops now)."""
-    await agents.get(session, _tenant(principal), agent_id)
     grace = spec.grace_seconds if spec and spec.grace_seconds is not None else None
     if grace is None:
-        grace = runtime.settings.credential_rotation_grace_seconds
-    created = await credentials.rotate_secret(
-        session, runtime.settings.pepper, _tenant(principal), agent_id, credential_id, grace
+        grace = settings.credential_rotation_grace_seconds
+    return await credential_changes.rotate(
+        session, events, identity, settings.pepper, principal, agent_id, credential_id, grace
     )
-    await runtime.identity.announce_client_changed(credential_id)
-    data = {"credential_id": str(credential_id), "successor_id": str(created.id), "grace_seconds": grace}
-    await runtime.events.record(
-        by(principal, "agent.credential_rotated", data, agent_id=str(agent_id)), session
-    )
-    return created
 
 
 @router.delete(
@@ -282,16 +275,15 @@ async def rotate_credential(
     summary="Revoke a credential",
 )
 async def revoke_credential(
-    agent_id: uuid.UUID, credential_id: uuid.UUID, runtime: RuntimeDep, session: SessionDep, principal: Writer
+    agent_id: uuid.UUID,
+    credential_id: uuid.UUID,
+    events: EventsDep,
+    identity: IdentityStateDep,
+    session: SessionDep,
+    principal: Writer,
 ) -> Response:
     """The token endpoint refuses this credential from now on."""
-    await credentials.revoke(session, _tenant(principal), agent_id, credential_id)
-    # Before the commit, like token revocations: replicas refuse the secret at once.
-    await runtime.identity.announce_client_changed(credential_id)
-    data = {"credential_id": str(credential_id)}
-    await runtime.events.record(
-        by(principal, "agent.credential_revoked", data, agent_id=str(agent_id)), session
-    )
+    await credential_changes.revoke(session, events, identity, principal, agent_id, credential_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -304,9 +296,9 @@ class Heartbeat(BaseModel):
 
 
 @router.post("/{agent_id}/heartbeat", response_model=Heartbeat, summary="Heartbeat (agent token)")
-async def heartbeat(agent_id: uuid.UUID, runtime: RuntimeDep, agent: AgentDep) -> Heartbeat:
+async def heartbeat(agent_id: uuid.UUID, seen: AgentSeenDep, agent: AgentDep) -> Heartbeat:
     """The agent says it is alive; `last_seen_at` is updated in batches, not one write per beat."""
     if agent.agent_id != agent_id:
         raise NotFound(f"No agent {agent_id}.", code="AGENT_NOT_FOUND")
-    runtime.agent_seen.touch(agent.tenant_id, agent.agent_id)
+    seen.touch(agent.tenant_id, agent.agent_id)
     return Heartbeat(agent_id=agent.agent_id, status=agent.status, server_time=datetime.now(UTC))

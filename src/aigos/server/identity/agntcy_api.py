@@ -8,10 +8,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, status
 from pydantic import BaseModel, Field
 
-from aigos.server.audit.events import by
-from aigos.server.deps import RuntimeDep, SessionDep
-from aigos.server.identity import agents, agntcy
+from aigos.server.deps import EventsDep, SessionDep, SettingsDep, UsageDep
+from aigos.server.identity import agents, agntcy, registration
 from aigos.server.identity.agent_auth import issuer_for
+from aigos.server.identity.deps import AgentSeenDep, SigningKeysDep
 from aigos.server.identity.schemas import AgentOut
 from aigos.server.routing import ValidatedRoute
 from aigos.server.tenancy.deps import require_tenant
@@ -40,12 +40,17 @@ def _tenant(principal: Principal) -> uuid.UUID:
 
 @router.get("/{agent_id}/oasf", response_model=SignedRecord, summary="Export an agent as an OASF record")
 async def export_oasf(
-    agent_id: uuid.UUID, request: Request, runtime: RuntimeDep, session: SessionDep, principal: Reader
+    agent_id: uuid.UUID,
+    request: Request,
+    settings: SettingsDep,
+    keys: SigningKeysDep,
+    session: SessionDep,
+    principal: Reader,
 ) -> SignedRecord:
     """The agent as an AGNTCY OASF record, signed so a directory can verify it against the JWKS."""
     agent = await agents.get(session, _tenant(principal), agent_id)
-    record = agntcy.to_record(agent, issuer_for(request, runtime.settings))
-    return SignedRecord(record=record, signature=agntcy.sign_record(record, runtime.keys.active))
+    record = agntcy.to_record(agent, issuer_for(request, settings))
+    return SignedRecord(record=record, signature=agntcy.sign_record(record, keys.active))
 
 
 @router.post(
@@ -55,18 +60,20 @@ async def export_oasf(
     summary="Create an agent from an OASF record",
 )
 async def import_oasf(
-    record: agntcy.OasfRecord, runtime: RuntimeDep, session: SessionDep, principal: Writer
+    record: agntcy.OasfRecord,
+    settings: SettingsDep,
+    events: EventsDep,
+    usage: UsageDep,
+    seen: AgentSeenDep,
+    session: SessionDep,
+    principal: Writer,
 ) -> AgentOut:
     """Register the agent an OASF record describes (skills become tool patterns; no credential yet).
 
     Ids, status, creation time and parent are assigned here, never read from the record.
     """
-    tenant_id = _tenant(principal)
     spec = agntcy.from_record(record)
-    agent = await agents.create(
-        session, tenant_id, principal.plan_tier, spec, runtime.settings.max_lineage_depth
+    agent = await registration.create(
+        session, events, usage, principal, spec, max_depth=settings.max_lineage_depth, source="oasf"
     )
-    runtime.usage.count(tenant_id, "agent_registrations")
-    data = {"name": agent.name, "agent_type": agent.agent_type, "parent_id": None, "source": "oasf"}
-    await runtime.events.record(by(principal, "agent.created", data, agent_id=str(agent.id)), session)
-    return agents.to_out(agent, runtime.agent_seen.pending(agent.id))
+    return agents.to_out(agent, seen.pending(agent.id))

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from aigos.core import secrets
 from aigos.server.db.types import utcnow
 from aigos.server.errors import Conflict, NotFound, ValidationFailed
-from aigos.server.identity.models import AgentCredential
+from aigos.server.identity.models import Agent, AgentCredential
 from aigos.server.identity.schemas import CredentialCreated, CredentialOut
 
 CLIENT_SECRET_PREFIX = "aigos_cs_"
@@ -229,6 +229,4 @@ async def tenant_of_agent(session: AsyncSession, agent_id: uuid.UUID) -> uuid.UU
     if session.bind is not None and session.bind.dialect.name == "postgresql":
         value = await session.scalar(text("SELECT aigos_find_agent_tenant(:a)"), {"a": agent_id})
         return uuid.UUID(str(value)) if value is not None else None
-    from aigos.server.identity.models import Agent
-
     return await session.scalar(select(Agent.tenant_id).where(Agent.id == agent_id))

@@ -19,10 +19,10 @@ from aigos.core.agents import may_hold_tokens
 from aigos.server.db.database import set_tenant
 from aigos.server.errors import OAuthError, Unauthenticated
 from aigos.server.identity import tokens
-from aigos.server.identity.agent_auth import authenticator
 from aigos.server.identity.models import Agent
 from aigos.server.identity.oauth import (
     Client,
+    OAuthServer,
     agent_of,
     authenticate,
     invalid_client,
@@ -30,7 +30,6 @@ from aigos.server.identity.oauth import (
     record_failure,
 )
 from aigos.server.identity.state import CachedClient
-from aigos.server.runtime import Runtime
 
 CLIENT_CREDENTIALS = "client_credentials"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -50,7 +49,7 @@ def scope_of(requested: str | None) -> str:
 
 
 async def client_credentials(
-    runtime: Runtime,
+    oauth: OAuthServer,
     session: AsyncSession,
     form: dict[str, str],
     authorization: str | None,
@@ -59,18 +58,18 @@ async def client_credentials(
 ) -> tokens.Issued:
     """A token for the authenticated client itself; failed authentications go on its tenant's record."""
     try:
-        client = await authenticate(runtime, session, form, authorization, source, issuer)
+        client = await authenticate(oauth, session, form, authorization, source, issuer)
     except OAuthError as error:
-        await record_failure(runtime, session, form, authorization, error)
+        await record_failure(oauth, session, form, authorization, error)
         raise
-    runtime.credential_used.touch(client.tenant_id, client.credential_id)
-    agent = await _claims_source(runtime, session, client)
+    oauth.credential_used.touch(client.tenant_id, client.credential_id)
+    agent = await _claims_source(oauth, session, client)
     issued = tokens.sign(
-        runtime.keys,
-        tokens.claims_for(agent, issuer, runtime.settings.token_ttl_seconds, scope_of(form.get("scope"))),
+        oauth.keys,
+        tokens.claims_for(agent, issuer, oauth.settings.token_ttl_seconds, scope_of(form.get("scope"))),
     )
     record_agent_event(
-        runtime,
+        oauth,
         client.tenant_id,
         "agent.token_issued",
         client.agent_id,
@@ -78,30 +77,30 @@ async def client_credentials(
         credential_id=str(client.credential_id),
         jti=issued.claims["jti"],
     )
-    runtime.agent_auth_seen.touch(agent.tenant_id, agent.id)
+    oauth.agent_auth_seen.touch(agent.tenant_id, agent.id)
     return issued
 
 
-async def _claims_source(runtime: Runtime, session: AsyncSession, client: Client) -> tokens.ClaimsSource:
+async def _claims_source(oauth: OAuthServer, session: AsyncSession, client: Client) -> tokens.ClaimsSource:
     """The agent a token is issued for: from the client cache when possible, else the database (and then
     cached). The agent's status is checked either way, against the replica's live identity state."""
     basic = client.method == "client_secret_basic"
     if client.agent is not None:
-        status = runtime.identity.status_of(client.agent_id)
+        status = oauth.identity.status_of(client.agent_id)
         if not may_hold_tokens(status):
             raise invalid_client(f"The agent is {status.value}.", basic)
         return client.agent
     agent = await agent_of(session, client)
     if client.secret_digest is not None:
         snapshot = tokens.AgentSnapshot.of(agent)
-        runtime.identity.remember_client(
+        oauth.identity.remember_client(
             client.secret_digest, CachedClient(client.credential_id, client.secret_expires_at, snapshot)
         )
     return agent
 
 
 async def token_exchange(
-    runtime: Runtime, session: AsyncSession, form: dict[str, str], issuer: str
+    oauth: OAuthServer, session: AsyncSession, form: dict[str, str], issuer: str
 ) -> tokens.Issued:
     """A token for a child agent, acting for the parent whose token is the ``subject_token``."""
     if form.get("subject_token_type") != ACCESS_TOKEN_TYPE:
@@ -109,7 +108,7 @@ async def token_exchange(
     if form.get("requested_token_type") not in (None, ACCESS_TOKEN_TYPE):
         raise OAuthError("invalid_request", "Only access tokens can be requested.")
     try:
-        parent = await authenticator.authenticate(runtime, form.get("subject_token", ""), issuer)
+        parent = await oauth.agents.authenticate(form.get("subject_token", ""), issuer)
     except Unauthenticated as exc:
         raise OAuthError("invalid_grant", f"subject_token: {exc.detail}") from exc
     try:
@@ -124,7 +123,7 @@ async def token_exchange(
         raise OAuthError("invalid_target", "requested_agent is not a child of the subject.")
     if not may_hold_tokens(child.status):
         raise OAuthError("invalid_target", f"The child agent is {child.status}.")
-    if child.lineage_depth > runtime.settings.max_lineage_depth:
+    if child.lineage_depth > oauth.settings.max_lineage_depth:
         raise OAuthError("invalid_target", "DEPTH_EXCEEDED: the lineage is deeper than allowed.")
     problems = delegation.escalations(parent.claims.get("aigos:capabilities", {}), child.capabilities)
     if problems:
@@ -142,19 +141,19 @@ async def token_exchange(
     claims = tokens.claims_for(
         child,
         issuer,
-        runtime.settings.token_ttl_seconds,
+        oauth.settings.token_ttl_seconds,
         scope,
         delegation=delegation.delegated(parent.claims, str(parent.agent_id)),
         not_after=not_after,
     )
-    issued = tokens.sign(runtime.keys, claims)
+    issued = tokens.sign(oauth.keys, claims)
     record_agent_event(
-        runtime,
+        oauth,
         parent.tenant_id,
         "agent.token_exchanged",
         child.id,
         parent_id=str(parent.agent_id),
         jti=issued.claims["jti"],
     )
-    runtime.agent_auth_seen.touch(child.tenant_id, child.id)
+    oauth.agent_auth_seen.touch(child.tenant_id, child.id)
     return issued

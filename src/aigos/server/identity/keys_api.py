@@ -16,8 +16,9 @@ from typing import Annotated
 import structlog
 from fastapi import APIRouter, Depends
 
-from aigos.server.deps import RuntimeDep
+from aigos.server.deps import DatabaseDep
 from aigos.server.errors import Forbidden
+from aigos.server.identity.deps import IdentityStateDep, SigningKeysDep
 from aigos.server.identity.keys import list_keys
 from aigos.server.identity.schemas import SigningKeyList
 from aigos.server.routing import ValidatedRoute
@@ -38,19 +39,26 @@ PlatformAdmin = Annotated[Principal, Depends(_platform_only)]
 
 
 @router.get("", response_model=SigningKeyList, summary="List signing keys")
-async def get_signing_keys(runtime: RuntimeDep, principal: PlatformAdmin) -> SigningKeyList:
+async def get_signing_keys(
+    database: DatabaseDep, keys: SigningKeysDep, principal: PlatformAdmin
+) -> SigningKeyList:
     """Every token-signing key with its status and publication window (platform-admin token only)."""
-    return await list_keys(runtime.database, runtime.keys)
+    return await list_keys(database, keys)
 
 
 @router.post("/rotate", response_model=SigningKeyList, summary="Rotate the signing key")
-async def rotate_signing_key(runtime: RuntimeDep, principal: PlatformAdmin) -> SigningKeyList:
+async def rotate_signing_key(
+    database: DatabaseDep,
+    keys: SigningKeysDep,
+    identity: IdentityStateDep,
+    principal: PlatformAdmin,
+) -> SigningKeyList:
     """Sign new tokens with a new key; tokens signed before keep verifying until they expire.
 
     Every replica is told on the bus and reloads its keys. Platform-admin token only.
     """
-    before = runtime.keys.active.kid
-    kid = await runtime.keys.rotate()
-    await runtime.identity.announce_keys()
+    before = keys.active.kid
+    kid = await keys.rotate()
+    await identity.announce_keys()
     log.info("signing_key_rotation", actor=principal.actor_id, kid=kid, retired=before)
-    return await list_keys(runtime.database, runtime.keys)
+    return await list_keys(database, keys)

@@ -4,15 +4,16 @@ One piece of code for the registry's suspend / reactivate / deregister routes an
 a status change always does the same things: the transition (409 when the lifecycle forbids it),
 credentials revoked on termination, one event per agent recorded in the caller's transaction, and every
 replica told once it is committed (this one refuses a stopped agent at once). It works on many agents in a
-few statements, so a tenant-wide kill switch costs about as much as a single one.
+few statements, so a tenant-wide kill switch costs about as much as a single one. ``change_lineage_status``
+does it for an agent and its descendants, or a whole tenant, with the rows locked (``lineage``).
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING
 
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,20 +21,20 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from aigos.core.agents import AgentStatus, can_transition
 from aigos.server.audit.events import by
+from aigos.server.audit.log import EventLog
 from aigos.server.db.commit_hooks import after_commit
 from aigos.server.db.types import utcnow
 from aigos.server.errors import Conflict
-from aigos.server.identity import agents
+from aigos.server.identity import agents, lineage
 from aigos.server.identity.models import Agent, AgentCredential
+from aigos.server.identity.state import IdentityState
 from aigos.server.tenancy.principal import Principal
-
-if TYPE_CHECKING:
-    from aigos.server.runtime import Runtime
 
 
 async def change_status(
-    runtime: Runtime,
     session: AsyncSession,
+    events: EventLog,
+    identity: IdentityState,
     principal: Principal,
     agent_id: uuid.UUID,
     target: AgentStatus,
@@ -46,13 +47,16 @@ async def change_status(
     """
     assert principal.tenant_id is not None
     agent = await agents.get(session, principal.tenant_id, agent_id)
-    (before,) = await change_statuses(runtime, session, principal, [agent], target, event_type, reason)
+    (before,) = await change_statuses(
+        session, events, identity, principal, [agent], target, event_type, reason
+    )
     return agent, before
 
 
 async def change_statuses(
-    runtime: Runtime,
     session: AsyncSession,
+    events: EventLog,
+    identity: IdentityState,
     principal: Principal,
     targets: Sequence[Agent],
     target: AgentStatus,
@@ -80,10 +84,10 @@ async def change_statuses(
     if not moved:
         return befores
     now = utcnow()
-    events = []
+    recorded = []
     for agent in moved:
         data = {"from": agent.status, "to": target.value, "reason": reason}
-        events.append(by(principal, event_type, data, agent_id=str(agent.id)))
+        recorded.append(by(principal, event_type, data, agent_id=str(agent.id)))
     # One statement for all of them; the loaded objects are told the new values without becoming dirty
     # (the ORM would otherwise flush one UPDATE per agent).
     await session.execute(
@@ -107,12 +111,66 @@ async def change_statuses(
             .execution_options(synchronize_session=False)
         )
     # One append for all of them: durable with the caller's transaction, as EventLog.record is.
-    await runtime.events.record_many(tenant_id, events, session)
+    await events.record_many(tenant_id, recorded, session)
     ids = [agent.id for agent in moved]
     if target is not AgentStatus.ACTIVE:
         # This replica refuses at once, before the commit: a commit that then fails errs on the safe side.
-        runtime.identity.restrict(ids, target.value)
+        identity.restrict(ids, target.value)
     # The others hear it once committed (a return to active must never be heard for a rollback), and the
     # answer does not wait for the bus; with PostgreSQL the kill switch's NOTIFY carries it too.
-    after_commit(session, partial(runtime.identity.announce_statuses, ids, target.value, wait=False))
+    after_commit(session, partial(identity.announce_statuses, ids, target.value, wait=False))
     return befores
+
+
+@dataclass
+class LineageChange:
+    """The outcome of a lineage-wide status change."""
+
+    #: The agents that took the status or already had it: the root first, then its descendants level by
+    #: level (or the tenant's agents, shallowest first). Their rows stay locked until the commit.
+    agent_ids: list[uuid.UUID] = field(default_factory=list)
+    #: The agents left out, each with why.
+    skipped: list[tuple[uuid.UUID, str]] = field(default_factory=list)
+
+
+async def change_lineage_status(
+    session: AsyncSession,
+    events: EventLog,
+    identity: IdentityState,
+    principal: Principal,
+    root_id: uuid.UUID | None,
+    *,
+    cascade: bool,
+    max_depth: int,
+    target: AgentStatus,
+    event_type: str,
+    reason: str | None,
+) -> LineageChange:
+    """Move the agent ``root_id`` (with its descendants if ``cascade``), or with no root every agent of
+    the principal's tenant not yet in a final status, to ``target``, their rows locked until the commit.
+
+    The root must accept the transition (409 ``INVALID_STATUS_TRANSITION`` otherwise, 404 if unknown);
+    descendants and tenant-wide targets that cannot take it (a return to active of a terminated agent, say)
+    are skipped and reported. An agent already in ``target`` counts as reached.
+    """
+    assert principal.tenant_id is not None
+    tenant_id = principal.tenant_id
+    if root_id is None:
+        targets = await lineage.lock_changeable(session, tenant_id)
+    else:
+        targets = await lineage.lock_lineage(
+            session, tenant_id, root_id, cascade=cascade, max_depth=max_depth
+        )
+    root = targets[0] if root_id is not None else None
+    result = LineageChange()
+    eligible: list[Agent] = []
+    for agent in targets:
+        current = AgentStatus(agent.status)
+        if agent is root or current is target or can_transition(current, target):
+            eligible.append(agent)
+        else:
+            result.skipped.append((agent.id, f"the agent is {current.value}"))
+    # The root's transition raises 409 when the lifecycle forbids it; the others were checked above.
+    await change_statuses(session, events, identity, principal, eligible, target, event_type, reason)
+    result.agent_ids = [agent.id for agent in eligible]
+    return result

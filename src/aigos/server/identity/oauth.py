@@ -25,19 +25,45 @@ from aigos.core import secrets
 from aigos.core.agents import may_hold_tokens
 from aigos.core.canonical import parse
 from aigos.server.audit.events import NewEvent, current_request_id
+from aigos.server.audit.log import EventLog
+from aigos.server.bus import Counters, RateLimiter
+from aigos.server.config import Settings
 from aigos.server.db.database import set_tenant
 from aigos.server.errors import OAuthError
 from aigos.server.identity import credentials
-from aigos.server.identity.keys import ALGORITHMS
+from aigos.server.identity.agent_auth import AgentAuthenticator
+from aigos.server.identity.keys import ALGORITHMS, SigningKeys
 from aigos.server.identity.models import Agent, AgentCredential
+from aigos.server.identity.state import IdentityState
 from aigos.server.identity.tokens import AgentSnapshot
-from aigos.server.runtime import Runtime
 from aigos.server.throttle import Throttle, Throttled
+from aigos.server.touches import Touches
 
 JWT_BEARER_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 #: Longest lifetime (exp - iat) of a client assertion. One hour, as Authlib and most client libraries issue
 #: by default (Okta's limit too); each assertion is single-use, so a long one cannot be replayed anyway.
 ASSERTION_MAX_LIFETIME = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthServer:
+    """What the OAuth 2.0 endpoints work with, built once per process: the settings (pepper, token
+    lifetime, lineage bound, throttles), the signing keys, the identity state (client cache, statuses,
+    revocations), the agent authenticator (subject tokens, introspection), the event log, the rate limiter
+    for failed client authentications, the shared counters (single-use assertions) and the buffered
+    "last used" stamps of credentials and agents."""
+
+    settings: Settings
+    keys: SigningKeys
+    identity: IdentityState
+    agents: AgentAuthenticator
+    events: EventLog
+    limiter: RateLimiter
+    counters: Counters
+    #: ``agent_credentials.last_used_at``: which secret or key authenticated at the token endpoint.
+    credential_used: Touches
+    #: ``agents.last_auth_at``: when each agent last obtained a token.
+    agent_auth_seen: Touches
 
 
 def invalid_client(description: str, basic: bool) -> OAuthError:
@@ -76,7 +102,7 @@ def _basic(header: str | None) -> tuple[str, str] | None:
 
 
 async def authenticate(
-    runtime: Runtime,
+    oauth: OAuthServer,
     session: AsyncSession,
     form: dict[str, str],
     authorization: str | None,
@@ -86,7 +112,7 @@ async def authenticate(
     """The client making this request (``authorization``: its ``Authorization`` header, ``source``: its
     address), throttled: past too many failures per client id or per source address the caller gets 429
     before its credential is even looked at, so guessing a secret gains nothing."""
-    throttle = Throttle(runtime.limiter, runtime.settings)
+    throttle = Throttle(oauth.limiter, oauth.settings)
     buckets = throttle.sign_in("oauth", claimed_client_id(authorization, form) or "", source)
     try:
         await throttle.check(buckets, "failed client authentications")
@@ -94,7 +120,7 @@ async def authenticate(
         raise OAuthError("temporarily_unavailable", str(exc), 429, exc.headers) from exc
     try:
         return await _authenticate_client(
-            runtime, session, form, authorization, issuer + "/oauth2/token", issuer
+            oauth, session, form, authorization, issuer + "/oauth2/token", issuer
         )
     except OAuthError as error:
         if error.error == "invalid_client":
@@ -103,7 +129,7 @@ async def authenticate(
 
 
 async def authenticate_agent(
-    runtime: Runtime,
+    oauth: OAuthServer,
     session: AsyncSession,
     form: dict[str, str],
     authorization: str | None,
@@ -112,7 +138,7 @@ async def authenticate_agent(
 ) -> Client:
     """``authenticate``, for an agent that may still hold tokens: a suspended or terminated agent keeps its
     secret but may no longer use the OAuth endpoints."""
-    client = await authenticate(runtime, session, form, authorization, source, issuer)
+    client = await authenticate(oauth, session, form, authorization, source, issuer)
     await agent_of(session, client)
     return client
 
@@ -151,7 +177,7 @@ def claimed_client_id(authorization: str | None, form: dict[str, str]) -> str | 
 
 
 async def record_failure(
-    runtime: Runtime,
+    oauth: OAuthServer,
     session: AsyncSession,
     form: dict[str, str],
     authorization: str | None,
@@ -167,7 +193,7 @@ async def record_failure(
     tenant_id = await credentials.tenant_of_agent(session, agent_id)
     if tenant_id is not None:
         record_agent_event(
-            runtime,
+            oauth,
             tenant_id,
             "agent.authentication_failed",
             agent_id,
@@ -177,12 +203,12 @@ async def record_failure(
 
 
 def record_agent_event(
-    runtime: Runtime, tenant_id: uuid.UUID, event_type: str, agent_id: uuid.UUID, **data: Any
+    oauth: OAuthServer, tenant_id: uuid.UUID, event_type: str, agent_id: uuid.UUID, **data: Any
 ) -> None:
     """Enqueue an event the agent caused on its tenant's log (``...failed`` types record a failure)."""
     # Buffered: token traffic is high-volume; the event must never slow issuance down.
     outcome = "failure" if event_type.endswith("failed") else "success"
-    runtime.events.enqueue(
+    oauth.events.enqueue(
         NewEvent(
             tenant_id=tenant_id,
             event_type=event_type,
@@ -197,7 +223,7 @@ def record_agent_event(
 
 
 async def _authenticate_client(
-    runtime: Runtime,
+    oauth: OAuthServer,
     session: AsyncSession,
     form: dict[str, str],
     authorization: str | None,
@@ -220,25 +246,25 @@ async def _authenticate_client(
     if not methods:
         raise invalid_client("Client authentication is required.", basic=False)
     if methods[0] == "private_key_jwt":
-        return await _assertion_client(runtime, session, form, token_endpoint, issuer)
+        return await _assertion_client(oauth, session, form, token_endpoint, issuer)
     client_id, secret = basic if basic is not None else (form.get("client_id", ""), form["client_secret"])
     if basic is not None and form.get("client_id") not in (None, client_id):
         raise OAuthError("invalid_request", "client_id differs from the authenticated client.")
-    return await _secret_client(runtime, session, client_id, secret, methods[0], basic is not None)
+    return await _secret_client(oauth, session, client_id, secret, methods[0], basic is not None)
 
 
 async def _secret_client(
-    runtime: Runtime, session: AsyncSession, client_id: str, secret: str, method: str, basic: bool
+    oauth: OAuthServer, session: AsyncSession, client_id: str, secret: str, method: str, basic: bool
 ) -> Client:
-    digest = secrets.digest(secret, runtime.settings.pepper)
-    cached = runtime.identity.cached_client(digest)
+    digest = secrets.digest(secret, oauth.settings.pepper)
+    cached = oauth.identity.cached_client(digest)
     if cached is not None and str(cached.agent.id) == client_id:
         if cached.expires_at is not None and cached.expires_at <= time.time():
             raise invalid_client("This client secret has expired.", basic)
         return Client(
             cached.agent.id, cached.agent.tenant_id, method, cached.credential_id, digest, cached.agent
         )
-    found = await credentials.find_by_secret(session, secret, runtime.settings.pepper)
+    found = await credentials.find_by_secret(session, secret, oauth.settings.pepper)
     if found is None or str(found["agent_id"]) != client_id:
         raise invalid_client("Unknown client or wrong secret.", basic)
     if found["revoked_at"] is not None:
@@ -252,7 +278,7 @@ async def _secret_client(
 
 
 async def _assertion_client(
-    runtime: Runtime, session: AsyncSession, form: dict[str, str], token_endpoint: str, issuer: str
+    oauth: OAuthServer, session: AsyncSession, form: dict[str, str], token_endpoint: str, issuer: str
 ) -> Client:
     if form.get("client_assertion_type") != JWT_BEARER_ASSERTION:
         raise OAuthError("invalid_request", f"client_assertion_type must be {JWT_BEARER_ASSERTION}.")
@@ -302,7 +328,7 @@ async def _assertion_client(
         raise invalid_client(f"Client assertions may live at most {ASSERTION_MAX_LIFETIME} s.", False)
     # Single use across every replica: the first to count this jti wins; the key expires with the assertion.
     ttl = max(1.0, float(claims["exp"]) - time.time() + 60)
-    first, _ = await runtime.bus.counters.incr_within(f"assertion-jti:{agent_id}:{claims['jti']}", 1, 1, ttl)
+    first, _ = await oauth.counters.incr_within(f"assertion-jti:{agent_id}:{claims['jti']}", 1, 1, ttl)
     if not first:
         raise invalid_client("This client assertion was already used (jti replay).", False)
     matched = usable[0]

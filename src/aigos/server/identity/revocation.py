@@ -16,16 +16,15 @@ from aigos.server.db.database import set_tenant
 from aigos.server.errors import OAuthError
 from aigos.server.identity import tokens
 from aigos.server.identity.models import RevokedToken
-from aigos.server.identity.oauth import Client
-from aigos.server.runtime import Runtime
+from aigos.server.identity.oauth import Client, OAuthServer
 
 
-async def revoke(runtime: Runtime, session: AsyncSession, caller: Client, token: str, issuer: str) -> None:
+async def revoke(oauth: OAuthServer, session: AsyncSession, caller: Client, token: str, issuer: str) -> None:
     """Revoke ``token`` for ``caller``. A token that does not verify or belongs to another tenant is left
     alone without a word (RFC 7009 section 2.2); one of the tenant's tokens not issued to the caller is
     ``unauthorized_client``."""
     try:
-        claims = tokens.verify(runtime.keys, token, issuer)
+        claims = tokens.verify(oauth.keys, token, issuer)
     except tokens.InvalidToken:
         return
     if str(claims.get("aud")) != str(caller.tenant_id):
@@ -41,7 +40,7 @@ async def revoke(runtime: Runtime, session: AsyncSession, caller: Client, token:
         str(claims["jti"]),
         float(claims["exp"]),
     )
-    await runtime.events.record(
+    await oauth.events.record(
         NewEvent(
             tenant_id=caller.tenant_id,
             event_type="agent.token_revoked",
@@ -55,7 +54,7 @@ async def revoke(runtime: Runtime, session: AsyncSession, caller: Client, token:
     )
     # Announced before the commit: if the commit then failed, replicas would refuse a token the database
     # still allows (until their next resync), never the other way round.
-    await runtime.identity.announce_revoked(str(claims["jti"]), float(claims["exp"]))
+    await oauth.identity.announce_revoked(str(claims["jti"]), float(claims["exp"]))
 
 
 async def revoke_jti(

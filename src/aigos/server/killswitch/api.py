@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, status
@@ -11,12 +10,13 @@ from fastapi.responses import StreamingResponse
 
 from aigos.core.agents import AgentStatus
 from aigos.core.signing import b64url
-from aigos.server.db.commit_hooks import after_commit
 from aigos.server.db.database import set_tenant
-from aigos.server.deps import RuntimeDep, SessionDep
+from aigos.server.deps import DatabaseDep, EventsDep, SessionDep, SettingsDep
 from aigos.server.errors import BadRequest, ServiceUnavailable
 from aigos.server.identity.agent_auth import token_error
-from aigos.server.killswitch import service
+from aigos.server.identity.deps import IdentityStateDep
+from aigos.server.killswitch import service, triggers
+from aigos.server.killswitch.deps import HubDep
 from aigos.server.killswitch.hub import Outgoing
 from aigos.server.killswitch.listener import ListenerDep
 from aigos.server.killswitch.schemas import (
@@ -60,7 +60,13 @@ def _tenant(principal: Principal) -> uuid.UUID:
     summary="Trigger the kill switch",
 )
 async def trigger(
-    spec: TriggerIn, runtime: RuntimeDep, session: SessionDep, principal: Trigger
+    spec: TriggerIn,
+    hub: HubDep,
+    events: EventsDep,
+    identity: IdentityStateDep,
+    settings: SettingsDep,
+    session: SessionDep,
+    principal: Trigger,
 ) -> TriggerOut:
     """TERMINATE, PAUSE or RESUME one agent (with its descendants unless `cascade` is false) or every agent.
 
@@ -69,15 +75,10 @@ async def trigger(
     are delivered to the agents' streams, on any replica, as soon as the trigger is committed; with
     PostgreSQL this holds while Redis is down too.
     """
-    hub = runtime.killswitch
-    await set_tenant(session, _tenant(principal))
-    result = await service.trigger(runtime, session, principal, hub.signer, spec)
-    # Heard by the other replicas at the commit, through PostgreSQL: Redis may be down.
-    target, _ = service.TARGETS[spec.command]
-    await hub.notify(session, _tenant(principal), [row.agent_id for row in result.rows], target.value)
+    result = await triggers.trigger(
+        session, hub, principal, spec, events=events, identity=identity, settings=settings
+    )
     refs = [CommandRef(command_id=row.id, agent_id=row.agent_id, status="pending") for row in result.rows]
-    # Committed: now every replica may deliver.
-    after_commit(session, partial(hub.publish, result.commands))
     return TriggerOut(
         command_id=refs[0].command_id if refs else uuid.uuid4(),
         status="pending",
@@ -122,12 +123,12 @@ async def get_command(command_id: uuid.UUID, session: SessionDep, principal: Rea
     "/commands/{command_id}/ack", response_model=CommandOut, summary="Acknowledge a command (agent token)"
 )
 async def acknowledge(
-    command_id: uuid.UUID, spec: AckIn, runtime: RuntimeDep, agent: ListenerDep
+    command_id: uuid.UUID, spec: AckIn, database: DatabaseDep, events: EventsDep, agent: ListenerDep
 ) -> CommandOut:
     """The agent reports what it did with its command (terminated agents may still acknowledge)."""
-    async with runtime.database.session() as session:
+    async with database.session() as session:
         await set_tenant(session, agent.tenant_id)
-        row = await service.acknowledge(runtime, session, agent.tenant_id, agent.agent_id, command_id, spec)
+        row = await service.acknowledge(session, events, agent.tenant_id, agent.agent_id, command_id, spec)
         return service.to_out(row)
 
 
@@ -144,7 +145,8 @@ async def acknowledge(
     },
 )
 async def stream(
-    runtime: RuntimeDep,
+    hub: HubDep,
+    database: DatabaseDep,
     agent: ListenerDep,
     last_event_id: Annotated[
         str | None,
@@ -164,7 +166,6 @@ async def stream(
     anything else is a client bug that replaying every pending command would hide.
     """
     after = _resume_after(last_event_id)
-    hub = runtime.killswitch
     if hub.closing:
         raise ServiceUnavailable(
             "The server is shutting down.", code="SHUTTING_DOWN", headers={"Retry-After": "1"}
@@ -172,7 +173,7 @@ async def stream(
     # Registered before the backlog is read: a command committed in between arrives live (sent once).
     connection = hub.connect(agent.agent_id, agent.tenant_id, after)
     try:
-        async with runtime.database.session() as session:
+        async with database.session() as session:
             await set_tenant(session, agent.tenant_id)
             rows = await service.pending(session, agent.tenant_id, [agent.agent_id], after)
             anchor = await service.anchor(session, hub.signer, agent.tenant_id, agent.agent_id)
@@ -204,7 +205,7 @@ def _resume_after(last_event_id: str | None) -> int:
 
 
 @router.get("/keys", response_model=PublicKeys, summary="Kill-switch public keys")
-async def keys(runtime: RuntimeDep) -> PublicKeys:
+async def keys(hub: HubDep) -> PublicKeys:
     """The Ed25519 keys that sign commands; an agent verifies every command against them before obeying."""
-    signer = runtime.killswitch.signer
+    signer = hub.signer
     return PublicKeys(keys=[PublicKey(key_id=signer.key_id, public_key=b64url(signer.public_key))])

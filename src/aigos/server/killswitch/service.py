@@ -1,9 +1,9 @@
 """Issuing, reading and acknowledging kill-switch commands (no HTTP here).
 
-A trigger moves each affected agent through the identity lifecycle (``lifecycle.change_status``: status,
-credentials, event, announcement to every replica) and writes one signed command per agent, with the
-agent's next sequence number. Sequences are allocated under a lock on the agent's row, so two replicas
-triggering at once never hand out the same one (the unique constraint stands behind that).
+A trigger moves each affected agent through the identity lifecycle (``lifecycle.change_lineage_status``:
+status, credentials, event, announcement to every replica) and writes one signed command per agent, with
+the agent's next sequence number. Sequences are allocated while identity holds the agents' rows locked, so
+two replicas triggering at once never hand out the same one (the unique constraint stands behind that).
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import secrets
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from aigos.core.agents import AgentStatus, can_transition
+from aigos.core.agents import AgentStatus
 from aigos.core.commands import (
     ACK_OUTCOMES,
     SignedCommand,
@@ -28,18 +28,17 @@ from aigos.core.commands import (
 )
 from aigos.core.signing import Signer, derive_seed
 from aigos.server.audit.events import NewEvent, by, current_request_id
+from aigos.server.audit.log import EventLog
+from aigos.server.config import Settings
 from aigos.server.db.paging import paged
 from aigos.server.db.types import utcnow
 from aigos.server.errors import AigosError, NotFound
 from aigos.server.identity import lifecycle
-from aigos.server.identity.models import Agent
+from aigos.server.identity.state import IdentityState
 from aigos.server.killswitch.models import KillSwitchCommand
 from aigos.server.killswitch.schemas import AckIn, CommandOut, TriggerIn
 from aigos.server.tenancy.locks import lock_tenant
 from aigos.server.tenancy.principal import Principal
-
-if TYPE_CHECKING:
-    from aigos.server.runtime import Runtime
 
 #: What each command makes of the agent, and the event that records the status change.
 TARGETS: dict[str, tuple[AgentStatus, str]] = {
@@ -47,8 +46,6 @@ TARGETS: dict[str, tuple[AgentStatus, str]] = {
     "PAUSE": (AgentStatus.PAUSED, "agent.paused"),
     "RESUME": (AgentStatus.ACTIVE, "agent.resumed"),
 }
-#: Agents beyond reach of any command: nothing can change them any more.
-FINAL = (AgentStatus.TERMINATED.value, AgentStatus.ARCHIVED.value)
 
 
 class OutcomeNotForCommand(AigosError):
@@ -119,39 +116,6 @@ class Triggered:
         return [signed(row) for row in self.rows]
 
 
-async def _locked(session: AsyncSession, tenant_id: uuid.UUID, *where: Any) -> list[Agent]:
-    """The tenant's agents matching ``where``, locked until the commit (in id order, so never a deadlock).
-
-    The lock serialises triggers for the same agents across replicas: sequences and statuses stay exact.
-    """
-    rows = await session.scalars(
-        select(Agent).where(Agent.tenant_id == tenant_id, *where).order_by(Agent.id).with_for_update()
-    )
-    return list(rows.all())
-
-
-async def _targets(
-    runtime: Runtime, session: AsyncSession, tenant_id: uuid.UUID, spec: TriggerIn
-) -> tuple[list[Agent], Agent | None]:
-    """The agents a trigger is about, locked: root first then its descendants level by level, or everyone."""
-    if spec.agent_id is None:
-        found = await _locked(session, tenant_id, Agent.status.not_in(FINAL))
-        return sorted(found, key=lambda a: (a.lineage_depth, a.created_at, str(a.id))), None
-    roots = await _locked(session, tenant_id, Agent.id == spec.agent_id)
-    if not roots:
-        raise NotFound(f"No agent {spec.agent_id}.", code="AGENT_NOT_FOUND")
-    found = list(roots)
-    level = [roots[0].id]
-    # Lineage depth is bounded by the settings, so this takes at most that many rounds.
-    for _ in range(runtime.settings.max_lineage_depth + 1 if spec.cascade else 0):
-        children = await _locked(session, tenant_id, Agent.parent_id.in_(level))
-        if not children:
-            break
-        found.extend(sorted(children, key=lambda a: (a.created_at, str(a.id))))
-        level = [child.id for child in children]
-    return found, roots[0]
-
-
 async def _next_sequences(session: AsyncSession, agent_ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
     """Each agent's next command sequence (call with the agents' rows locked)."""
     rows = await session.execute(
@@ -164,7 +128,14 @@ async def _next_sequences(session: AsyncSession, agent_ids: list[uuid.UUID]) -> 
 
 
 async def trigger(
-    runtime: Runtime, session: AsyncSession, principal: Principal, signer: Signer, spec: TriggerIn
+    session: AsyncSession,
+    principal: Principal,
+    signer: Signer,
+    spec: TriggerIn,
+    *,
+    events: EventLog,
+    identity: IdentityState,
+    settings: Settings,
 ) -> Triggered:
     """Change the affected agents' status and write one signed command each (the caller commits).
 
@@ -178,42 +149,45 @@ async def trigger(
     # One trigger per tenant at a time, on every replica: a cascade and a tenant-wide trigger would
     # otherwise lock overlapping agents in different orders, and two triggers could draw one sequence.
     await lock_tenant(session, tenant_id)
-    targets, root = await _targets(runtime, session, tenant_id, spec)
+    changed = await lifecycle.change_lineage_status(
+        session,
+        events,
+        identity,
+        principal,
+        spec.agent_id,
+        cascade=spec.cascade,
+        max_depth=settings.max_lineage_depth,
+        target=target,
+        event_type=event_type,
+        reason=spec.reason,
+    )
+    # Taken once the agents' rows are locked: a trigger that waited for another's locks is issued now.
     now = utcnow()
     # Milliseconds: the signed text of the time must be rebuilt exactly from the stored value.
     issued = now.replace(microsecond=now.microsecond // 1000 * 1000)
-    expires = issued + timedelta(seconds=runtime.settings.killswitch_command_ttl_seconds)
-    result = Triggered(issued_at=issued)
-    eligible: list[Agent] = []
-    for agent in targets:
-        current = AgentStatus(agent.status)
-        if agent is root or current is target or can_transition(current, target):
-            eligible.append(agent)
-        else:
-            result.skipped.append((agent.id, f"the agent is {current.value}"))
-    # The root's transition raises 409 when the lifecycle forbids it; the others were checked above.
-    await lifecycle.change_statuses(runtime, session, principal, eligible, target, event_type, spec.reason)
-    sequences = await _next_sequences(session, [agent.id for agent in eligible])
+    expires = issued + timedelta(seconds=settings.killswitch_command_ttl_seconds)
+    result = Triggered(issued_at=issued, skipped=changed.skipped)
+    sequences = await _next_sequences(session, changed.agent_ids)
     root_command_id = uuid.uuid4()
-    for agent in eligible:
+    for agent_id in changed.agent_ids:
         command_id = root_command_id if not result.rows else uuid.uuid4()
         command = sign_command(
             signer,
             command_id=str(command_id),
             tenant_id=str(tenant_id),
-            agent_id=str(agent.id),
+            agent_id=str(agent_id),
             command=spec.command,
             reason=spec.reason,
             issued_at=issued,
             expires_at=expires,
             nonce=secrets.token_hex(16),
-            sequence=sequences[agent.id],
+            sequence=sequences[agent_id],
         )
         result.rows.append(
             KillSwitchCommand(
                 id=command_id,
                 tenant_id=tenant_id,
-                agent_id=agent.id,
+                agent_id=agent_id,
                 root_command_id=root_command_id,
                 command=spec.command,
                 reason=spec.reason,
@@ -250,7 +224,7 @@ async def trigger(
         "skipped": [{"agent_id": str(agent_id), "reason": why} for agent_id, why in result.skipped],
     }
     root_agent = str(spec.agent_id) if spec.agent_id else None
-    await runtime.events.record(by(principal, "killswitch.triggered", data, agent_id=root_agent), session)
+    await events.record(by(principal, "killswitch.triggered", data, agent_id=root_agent), session)
     return result
 
 
@@ -334,8 +308,8 @@ async def anchor(
 
 
 async def acknowledge(
-    runtime: Runtime,
     session: AsyncSession,
+    events: EventLog,
     tenant_id: uuid.UUID,
     agent_id: uuid.UUID,
     command_id: uuid.UUID,
@@ -379,5 +353,5 @@ async def acknowledge(
         source="agent",
         request_id=current_request_id(),
     )
-    await runtime.events.record(event, session)
+    await events.record(event, session)
     return row

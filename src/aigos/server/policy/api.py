@@ -104,7 +104,7 @@ async def check(request: Request) -> Response:
     # No FastAPI dependencies or body parameter here: resolving them costs more than the decision.
     started = time.perf_counter()
     runtime: Runtime = request.app.state.runtime
-    agent = await admit(request, runtime, bearer_token(request), "policies:check")
+    agent = await admit(request, runtime.agent_auth, bearer_token(request), "policies:check")
     try:
         # Parsed and checked once, at the edge (ValidatedRoute); this reads the request's cache.
         body = _CHECK_IN.validate_python(await request.json())

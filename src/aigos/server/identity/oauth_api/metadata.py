@@ -8,9 +8,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from aigos.server.deps import RuntimeDep
+from aigos.server.deps import SettingsDep
 from aigos.server.identity import tokens
 from aigos.server.identity.agent_auth import issuer_for
+from aigos.server.identity.deps import SigningKeysDep
 from aigos.server.identity.grants import GRANT_TYPES
 from aigos.server.identity.keys import ALGORITHMS
 from aigos.server.routing import OAuthRoute
@@ -42,18 +43,18 @@ def metadata(issuer: str) -> dict[str, Any]:
 
 
 @router.get("/.well-known/oauth-authorization-server", summary="OAuth 2.0 server metadata (RFC 8414)")
-async def oauth_metadata(request: Request, runtime: RuntimeDep) -> dict[str, Any]:
+async def oauth_metadata(request: Request, settings: SettingsDep) -> dict[str, Any]:
     """Where the endpoints are and what they support."""
-    return metadata(issuer_for(request, runtime.settings))
+    return metadata(issuer_for(request, settings))
 
 
 @router.get("/.well-known/openid-configuration", summary="The same metadata where OpenID clients look")
-async def openid_configuration(request: Request, runtime: RuntimeDep) -> dict[str, Any]:
+async def openid_configuration(request: Request, settings: SettingsDep) -> dict[str, Any]:
     """The RFC 8414 document at the OpenID Connect discovery path (AGNTCY and many clients look here)."""
-    return metadata(issuer_for(request, runtime.settings))
+    return metadata(issuer_for(request, settings))
 
 
 @router.get("/.well-known/jwks.json", summary="Token signing keys (JWKS)")
-async def jwks(runtime: RuntimeDep) -> Response:
+async def jwks(keys: SigningKeysDep) -> Response:
     """The public keys that verify agent tokens, including retired ones whose tokens may still be live."""
-    return JSONResponse(runtime.keys.jwks(), headers={"Cache-Control": "public, max-age=300"})
+    return JSONResponse(keys.jwks(), headers={"Cache-Control": "public, max-age=300"})

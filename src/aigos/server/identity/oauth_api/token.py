@@ -8,10 +8,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from aigos.server.deps import RuntimeDep, SessionDep
+from aigos.server.deps import SessionDep
 from aigos.server.errors import OAuthError
 from aigos.server.identity import grants
 from aigos.server.identity.agent_auth import issuer_for
+from aigos.server.identity.deps import OAuthServerDep
 from aigos.server.identity.oauth_api.forms import FORM_BODY, read_form
 from aigos.server.problems import NO_STORE
 from aigos.server.routing import OAuthRoute
@@ -30,7 +31,7 @@ router = APIRouter(tags=["oauth2"], route_class=OAuthRoute)
         429: {"description": "Too many failed client authentications (RFC 6749 error, `Retry-After`)"},
     },
 )
-async def token(request: Request, runtime: RuntimeDep, session: SessionDep) -> Response:
+async def token(request: Request, oauth: OAuthServerDep, session: SessionDep) -> Response:
     """Issue an agent access token.
 
     `grant_type=client_credentials` with `client_secret_basic`, `client_secret_post` or `private_key_jwt`;
@@ -40,14 +41,14 @@ async def token(request: Request, runtime: RuntimeDep, session: SessionDep) -> R
     """
     form = await read_form(request)
     grant = form.get("grant_type")
-    issuer = issuer_for(request, runtime.settings)
+    issuer = issuer_for(request, oauth.settings)
     if grant == grants.CLIENT_CREDENTIALS:
         authorization = request.headers.get("authorization")
         issued = await grants.client_credentials(
-            runtime, session, form, authorization, source_address(request), issuer
+            oauth, session, form, authorization, source_address(request), issuer
         )
     elif grant == grants.TOKEN_EXCHANGE:
-        issued = await grants.token_exchange(runtime, session, form, issuer)
+        issued = await grants.token_exchange(oauth, session, form, issuer)
     elif not grant:
         raise OAuthError("invalid_request", "grant_type is required.")
     else:

@@ -1,0 +1,56 @@
+"""Which agents a lineage-wide status change is about, locked for the caller's transaction.
+
+An agent and its descendants (level by level, to the bound on lineage depth), or every agent of a tenant
+that can still change. The rows are locked until the commit, in id order so two callers never deadlock:
+what the caller then writes per agent (a status, the kill switch's command sequences) stays exact across
+replicas.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from aigos.core.agents import AgentStatus
+from aigos.server.errors import NotFound
+from aigos.server.identity.models import Agent
+
+#: Agents beyond reach of any status change: nothing can change them any more.
+FINAL = (AgentStatus.TERMINATED.value, AgentStatus.ARCHIVED.value)
+
+
+async def _locked(session: AsyncSession, tenant_id: uuid.UUID, *where: Any) -> list[Agent]:
+    """The tenant's agents matching ``where``, locked until the commit (in id order, so never a deadlock)."""
+    rows = await session.scalars(
+        select(Agent).where(Agent.tenant_id == tenant_id, *where).order_by(Agent.id).with_for_update()
+    )
+    return list(rows.all())
+
+
+async def lock_lineage(
+    session: AsyncSession, tenant_id: uuid.UUID, root_id: uuid.UUID, *, cascade: bool, max_depth: int
+) -> list[Agent]:
+    """The agent ``root_id`` first, then (with ``cascade``) its descendants level by level, each level in
+    creation order; 404 ``AGENT_NOT_FOUND`` if the tenant has no such agent."""
+    roots = await _locked(session, tenant_id, Agent.id == root_id)
+    if not roots:
+        raise NotFound(f"No agent {root_id}.", code="AGENT_NOT_FOUND")
+    found = list(roots)
+    level = [roots[0].id]
+    # Lineage depth is bounded by the settings, so this takes at most that many rounds.
+    for _ in range(max_depth + 1 if cascade else 0):
+        children = await _locked(session, tenant_id, Agent.parent_id.in_(level))
+        if not children:
+            break
+        found.extend(sorted(children, key=lambda a: (a.created_at, str(a.id))))
+        level = [child.id for child in children]
+    return found
+
+
+async def lock_changeable(session: AsyncSession, tenant_id: uuid.UUID) -> list[Agent]:
+    """Every agent of the tenant not yet in a final status, shallowest first, then in creation order."""
+    found = await _locked(session, tenant_id, Agent.status.not_in(FINAL))
+    return sorted(found, key=lambda a: (a.lineage_depth, a.created_at, str(a.id)))

@@ -1,0 +1,86 @@
+"""Registering and changing agents: the registry entry, counted against the tenant's usage and recorded
+on its log, for a self-registration the agent's first client secret and identity token, and changes
+that every replica's client cache must hear of.
+
+One piece of code for the registry's routes and the AGNTCY import, so every way in does the same things.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from aigos.server.audit.events import by
+from aigos.server.audit.log import EventLog
+from aigos.server.config import Settings
+from aigos.server.identity import agents, credentials, tokens
+from aigos.server.identity.keys import SigningKeys
+from aigos.server.identity.models import Agent
+from aigos.server.identity.schemas import AgentIn, AgentUpdate, CredentialCreated
+from aigos.server.identity.state import IdentityState
+from aigos.server.tenancy.principal import Principal
+from aigos.server.tenancy.usage import UsageMeter
+
+
+async def create(
+    session: AsyncSession,
+    events: EventLog,
+    usage: UsageMeter,
+    principal: Principal,
+    spec: AgentIn,
+    *,
+    max_depth: int,
+    source: str | None = None,
+) -> Agent:
+    """Add the principal's tenant's agent, count the registration and record ``agent.created`` (with
+    ``source`` when the agent came from elsewhere, such as an OASF record)."""
+    assert principal.tenant_id is not None
+    tenant_id = principal.tenant_id
+    agent = await agents.create(session, tenant_id, principal.plan_tier, spec, max_depth)
+    usage.count(tenant_id, "agent_registrations")
+    data = {
+        "name": agent.name,
+        "agent_type": agent.agent_type,
+        "parent_id": str(agent.parent_id or "") or None,
+    }
+    if source is not None:
+        data["source"] = source
+    await events.record(by(principal, "agent.created", data, agent_id=str(agent.id)), session)
+    return agent
+
+
+async def update(
+    session: AsyncSession,
+    events: EventLog,
+    identity: IdentityState,
+    principal: Principal,
+    agent_id: uuid.UUID,
+    spec: AgentUpdate,
+) -> Agent:
+    """Change the given fields of the principal's tenant's agent and record ``agent.updated``."""
+    assert principal.tenant_id is not None
+    agent = await agents.update(session, principal.tenant_id, agent_id, spec)
+    # New capabilities must reach the next token on every replica: drop cached clients of this agent.
+    await identity.announce_agent_changed(agent.id)
+    changed = sorted(spec.model_dump(exclude_unset=True))
+    await events.record(by(principal, "agent.updated", {"fields": changed}, agent_id=str(agent.id)), session)
+    return agent
+
+
+@dataclass(frozen=True, slots=True)
+class FirstCredentials:
+    """What a self-registered agent starts with: a client secret (shown once) and an identity token."""
+
+    secret: CredentialCreated
+    token: tokens.Issued
+
+
+async def first_credentials(
+    session: AsyncSession, keys: SigningKeys, settings: Settings, agent: Agent, issuer: str
+) -> FirstCredentials:
+    """A client secret for ``agent`` and its first identity token, signed with the active key."""
+    secret = await credentials.issue_secret(session, settings.pepper, agent.tenant_id, agent.id)
+    claims = tokens.claims_for(agent, issuer, settings.token_ttl_seconds)
+    return FirstCredentials(secret, tokens.sign(keys, claims))
