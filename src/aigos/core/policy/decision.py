@@ -1,5 +1,9 @@
-"""The answer to a check: ``Decision`` (what a decision says, ``Verdict``, and what the server must still
-count), the budgets and rate limits it may wait on, and how a cost settles against budgets.
+"""The answer to a check: ``Decision``, the budgets and rate limits it may wait on, and how a cost settles
+against budgets.
+
+What a decision says, as every layer shows it, is defined once here: ``Verdict`` (its fields),
+``WouldDeny`` and ``TraceStep``. The SDK's decision extends ``Verdict``; the server's response models are
+made from these (``aigos.server.policy.schemas``).
 """
 
 from __future__ import annotations
@@ -9,9 +13,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final, Literal, TypedDict, get_args
 
-STAGES = ("kill_switch", "capability", "budget", "domain", "custom")
+#: The chain's stages, in order.
+Stage = Literal["kill_switch", "capability", "budget", "domain", "custom"]
+STAGES: Final[tuple[Stage, ...]] = get_args(Stage)
+#: What a stage did: let the request on, refused it, had nothing to decide, or left it to the caller.
+StepResult = Literal["pass", "deny", "skip", "pending"]
 CAPABILITY_BUDGET = "capability"
 
 
@@ -96,9 +104,20 @@ class WouldDeny:
         return {"policy_id": self.policy_id, "rule": self.rule, "code": self.code, "reason": self.reason}
 
 
+class _Step(TypedDict):
+    stage: Stage
+    result: StepResult
+
+
+class TraceStep(_Step, total=False):
+    """One stage of the evaluation chain (``detail`` may be left out)."""
+
+    detail: str | None
+
+
 @dataclass(slots=True)
-class Decision:
-    """The answer to a check: allowed or the first denial, with where it came from."""
+class Verdict:
+    """What a decision says, wherever it is shown: allowed, or the first denial and where it came from."""
 
     allowed: bool
     code: str | None = None
@@ -107,8 +126,18 @@ class Decision:
     matched_rule: str | None = None
     policy_id: str | None = None
     budget_remaining: float | None = None
+
+
+#: ``Verdict``'s fields, in order.
+VERDICT_FIELDS: Final = tuple(item.name for item in dataclasses.fields(Verdict))
+
+
+@dataclass(slots=True)
+class Decision(Verdict):
+    """The answer to a check: the verdict, dry-run findings, the trace, and what the caller must count."""
+
     would_deny: tuple[WouldDeny, ...] = ()
-    trace: tuple[dict[str, Any], ...] | None = None
+    trace: tuple[TraceStep, ...] | None = None
     #: Budgets the caller must still reserve against, with their counter keys (set when evaluated without
     #: ``spent``; see ``needs_budget``).
     budgets: tuple[tuple[Budget, str], ...] = ()
@@ -246,11 +275,11 @@ def budget_reason(budget: Budget) -> str:
     return f"The estimated cost exceeds {where} ({budget.limit:g}, {budget.period})."
 
 
-def trace_step(stage: str, result: str, detail: str | None = None) -> dict[str, Any]:
+def trace_step(stage: Stage, result: StepResult, detail: str | None = None) -> TraceStep:
     """One stage's line in a decision's trace."""
     return {"stage": stage, "result": result, "detail": detail}
 
 
-def _before(trace: Iterable[dict[str, Any]], stage: str) -> tuple[dict[str, Any], ...]:
+def _before(trace: Iterable[TraceStep], stage: Stage) -> tuple[TraceStep, ...]:
     order = STAGES.index(stage)
     return tuple(step for step in trace if STAGES.index(step["stage"]) < order)

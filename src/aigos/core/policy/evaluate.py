@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
 
 from aigos.core.policy.compiled import ALLOW, ALLOW_DRY_RUN, DENY, CompiledRule
 from aigos.core.policy.decision import (
@@ -17,6 +16,8 @@ from aigos.core.policy.decision import (
     Code,
     Decision,
     RateLimit,
+    Stage,
+    TraceStep,
     WouldDeny,
     budget_reason,
     settle,
@@ -44,7 +45,7 @@ def evaluate(
     # The hot path of the product: no closures, no keyword calls, nothing allocated a check does not keep.
     at = request.at
     effective = policies.effective(subject) if isinstance(policies, PolicySet) else policies
-    steps: list[dict[str, Any]] | None = [] if trace else None
+    steps: list[TraceStep] | None = [] if trace else None
     cost = request.estimated_cost
 
     # 1. kill switch
@@ -190,8 +191,8 @@ def evaluate(
 
 
 def _denial(
-    steps: list[dict[str, Any]] | None,
-    stage: str,
+    steps: list[TraceStep] | None,
+    stage: Stage,
     code: Code,
     reason: str,
     rule: str | None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_type_hints
 
 from pydantic import (
     AfterValidator,
@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     WithJsonSchema,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -235,41 +236,35 @@ class CheckIn(Input):
     )
 
 
-class WouldDenyOut(BaseModel):
-    """A denial a dry-run policy would have made."""
-
-    policy_id: str
-    rule: str | None
-    code: str
-    reason: str
+# -- decisions: made from core's definition (``aigos.core.policy.decision``), not written again ------------
 
 
-class TraceStep(BaseModel):
-    """One stage of the evaluation chain."""
+def _answer(name: str, doc: str, shape: type, **more: Any) -> type[BaseModel]:
+    """A response model named ``name`` with ``shape``'s fields first (a core dataclass or typed dict), each
+    required as the API always sends it (unless the typed dict may leave it out), then ``more`` (pydantic
+    field definitions, which may also redefine one of ``shape``'s in its place)."""
+    optional: frozenset[str] = getattr(shape, "__optional_keys__", frozenset())
+    fields: dict[str, Any] = {
+        field: (hint, None if field in optional else ...) for field, hint in get_type_hints(shape).items()
+    }
+    fields.update(more)
+    return create_model(name, __doc__=doc, **fields)
 
-    stage: Literal["kill_switch", "capability", "budget", "domain", "custom"]
-    result: Literal["pass", "deny", "skip", "pending"]
-    detail: str | None = None
 
-
-class CheckOut(BaseModel):
-    """The decision (the seed's fields, plus the denial code and stage, dry-run findings and ids)."""
-
-    allowed: bool
-    code: str | None = Field(
-        description="Why not: TERMINATED, PAUSED, CAPABILITY_DENIED, RESOURCE_DENIED, RESOURCE_NOT_ALLOWED, "
-        "BUDGET_EXCEEDED, RATE_LIMITED or CUSTOM_DENIED."
-    )
-    stage: str | None
-    reason: str | None
-    matched_rule: str | None
-    policy_id: str | None
-    budget_remaining: float | None
-    would_deny: list[WouldDenyOut]
-    decision_id: uuid.UUID
-    policy_version: int
-    latency_ms: float
-    trace: list[TraceStep] | None
+WouldDenyOut = _answer("WouldDenyOut", "A denial a dry-run policy would have made.", core.WouldDeny)
+TraceStep = _answer("TraceStep", "One stage of the evaluation chain.", core.TraceStep)
+_CODES = [code.value for code in core.Code]
+CheckOut = _answer(
+    "CheckOut",
+    "The decision (the seed's fields, plus the denial code and stage, dry-run findings and ids).",
+    core.Verdict,
+    code=(str | None, Field(description=f"Why not: {', '.join(_CODES[:-1])} or {_CODES[-1]}.")),
+    would_deny=(list[WouldDenyOut], ...),  # type: ignore[valid-type]
+    decision_id=(uuid.UUID, ...),
+    policy_version=(int, ...),
+    latency_ms=(float, ...),
+    trace=(list[TraceStep] | None, ...),  # type: ignore[valid-type]
+)
 
 
 class SimulatedAgent(Strict):
@@ -315,19 +310,14 @@ class SimulateIn(Strict):
         return self
 
 
-class SimulateOut(BaseModel):
-    """A simulated decision with its full trace; no budget is spent and nothing is recorded."""
-
-    allowed: bool
-    code: str | None
-    stage: str | None
-    reason: str | None
-    matched_rule: str | None
-    policy_id: str | None
-    budget_remaining: float | None
-    would_deny: list[WouldDenyOut]
-    trace: list[TraceStep]
-    policy_version: int
+SimulateOut = _answer(
+    "SimulateOut",
+    "A simulated decision with its full trace; no budget is spent and nothing is recorded.",
+    core.Verdict,
+    would_deny=(list[WouldDenyOut], ...),  # type: ignore[valid-type]
+    trace=(list[TraceStep], ...),  # type: ignore[valid-type]
+    policy_version=(int, ...),
+)
 
 
 class SignedBundle(BaseModel):
