@@ -172,9 +172,9 @@ class PolicySet:
 
     def releasing(self) -> Steps[None]:
         """Empty this set, in steps (see ``Pace``), for a caller done with a set nobody else holds (a
-        simulation's): a set of 50,000 rules is some 200,000 objects, and freeing them all at once, when
-        the last reference goes, takes 20 ms and more. The compiled policies are left to whoever else
-        holds them."""
+        simulation's): a large set is hundreds of thousands of objects, and freeing them all at once,
+        when the last reference goes, would hold the event loop (``bench/policy_compile.py`` measures it).
+        The compiled policies are left to whoever else holds them."""
         self._placed = ()
         for effective in self._selections.values():
             exact = effective.exact

@@ -99,7 +99,7 @@ async def _next_set_version(session: AsyncSession, tenant_id: uuid.UUID) -> int:
 
 
 #: Bytes of documents read and decoded in one go while a tenant's policies are loaded: decoding holds the
-#: event loop (about 15 ms per MiB here), and the enterprise plan allows 32 MiB.
+#: event loop in proportion to the bytes, and the enterprise plan allows 32 MiB.
 BATCH_BYTES = 512 * 1024
 #: Policies read in one go at most (small documents).
 BATCH_POLICIES = 500
