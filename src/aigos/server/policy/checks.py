@@ -17,8 +17,8 @@ from aigos.server.identity.agent_auth import AgentPrincipal, require_scope
 from aigos.server.policy.budgets import BudgetBook
 from aigos.server.policy.schemas import CheckIn
 from aigos.server.policy.state import PolicyState, select_in_pieces
-from aigos.server.telemetry.reported import reported_events
 from aigos.server.telemetry.schemas import TelemetryEvent
+from aigos.server.telemetry.service import reported_events
 from aigos.server.tenancy.usage import UsageMeter
 
 #: Which event a decision is recorded as.
