@@ -19,7 +19,7 @@ from aigos.server.config import Settings
 from aigos.server.db import Database
 from aigos.server.db.migrate import alembic_config, upgrade
 from aigos.server.policy import service
-from aigos.server.policy.api import OFF_LOOP_BYTES
+from aigos.server.policy.bundles import OFF_LOOP_BYTES
 from aigos.server.tenancy.plans import PLANS
 from tests.identity.test_registry import bearer, register
 from tests.policy.test_api import CAPS, check, create_policy

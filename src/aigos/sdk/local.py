@@ -88,13 +88,4 @@ class LocalPolicy:
         decided = self.bundle.evaluate(request, status=None if status == self._status else status)
         if decided.needs_rate:
             return None  # rate limits are counters shared by every caller: only the server can count them
-        return Decision(
-            allowed=decided.allowed,
-            code=decided.code,
-            stage=decided.stage,
-            reason=decided.reason,
-            matched_rule=decided.matched_rule,
-            policy_id=decided.policy_id,
-            policy_version=self.version,
-            local=True,
-        )
+        return Decision.local_of(decided, self.version)

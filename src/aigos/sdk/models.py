@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import attrgetter
 from typing import Any
+
+from aigos.core import policy as core
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,25 +35,23 @@ class Identity:
         )
 
 
-@dataclass(slots=True)
-class Decision:
-    """The answer to a policy check, remote (``/v1/policies/check``) or local (``local=True``).
+#: A core decision's verdict fields, as a tuple in ``Decision``'s order.
+_verdict = attrgetter(*core.VERDICT_FIELDS)
 
-    Not frozen on purpose: a frozen dataclass's ``__init__`` costs ~1 us more, on the local hot path.
+
+@dataclass(slots=True)
+class Decision(core.Verdict):
+    """The answer to a policy check, remote (``/v1/policies/check``) or local (``local=True``): the verdict's
+    fields (``aigos.core.policy.Verdict``), then what the server adds.
+
+    Not frozen on purpose: a frozen dataclass's ``__init__`` costs more, on the local hot path.
     """
 
-    allowed: bool
-    code: str | None = None
-    stage: str | None = None
-    reason: str | None = None
-    matched_rule: str | None = None
-    policy_id: str | None = None
-    budget_remaining: float | None = None
     decision_id: str | None = None
     policy_version: int | None = None
     latency_ms: float | None = None
     would_deny: tuple[dict[str, Any], ...] = ()
-    trace: tuple[Any, ...] | None = None
+    trace: tuple[core.TraceStep, ...] | None = None
     local: bool = False
     fail_open: bool = False
 
@@ -58,20 +59,24 @@ class Decision:
     def from_json(cls, body: dict[str, Any]) -> Decision:
         """From the server's check response."""
         trace = body.get("trace")
+        verdict: dict[str, Any] = {name: body.get(name) for name in core.VERDICT_FIELDS}
+        verdict["allowed"] = bool(verdict["allowed"])
         return cls(
-            allowed=bool(body.get("allowed")),
-            code=body.get("code"),
-            stage=body.get("stage"),
-            reason=body.get("reason"),
-            matched_rule=body.get("matched_rule"),
-            policy_id=body.get("policy_id"),
-            budget_remaining=body.get("budget_remaining"),
+            **verdict,
             decision_id=body.get("decision_id"),
             policy_version=body.get("policy_version"),
             latency_ms=body.get("latency_ms"),
             would_deny=tuple(body.get("would_deny") or ()),
             trace=tuple(trace) if trace is not None else None,
         )
+
+    @classmethod
+    def local_of(cls, decided: core.Verdict, policy_version: int) -> Decision:
+        """A decision made in process from a bundle at ``policy_version``."""
+        made = cls(*_verdict(decided))  # positional, in field order: this is the local hot path
+        made.policy_version = policy_version
+        made.local = True
+        return made
 
 
 @dataclass(frozen=True, slots=True)

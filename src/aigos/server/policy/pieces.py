@@ -47,10 +47,10 @@ def freeze() -> None:
     """Take what exists out of the garbage collector's reach, as the process does once at start.
 
     A compiled set of 50,000 rules is about a million objects; each full pass of the collector walks
-    every one not frozen, 50-200 ms on the event loop, and a set that grows while it is compiled sets
-    off a full pass each time it grows by a quarter. Frozen objects are still freed as soon as nothing
-    refers to them (a compiled set holds no reference cycles); the young generations are collected
-    first, so the garbage frozen with them is only what was already old.
+    every one not frozen, on the event loop (``bench/policy_compile.py`` shows the longest), and a set
+    that grows while it is compiled sets off a full pass each time it grows by a quarter. Frozen objects
+    are still freed as soon as nothing refers to them (a compiled set holds no reference cycles); the
+    young generations are collected first, so the garbage frozen with them is only what was already old.
     """
     gc.collect(1)
     gc.freeze()

@@ -1,13 +1,28 @@
-"""API shapes of the policy context: the policy document, its versions, checks, simulations and bundles."""
+"""API shapes of the policy context: the policy document, its versions, checks, simulations and bundles.
+
+The document's bounds, literals and field checks are core's (``aigos.core.policy.document``), written there
+once; what is written here is how the API names and nests them.
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
+from aigos.core import policy as core
 from aigos.server.identity.schemas import CapabilitiesIn
 from aigos.server.inputs import Input
 from aigos.server.telemetry.schemas import TelemetryEvent
@@ -15,9 +30,28 @@ from aigos.server.telemetry.schemas import TelemetryEvent
 #: Outcomes one check may carry (the SDK sends what completed since its previous check).
 MAX_CARRIED_EVENTS = 100
 
-Pattern = Annotated[str, Field(min_length=1, max_length=256)]
-RuleId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+_T = TypeVar("_T")
+
+
+def _refusing(check: Callable[[object], str | None]) -> AfterValidator:
+    """A pydantic validator refusing what a core check finds wrong, with the check's own words."""
+
+    def refuse(value: _T) -> _T:
+        problem = check(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    return AfterValidator(refuse)
+
+
+Pattern = Annotated[str, Field(min_length=1, max_length=core.MAX_PATTERN)]
+RuleId = Annotated[str, Field(pattern=core.RULE_ID)]
 Money = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Priority = Annotated[int, Field(ge=-core.MAX_PRIORITY, le=core.MAX_PRIORITY)]
+#: Checked by core's check (its message), shown to clients as the pattern it checks.
+Clock = Annotated[str, _refusing(core.hhmm_error), WithJsonSchema({"type": "string", "pattern": core.HHMM})]
+TimeZone = Annotated[str, _refusing(core.zone_error)]
 
 
 class Strict(Input):
@@ -29,16 +63,16 @@ class Strict(Input):
 class Selector(Strict):
     """Agent attributes; every attribute given must match (labels: every pair, from the agent's metadata)."""
 
-    agent_type: list[str] | None = Field(default=None, max_length=50)
-    owner: list[str] | None = Field(default=None, max_length=50)
-    deployment_env: list[str] | None = Field(default=None, max_length=10)
+    agent_type: list[str] | None = Field(default=None, max_length=core.MAX_SELECTOR_VALUES)
+    owner: list[str] | None = Field(default=None, max_length=core.MAX_SELECTOR_VALUES)
+    deployment_env: list[str] | None = Field(default=None, max_length=core.MAX_SELECTOR_ENVS)
     labels: dict[str, str] | None = None
 
 
 class Target(Strict):
     """Which agents a policy applies to: the whole tenant, one agent, or agents selected by attributes."""
 
-    kind: Literal["tenant", "agent", "selector"] = "tenant"
+    kind: core.TargetKind = "tenant"
     agent_id: uuid.UUID | None = None
     selector: Selector | None = None
 
@@ -54,8 +88,8 @@ class Target(Strict):
 class DomainPatterns(Strict):
     """Domain globs (``api.company.com``, ``*.company.com``, ``*``): deny wins; allow, if given, limits."""
 
-    allow: list[Pattern] = Field(default_factory=list, max_length=500)
-    deny: list[Pattern] = Field(default_factory=list, max_length=500)
+    allow: list[Pattern] = Field(default_factory=list, max_length=core.MAX_DOMAIN_PATTERNS)
+    deny: list[Pattern] = Field(default_factory=list, max_length=core.MAX_DOMAIN_PATTERNS)
 
 
 class CostCondition(Strict):
@@ -70,23 +104,24 @@ class CostCondition(Strict):
 class TimeWindow(Strict):
     """When a rule applies: days of week and a HH:MM range in a time zone (a range may cross midnight)."""
 
-    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] | None = None
-    start: str | None = None
-    end: str | None = None
-    timezone: str = "UTC"
+    days: list[core.Day] | None = None
+    start: Clock | None = None
+    end: Clock | None = None
+    timezone: TimeZone = "UTC"
 
     @model_validator(mode="after")
-    def _both_ends(self) -> TimeWindow:
-        if (self.start is None) != (self.end is None):
-            raise ValueError("start and end go together")
+    def _span(self) -> TimeWindow:
+        problem = core.span_error(self.start, self.end)
+        if problem:
+            raise ValueError(problem[1])
         return self
 
 
 class Conditions(Strict):
     """What else must hold for a rule to match; all given conditions must."""
 
-    tools: list[Pattern] | None = Field(default=None, max_length=200)
-    domains: list[Pattern] | None = Field(default=None, max_length=200)
+    tools: list[Pattern] | None = Field(default=None, max_length=core.MAX_CONDITION_PATTERNS)
+    domains: list[Pattern] | None = Field(default=None, max_length=core.MAX_CONDITION_PATTERNS)
     cost: CostCondition | None = None
     time: TimeWindow | None = None
     agent: Selector | None = None
@@ -97,44 +132,48 @@ class Rule(Strict):
     """One rule: ``effect`` on requests whose action and resource match and whose conditions all hold."""
 
     id: RuleId | None = Field(default=None, description="Unique within the policy; `rule-N` when omitted.")
-    effect: Literal["allow", "deny"]
-    actions: list[Pattern] = Field(default_factory=lambda: ["*"], min_length=1, max_length=100)
-    resources: list[Pattern] = Field(default_factory=lambda: ["*"], min_length=1, max_length=100)
+    effect: core.Effect
+    actions: list[Pattern] = Field(
+        default_factory=lambda: ["*"], min_length=1, max_length=core.MAX_RULE_PATTERNS
+    )
+    resources: list[Pattern] = Field(
+        default_factory=lambda: ["*"], min_length=1, max_length=core.MAX_RULE_PATTERNS
+    )
     conditions: Conditions | None = None
-    priority: int = Field(default=0, ge=-1000, le=1000)
-    description: str | None = Field(default=None, max_length=500)
+    priority: Priority = 0
+    description: str | None = Field(default=None, max_length=core.MAX_RULE_DESCRIPTION)
 
 
 class BudgetSpec(Strict):
     """A spending limit on ``estimated_cost``: per agent, or shared by every agent the policy targets."""
 
     limit: Money
-    period: Literal["lifetime", "daily", "monthly"] = "lifetime"
-    scope: Literal["agent", "shared"] = "agent"
+    period: core.Period = "lifetime"
+    scope: core.Scope = "agent"
 
 
 class RateLimitSpec(Strict):
     """At most ``requests`` checks per ``per_seconds`` (bursts up to ``requests``), per agent or shared."""
 
-    requests: int = Field(ge=1, le=1_000_000)
-    per_seconds: float = Field(gt=0, le=86_400, allow_inf_nan=False)
-    scope: Literal["agent", "shared"] = "agent"
+    requests: int = Field(ge=core.MIN_RATE_REQUESTS, le=core.MAX_RATE_REQUESTS)
+    per_seconds: float = Field(gt=0, le=core.MAX_RATE_SECONDS, allow_inf_nan=False)
+    scope: core.Scope = "agent"
 
 
 class PolicyIn(Strict):
     """A policy as written by an administrator."""
 
-    name: str = Field(min_length=1, max_length=255)
-    description: str | None = Field(default=None, max_length=2000)
+    name: str = Field(min_length=1, max_length=core.MAX_NAME)
+    description: str | None = Field(default=None, max_length=core.MAX_DESCRIPTION)
     target: Target = Field(default_factory=Target)
-    mode: Literal["enforce", "dry_run"] = "enforce"
+    mode: core.Mode = "enforce"
     enabled: bool = True
-    priority: int = Field(default=0, ge=-1000, le=1000)
-    default_effect: Literal["allow", "deny"] = "allow"
+    priority: Priority = 0
+    default_effect: core.Effect = "allow"
     domains: DomainPatterns | None = None
     budget: BudgetSpec | None = None
     rate_limit: RateLimitSpec | None = None
-    rules: list[Rule] = Field(default_factory=list, max_length=500)
+    rules: list[Rule] = Field(default_factory=list, max_length=core.MAX_RULES)
 
 
 class PolicyOut(PolicyIn):
@@ -197,41 +236,35 @@ class CheckIn(Input):
     )
 
 
-class WouldDenyOut(BaseModel):
-    """A denial a dry-run policy would have made."""
-
-    policy_id: str
-    rule: str | None
-    code: str
-    reason: str
+# -- decisions: made from core's definition (``aigos.core.policy.decision``), not written again ------------
 
 
-class TraceStep(BaseModel):
-    """One stage of the evaluation chain."""
+def _answer(name: str, doc: str, shape: type, **more: Any) -> type[BaseModel]:
+    """A response model named ``name`` with ``shape``'s fields first (a core dataclass or typed dict), each
+    required as the API always sends it (unless the typed dict may leave it out), then ``more`` (pydantic
+    field definitions, which may also redefine one of ``shape``'s in its place)."""
+    optional: frozenset[str] = getattr(shape, "__optional_keys__", frozenset())
+    fields: dict[str, Any] = {
+        field: (hint, None if field in optional else ...) for field, hint in get_type_hints(shape).items()
+    }
+    fields.update(more)
+    return create_model(name, __doc__=doc, **fields)
 
-    stage: Literal["kill_switch", "capability", "budget", "domain", "custom"]
-    result: Literal["pass", "deny", "skip", "pending"]
-    detail: str | None = None
 
-
-class CheckOut(BaseModel):
-    """The decision (the seed's fields, plus the denial code and stage, dry-run findings and ids)."""
-
-    allowed: bool
-    code: str | None = Field(
-        description="Why not: TERMINATED, PAUSED, CAPABILITY_DENIED, RESOURCE_DENIED, RESOURCE_NOT_ALLOWED, "
-        "BUDGET_EXCEEDED, RATE_LIMITED or CUSTOM_DENIED."
-    )
-    stage: str | None
-    reason: str | None
-    matched_rule: str | None
-    policy_id: str | None
-    budget_remaining: float | None
-    would_deny: list[WouldDenyOut]
-    decision_id: uuid.UUID
-    policy_version: int
-    latency_ms: float
-    trace: list[TraceStep] | None
+WouldDenyOut = _answer("WouldDenyOut", "A denial a dry-run policy would have made.", core.WouldDeny)
+TraceStep = _answer("TraceStep", "One stage of the evaluation chain.", core.TraceStep)
+_CODES = [code.value for code in core.Code]
+CheckOut = _answer(
+    "CheckOut",
+    "The decision (the seed's fields, plus the denial code and stage, dry-run findings and ids).",
+    core.Verdict,
+    code=(str | None, Field(description=f"Why not: {', '.join(_CODES[:-1])} or {_CODES[-1]}.")),
+    would_deny=(list[WouldDenyOut], ...),  # type: ignore[valid-type]
+    decision_id=(uuid.UUID, ...),
+    policy_version=(int, ...),
+    latency_ms=(float, ...),
+    trace=(list[TraceStep] | None, ...),  # type: ignore[valid-type]
+)
 
 
 class SimulatedAgent(Strict):
@@ -277,19 +310,14 @@ class SimulateIn(Strict):
         return self
 
 
-class SimulateOut(BaseModel):
-    """A simulated decision with its full trace; no budget is spent and nothing is recorded."""
-
-    allowed: bool
-    code: str | None
-    stage: str | None
-    reason: str | None
-    matched_rule: str | None
-    policy_id: str | None
-    budget_remaining: float | None
-    would_deny: list[WouldDenyOut]
-    trace: list[TraceStep]
-    policy_version: int
+SimulateOut = _answer(
+    "SimulateOut",
+    "A simulated decision with its full trace; no budget is spent and nothing is recorded.",
+    core.Verdict,
+    would_deny=(list[WouldDenyOut], ...),  # type: ignore[valid-type]
+    trace=(list[TraceStep], ...),  # type: ignore[valid-type]
+    policy_version=(int, ...),
+)
 
 
 class SignedBundle(BaseModel):

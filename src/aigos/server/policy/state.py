@@ -22,18 +22,16 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
-
-from aigos.core.policy import Effective, PolicySet, Request, Subject, labels_of, narrowing
+from aigos.core.policy import Effective, PolicySet, Request, Subject, narrowing
 from aigos.server.bus import Bus
 from aigos.server.bus.follower import Follower
 from aigos.server.db import Database
 from aigos.server.db.database import set_tenant
 from aigos.server.errors import ServiceUnavailable, Unauthenticated
-from aigos.server.identity.models import Agent
+from aigos.server.identity import subjects
+from aigos.server.identity.subjects import Attributes
 from aigos.server.policy import service
 from aigos.server.policy.pieces import freeze, in_pieces
 from aigos.server.tenancy import tenants
@@ -72,16 +70,6 @@ async def select_in_pieces(
     if request is not None and effective.costly(request):
         return await in_pieces(narrowing(effective, request))
     return effective
-
-
-@dataclass(frozen=True, slots=True)
-class Attributes:
-    """An agent's targeting attributes, as stored."""
-
-    agent_type: str | None
-    owner: str | None
-    deployment_env: str | None
-    labels: dict[str, str]
 
 
 def _retrieve(task: asyncio.Task[PolicySet]) -> None:
@@ -236,16 +224,9 @@ class PolicyState(Follower):
     async def _load_attributes(self, tenant_id: uuid.UUID, agent_id: uuid.UUID) -> Attributes:
         async with self.database.session() as session:
             await set_tenant(session, tenant_id)
-            row = (
-                await session.execute(
-                    select(Agent.agent_type, Agent.owner, Agent.deployment_env, Agent.metadata_).where(
-                        Agent.id == agent_id, Agent.tenant_id == tenant_id
-                    )
-                )
-            ).first()
-        if row is None:
+            attributes = await subjects.attributes(session, tenant_id, agent_id)
+        if attributes is None:
             raise LookupError(agent_id)
-        attributes = Attributes(row.agent_type, row.owner, row.deployment_env, labels_of(row.metadata_ or {}))
         if len(self._attributes) >= MAX_AGENTS:
             self._attributes.clear()
         self._attributes[agent_id] = attributes

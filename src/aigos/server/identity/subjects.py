@@ -1,0 +1,64 @@
+"""What the identity context tells the policy context about agents: whether one is in a tenant, the
+attributes policies target it by, and the subject a simulation decides for.
+
+Identity alone reads its agent rows; the policy context asks here. Each function runs in the caller's
+session (its transaction, its tenant context) and reads, never locks.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from aigos.core.policy import Subject, labels_of
+from aigos.server.identity.models import Agent
+
+
+@dataclass(frozen=True, slots=True)
+class Attributes:
+    """An agent's targeting attributes, as stored: what a policy's selector and rules may name."""
+
+    agent_type: str | None
+    owner: str | None
+    deployment_env: str | None
+    labels: dict[str, str]
+
+
+async def exists(session: AsyncSession, tenant_id: uuid.UUID, agent_id: uuid.UUID) -> bool:
+    """Whether the tenant has an agent of this id (a policy may target it)."""
+    found = await session.scalar(select(Agent.id).where(Agent.id == agent_id, Agent.tenant_id == tenant_id))
+    return found is not None
+
+
+async def attributes(session: AsyncSession, tenant_id: uuid.UUID, agent_id: uuid.UUID) -> Attributes | None:
+    """The agent's targeting attributes; None if the tenant has no such agent."""
+    row = (
+        await session.execute(
+            select(Agent.agent_type, Agent.owner, Agent.deployment_env, Agent.metadata_).where(
+                Agent.id == agent_id, Agent.tenant_id == tenant_id
+            )
+        )
+    ).first()
+    if row is None:
+        return None
+    return Attributes(row.agent_type, row.owner, row.deployment_env, labels_of(row.metadata_ or {}))
+
+
+async def subject(session: AsyncSession, tenant_id: uuid.UUID, agent_id: uuid.UUID) -> Subject | None:
+    """The agent as the evaluator sees it from its record (status, capabilities, attributes); None if the
+    tenant has no such agent."""
+    agent = await session.scalar(select(Agent).where(Agent.id == agent_id, Agent.tenant_id == tenant_id))
+    if agent is None:
+        return None
+    return Subject.of(
+        str(agent.id),
+        status=agent.status,
+        capabilities=agent.capabilities,
+        agent_type=agent.agent_type,
+        owner=agent.owner,
+        deployment_env=agent.deployment_env,
+        metadata=agent.metadata_,
+    )
