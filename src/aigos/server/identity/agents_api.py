@@ -32,9 +32,9 @@ from aigos.server.identity.schemas import (
     StatusChange,
 )
 from aigos.server.identity.state import IdentityState
+from aigos.server.principal import Principal
 from aigos.server.routing import ValidatedRoute
 from aigos.server.tenancy.deps import require_tenant
-from aigos.server.tenancy.principal import Principal
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"], route_class=ValidatedRoute)
 

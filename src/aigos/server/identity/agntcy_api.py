@@ -13,9 +13,9 @@ from aigos.server.identity import agents, agntcy, registration
 from aigos.server.identity.agent_auth import issuer_for
 from aigos.server.identity.deps import AgentSeenDep, SigningKeysDep
 from aigos.server.identity.schemas import AgentOut
+from aigos.server.principal import Principal
 from aigos.server.routing import ValidatedRoute
 from aigos.server.tenancy.deps import require_tenant
-from aigos.server.tenancy.principal import Principal
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"], route_class=ValidatedRoute)
 

@@ -19,7 +19,7 @@ from aigos.server.errors import Conflict
 from aigos.server.identity import agents, credentials
 from aigos.server.identity.schemas import CredentialCreated, CredentialIn
 from aigos.server.identity.state import IdentityState
-from aigos.server.tenancy.principal import Principal
+from aigos.server.principal import Principal
 
 #: Statuses in which an agent may get new credentials.
 _MODIFIABLE = (AgentStatus.ACTIVE.value, AgentStatus.PAUSED.value, AgentStatus.SUSPENDED.value)

@@ -21,9 +21,9 @@ from aigos.server.errors import Forbidden
 from aigos.server.identity.deps import IdentityStateDep, SigningKeysDep
 from aigos.server.identity.keys import list_keys
 from aigos.server.identity.schemas import SigningKeyList
+from aigos.server.principal import Principal
 from aigos.server.routing import ValidatedRoute
 from aigos.server.tenancy.deps import PrincipalDep
-from aigos.server.tenancy.principal import Principal
 
 router = APIRouter(prefix="/v1/admin/signing-keys", tags=["admin"], route_class=ValidatedRoute)
 log = structlog.get_logger("aigos.keys")

@@ -28,7 +28,7 @@ from aigos.server.errors import Conflict
 from aigos.server.identity import agents, lineage
 from aigos.server.identity.models import Agent, AgentCredential
 from aigos.server.identity.state import IdentityState
-from aigos.server.tenancy.principal import Principal
+from aigos.server.principal import Principal
 
 
 async def change_status(

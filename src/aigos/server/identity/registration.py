@@ -20,7 +20,7 @@ from aigos.server.identity.keys import SigningKeys
 from aigos.server.identity.models import Agent
 from aigos.server.identity.schemas import AgentIn, AgentUpdate, CredentialCreated
 from aigos.server.identity.state import IdentityState
-from aigos.server.tenancy.principal import Principal
+from aigos.server.principal import Principal
 from aigos.server.tenancy.usage import UsageMeter
 
 

@@ -33,9 +33,9 @@ from aigos.server.killswitch.schemas import (
     TriggerOut,
 )
 from aigos.server.killswitch.stream import events
+from aigos.server.principal import Principal
 from aigos.server.routing import ValidatedRoute
 from aigos.server.tenancy.deps import require_tenant
-from aigos.server.tenancy.principal import Principal
 
 router = APIRouter(prefix="/v1/kill-switch", tags=["kill-switch"], route_class=ValidatedRoute)
 

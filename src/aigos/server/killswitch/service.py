@@ -37,8 +37,8 @@ from aigos.server.identity import lifecycle
 from aigos.server.identity.state import IdentityState
 from aigos.server.killswitch.models import KillSwitchCommand
 from aigos.server.killswitch.schemas import AckIn, CommandOut, TriggerIn
+from aigos.server.principal import Principal
 from aigos.server.tenancy.locks import lock_tenant
-from aigos.server.tenancy.principal import Principal
 
 #: What each command makes of the agent, and the event that records the status change.
 TARGETS: dict[str, tuple[AgentStatus, str]] = {

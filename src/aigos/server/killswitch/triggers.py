@@ -20,7 +20,7 @@ from aigos.server.identity.state import IdentityState
 from aigos.server.killswitch import service
 from aigos.server.killswitch.hub import Hub
 from aigos.server.killswitch.schemas import TriggerIn
-from aigos.server.tenancy.principal import Principal
+from aigos.server.principal import Principal
 
 
 async def trigger(

@@ -37,10 +37,10 @@ from aigos.server.policy.schemas import (
     SimulateIn,
     SimulateOut,
 )
+from aigos.server.principal import Principal
 from aigos.server.routing import ValidatedRoute
 from aigos.server.tenancy.deps import require_tenant
 from aigos.server.tenancy.plans import plan_of
-from aigos.server.tenancy.principal import Principal
 
 router = APIRouter(prefix="/v1/policies", tags=["policies"], route_class=ValidatedRoute)
 

@@ -30,9 +30,9 @@ from aigos.server.policy import limits
 from aigos.server.policy.models import Policy, PolicySetVersion, PolicyVersion
 from aigos.server.policy.pieces import in_pieces
 from aigos.server.policy.schemas import PolicyIn, PolicyOut, PolicyVersionOut
+from aigos.server.principal import Principal
 from aigos.server.tenancy.locks import lock_tenant
 from aigos.server.tenancy.plans import Plan
-from aigos.server.tenancy.principal import Principal
 
 if TYPE_CHECKING:  # the state reads policies through this module
     from aigos.server.policy.state import PolicyState

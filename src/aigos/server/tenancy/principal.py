@@ -6,8 +6,7 @@ app) rather than imported. That way round because resolving a caller must know e
 the platform context (health, metrics, the bootstrap token) needs nothing from tenancy: tenancy depends on
 a narrow interface it defines, and neither package imports the other.
 
-``Principal`` itself lives in ``server/principal.py``, below every context; it is re-exported here only for
-the modules of other contexts that still import it from here.
+``Principal`` itself lives in ``server/principal.py``, below every context.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from aigos.core import secrets
 from aigos.server.db.types import utcnow
 from aigos.server.errors import Forbidden, Unauthenticated
-from aigos.server.principal import Principal as Principal
+from aigos.server.principal import Principal
 from aigos.server.tenancy import scopes
 from aigos.server.tenancy.models import ApiKey, Tenant, TenantMember, UserSession
 
