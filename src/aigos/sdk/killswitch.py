@@ -8,6 +8,9 @@ acknowledged: the replay floor is raised to it, so a restarted process (whose me
 an old command that a newer one superseded. The stream is resumed with ``Last-Event-ID``; a dropped
 connection is retried with exponential backoff and jitter. A thread runs it for ``AigosClient``, a task for
 ``AsyncAigosClient``.
+
+The sync and async listeners stay side by side in this one module (a little over the house's ~450 lines)
+so that each step of one can be read against the same step of the other; what they share is above them.
 """
 
 from __future__ import annotations
