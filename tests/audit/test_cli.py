@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from click.testing import CliRunner
 from fastapi import FastAPI
 from httpx import AsyncClient
-from typer.testing import CliRunner
 
 from aigos.cli import app as cli
 from aigos.core import signing

@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from fastapi import FastAPI
 from httpx import AsyncClient
-from typer.testing import CliRunner
 
 from aigos.cli import app as cli
 from aigos.core.signing import Signer

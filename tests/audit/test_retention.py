@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from fastapi import FastAPI
 from httpx import AsyncClient
 from sqlalchemy import insert, text
-from typer.testing import CliRunner
 
 from aigos import cli
 from aigos.core import auditlog, merkle

@@ -18,11 +18,11 @@ from typing import Any
 
 import asyncpg
 import pytest
+from click.testing import CliRunner
 from fastapi import FastAPI
 from httpx import AsyncClient
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from typer.testing import CliRunner
 
 from aigos.cli import app as cli
 from aigos.core import auditlog, signing

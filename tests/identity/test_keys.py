@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 from asgi_lifespan import LifespanManager
+from click.testing import CliRunner
 from cryptography.exceptions import InvalidTag
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 from sqlalchemy import select, update
-from typer.testing import CliRunner
 
 from aigos.cli import app as cli_app
 from aigos.server.app import create_app
