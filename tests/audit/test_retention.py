@@ -29,7 +29,7 @@ from aigos.server.config import Settings
 from aigos.server.db import Database
 from aigos.server.db.migrate import upgrade
 from aigos.server.db.types import utcnow
-from tests.audit.test_writer import (
+from tests.audit.helpers import (
     assert_valid_log,
     event,
     export_lines,

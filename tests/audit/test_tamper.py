@@ -30,8 +30,8 @@ from aigos.core.canonical import canonical
 from aigos.server.config import Settings
 from aigos.server.db import Database
 from aigos.server.db.database import APP_ROLE
-from tests.audit.test_api import admin_dsn, download, published_keys, record, records, sqlite_path
-from tests.tenancy.conftest import TenantHandle, signup
+from tests.audit.helpers import admin_dsn, download, published_keys, record, records, sqlite_path
+from tests.helpers import TenantHandle, signup
 
 runner = CliRunner()
 postgres = pytest.mark.parametrize("settings", ["postgres"], indirect=True)

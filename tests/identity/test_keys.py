@@ -27,7 +27,7 @@ from aigos.server.identity.state import publish_keys_changed
 from aigos.server.identity.tokens import VerifiedCache
 from aigos.server.runtime import Runtime
 from tests.conftest import REDIS_URL, SECRET_KEY, embedded_settings, pg_url
-from tests.tenancy.conftest import TenantHandle, signup
+from tests.helpers import TenantHandle, signup
 
 KEYS = "/v1/admin/signing-keys"
 
