@@ -324,8 +324,8 @@ async def _eventlog_writer(job: WriterJob, barrier: Barrier) -> WriterResult:
             enqueued=enqueued,
             end=end,
             cpu_seconds=cpu,
-            appended=log.appended_total - len(tenants),
-            dropped=log.dropped_total,
+            appended=log.tallies.appended - len(tenants),
+            dropped=log.tallies.dropped,
             profile=_profile_text(profiler) if profiler is not None else "",
         )
     finally:

@@ -37,7 +37,7 @@ class ServerProcess:
         self.log_path = workdir / f"server-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30.0) -> ServerProcess:
+    def start(self, timeout: float = 90.0) -> ServerProcess:
         """Start the server and wait until ``/health`` answers."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from aigos.core import auditlog, signing
 from aigos.core.canonical import canonical
 from aigos.core.signing import Signer, b64url
-from aigos.server.audit import appender, checkpoints
+from aigos.server.audit import chain, checkpoints
 from aigos.server.audit.events import NewEvent
 from aigos.server.audit.models import AuditAnchor, AuditCheckpoint, AuditEvent
 from aigos.server.config import Settings
@@ -137,7 +137,7 @@ async def export_lines(database: Database, tenant_id: uuid.UUID, signer: Signer)
     if start in sealed:
         lines.append(_line({"kind": "checkpoint", **checkpoints.to_json(sealed[start])}))
     for row in rows:
-        lines.append(_line({"kind": "event", **appender.entry_of(row), "hash": row.hash}))
+        lines.append(_line({"kind": "event", **chain.entry_of(row), "hash": row.hash}))
         if row.seq in sealed:
             lines.append(_line({"kind": "checkpoint", **checkpoints.to_json(sealed[row.seq])}))
     return lines

@@ -23,15 +23,14 @@ from httpx import AsyncClient
 
 from aigos.cli import app as cli
 from aigos.core.signing import Signer
-from aigos.server.audit import journal
-from aigos.server.audit.log import (
+from aigos.server.audit import journal, orphans
+from aigos.server.audit.log import EventLog, checkpoint_signer
+from aigos.server.audit.records import (
     AGGREGATED_TYPE,
     DROPPED_TYPE,
     LOST_TYPE,
     REPLAYED_TYPE,
     UNJOURNALED,
-    EventLog,
-    checkpoint_signer,
 )
 from aigos.server.config import Settings
 from aigos.server.db import Database
@@ -126,7 +125,7 @@ async def test_unreadable_journal_lines_become_loss_records_that_verify_reports(
 
     alive = EventLog(database, signer, journal_dir=folder)
     assert await alive.replay_journals() == 6
-    assert alive.lost_total == 2
+    assert alive.tallies.lost == 2
 
     rows = await stored(database, tenant)
     numbers = [json.loads(row.data)["n"] for row in rows if row.event_type == "test.happened"]
@@ -166,7 +165,7 @@ async def test_a_live_processes_journal_is_never_replayed_by_another(
     running.journal.open()
     assert running.enqueue(event(tenant))
 
-    assert journal.claim(folder) == []
+    assert orphans.claim(folder) == []
     assert await EventLog(database, signer, journal_dir=folder).replay_journals() == 0
     (segment,) = running.journal.path.glob("*.jsonl")
     assert len(segment.read_bytes().splitlines()) == 1
@@ -174,8 +173,8 @@ async def test_a_live_processes_journal_is_never_replayed_by_another(
 
     # Once it is gone, its journal is claimed, by one process at a time.
     die(running)
-    (claimed,) = journal.claim(folder)
-    assert journal.claim(folder) == []
+    (claimed,) = orphans.claim(folder)
+    assert orphans.claim(folder) == []
     claimed.release()
 
 

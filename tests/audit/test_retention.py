@@ -21,7 +21,7 @@ from aigos.core import auditlog, merkle
 from aigos.core.canonical import canonical
 from aigos.core.merkle import CompactRange
 from aigos.core.signing import Signer
-from aigos.server.audit import appender, checkpoints
+from aigos.server.audit import chain, checkpoints
 from aigos.server.audit.log import EventLog
 from aigos.server.audit.models import AuditAnchor, AuditEvent, AuditHead
 from aigos.server.audit.retention import PRUNED_TYPE, Maintenance, cutoff_day, ensure_partitions, prune
@@ -82,7 +82,7 @@ async def write_history(
     """
     prev, compact, hashes = auditlog.GENESIS_HASH, CompactRange(), []
     rows: list[dict[str, Any]] = []
-    stamp = appender.isoformat(recorded_at)
+    stamp = chain.isoformat(recorded_at)
     for seq in range(1, count + 1):
         event_id = uuid.uuid4()
         entry = {
@@ -239,7 +239,7 @@ async def test_prune_anchors_removes_and_the_rest_still_verifies(
         assert published["head_hash"] == anchor.head_hash
         # The old entries are gone; what remains is the record of the pruning, chained to the anchor.
         (pruned,) = await stored(database, tenant)
-        entry = appender.entry_of(pruned)
+        entry = chain.entry_of(pruned)
         assert (entry["seq"], entry["event_type"]) == (anchor.seq + 1, PRUNED_TYPE)
         assert entry["prev_hash"] == anchor.head_hash
         assert entry["data"] == {
@@ -271,7 +271,7 @@ async def test_prune_anchors_removes_and_the_rest_still_verifies(
         (remaining,) = await stored(database, tenant)
         assert remaining.seq == through + 1
         assert remaining.prev_hash == anchor.head_hash
-        assert appender.entry_of(remaining)["data"]["through_seq"] == through
+        assert chain.entry_of(remaining)["data"]["through_seq"] == through
     await events.record(event(alpha, "test.later"))
     await events.seal_all()
     report = assert_valid_log(await export_lines(database, alpha, signer), signer, 2)

@@ -14,16 +14,12 @@ import pytest
 
 from aigos.core import auditlog, merkle
 from aigos.core.signing import Signer
-from aigos.server.audit import appender, checkpoints
+from aigos.server.audit import append_postgres, chain, checkpoints
 from aigos.server.audit.events import NewEvent
-from aigos.server.audit.log import (
-    AGGREGATED_TYPE,
-    BEHIND_PAUSE_EVERY,
-    DROPPED_TYPE,
-    EventLog,
-    checkpoint_signer,
-)
+from aigos.server.audit.log import EventLog, checkpoint_signer
 from aigos.server.audit.models import AuditEvent, AuditHead
+from aigos.server.audit.records import AGGREGATED_TYPE, DROPPED_TYPE
+from aigos.server.audit.writer import BEHIND_PAUSE_EVERY
 from aigos.server.config import Settings
 from aigos.server.db import Database
 from aigos.server.db.database import APP_ROLE
@@ -78,7 +74,7 @@ async def test_record_commits_and_rolls_back_with_the_callers_transaction(
             (1, "test.committed"),
             (2, "test.own_transaction"),
         ]
-        assert {**appender.entry_of(rows[0]), "hash": rows[0].hash} == entry
+        assert {**chain.entry_of(rows[0]), "hash": rows[0].hash} == entry
         assert_valid_log(await export_lines(fresh, tenant, signer), signer, 2)
     finally:
         await fresh.dispose()
@@ -101,12 +97,12 @@ async def test_mixed_record_and_enqueue_stay_gap_free_and_chained(
     assert events.depth == 0
     rows = await stored(database, tenant)
     assert [row.seq for row in rows] == list(range(1, 11))
-    assert sorted(int(appender.entry_of(row)["data"]["n"]) for row in rows) == list(range(10))
+    assert sorted(int(chain.entry_of(row)["data"]["n"]) for row in rows) == list(range(10))
     assert_valid_log(await export_lines(database, tenant, signer), signer, 10)
     other_rows = await stored(database, other)
-    assert [int(appender.entry_of(row)["data"]["n"]) for row in other_rows] == list(range(10))
+    assert [int(chain.entry_of(row)["data"]["n"]) for row in other_rows] == list(range(10))
     assert_valid_log(await export_lines(database, other, signer), signer, 10)
-    assert events.appended_total == 20
+    assert events.tallies.appended == 20
 
 
 async def test_enqueue_then_flush_writes_in_order(database: Database, events: EventLog) -> None:
@@ -117,7 +113,7 @@ async def test_enqueue_then_flush_writes_in_order(database: Database, events: Ev
     assert await stored(database, tenant) == []
     assert await events.flush() == 5
     rows = await stored(database, tenant)
-    assert [appender.entry_of(row)["data"] for row in rows] == [{"n": n} for n in range(5)]
+    assert [chain.entry_of(row)["data"] for row in rows] == [{"n": n} for n in range(5)]
     assert await events.flush() == 0
 
 
@@ -138,11 +134,11 @@ async def test_a_full_queue_drops_counts_and_records_the_loss(database: Database
     events = EventLog(database, signer, queue_size=3)
     accepted = [events.enqueue(event(tenant, data={"n": n})) for n in range(5)]
     assert accepted == [True, True, True, False, False]
-    assert events.dropped_total == 2
+    assert events.tallies.dropped == 2
     await events.flush()
     rows = await stored(database, tenant)
     assert [row.event_type for row in rows] == ["test.happened"] * 3 + [DROPPED_TYPE]
-    dropped = appender.entry_of(rows[-1])
+    dropped = chain.entry_of(rows[-1])
     assert dropped["data"] == {"count": 2, "reason": "queue full"}
     assert dropped["outcome"] == "failure"
     # The count is recorded once: the next flush adds nothing.
@@ -171,7 +167,7 @@ async def test_allowed_decisions_are_aggregated_and_denials_kept_one_by_one(
     assert events.depth == 3
 
     await events.flush()
-    rows = [appender.entry_of(row) for row in await stored(database, tenant)]
+    rows = [chain.entry_of(row) for row in await stored(database, tenant)]
     assert [(row["event_type"], row["outcome"]) for row in rows] == [
         ("policy.checked", "denied"),
         ("policy.checked", "denied"),
@@ -185,7 +181,7 @@ async def test_allowed_decisions_are_aggregated_and_denials_kept_one_by_one(
     }
 
     await events.flush(everything=True)
-    rows = [appender.entry_of(row) for row in await stored(database, tenant)]
+    rows = [chain.entry_of(row) for row in await stored(database, tenant)]
     assert len(rows) == 5
     assert rows[-1]["event_type"] == AGGREGATED_TYPE
     assert rows[-1]["data"] == {"minute": "2999-01-01T00:00Z", "count": 1, "by_agent": {"agent-c": 1}}
@@ -264,7 +260,7 @@ async def test_concurrent_appends_to_one_tenant_are_gap_free(
     await asyncio.gather(*(one(n) for n in range(count)))
     rows = await stored(database, tenant)
     assert [row.seq for row in rows] == list(range(1, count + 1))
-    assert sorted(int(appender.entry_of(row)["data"]["n"]) for row in rows) == list(range(count))
+    assert sorted(int(chain.entry_of(row)["data"]["n"]) for row in rows) == list(range(count))
     await events.seal_all()
     assert_valid_log(await export_lines(database, tenant, signer), signer, count)
 
@@ -293,7 +289,7 @@ async def test_writers_that_remember_different_heads_rehash_onto_each_others(
         await asyncio.gather(*(one(n) for n in range(start, start + 6)))
     rows = await stored(database, tenant)
     assert [row.seq for row in rows] == list(range(1, count + 1))
-    assert sorted(int(appender.entry_of(row)["data"]["n"]) for row in rows) == list(range(count))
+    assert sorted(int(chain.entry_of(row)["data"]["n"]) for row in rows) == list(range(count))
     await first.seal_all()
     assert_valid_log(await export_lines(database, tenant, signer), signer, count)
 
@@ -302,7 +298,7 @@ async def test_a_writer_that_keeps_losing_the_race_locks_the_head(
     database: Database, signer: Signer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # No optimistic attempt at all: every append takes the path a writer ends on under heavy contention.
-    monkeypatch.setattr(appender, "OPTIMISTIC_ATTEMPTS", 0)
+    monkeypatch.setattr(append_postgres, "OPTIMISTIC_ATTEMPTS", 0)
     log, other = EventLog(database, signer), EventLog(database, signer)
     tenant = uuid.uuid4()
     await other.record(event(tenant, data={"n": 0}))
@@ -315,8 +311,8 @@ async def test_a_writer_that_keeps_losing_the_race_locks_the_head(
     await asyncio.gather(*(other.record(event(tenant, data={"n": n})) for n in range(5, 10)))
     rows = await stored(database, tenant)
     assert [row.seq for row in rows] == list(range(1, 11))
-    assert [appender.entry_of(row)["data"]["n"] for row in rows[:5]] == list(range(5))
-    assert sorted(int(appender.entry_of(row)["data"]["n"]) for row in rows[5:]) == list(range(5, 10))
+    assert [chain.entry_of(row)["data"]["n"] for row in rows[:5]] == list(range(5))
+    assert sorted(int(chain.entry_of(row)["data"]["n"]) for row in rows[5:]) == list(range(5, 10))
     await log.seal_all()
     assert_valid_log(await export_lines(database, tenant, signer), signer, 10)
 
@@ -333,7 +329,7 @@ async def test_the_batch_writer_waits_for_quiet_moments_but_never_stalls(
         assert log.enqueue(event(tenant, "policy.checked", outcome="denied", data={"n": n}))
     assert await asyncio.wait_for(log.flush(), 10) == 20
     rows = await stored(database, tenant)
-    assert [appender.entry_of(row)["data"]["n"] for row in rows] == list(range(20))
+    assert [chain.entry_of(row)["data"]["n"] for row in rows] == list(range(20))
     in_flight.leave()
 
 
@@ -357,7 +353,7 @@ async def test_a_writer_falling_behind_hashes_in_longer_pieces(database: Databas
     async def hashed_turns() -> int:
         nonlocal turns
         turns = 0
-        await appender.chain(tenant, appender.GENESIS, batch, pause=log._pause, entries=False)
+        await chain.chain(tenant, chain.GENESIS, batch, pause=log.writer.pause, entries=False)
         return turns
 
     serving = asyncio.create_task(requests())
@@ -369,7 +365,7 @@ async def test_a_writer_falling_behind_hashes_in_longer_pieces(database: Databas
     finally:
         done.set()
         await serving
-    pieces = len(batch) // appender.YIELD_EVERY
+    pieces = len(batch) // chain.YIELD_EVERY
     assert keeping_up >= pieces - 1
     assert behind <= pieces // BEHIND_PAUSE_EVERY + 1
 
@@ -412,7 +408,7 @@ async def test_a_connection_the_database_dropped_fails_one_append_and_is_not_reu
             await log.record(event(tenant, data={"n": 2}))
         await log.record(event(tenant, data={"n": 3}))
         rows = await stored(database, tenant)
-        assert [appender.entry_of(row)["data"]["n"] for row in rows] == [1, 3]
+        assert [chain.entry_of(row)["data"]["n"] for row in rows] == [1, 3]
         assert [row.seq for row in rows] == [1, 2]
     finally:
         await database.dispose()
@@ -462,7 +458,7 @@ def test_two_server_processes_append_to_one_tenant(tmp_path: Path, replica_env: 
 
 
 async def test_the_durable_confirmation_flushes_what_was_appended_before_it(pg_database: str) -> None:
-    # Batches commit without waiting for the WAL; the journal lets them go only after _flush_wal, so it
+    # Batches commit without waiting for the WAL; the journal lets them go only after flush_wal, so it
     # must flush the WAL at least up to them. (A transaction that only takes an id commits asynchronously.)
     database = Database(pg_url(pg_database), role=APP_ROLE)
     try:
@@ -472,7 +468,7 @@ async def test_the_durable_confirmation_flushes_what_was_appended_before_it(pg_d
             assert await log.flush() == 1
             async with database.driver() as driver:
                 appended = await driver.fetchval("SELECT pg_current_wal_insert_lsn()")
-            await log._flush_wal()
+            await log.writer.appender.flush_wal()
             async with database.driver() as driver:
                 flushed = await driver.fetchval("SELECT pg_current_wal_flush_lsn()")
             assert flushed >= appended, attempt

@@ -19,7 +19,8 @@ from httpx import ASGITransport, AsyncClient
 from aigos.core.signing import Signer
 from aigos.server.app import create_app
 from aigos.server.audit import spill
-from aigos.server.audit.log import REPLAYED_TYPE, SET_ASIDE_TYPE, EventLog
+from aigos.server.audit.log import EventLog
+from aigos.server.audit.records import REPLAYED_TYPE, SET_ASIDE_TYPE
 from aigos.server.config import Settings
 from aigos.server.db import Database
 from aigos.server.db.database import APP_ROLE
@@ -51,7 +52,7 @@ async def test_a_refused_entry_is_set_aside_and_every_other_entry_appended(
     await log.flush(everything=True)
 
     assert log.depth == 0
-    assert log.set_aside_total == len(bad)
+    assert log.tallies.set_aside == len(bad)
     rows = await stored(database, troubled)
     good = [row for row in rows if row.event_type == "test.happened"]
     assert [json.loads(row.data)["n"] for row in good] == list(range(40))
@@ -148,7 +149,7 @@ async def test_shutdown_without_a_database_spills_and_the_next_start_replays(
         queued = [event(tenant, data={"n": n}) for n in range(300)]
         for item in queued:
             assert runtime.events.enqueue(item)
-    assert runtime.events.spilled_total == 300
+    assert runtime.events.tallies.spilled == 300
     (path,) = (settings.data_dir / "spill").glob("spill-*.jsonl")
     assert len(path.read_text().splitlines()) == 300
 
@@ -161,7 +162,7 @@ async def test_shutdown_without_a_database_spills_and_the_next_start_replays(
             range(300)
         )
         assert rows[-1].event_type == REPLAYED_TYPE
-        assert again.state.runtime.events.replayed_total == 300
+        assert again.state.runtime.events.tallies.replayed == 300
     assert list((settings.data_dir / "spill").glob("spill-*")) == []
 
 

@@ -39,17 +39,22 @@ from aigos.server.middleware.request_context import RequestContextMiddleware
 from aigos.server.middleware.security_headers import SecurityHeadersMiddleware
 from aigos.server.middleware.single_authorization import SingleAuthorizationMiddleware
 from aigos.server.openapi import build_openapi
-from aigos.server.platform import api as platform_api
-from aigos.server.platform import docs
-from aigos.server.platform.admin_token import ensure_bootstrap_token
+from aigos.server.platform import docs_api, health_api
+from aigos.server.platform.admin_token import PlatformTokens, ensure_bootstrap_token
 from aigos.server.policy import api as policy_api
 from aigos.server.policy.budgets import BudgetBook
 from aigos.server.policy.state import PolicyState
 from aigos.server.problems import install_problem_handlers
 from aigos.server.runtime import Runtime
 from aigos.server.telemetry import api as telemetry_api
-from aigos.server.tenancy import api as tenancy_api
-from aigos.server.tenancy import auth_api, members_api, usage_api
+from aigos.server.tenancy import (
+    api_keys_api,
+    invitations_api,
+    members_api,
+    sessions_api,
+    tenants_api,
+    usage_api,
+)
 from aigos.server.tenancy.models import ApiKey
 from aigos.server.tenancy.passwords import Passwords
 from aigos.server.tenancy.usage import UsageMeter
@@ -143,13 +148,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.admission = admission
+    # Principal resolution (tenancy) is given the platform context's look-up of its admin tokens.
+    app.state.platform_tokens = PlatformTokens()
     install_problem_handlers(app)
     # Routes are matched in order: the hot path (`/v1/policies/check`) first.
     app.include_router(policy_api.router)
-    app.include_router(platform_api.router)
-    app.include_router(tenancy_api.router)
+    app.include_router(health_api.router)
+    app.include_router(tenants_api.router)
+    app.include_router(api_keys_api.router)
     app.include_router(members_api.router)
-    app.include_router(auth_api.router)
+    app.include_router(sessions_api.router)
+    app.include_router(invitations_api.router)
     app.include_router(usage_api.router)
     app.include_router(audit_api.router)
     app.include_router(agntcy_api.router)
@@ -158,8 +167,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(keys_api.router)
     app.include_router(killswitch_api.router)
     app.include_router(telemetry_api.router)
-    app.include_router(docs.router)
-    app.mount("/docs/static", docs.static_files(), name="docs-static")
+    app.include_router(docs_api.router)
+    app.mount("/docs/static", docs_api.static_files(), name="docs-static")
 
     def openapi() -> dict[str, Any]:
         return build_openapi(app)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
 from aigos.server.audit import checkpoints, service
+from aigos.server.audit.deps import CheckpointSignerDep
 from aigos.server.audit.schemas import (
     ActorType,
     AuditEntry,
@@ -19,12 +20,12 @@ from aigos.server.audit.schemas import (
     SignedCheckpoint,
     Source,
 )
-from aigos.server.deps import RuntimeDep, SessionDep
+from aigos.server.deps import DatabaseDep, SessionDep
 from aigos.server.errors import ValidationFailed
+from aigos.server.principal import Principal
 from aigos.server.routing import ValidatedRoute
+from aigos.server.schemas import Page
 from aigos.server.tenancy.deps import require_tenant
-from aigos.server.tenancy.principal import Principal
-from aigos.server.tenancy.schemas import Page
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"], route_class=ValidatedRoute)
 
@@ -96,34 +97,34 @@ async def get_event(event_id: uuid.UUID, session: SessionDep, principal: AuditRe
 
 @router.get("/events/{event_id}/proof", response_model=InclusionProof, summary="Prove an event")
 async def prove_event(
-    event_id: uuid.UUID, runtime: RuntimeDep, session: SessionDep, principal: AuditReader
+    event_id: uuid.UUID, signer: CheckpointSignerDep, session: SessionDep, principal: AuditReader
 ) -> dict[str, Any]:
     """An RFC 9162 inclusion proof of the entry in the latest signed checkpoint.
 
     Seals a new checkpoint first when the latest does not cover the entry yet.
     """
     assert principal.tenant_id is not None
-    return await service.proof(session, runtime.events.signer, principal.tenant_id, event_id)
+    return await service.proof(session, signer, principal.tenant_id, event_id)
 
 
 @router.get("/checkpoints/latest", response_model=SignedCheckpoint, summary="Get the latest checkpoint")
 async def latest_checkpoint(
-    runtime: RuntimeDep, session: SessionDep, principal: AuditReader
+    signer: CheckpointSignerDep, session: SessionDep, principal: AuditReader
 ) -> dict[str, Any]:
     """The newest signed tree head, covering every entry recorded so far (sealed now if needed).
 
     404 `CHECKPOINT_NOT_FOUND` while the log is empty.
     """
     assert principal.tenant_id is not None
-    checkpoint = await service.latest_checkpoint(session, runtime.events.signer, principal.tenant_id)
+    checkpoint = await service.latest_checkpoint(session, signer, principal.tenant_id)
     return checkpoints.to_json(checkpoint)
 
 
 @router.get("/keys", response_model=AuditKeys, summary="List checkpoint-signing keys")
-async def list_keys(runtime: RuntimeDep) -> dict[str, Any]:
+async def list_keys(signer: CheckpointSignerDep) -> dict[str, Any]:
     """The public keys that sign checkpoints. Public: pin them to verify exports without trusting the
     export's own header."""
-    return {"keys": service.public_keys(runtime.events.signer)}
+    return {"keys": service.public_keys(signer)}
 
 
 @router.get(
@@ -138,29 +139,32 @@ async def list_keys(runtime: RuntimeDep) -> dict[str, Any]:
         }
     },
 )
-async def export_log(runtime: RuntimeDep, principal: AuditReader) -> StreamingResponse:
+async def export_log(
+    database: DatabaseDep, signer: CheckpointSignerDep, principal: AuditReader
+) -> StreamingResponse:
     """The tenant's whole retained log for offline verification with `aigos audit verify`.
 
     Seals the head first, so every exported entry is covered by a signed checkpoint. Streamed: the
     export never sits in memory on the server.
     """
     assert principal.tenant_id is not None
-    signer = runtime.events.signer
-    plan = await service.plan_export(runtime.database, signer, principal.tenant_id)
+    plan = await service.plan_export(database, signer, principal.tenant_id)
     return StreamingResponse(
-        service.export_stream(runtime.database, signer, plan),
+        service.export_stream(database, signer, plan),
         media_type=NDJSON,
         headers={"Content-Disposition": f'attachment; filename="aigos-audit-{principal.tenant_id}.ndjson"'},
     )
 
 
 @router.post("/verify", response_model=AuditVerifyReport, summary="Verify the log")
-async def verify_log(runtime: RuntimeDep, principal: AuditReader) -> dict[str, Any]:
+async def verify_log(
+    database: DatabaseDep, signer: CheckpointSignerDep, principal: AuditReader
+) -> dict[str, Any]:
     """Verify the tenant's export on the server, trusting only the server's own signing key.
 
     `ok` is false and `failure` names the first bad line and entry when the stored log was altered.
     Verifying a downloaded export yourself, with pinned keys, trusts the server less.
     """
     assert principal.tenant_id is not None
-    report = await service.verify(runtime.database, runtime.events.signer, principal.tenant_id)
+    report = await service.verify(database, signer, principal.tenant_id)
     return report.to_json()

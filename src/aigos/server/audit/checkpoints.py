@@ -12,8 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from aigos.core import auditlog
 from aigos.core.merkle import CompactRange
 from aigos.core.signing import Signer
-from aigos.server.audit.appender import isoformat
+from aigos.server.audit.chain import isoformat
 from aigos.server.audit.models import AuditCheckpoint, AuditHead
+from aigos.server.db import Database
 from aigos.server.db.database import set_platform_scope, set_tenant
 from aigos.server.db.types import utcnow
 
@@ -113,3 +114,14 @@ async def unsealed_tenants(session: AsyncSession) -> list[uuid.UUID]:
         .where(AuditHead.seq > func.coalesce(sealed.c.size, 0))
     )
     return list((await session.scalars(stmt)).all())
+
+
+async def seal_all(database: Database, signer: Signer) -> int:
+    """Sign a checkpoint for every tenant with unsealed entries, each in its own transaction; returns how
+    many were sealed."""
+    async with database.session() as session:
+        tenants = await unsealed_tenants(session)
+    for tenant_id in tenants:
+        async with database.session() as session:
+            await seal(session, signer, tenant_id)
+    return len(tenants)

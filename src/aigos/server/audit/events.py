@@ -11,7 +11,7 @@ from typing import Any, Literal
 import structlog
 
 from aigos.core.canonical import canonical
-from aigos.server.tenancy.principal import Principal
+from aigos.server.principal import Principal
 
 Source = Literal["server", "agent"]
 

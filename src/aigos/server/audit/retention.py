@@ -34,6 +34,7 @@ from aigos.core import auditlog
 from aigos.core.merkle import CompactRange
 from aigos.core.signing import Signer
 from aigos.server.audit import appender, checkpoints
+from aigos.server.audit.chain import entry_of
 from aigos.server.audit.events import NewEvent
 from aigos.server.audit.log import checkpoint_signer
 from aigos.server.audit.models import AuditAnchor, AuditCheckpoint, AuditEvent, AuditPruneGuard
@@ -261,7 +262,7 @@ async def _anchor(
                     raise _Broken(f"entry {seq + 1} is missing")
                 if row.prev_hash != head:
                     raise _Broken(f"entry {row.seq}: prev_hash does not match the previous entry")
-                if auditlog.entry_hash(appender.entry_of(row)) != row.hash:
+                if auditlog.entry_hash(entry_of(row)) != row.hash:
                     raise _Broken(f"entry {row.seq}: content does not match its hash")
                 seq, head = row.seq, row.hash
                 compact.append(auditlog.entry_leaf(head))

@@ -22,7 +22,7 @@ from aigos.core import auditlog
 from aigos.core.merkle import CompactRange, Tree
 from aigos.core.signing import Signer, b64url
 from aigos.server.audit import checkpoints
-from aigos.server.audit.appender import entry_of, isoformat
+from aigos.server.audit.chain import entry_of, isoformat
 from aigos.server.audit.models import AuditAnchor, AuditCheckpoint, AuditEvent
 from aigos.server.db import Database
 from aigos.server.db.types import utcnow

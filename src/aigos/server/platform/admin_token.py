@@ -63,6 +63,16 @@ async def find_platform_token(session: AsyncSession, token_hash: str) -> str | N
     )
 
 
+class PlatformTokens:
+    """The look-up the platform context offers principal resolution (tenancy's ``PlatformTokens``)."""
+
+    prefix = PLATFORM_TOKEN_PREFIX
+
+    async def find(self, session: AsyncSession, token_hash: str) -> str | None:
+        """The name of the live platform token with this HMAC, if any."""
+        return await find_platform_token(session, token_hash)
+
+
 async def _token_named(session: AsyncSession, name: str) -> bool:
     if _postgres(session):
         return bool(await session.scalar(text("SELECT aigos_platform_token_named(:n)"), {"n": name}))

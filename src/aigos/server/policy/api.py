@@ -45,8 +45,8 @@ from aigos.server.policy.schemas import (
 from aigos.server.policy.state import select_in_pieces
 from aigos.server.routing import ValidatedRoute
 from aigos.server.runtime import Runtime
-from aigos.server.telemetry.reported import reported_events
 from aigos.server.telemetry.schemas import TelemetryEvent
+from aigos.server.telemetry.service import reported_events
 from aigos.server.tenancy.deps import require_tenant
 from aigos.server.tenancy.plans import MAX_BUNDLE_BYTES, plan_of
 from aigos.server.tenancy.principal import Principal

@@ -12,10 +12,11 @@ from aigos.core import secrets
 from aigos.server.db.paging import paged
 from aigos.server.db.types import utcnow
 from aigos.server.errors import Conflict, Forbidden, NotFound
+from aigos.server.principal import Principal
 from aigos.server.tenancy.locks import lock_tenant
 from aigos.server.tenancy.models import ApiKey
 from aigos.server.tenancy.plans import enforce_limit, plan_of
-from aigos.server.tenancy.principal import API_KEY_PREFIX, Principal
+from aigos.server.tenancy.principal import API_KEY_PREFIX
 from aigos.server.tenancy.schemas import ApiKeyCreated, ApiKeyIn, ApiKeyOut
 
 

@@ -23,11 +23,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigos.server.db.types import utcnow
 from aigos.server.errors import Conflict, Forbidden, NotFound
+from aigos.server.principal import Principal
 from aigos.server.tenancy import invitations, scopes, users
 from aigos.server.tenancy.locks import dialect_of, lock_tenant, take_sqlite_write_lock
 from aigos.server.tenancy.models import TenantMember, User
 from aigos.server.tenancy.plans import enforce_limit, plan_of
-from aigos.server.tenancy.principal import Principal
 from aigos.server.tenancy.schemas import MemberIn, MemberInvited, MemberOut, MemberUpdate
 
 OWNER = "owner"

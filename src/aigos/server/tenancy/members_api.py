@@ -8,12 +8,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Response, status
 
 from aigos.server.audit.events import by
-from aigos.server.deps import RuntimeDep, SessionDep
+from aigos.server.deps import EventsDep, SessionDep, SettingsDep
+from aigos.server.principal import Principal
 from aigos.server.routing import ValidatedRoute
+from aigos.server.schemas import Page
 from aigos.server.tenancy import members
 from aigos.server.tenancy.deps import require_tenant
-from aigos.server.tenancy.principal import Principal
-from aigos.server.tenancy.schemas import MemberIn, MemberInvited, MemberOut, MemberUpdate, Page
+from aigos.server.tenancy.schemas import MemberIn, MemberInvited, MemberOut, MemberUpdate
 
 router = APIRouter(prefix="/v1", tags=["tenancy"], route_class=ValidatedRoute)
 
@@ -37,7 +38,12 @@ async def list_members(
     "/members", response_model=MemberInvited, status_code=status.HTTP_201_CREATED, summary="Invite a member"
 )
 async def add_member(
-    spec: MemberIn, response: Response, runtime: RuntimeDep, session: SessionDep, principal: Writer
+    spec: MemberIn,
+    response: Response,
+    settings: SettingsDep,
+    events: EventsDep,
+    session: SessionDep,
+    principal: Writer,
 ) -> MemberInvited:
     """Invite the person with this email: a pending membership and a single-use invitation token, shown
     in this response only. They join by accepting it (`POST /v1/invitations/accept`); until then the
@@ -47,11 +53,9 @@ async def add_member(
     409 `MEMBER_EXISTS` if already a member who joined, 403 `PLAN_LIMIT_EXCEEDED` past the plan's member
     limit. Adding an `owner` needs a key with the `admin` scope.
     """
-    member = await members.add(
-        session, runtime.settings.pepper, principal, spec, runtime.settings.invitation_ttl_seconds
-    )
+    member = await members.add(session, settings.pepper, principal, spec, settings.invitation_ttl_seconds)
     event = by(principal, "member.invited", {"user_id": str(member.user_id), "role": member.role})
-    await runtime.events.record(event, session)
+    await events.record(event, session)
     response.headers["Cache-Control"] = "no-store"
     return member
 
@@ -65,7 +69,7 @@ async def get_member(user_id: uuid.UUID, session: SessionDep, principal: Reader)
 
 @router.patch("/members/{user_id}", response_model=MemberOut, summary="Change a member's role")
 async def update_member(
-    user_id: uuid.UUID, spec: MemberUpdate, runtime: RuntimeDep, session: SessionDep, principal: Writer
+    user_id: uuid.UUID, spec: MemberUpdate, events: EventsDep, session: SessionDep, principal: Writer
 ) -> MemberOut:
     """Give the member another role.
 
@@ -74,18 +78,18 @@ async def update_member(
     """
     member = await members.change_role(session, principal, user_id, spec)
     event = by(principal, "member.role_changed", {"user_id": str(user_id), "role": member.role})
-    await runtime.events.record(event, session)
+    await events.record(event, session)
     return member
 
 
 @router.delete("/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Remove a member")
 async def remove_member(
-    user_id: uuid.UUID, runtime: RuntimeDep, session: SessionDep, principal: Writer
+    user_id: uuid.UUID, events: EventsDep, session: SessionDep, principal: Writer
 ) -> Response:
     """Take the user out of the tenant; the user account stays (it may belong to other tenants).
 
     Removing an owner needs a key with the `admin` scope; removing the last owner answers 409 `LAST_OWNER`.
     """
     await members.remove(session, principal, user_id)
-    await runtime.events.record(by(principal, "member.removed", {"user_id": str(user_id)}), session)
+    await events.record(by(principal, "member.removed", {"user_id": str(user_id)}), session)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

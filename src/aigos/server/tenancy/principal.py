@@ -1,11 +1,19 @@
-"""Who is calling: a bearer credential resolved into a principal with tenant, scopes and actor id."""
+"""Who is calling: a bearer credential resolved into a principal with tenant, scopes and actor id.
+
+API keys and member sessions are tenancy's own tables. Platform-admin tokens are the platform context's:
+only it reads ``platform_tokens``, and the look-up is given to ``resolve`` (``PlatformTokens``, wired by the
+app) rather than imported. That way round because resolving a caller must know every kind of caller, while
+the platform context (health, metrics, the bootstrap token) needs nothing from tenancy: tenancy depends on
+a narrow interface it defines, and neither package imports the other.
+
+``Principal`` itself lives in ``server/principal.py``, below every context; it is re-exported here only for
+the modules of other contexts that still import it from here.
+"""
 
 from __future__ import annotations
 
-import uuid
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Protocol
 
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,43 +21,26 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from aigos.core import secrets
 from aigos.server.db.types import utcnow
 from aigos.server.errors import Forbidden, Unauthenticated
-from aigos.server.platform.admin_token import PLATFORM_TOKEN_PREFIX, find_platform_token
+from aigos.server.principal import Principal as Principal
 from aigos.server.tenancy import scopes
 from aigos.server.tenancy.models import ApiKey, Tenant, TenantMember, UserSession
 
 API_KEY_PREFIX = "aigos_sk_"
 #: A member's sign-in session (``POST /v1/auth/login``).
 SESSION_PREFIX = "aigos_sess_"
-PrincipalKind = Literal["api_key", "platform", "session", "agent"]
 
 
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """The authenticated caller of one request.
-
-    ``tenant_id`` is None only for the platform admin, who acts across tenants.
-    ``actor_id`` names the caller in logs and the audit trail (``api_key:<id>``, ``platform:<name>``,
-    ``user:<id>`` for a signed-in member, whose scopes are their role's).
-    """
-
-    kind: PrincipalKind
-    actor_id: str
-    tenant_id: uuid.UUID | None
-    scopes: frozenset[str]
-    api_key_id: uuid.UUID | None = None
-    plan_tier: str | None = None
-    rate_limit_rpm: int | None = None
-    rate_limit_rph: int | None = None
-    session_id: uuid.UUID | None = None
+class PlatformTokens(Protocol):
+    """What principal resolution asks of the platform context about its admin tokens."""
 
     @property
-    def is_platform(self) -> bool:
-        """Whether this is the platform admin."""
-        return self.kind == "platform"
+    def prefix(self) -> str:
+        """How a platform-admin token begins."""
+        ...
 
-    def may(self, scope: str) -> bool:
-        """Whether the caller holds ``scope`` (the platform admin holds every scope)."""
-        return self.is_platform or scopes.grants(self.scopes, scope)
+    async def find(self, session: AsyncSession, token_hash: str) -> str | None:
+        """The name of the live platform token with this HMAC, if any."""
+        ...
 
 
 def invalid_credential(detail: str, code: str = "INVALID_CREDENTIALS") -> Unauthenticated:
@@ -57,19 +48,23 @@ def invalid_credential(detail: str, code: str = "INVALID_CREDENTIALS") -> Unauth
     return Unauthenticated(detail, code=code, headers={"WWW-Authenticate": 'Bearer realm="aigos"'})
 
 
-async def resolve(session: AsyncSession, token: str, pepper: bytes) -> Principal:
+async def resolve(
+    session: AsyncSession, token: str, pepper: bytes, platform_tokens: PlatformTokens
+) -> Principal:
     """The principal behind ``token``, or a 401/403 saying why there is none."""
     if token.startswith(API_KEY_PREFIX):
         return await _api_key_principal(session, token, pepper)
-    if token.startswith(PLATFORM_TOKEN_PREFIX):
-        return await _platform_principal(session, token, pepper)
+    if token.startswith(platform_tokens.prefix):
+        return await _platform_principal(session, platform_tokens, token, pepper)
     if token.startswith(SESSION_PREFIX):
         return await _session_principal(session, token, pepper)
     raise invalid_credential("The bearer token is not an AIGOS credential.")
 
 
-async def _platform_principal(session: AsyncSession, token: str, pepper: bytes) -> Principal:
-    name = await find_platform_token(session, secrets.digest(token, pepper))
+async def _platform_principal(
+    session: AsyncSession, platform_tokens: PlatformTokens, token: str, pepper: bytes
+) -> Principal:
+    name = await platform_tokens.find(session, secrets.digest(token, pepper))
     if name is None:
         raise invalid_credential("Unknown or revoked platform token.")
     return Principal(kind="platform", actor_id=f"platform:{name}", tenant_id=None, scopes=frozenset())

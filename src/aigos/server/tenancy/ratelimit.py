@@ -11,8 +11,8 @@ import math
 from aigos.server.bus import RateLimiter, RateLimitResult
 from aigos.server.config import Settings
 from aigos.server.errors import RateLimited
+from aigos.server.principal import Principal
 from aigos.server.tenancy.plans import plan_of
-from aigos.server.tenancy.principal import Principal
 
 MINUTE = 60.0
 HOUR = 3600.0

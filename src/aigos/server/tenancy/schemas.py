@@ -5,14 +5,13 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import UTC, date, datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aigos.server.inputs import Input
 from aigos.server.tenancy import scopes
 
-T = TypeVar("T")
 Role = Literal["owner", "admin", "member", "viewer"]
 Environment = Literal["test", "live"]
 PlanTier = Literal["free", "pro", "enterprise"]
@@ -28,15 +27,6 @@ def normalise_email(value: str) -> str:
     if not _EMAIL.match(email):
         raise ValueError("not a valid email address")
     return email
-
-
-class Page(BaseModel, Generic[T]):
-    """One page of a list (the seed's pagination shape)."""
-
-    data: list[T]
-    page: int
-    limit: int
-    total: int
 
 
 class TenantOut(BaseModel):

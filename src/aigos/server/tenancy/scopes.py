@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-ADMIN = "admin"
+from aigos.server.principal import ADMIN_SCOPE
+
+ADMIN = ADMIN_SCOPE
 
 #: Every scope, with what it allows. New endpoints add theirs here.
 SCOPES: dict[str, str] = {
@@ -34,11 +36,6 @@ ROLE_SCOPES: dict[str, frozenset[str]] = {
     ),
     "viewer": frozenset(scope for scope in SCOPES if scope.endswith(":read")),
 }
-
-
-def grants(held: frozenset[str], needed: str) -> bool:
-    """Whether a holder of ``held`` may act with ``needed``."""
-    return needed in held or ADMIN in held
 
 
 def unknown(scopes: list[str]) -> list[str]:

@@ -17,10 +17,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from aigos.core import secrets
 from aigos.server.db.database import set_tenant
 from aigos.server.db.types import utcnow
+from aigos.server.principal import Principal
 from aigos.server.tenancy import scopes, users
 from aigos.server.tenancy.models import UserSession
 from aigos.server.tenancy.passwords import Passwords
-from aigos.server.tenancy.principal import SESSION_PREFIX, Principal, invalid_credential
+from aigos.server.tenancy.principal import SESSION_PREFIX, invalid_credential
 from aigos.server.tenancy.schemas import LoginIn, LoginOut
 
 #: Verified when there is no hash to check, so a wrong email costs as long as a wrong password.

@@ -12,10 +12,10 @@ from aigos.server.db.database import set_platform_scope, set_tenant
 from aigos.server.db.paging import paged
 from aigos.server.db.types import utcnow
 from aigos.server.errors import Conflict, Forbidden, NotFound
+from aigos.server.principal import Principal
 from aigos.server.tenancy import api_keys, scopes, users
 from aigos.server.tenancy.models import Tenant, TenantMember
 from aigos.server.tenancy.passwords import Passwords
-from aigos.server.tenancy.principal import Principal
 from aigos.server.tenancy.schemas import ApiKeyIn, MemberOut, SignupIn, SignupOut, TenantOut, TenantUpdate
 
 

@@ -13,13 +13,13 @@ from pydantic import BaseModel
 
 from aigos.server.db.database import set_platform_scope
 from aigos.server.db.types import utcnow
-from aigos.server.deps import RuntimeDep, SessionDep
+from aigos.server.deps import SessionDep, UsageDep
 from aigos.server.errors import Forbidden, ValidationFailed
+from aigos.server.principal import Principal
 from aigos.server.routing import ValidatedRoute
 from aigos.server.tenancy import usage
 from aigos.server.tenancy.deps import require, require_tenant
 from aigos.server.tenancy.plans import plan_of
-from aigos.server.tenancy.principal import Principal
 from aigos.server.tenancy.schemas import UsageDay, UsageOut
 
 router = APIRouter(prefix="/v1", tags=["tenancy"], route_class=ValidatedRoute)
@@ -77,7 +77,7 @@ def period(start: date | None, end: date | None) -> tuple[date, date]:
 
 @router.get("/usage", response_model=UsageOut, summary="Get usage")
 async def get_usage(
-    runtime: RuntimeDep,
+    meter: UsageDep,
     session: SessionDep,
     principal: Annotated[Principal, Depends(require_tenant("usage:read"))],
     start: Start = None,
@@ -92,7 +92,7 @@ async def get_usage(
     assert principal.tenant_id is not None
     first, last = period(start, end)
     stored = await usage.daily_usage(session, [principal.tenant_id], first, last)
-    counts = usage.combine(stored, runtime.usage.pending(principal.tenant_id), first, last)
+    counts = usage.combine(stored, meter.pending(principal.tenant_id), first, last)
     plan = plan_of(principal.plan_tier)
     return UsageOut(
         tenant_id=principal.tenant_id,
@@ -123,7 +123,7 @@ async def get_usage(
     },
 )
 async def export_usage(
-    runtime: RuntimeDep,
+    meter: UsageDep,
     session: SessionDep,
     principal: Annotated[Principal, Depends(require("usage:read"))],
     start: Start = None,
@@ -139,7 +139,7 @@ async def export_usage(
     if principal.tenant_id is None and not principal.is_platform:
         raise Forbidden("Use a tenant's API key or the platform-admin token.", code="TENANT_REQUIRED")
     first, last = period(start, end)
-    await runtime.usage.flush()
+    await meter.flush()
     if principal.tenant_id is None:
         await set_platform_scope(session)
     rows = await usage.export_rows(session, principal.tenant_id, first, last)

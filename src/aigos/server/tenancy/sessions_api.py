@@ -1,15 +1,15 @@
-"""Routes of people's access: sign in and out, accept an invitation."""
+"""Routes of members' sign-in sessions: sign in and out."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response, status
 
 from aigos.server.audit.events import NewEvent, by, current_request_id
-from aigos.server.deps import RuntimeDep, SessionDep
+from aigos.server.deps import EventsDep, LimiterDep, SessionDep, SettingsDep
 from aigos.server.errors import Forbidden, RateLimited, Unauthenticated
-from aigos.server.tenancy import invitations, sessions
-from aigos.server.tenancy.deps import PrincipalDep
-from aigos.server.tenancy.schemas import InvitationAccept, InvitationAccepted, LoginIn, LoginOut
+from aigos.server.tenancy import sessions
+from aigos.server.tenancy.deps import PasswordsDep, PrincipalDep
+from aigos.server.tenancy.schemas import LoginIn, LoginOut
 from aigos.server.throttle import Throttle, Throttled, source_address
 
 router = APIRouter(prefix="/v1", tags=["tenancy"])
@@ -31,21 +31,26 @@ def _rate_limited(exc: Throttled) -> RateLimited:
     },
 )
 async def login(
-    spec: LoginIn, request: Request, response: Response, runtime: RuntimeDep, session: SessionDep
+    spec: LoginIn,
+    request: Request,
+    response: Response,
+    settings: SettingsDep,
+    limiter: LimiterDep,
+    passwords: PasswordsDep,
+    events: EventsDep,
+    session: SessionDep,
 ) -> LoginOut:
     """A member signs in to one tenant with their password; the session works on the admin API with the
     member's role's scopes until it expires or `POST /v1/auth/logout`. Failed attempts are throttled per
     email and per source address (429 `RATE_LIMITED` with `Retry-After`)."""
-    throttle = Throttle(runtime.limiter, runtime.settings)
+    throttle = Throttle(limiter, settings)
     buckets = throttle.sign_in("login", spec.email, source_address(request))
     try:
         await throttle.check(buckets, "failed sign-ins")
     except Throttled as exc:
         raise _rate_limited(exc) from exc
     try:
-        out = await sessions.login(
-            session, runtime.settings.pepper, runtime.passwords, spec, runtime.settings.session_ttl_seconds
-        )
+        out = await sessions.login(session, settings.pepper, passwords, spec, settings.session_ttl_seconds)
     except Unauthenticated:
         await throttle.record(buckets)
         raise
@@ -57,39 +62,16 @@ async def login(
         data={"role": out.role},
         request_id=current_request_id(),
     )
-    await runtime.events.record(event, session)
+    await events.record(event, session)
     response.headers.update(NO_STORE)
     return out
 
 
 @router.post("/auth/logout", status_code=status.HTTP_204_NO_CONTENT, summary="Sign out")
-async def logout(runtime: RuntimeDep, session: SessionDep, principal: PrincipalDep) -> Response:
+async def logout(events: EventsDep, session: SessionDep, principal: PrincipalDep) -> Response:
     """End the session this request is made with, on every server process."""
     if principal.kind != "session":
         raise Forbidden("Only a sign-in session can sign out.", code="SESSION_REQUIRED")
     await sessions.logout(session, principal)
-    await runtime.events.record(by(principal, "user.signed_out"), session)
+    await events.record(by(principal, "user.signed_out"), session)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
-
-
-@router.post("/invitations/accept", response_model=InvitationAccepted, summary="Accept an invitation")
-async def accept_invitation(
-    spec: InvitationAccept, runtime: RuntimeDep, session: SessionDep
-) -> InvitationAccepted:
-    """Join the tenant that invited you, with the single-use token the admin handed you.
-
-    A new account chooses its password here; an existing account gives its own password.
-    """
-    joined = await invitations.accept(
-        session, runtime.settings.pepper, runtime.passwords, spec.token, spec.password
-    )
-    event = NewEvent(
-        tenant_id=joined.tenant_id,
-        event_type="member.joined",
-        actor_type="user",
-        actor_id=str(joined.user_id),
-        data={"user_id": str(joined.user_id), "role": joined.role},
-        request_id=current_request_id(),
-    )
-    await runtime.events.record(event, session)
-    return joined

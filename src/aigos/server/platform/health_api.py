@@ -11,14 +11,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
 from aigos import __version__
+from aigos.server.db import Database
 from aigos.server.db.outage import DatabaseUnavailable
-from aigos.server.deps import RuntimeDep
+from aigos.server.deps import BusDep, DatabaseDep, EventsDep, SettingsDep
 from aigos.server.errors import ServiceUnavailable
 from aigos.server.loop_lag import LoopLag
 from aigos.server.middleware.admission import Admission
+from aigos.server.platform.deps import FeaturesDep
 from aigos.server.platform.schemas import Backends, Info, Liveness, Readiness
 from aigos.server.routing import ValidatedRoute
-from aigos.server.runtime import Runtime
 
 router = APIRouter(tags=["platform"], route_class=ValidatedRoute)
 log = structlog.get_logger("aigos.health")
@@ -36,7 +37,7 @@ async def health() -> Liveness:
     summary="Readiness",
     responses={503: {"description": "A dependency is down; the problem body names it."}},
 )
-async def ready(runtime: RuntimeDep) -> Readiness:
+async def ready(settings: SettingsDep, database: DatabaseDep, bus: BusDep, events: EventsDep) -> Readiness:
     """Checks the database and the bus (Redis) within a short timeout each, that the database can write
     (``database``: ``full`` when its storage is), and that the event log's batch writer is making
     progress (``eventlog``: ``stalled`` after a few seconds without an append).
@@ -45,10 +46,10 @@ async def ready(runtime: RuntimeDep) -> Readiness:
     ``degraded``: the replica still serves the admin API and the kill switch (delivered through
     PostgreSQL), and refuses agents' policy checks with 503 until the bus is back.
     """
-    timeout = runtime.settings.ready_timeout_seconds
+    timeout = settings.ready_timeout_seconds
     probes: dict[str, Awaitable[Any]] = {
-        "database": _database(runtime, timeout),
-        "bus": asyncio.wait_for(runtime.bus.ping(), timeout),
+        "database": _database(database, timeout),
+        "bus": asyncio.wait_for(bus.ping(), timeout),
     }
     results = await asyncio.gather(*probes.values(), return_exceptions=True)
     checks: dict[str, Any] = {}
@@ -59,13 +60,13 @@ async def ready(runtime: RuntimeDep) -> Readiness:
             checks[name] = "full" if full else "down"
             log.warning("dependency_down", dependency=name, error=repr(result))
     down = [name for name, state in checks.items() if state != "up"]
-    stuck = runtime.events.problem()
+    stuck = events.problem()
     checks["eventlog"] = "stalled" if stuck else "up"
     # The bus (Redis) down is no reason to leave the load balancer: the kill switch, the admin API (on
     # per-process rate limits) and agents' checks (refused, 503) all still answer here, and with every
     # replica unready nobody could stop an agent. Such a replica is ready but `degraded`.
     if [name for name in down if name != "bus"] or stuck:
-        kinds = {"database": runtime.database.kind, "bus": runtime.bus.kind}
+        kinds = {"database": database.kind, "bus": bus.kind}
         reasons = [
             f"{name} ({kinds[name]}) {'storage full' if checks[name] == 'full' else 'unreachable'}"
             for name in down
@@ -77,21 +78,19 @@ async def ready(runtime: RuntimeDep) -> Readiness:
     return Readiness(status="degraded" if down else "ready", checks=checks)
 
 
-async def _database(runtime: Runtime, within_seconds: float) -> None:
+async def _database(database: Database, within_seconds: float) -> None:
     # Answering is not enough: a database on a full disk answers reads while refusing every write.
-    await runtime.database.ping(within_seconds)
-    await asyncio.wait_for(runtime.database.check_storage(), within_seconds)
+    await database.ping(within_seconds)
+    await asyncio.wait_for(database.check_storage(), within_seconds)
 
 
 @router.get("/v1/info", response_model=Info, summary="Server information")
-async def info(runtime: RuntimeDep) -> Info:
+async def info(settings: SettingsDep, database: DatabaseDep, bus: BusDep, features: FeaturesDep) -> Info:
     """Version, backend kinds and enabled features."""
     return Info(
         version=__version__,
-        backends=Backends(
-            database=runtime.database.kind, bus=runtime.bus.kind, embedded=runtime.settings.embedded
-        ),
-        features=runtime.features,
+        backends=Backends(database=database.kind, bus=bus.kind, embedded=settings.embedded),
+        features=features,
     )
 
 
@@ -101,9 +100,8 @@ async def info(runtime: RuntimeDep) -> Info:
     response_class=PlainTextResponse,
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format"}},
 )
-async def metrics(runtime: RuntimeDep, request: Request) -> PlainTextResponse:
+async def metrics(events: EventsDep, request: Request) -> PlainTextResponse:
     """This process's counters and gauges in the Prometheus text format (scrape every replica)."""
-    events = runtime.events
     samples = [
         ("aigos_eventlog_queue_depth", "gauge", "Buffered events waiting to be appended.", events.depth),
         (
@@ -116,38 +114,38 @@ async def metrics(runtime: RuntimeDep, request: Request) -> PlainTextResponse:
             "aigos_eventlog_appended_total",
             "counter",
             "Events appended by this process.",
-            events.appended_total,
+            events.tallies.appended,
         ),
         (
             "aigos_eventlog_dropped_total",
             "counter",
             "Events dropped because the queue was full.",
-            events.dropped_total,
+            events.tallies.dropped,
         ),
         (
             "aigos_eventlog_set_aside_total",
             "counter",
             "Events the database refused, set aside and recorded as audit.event_set_aside.",
-            events.set_aside_total,
+            events.tallies.set_aside,
         ),
         (
             "aigos_eventlog_flush_failures_total",
             "counter",
             "Batch appends that failed and were retried (the database was unreachable).",
-            events.flush_failures_total,
+            events.tallies.flush_failures,
         ),
         ("aigos_eventlog_stalled", "gauge", "1 while the batch writer cannot append.", int(events.stalled)),
         (
             "aigos_eventlog_spilled_total",
             "counter",
             "Events written to a spill file at shutdown because the database would not take them.",
-            events.spilled_total,
+            events.tallies.spilled,
         ),
         (
             "aigos_eventlog_replayed_total",
             "counter",
             "Events replayed from spill files at start.",
-            events.replayed_total,
+            events.tallies.replayed,
         ),
     ]
     lines: list[str] = []
