@@ -2,6 +2,10 @@
 
 - ``embedded``: SQLite in the test's tmp dir and the in-process bus.
 - ``postgres``: a new PostgreSQL database cloned from a migrated template, and Redis under a unique prefix.
+
+The fixtures every suite shares live here (tenants, replica processes, a PostgreSQL proxy, the light
+install); a context's own conftest holds only what that context alone uses, and helpers that are not
+fixtures live in ``tests/helpers.py`` and each context's ``helpers.py``.
 """
 
 from __future__ import annotations
@@ -22,8 +26,11 @@ from httpx import ASGITransport, AsyncClient
 from aigos.server.app import create_app
 from aigos.server.config import Settings
 from aigos.server.db.migrate import upgrade
+from tests.helpers import TenantHandle, signup
 from tests.light_install import LightInstall
 from tests.light_install import build as build_light_install
+from tests.server_process import ServerProcess
+from tests.tcp_proxy import TcpProxy
 
 PG_ADMIN_DSN = os.environ.get("AIGOS_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("AIGOS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -160,3 +167,33 @@ def replica_env(pg_database: str, redis_prefix: str) -> dict[str, str]:
 def light_install(tmp_path_factory: pytest.TempPathFactory) -> LightInstall:
     """``pip install aigos`` alone, in a virtual environment built once per session."""
     return build_light_install(tmp_path_factory.mktemp("light-install"))
+
+
+@pytest.fixture
+async def tenant_a(client: AsyncClient) -> TenantHandle:
+    """One tenant."""
+    return await signup(client, "Alpha")
+
+
+@pytest.fixture
+async def tenant_b(client: AsyncClient) -> TenantHandle:
+    """Another tenant."""
+    return await signup(client, "Beta")
+
+
+@pytest.fixture
+def processes(tmp_path: Path, replica_env: dict[str, str]) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """Two ``aigos serve`` processes on one PostgreSQL and one Redis, as replicas behind one address."""
+    with (
+        ServerProcess(tmp_path / "one", replica_env) as one,
+        ServerProcess(tmp_path / "two", replica_env) as two,
+    ):
+        yield one, two
+
+
+@pytest.fixture
+async def pg_proxy() -> AsyncIterator[TcpProxy]:
+    """A proxy in front of the shared PostgreSQL, for one test."""
+    proxy = await TcpProxy("127.0.0.1", 5432).start()
+    yield proxy
+    await proxy.stop()

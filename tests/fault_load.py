@@ -8,13 +8,13 @@ agent answered 201 is there afterwards.
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections import Counter
 from dataclasses import dataclass, field
 
 import httpx
 
 from tests.conftest import ADMIN_TOKEN
+from tests.helpers import bearer, signup
 
 #: A server under a fault test: limits high enough that only the fault refuses requests.
 LOAD_ENV = {
@@ -73,19 +73,8 @@ class Tally:
 async def enterprise_tenant(base_url: str) -> dict[str, str]:
     """Sign up a tenant on the enterprise plan (no agent cap); its owner key's Authorization header."""
     async with httpx.AsyncClient(base_url=base_url, timeout=30, trust_env=False) as client:
-        response = await client.post(
-            "/v1/tenants",
-            json={
-                "name": "Faults",
-                "slug": f"faults-{secrets.token_hex(4)}",
-                "owner_email": f"owner-{secrets.token_hex(4)}@example.com",
-                "owner_password": "correct horse battery",
-                "plan_tier": "enterprise",
-            },
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-        )
-        response.raise_for_status()
-        return {"Authorization": f"Bearer {response.json()['api_key']['key']}"}
+        tenant = await signup(client, "Faults", plan_tier="enterprise", headers=bearer(ADMIN_TOKEN))
+        return tenant.headers
 
 
 async def register_agents(

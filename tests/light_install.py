@@ -34,6 +34,16 @@ class LightInstall:
         """A console script the package installed (``aigos``)."""
         return self.venv / "bin" / name
 
+    def distributions(self) -> set[str]:
+        """The normalised names of the distributions installed in the environment."""
+        listed = self.run(
+            self.python,
+            "-c",
+            "import importlib.metadata as m, re\n"
+            "for d in m.distributions(): print(re.sub(r'[-_.]+', '-', d.metadata['Name']).lower())",
+        )
+        return set(listed.stdout.split())
+
     def run(self, *command: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run ``command`` with the environment's variables, from outside this checkout."""
         return subprocess.run(

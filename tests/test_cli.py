@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from aigos import __version__
 from aigos.cli import app

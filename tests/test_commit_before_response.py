@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from httpx import AsyncClient
 
 from tests.conftest import ADMIN_TOKEN, PG_ADMIN_DSN
+from tests.helpers import bearer, signup
 from tests.server_process import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -24,26 +25,12 @@ pytestmark = pytest.mark.slow
 REVOCATIONS = 50
 
 
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
 async def owner_key(http: AsyncClient, slug: str = "acme") -> str:
-    signed_up = await http.post(
-        "/v1/tenants",
-        json={
-            "name": slug.title(),
-            "slug": slug,
-            "owner_email": f"owner@{slug}.example.com",
-            "owner_password": "correct horse battery",
-            # The free plan's per-key rate limit would stop the loops below.
-            "plan_tier": "enterprise",
-        },
-        headers=bearer(ADMIN_TOKEN),
+    # The free plan's per-key rate limit would stop the loops below.
+    signed_up = await signup(
+        http, slug.title(), slug=slug, plan_tier="enterprise", headers=bearer(ADMIN_TOKEN)
     )
-    assert signed_up.status_code == 201, signed_up.text
-    key: str = signed_up.json()["api_key"]["key"]
-    return key
+    return signed_up.key
 
 
 async def test_a_key_answered_201_is_accepted_and_one_answered_204_refused_at_once(

@@ -26,14 +26,6 @@ MARGIN_SECONDS = 3.0
 
 
 @pytest.fixture
-async def pg_proxy() -> AsyncIterator[TcpProxy]:
-    """A proxy in front of the shared PostgreSQL, for one test."""
-    proxy = await TcpProxy("127.0.0.1", 5432).start()
-    yield proxy
-    await proxy.stop()
-
-
-@pytest.fixture
 async def server(
     tmp_path: Path, replica_env: dict[str, str], pg_database: str, pg_proxy: TcpProxy
 ) -> AsyncIterator[ServerProcess]:

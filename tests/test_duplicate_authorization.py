@@ -6,9 +6,7 @@ import base64
 
 from httpx import AsyncClient
 
-from tests.tenancy.conftest import TenantHandle, tenant_a, tenant_b
-
-__all__ = ["tenant_a", "tenant_b"]
+from tests.helpers import TenantHandle
 
 
 def both(first: TenantHandle, second: TenantHandle) -> list[tuple[str, str]]:

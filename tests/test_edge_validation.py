@@ -14,10 +14,8 @@ from httpx import ASGITransport, AsyncClient, Response
 
 from aigos.server.app import create_app
 from tests.conftest import embedded_settings
-from tests.identity.test_registry import access_token, assert_problem, bearer, pointers, register
-from tests.tenancy.conftest import TenantHandle, signup, tenant_a
-
-__all__ = ["tenant_a"]
+from tests.helpers import TenantHandle, signup
+from tests.identity.helpers import access_token, assert_problem, bearer, pointers, register
 
 JSON = {"Content-Type": "application/json"}
 

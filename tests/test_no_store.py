@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from httpx import AsyncClient, Response
 
-from tests.tenancy.conftest import TenantHandle, tenant_a
-
-__all__ = ["tenant_a"]
+from tests.helpers import TenantHandle
 
 
 def assert_not_stored(response: Response) -> None:

@@ -24,7 +24,7 @@ from aigos.server.app import create_app
 from aigos.server.config import Settings
 from aigos.server.middleware.admission import Lane
 from tests.conftest import PG_ADMIN_DSN
-from tests.tenancy.conftest import signup
+from tests.helpers import signup
 
 SHED = {"OVERLOADED", "DEADLINE_EXCEEDED", "DATABASE_BUSY"}
 

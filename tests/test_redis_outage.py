@@ -25,11 +25,11 @@ from aigos.core.commands import SignedCommand, verify_command
 from aigos.core.signing import unb64url
 from aigos.server.app import create_app
 from tests.conftest import REDIS_URL, embedded_settings, pg_url
-from tests.identity.test_oauth import SigningClient
+from tests.helpers import TenantHandle, signup
+from tests.identity.helpers import SigningClient
 from tests.killswitch.sse import SseClient, SseStream
 from tests.server_process import ServerProcess
 from tests.tcp_proxy import TcpProxy
-from tests.tenancy.conftest import TenantHandle, signup
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,5 @@
-"""Fixtures of the event-log tests: the test's database as the server opens it, and the checkpoint key."""
+"""Fixtures of the event-log tests: the test's database as the server opens it, the checkpoint key, and the
+environment of server processes."""
 
 from __future__ import annotations
 
@@ -10,15 +11,8 @@ from aigos.core.signing import Signer
 from aigos.server.audit.log import EventLog, checkpoint_signer
 from aigos.server.config import Settings
 from aigos.server.db import Database
-from aigos.server.db.database import APP_ROLE
-from aigos.server.db.migrate import upgrade
-
-
-async def open_database(settings: Settings) -> Database:
-    """The test's database, migrated, as the server uses it (the application role on PostgreSQL)."""
-    await upgrade(settings.resolved_migration_url)
-    role = APP_ROLE if settings.database_kind == "postgresql" else None
-    return Database(settings.resolved_database_url, role=role)
+from tests.audit.helpers import open_database
+from tests.conftest import ADMIN_TOKEN, SECRET_KEY
 
 
 @pytest.fixture
@@ -39,3 +33,19 @@ def signer(settings: Settings) -> Signer:
 def events(database: Database, signer: Signer) -> EventLog:
     """An event log that is not started: tests flush and seal it themselves."""
     return EventLog(database, signer)
+
+
+@pytest.fixture(params=["embedded", "postgres"])
+def server_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Environment of an ``aigos serve`` process on each backend, ready for a burst of telemetry."""
+    env = {
+        "AIGOS_SECRET_KEY": SECRET_KEY,
+        "AIGOS_BOOTSTRAP_ADMIN_TOKEN": ADMIN_TOKEN,
+        # Small batches: many flushes are under way when the signal comes.
+        "AIGOS_AUDIT_BATCH_SIZE": "250",
+        "AIGOS_DEFAULT_RATE_LIMIT_RPM": "100000",
+    }
+    if request.param == "postgres":
+        env.update(request.getfixturevalue("replica_env"))
+        env["AIGOS_ISSUER"] = "https://aigos.example.com"
+    return env

@@ -1,7 +1,4 @@
-"""The audit API: listing and filtering the log, tenant isolation, scopes, proofs, checkpoints, export.
-
-Helpers here are shared by the other audit test modules.
-"""
+"""The audit API: listing and filtering the log, tenant isolation, scopes, proofs, checkpoints, export."""
 
 from __future__ import annotations
 
@@ -23,15 +20,10 @@ from aigos.server.audit.events import NewEvent
 from aigos.server.audit.models import AuditAnchor, AuditEvent, AuditPruneGuard
 from aigos.server.config import Settings
 from aigos.server.db import Database
-from tests.conftest import PG_ADMIN_DSN
-from tests.tenancy.conftest import TenantHandle, signup
+from tests.audit.helpers import admin_dsn, download, published_keys, record, records, rename
+from tests.helpers import TenantHandle, bearer, signup
 
-# -- helpers shared by the audit tests ------------------------------------------------------------------
-
-
-def bearer(key: str) -> dict[str, str]:
-    """Authorization with ``key``."""
-    return {"Authorization": f"Bearer {key}"}
+# -- helpers ---------------------------------------------------------------------------------------------
 
 
 async def new_key(client: AsyncClient, tenant: TenantHandle, *scopes: str) -> dict[str, str]:
@@ -43,59 +35,12 @@ async def new_key(client: AsyncClient, tenant: TenantHandle, *scopes: str) -> di
     return bearer(response.json()["key"])
 
 
-async def rename(client: AsyncClient, tenant: TenantHandle, name: str) -> None:
-    """One ``tenant.updated`` event."""
-    response = await client.put(f"/v1/tenants/{tenant.id}", json={"name": name}, headers=tenant.headers)
-    assert response.status_code == 200, response.text
-
-
-async def record(app: FastAPI, tenant: TenantHandle, count: int = 1, **fields: Any) -> list[dict[str, Any]]:
-    """Append ``count`` events straight through the server's event log (as agents' reports will be)."""
-    values: dict[str, Any] = {"event_type": "agent.reported", "actor_type": "agent", "actor_id": "bot-1"}
-    values.update(fields)
-    return [
-        await app.state.runtime.events.record(
-            NewEvent(tenant_id=uuid.UUID(tenant.id), data={"n": n}, **values)
-        )
-        for n in range(count)
-    ]
-
-
 async def events(client: AsyncClient, headers: dict[str, str], **params: Any) -> dict[str, Any]:
     """``GET /v1/audit/events`` with ``params``; asserts 200."""
     response = await client.get("/v1/audit/events", params=params, headers=headers)
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
-
-
-async def download(client: AsyncClient, headers: dict[str, str]) -> list[bytes]:
-    """The lines of ``GET /v1/audit/export``."""
-    response = await client.get("/v1/audit/export", headers=headers)
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("application/x-ndjson")
-    return [line for line in response.content.split(b"\n") if line]
-
-
-def records(lines: list[bytes]) -> list[dict[str, Any]]:
-    """Parsed export lines."""
-    return [orjson.loads(line) for line in lines]
-
-
-async def published_keys(client: AsyncClient) -> dict[str, bytes]:
-    """``GET /v1/audit/keys`` as a key-id-to-raw-key map."""
-    body = (await client.get("/v1/audit/keys")).json()
-    return {key["key_id"]: signing.unb64url(key["public_key"]) for key in body["keys"]}
-
-
-def admin_dsn(database: str) -> str:
-    """The asyncpg DSN of ``database`` as the test server's superuser."""
-    return PG_ADMIN_DSN.rsplit("/", 1)[0] + "/" + database
-
-
-def sqlite_path(settings: Settings) -> str:
-    """The file of the embedded database."""
-    return str(settings.data_dir / "aigos.db")
 
 
 def problem(response: Any, status: int, code: str) -> None:

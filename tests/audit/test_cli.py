@@ -9,17 +9,17 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from click.testing import CliRunner
 from fastapi import FastAPI
 from httpx import AsyncClient
-from typer.testing import CliRunner
 
 from aigos.cli import app as cli
 from aigos.core import signing
-from tests.audit.test_api import download, published_keys, record, rename
+from tests.audit.helpers import download, published_keys, record, rename
 from tests.conftest import SECRET_KEY
+from tests.helpers import TenantHandle, signup, signup_at
 from tests.light_install import LightInstall
 from tests.server_process import ServerProcess
-from tests.tenancy.conftest import TenantHandle, signup
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -148,18 +148,8 @@ def test_usage_errors_exit_2(export: Export, args: list[str], message: str) -> N
 @pytest.mark.slow
 def test_verify_from_a_running_server(tmp_path: Path) -> None:
     with ServerProcess(tmp_path, {"AIGOS_SECRET_KEY": SECRET_KEY}) as server:
-        signed_up = httpx.post(
-            server.base_url + "/v1/tenants",
-            json={
-                "name": "Remote",
-                "slug": "remote",
-                "owner_email": "owner@example.com",
-                "owner_password": "correct horse battery",
-            },
-        )
-        assert signed_up.status_code == 201, signed_up.text
-        tenant_id, key = signed_up.json()["tenant"]["id"], signed_up.json()["api_key"]["key"]
-        headers = {"Authorization": f"Bearer {key}"}
+        signed_up = signup_at(server.base_url, "Remote")
+        tenant_id, key, headers = signed_up.id, signed_up.key, signed_up.headers
         for n in range(3):
             httpx.put(
                 f"{server.base_url}/v1/tenants/{tenant_id}", json={"name": f"Remote {n}"}, headers=headers

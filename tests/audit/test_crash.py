@@ -16,11 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.audit.test_shutdown import server_env
-from tests.identity.test_two_processes import bearer, setup_agent, token_from
+from tests.helpers import bearer
+from tests.identity.replicas import setup_agent, token_from
 from tests.server_process import ServerProcess
-
-__all__ = ["server_env"]
 
 pytestmark = pytest.mark.slow
 

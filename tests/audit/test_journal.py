@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from fastapi import FastAPI
 from httpx import AsyncClient
-from typer.testing import CliRunner
 
 from aigos.cli import app as cli
 from aigos.core.signing import Signer
@@ -35,14 +35,10 @@ from aigos.server.audit.records import (
 from aigos.server.config import Settings
 from aigos.server.db import Database
 from aigos.server.runtime import Runtime
-from tests.audit.conftest import open_database
-from tests.audit.test_writer import assert_valid_log, event, export_lines, stored
-from tests.audit.test_writer_faults import pg_proxy, proxied_settings
-from tests.identity.test_registry import bearer, register
+from tests.audit.helpers import assert_valid_log, event, export_lines, open_database, proxied_settings, stored
+from tests.helpers import signup
+from tests.identity.helpers import bearer, register
 from tests.tcp_proxy import TcpProxy
-from tests.tenancy.conftest import signup
-
-__all__ = ["pg_proxy"]
 
 PAST = datetime(2020, 1, 1, 12, 30, tzinfo=UTC)
 FUTURE = datetime(2999, 1, 1, 0, 0, tzinfo=UTC)

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from fastapi import FastAPI
 from httpx import AsyncClient
 from sqlalchemy import insert, text
-from typer.testing import CliRunner
 
 from aigos import cli
 from aigos.core import auditlog, merkle
@@ -29,7 +29,7 @@ from aigos.server.config import Settings
 from aigos.server.db import Database
 from aigos.server.db.migrate import upgrade
 from aigos.server.db.types import utcnow
-from tests.audit.test_writer import (
+from tests.audit.helpers import (
     assert_valid_log,
     event,
     export_lines,

@@ -11,28 +11,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, SECRET_KEY
-from tests.identity.test_two_processes import bearer, setup_agent, token_from
+from tests.helpers import bearer
+from tests.identity.replicas import setup_agent, token_from
 from tests.server_process import ServerProcess
 
 pytestmark = pytest.mark.slow
 
 BATCHES, PER_BATCH = 40, 100
-
-
-@pytest.fixture(params=["embedded", "postgres"])
-def server_env(request: pytest.FixtureRequest) -> dict[str, str]:
-    env = {
-        "AIGOS_SECRET_KEY": SECRET_KEY,
-        "AIGOS_BOOTSTRAP_ADMIN_TOKEN": ADMIN_TOKEN,
-        # Small batches: many flushes are under way when the signal comes.
-        "AIGOS_AUDIT_BATCH_SIZE": "250",
-        "AIGOS_DEFAULT_RATE_LIMIT_RPM": "100000",
-    }
-    if request.param == "postgres":
-        env.update(request.getfixturevalue("replica_env"))
-        env["AIGOS_ISSUER"] = "https://aigos.example.com"
-    return env
 
 
 def test_sigterm_right_after_202_loses_no_event(tmp_path: Path, server_env: dict[str, str]) -> None:

@@ -18,11 +18,11 @@ from typing import Any
 
 import asyncpg
 import pytest
+from click.testing import CliRunner
 from fastapi import FastAPI
 from httpx import AsyncClient
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from typer.testing import CliRunner
 
 from aigos.cli import app as cli
 from aigos.core import auditlog, signing
@@ -30,8 +30,8 @@ from aigos.core.canonical import canonical
 from aigos.server.config import Settings
 from aigos.server.db import Database
 from aigos.server.db.database import APP_ROLE
-from tests.audit.test_api import admin_dsn, download, published_keys, record, records, sqlite_path
-from tests.tenancy.conftest import TenantHandle, signup
+from tests.audit.helpers import admin_dsn, download, published_keys, record, records, sqlite_path
+from tests.helpers import TenantHandle, signup
 
 runner = CliRunner()
 postgres = pytest.mark.parametrize("settings", ["postgres"], indirect=True)

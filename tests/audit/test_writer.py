@@ -8,107 +8,35 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
 
 from aigos.core import auditlog, merkle
-from aigos.core.canonical import canonical
-from aigos.core.signing import Signer, b64url
+from aigos.core.signing import Signer
 from aigos.server.audit import append_postgres, chain, checkpoints
 from aigos.server.audit.events import NewEvent
 from aigos.server.audit.log import EventLog, checkpoint_signer
-from aigos.server.audit.models import AuditAnchor, AuditCheckpoint, AuditEvent, AuditHead
+from aigos.server.audit.models import AuditEvent, AuditHead
 from aigos.server.audit.records import AGGREGATED_TYPE, DROPPED_TYPE
 from aigos.server.audit.writer import BEHIND_PAUSE_EVERY
 from aigos.server.config import Settings
 from aigos.server.db import Database
 from aigos.server.db.database import APP_ROLE
 from aigos.server.in_flight import InFlight
-from tests.audit.conftest import open_database
+from tests.audit.helpers import (
+    assert_valid_log,
+    event,
+    export_lines,
+    open_database,
+    stored,
+    stored_checkpoints,
+    trusted,
+)
 from tests.conftest import ADMIN_TOKEN, SECRET_KEY, pg_url
+from tests.helpers import bearer, signup_at
 from tests.server_process import ServerProcess
 from tests.tcp_proxy import TcpProxy
-
-# -- helpers shared with test_retention ---------------------------------------------------------------
-
-
-def event(tenant_id: uuid.UUID, event_type: str = "test.happened", **fields: Any) -> NewEvent:
-    """A system event of ``tenant_id``."""
-    fields.setdefault("actor_type", "system")
-    fields.setdefault("actor_id", "test")
-    return NewEvent(tenant_id=tenant_id, event_type=event_type, **fields)
-
-
-async def stored(database: Database, tenant_id: uuid.UUID) -> list[AuditEvent]:
-    """The tenant's stored entries in sequence order."""
-    async with database.session(tenant_id) as session:
-        rows = await session.scalars(
-            select(AuditEvent).where(AuditEvent.tenant_id == tenant_id).order_by(AuditEvent.seq)
-        )
-        return list(rows.all())
-
-
-async def stored_checkpoints(database: Database, tenant_id: uuid.UUID) -> list[AuditCheckpoint]:
-    """The tenant's checkpoints, smallest first."""
-    async with database.session(tenant_id) as session:
-        rows = await session.scalars(
-            select(AuditCheckpoint)
-            .where(AuditCheckpoint.tenant_id == tenant_id)
-            .order_by(AuditCheckpoint.tree_size)
-        )
-        return list(rows.all())
-
-
-def _line(record: dict[str, Any]) -> str:
-    return canonical(record).decode()
-
-
-async def export_lines(database: Database, tenant_id: uuid.UUID, signer: Signer) -> list[str]:
-    """An NDJSON export built straight from the tables, as ``auditlog.verify_export`` reads it.
-
-    With an anchor, it starts after the anchor (older rows possibly left in storage are not part of it).
-    """
-    async with database.session(tenant_id) as session:
-        anchor = await session.get(AuditAnchor, tenant_id)
-    start = anchor.seq if anchor is not None else 0
-    rows = [row for row in await stored(database, tenant_id) if row.seq > start]
-    sealed = {
-        cp.tree_size: cp for cp in await stored_checkpoints(database, tenant_id) if cp.tree_size >= start
-    }
-    header: dict[str, Any] = {
-        "kind": "header",
-        "format": auditlog.EXPORT_FORMAT,
-        "tenant_id": str(tenant_id),
-        "keys": [{"key_id": signer.key_id, "public_key": b64url(signer.public_key)}],
-        "anchor": None
-        if anchor is None
-        else {"seq": anchor.seq, "head_hash": anchor.head_hash, "compact_range": anchor.compact_range},
-    }
-    lines = [_line(header)]
-    if start in sealed:
-        lines.append(_line({"kind": "checkpoint", **checkpoints.to_json(sealed[start])}))
-    for row in rows:
-        lines.append(_line({"kind": "event", **chain.entry_of(row), "hash": row.hash}))
-        if row.seq in sealed:
-            lines.append(_line({"kind": "checkpoint", **checkpoints.to_json(sealed[row.seq])}))
-    return lines
-
-
-def trusted(signer: Signer) -> dict[str, bytes]:
-    """The pinned key set of ``signer``."""
-    return {signer.key_id: signer.public_key}
-
-
-def assert_valid_log(lines: list[str], signer: Signer, count: int) -> auditlog.Report:
-    """The export verifies against the pinned key and holds ``count`` entries ending at the last seq."""
-    report = auditlog.verify_export(lines, trusted(signer))
-    assert report.ok, report.failure
-    assert report.entries == count
-    return report
-
 
 # -- record ------------------------------------------------------------------------------------------
 
@@ -492,21 +420,9 @@ def test_two_server_processes_append_to_one_tenant(tmp_path: Path, replica_env: 
     env = replica_env
     per_process = 20
     with ServerProcess(tmp_path / "one", env) as one, ServerProcess(tmp_path / "two", env) as two:
-        signed_up = httpx.post(
-            one.base_url + "/v1/tenants",
-            json={
-                "name": "Both",
-                "slug": "both",
-                "owner_email": "owner@both.example.com",
-                "owner_password": "correct horse battery",
-                # The free plan's five keys would not do; the platform admin may sign up on another plan.
-                "plan_tier": "enterprise",
-            },
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-        )
-        assert signed_up.status_code == 201, signed_up.text
-        tenant = uuid.UUID(signed_up.json()["tenant"]["id"])
-        owner = {"Authorization": f"Bearer {signed_up.json()['api_key']['key']}"}
+        # The free plan's five keys would not do; the platform admin may sign up on another plan.
+        signed_up = signup_at(one.base_url, "Both", plan_tier="enterprise", headers=bearer(ADMIN_TOKEN))
+        tenant, owner = uuid.UUID(signed_up.id), signed_up.headers
 
         def create_key(server: ServerProcess, n: int) -> int:
             response = httpx.post(

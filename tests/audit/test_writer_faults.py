@@ -11,10 +11,8 @@ import asyncio
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 from asgi_lifespan import LifespanManager
 from httpx import ASGITransport, AsyncClient
 
@@ -27,8 +25,7 @@ from aigos.server.config import Settings
 from aigos.server.db import Database
 from aigos.server.db.database import APP_ROLE
 from aigos.server.runtime import Runtime
-from tests.audit.test_writer import assert_valid_log, event, export_lines, stored
-from tests.conftest import embedded_settings, pg_url
+from tests.audit.helpers import assert_valid_log, event, export_lines, proxied_settings, stored
 from tests.tcp_proxy import TcpProxy
 
 # What PostgreSQL cannot store (NUL) and what neither backend can (a lone surrogate: not UTF-8 at all).
@@ -106,26 +103,6 @@ def test_a_spill_file_being_replayed_by_a_live_process_is_left_alone(tmp_path: P
 
 
 # -- outages, through a TCP proxy in front of PostgreSQL ------------------------------------------------
-
-
-@pytest.fixture
-async def pg_proxy() -> AsyncIterator[TcpProxy]:
-    proxy = await TcpProxy("127.0.0.1", 5432).start()
-    yield proxy
-    await proxy.stop()
-
-
-def proxied_settings(tmp_path: Path, pg_database: str, redis_prefix: str, proxy: TcpProxy) -> Settings:
-    url = pg_url(pg_database).replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
-    return embedded_settings(
-        tmp_path / "data",
-        database_url=url,
-        redis_url="redis://127.0.0.1:6379/0",
-        redis_prefix=redis_prefix,
-        ready_timeout_seconds=1.0,
-        database_timeout_seconds=1.0,
-        audit_flush_seconds=0.05,
-    )
 
 
 async def test_an_outage_stalls_the_writer_visibly_and_it_resumes_without_loss(

@@ -18,8 +18,7 @@ import redis.asyncio as aioredis
 
 from aigos.server.bus import Bus, MemoryBus
 from aigos.server.bus.redis import RedisBus
-
-from ._support import REDIS_URL
+from tests.bus.helpers import REDIS_URL
 
 _redis_reachable: bool | None = None
 

@@ -8,8 +8,7 @@ import pytest
 
 from aigos.server.bus import Bus, BusUnavailable, MemoryBus, Message
 from aigos.server.bus._subscription import DEFAULT_MAX_PENDING
-
-from ._support import eventually, next_message
+from tests.bus.helpers import eventually, next_message
 
 # -- pub/sub ---------------------------------------------------------------------------------------------
 

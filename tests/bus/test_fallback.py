@@ -10,9 +10,8 @@ import pytest
 
 from aigos.server.bus import FallbackRateLimiter, MemoryBus
 from aigos.server.bus.redis import RedisBus
+from tests.bus.helpers import REDIS_URL, StallingProxy
 from tests.tcp_proxy import TcpProxy
-
-from ._support import REDIS_URL, StallingProxy
 
 
 @pytest.fixture

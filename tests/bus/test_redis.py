@@ -12,8 +12,7 @@ import redis.asyncio as aioredis
 from aigos.server.bus import BusUnavailable, Message, create_bus
 from aigos.server.bus.memory import MemoryBus
 from aigos.server.bus.redis import RedisBus
-
-from ._support import REDIS_URL, StallingProxy, eventually, next_message
+from tests.bus.helpers import REDIS_URL, StallingProxy, eventually, next_message
 
 MakeBus = Callable[..., RedisBus]
 CLOSED_PORT_URL = "redis://127.0.0.1:6390/0"

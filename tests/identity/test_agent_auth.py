@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from fastapi import FastAPI
 from httpx import AsyncClient
 
-from tests.identity.test_registry import access_token, bearer, claims_of, heartbeat, register, segment
-from tests.tenancy.conftest import TenantHandle
+from tests.helpers import TenantHandle
+from tests.identity.helpers import access_token, bearer, claims_of, heartbeat, register, segment
 
 ISSUER = "http://testserver"
 

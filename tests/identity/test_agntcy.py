@@ -10,7 +10,7 @@ from joserfc.jwk import KeySet
 
 from aigos.core.canonical import canonical
 from aigos.server.identity import agntcy
-from tests.tenancy.conftest import TenantHandle
+from tests.helpers import TenantHandle
 
 AGENT = {
     "name": "Research assistant",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
@@ -18,12 +17,8 @@ from joserfc.jwk import ECKey, OKPKey
 
 from aigos.server.app import create_app
 from aigos.server.config import Settings
-from tests.identity.test_registry import access_token, assert_problem, client_token, pointers, register
-from tests.tenancy.conftest import TenantHandle, signup
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+from tests.helpers import TenantHandle, signup
+from tests.identity.helpers import _b64, access_token, assert_problem, client_token, pointers, register
 
 
 def ec_jwk(private: bool = False, curve: ec.EllipticCurve | None = None) -> dict[str, Any]:

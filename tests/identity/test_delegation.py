@@ -8,10 +8,8 @@ from typing import Any
 from fastapi import FastAPI
 from httpx import AsyncClient, Response
 
-from tests.identity.test_oauth import oauth_error
-from tests.identity.test_registry import access_token, bearer, claims_of, create
-from tests.identity.test_token_exchange import exchange, family
-from tests.tenancy.conftest import TenantHandle
+from tests.helpers import TenantHandle
+from tests.identity.helpers import access_token, bearer, claims_of, create, exchange, family, oauth_error
 
 
 async def check(client: AsyncClient, token: str) -> Response:

@@ -14,10 +14,9 @@ from httpx import ASGITransport, AsyncClient
 
 from aigos.server.app import create_app
 from tests.conftest import REDIS_URL, embedded_settings, pg_url
-from tests.identity.test_registry import access_token, create, heartbeat, register
-from tests.identity.test_token_exchange import exchange
+from tests.helpers import signup
+from tests.identity.helpers import access_token, create, exchange, heartbeat, register
 from tests.tcp_proxy import TcpProxy
-from tests.tenancy.conftest import signup
 
 Replicas = tuple[AsyncClient, AsyncClient, FastAPI, TcpProxy]
 

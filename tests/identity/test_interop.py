@@ -17,6 +17,7 @@ from authlib.integrations.httpx_client import OAuthError as AuthlibOAuthError
 from authlib.oauth2.rfc7523 import PrivateKeyJWT
 from joserfc.jwk import ECKey
 
+from tests.helpers import signup_at
 from tests.server_process import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -31,18 +32,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 @pytest.fixture(scope="module")
 def tenant(server: ServerProcess) -> dict[str, Any]:
-    response = httpx.post(
-        server.base_url + "/v1/tenants",
-        json={
-            "name": "Interop",
-            "slug": "interop",
-            "owner_email": "owner@interop.example.com",
-            "owner_password": "correct horse battery",
-        },
-    )
-    assert response.status_code == 201, response.text
-    body = response.json()
-    return {"id": body["tenant"]["id"], "headers": {"Authorization": f"Bearer {body['api_key']['key']}"}}
+    signed_up = signup_at(server.base_url, "Interop")
+    return {"id": signed_up.id, "headers": signed_up.headers}
 
 
 @pytest.fixture(scope="module")

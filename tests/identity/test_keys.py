@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 from asgi_lifespan import LifespanManager
+from click.testing import CliRunner
 from cryptography.exceptions import InvalidTag
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 from sqlalchemy import select, update
-from typer.testing import CliRunner
 
 from aigos.cli import app as cli_app
 from aigos.server.app import create_app
@@ -27,7 +27,7 @@ from aigos.server.identity.state import publish_keys_changed
 from aigos.server.identity.tokens import VerifiedCache
 from aigos.server.runtime import Runtime
 from tests.conftest import REDIS_URL, SECRET_KEY, embedded_settings, pg_url
-from tests.tenancy.conftest import TenantHandle, signup
+from tests.helpers import TenantHandle, signup
 
 KEYS = "/v1/admin/signing-keys"
 

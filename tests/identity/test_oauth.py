@@ -10,115 +10,22 @@ from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from httpx import AsyncClient, Response
+from httpx import AsyncClient
 
-from tests.identity.test_credentials import _b64
-from tests.identity.test_registry import (
+from tests.helpers import TenantHandle
+from tests.identity.helpers import (
     CAPABILITIES,
+    ISSUER,
+    TOKEN_ENDPOINT,
+    SigningClient,
     access_token,
     client_token,
+    oauth_error,
     register,
+    verified,
 )
-from tests.tenancy.conftest import TenantHandle
 
-ISSUER = "http://testserver"
-TOKEN_ENDPOINT = ISSUER + "/oauth2/token"
-JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 DEFAULT_SCOPE = "agent policies:check telemetry:write killswitch:listen"
-
-
-def oauth_error(response: Response, status: int, error: str) -> dict[str, Any]:
-    """An RFC 6749 error response."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    assert response.headers["cache-control"] == "no-store"
-    body: dict[str, Any] = response.json()
-    assert body["error"] == error, body
-    assert isinstance(body.get("error_description"), str)
-    return body
-
-
-class SigningClient:
-    """An agent that authenticates with ``private_key_jwt``: its private key, registered public JWK."""
-
-    def __init__(self, agent_id: str, kind: str = "EC") -> None:
-        self.agent_id = agent_id
-        self.private: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
-        if kind == "EC":
-            self.private = ec.generate_private_key(ec.SECP256R1())
-            self.alg = "ES256"
-            numbers = self.private.public_key().public_numbers()
-            self.jwk = {
-                "kty": "EC",
-                "crv": "P-256",
-                "x": _b64(numbers.x.to_bytes(32, "big")),
-                "y": _b64(numbers.y.to_bytes(32, "big")),
-            }
-        else:
-            from cryptography.hazmat.primitives import serialization
-
-            self.private = ed25519.Ed25519PrivateKey.generate()
-            self.alg = "EdDSA"
-            raw = self.private.public_key().public_bytes(
-                serialization.Encoding.Raw, serialization.PublicFormat.Raw
-            )
-            self.jwk = {"kty": "OKP", "crv": "Ed25519", "x": _b64(raw)}
-
-    async def register_key(self, client: AsyncClient, tenant: TenantHandle) -> dict[str, Any]:
-        response = await client.post(
-            f"/v1/agents/{self.agent_id}/credentials",
-            json={"name": "signing", "public_jwk": self.jwk},
-            headers=tenant.headers,
-        )
-        assert response.status_code == 201, response.text
-        body: dict[str, Any] = response.json()
-        return body
-
-    def assertion(self, **overrides: Any) -> str:
-        now = int(time.time())
-        claims: dict[str, Any] = {
-            "iss": self.agent_id,
-            "sub": self.agent_id,
-            "aud": TOKEN_ENDPOINT,
-            "iat": now,
-            "exp": now + 60,
-            "jti": uuid.uuid4().hex,
-        }
-        claims.update(overrides)
-        claims = {key: value for key, value in claims.items() if value is not None}
-        return jwt.encode(claims, self.private, algorithm=self.alg)
-
-    def form(self, assertion: str | None = None, **extra: str) -> dict[str, str]:
-        return {
-            "grant_type": "client_credentials",
-            "client_assertion_type": JWT_BEARER,
-            "client_assertion": assertion or self.assertion(),
-            **extra,
-        }
-
-
-async def jwks(client: AsyncClient) -> dict[str, Any]:
-    response = await client.get("/.well-known/jwks.json")
-    assert response.status_code == 200
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def verified(client: AsyncClient, token: str, audience: str) -> dict[str, Any]:
-    """The claims of ``token``, checked with PyJWT against the published keys."""
-    header = jwt.get_unverified_header(token)
-    assert header["typ"] == "at+jwt"
-    (key,) = [jwt.PyJWK(k) for k in (await jwks(client))["keys"] if k["kid"] == header["kid"]]
-    claims: dict[str, Any] = jwt.decode(
-        token,
-        key.key,
-        algorithms=["ES256"],
-        audience=audience,
-        issuer=ISSUER,
-        options={"require": ["exp", "iat", "jti", "sub", "aud", "iss"]},
-    )
-    return claims
 
 
 # -- the token endpoint -----------------------------------------------------------------------------------
@@ -593,7 +500,7 @@ async def test_configured_issuer_is_used_everywhere(tmp_path: Any) -> None:
 
     from aigos.server.app import create_app
     from tests.conftest import embedded_settings
-    from tests.tenancy.conftest import signup
+    from tests.helpers import signup
 
     issuer = "https://aigos.example.com"
     app = create_app(embedded_settings(tmp_path / "data", issuer=issuer + "/"))

@@ -1,108 +1,36 @@
-"""The agent registry: create, read, list, change, lifecycle, plan limits, lineage, liveness, Golden Thread.
-
-Helpers here are shared by the other identity test modules.
-"""
+"""The agent registry: create, read, list, change, lifecycle, plan limits, lineage, liveness, Golden
+Thread."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import uuid
 from typing import Any
 
 import pytest
-from httpx import AsyncClient, Response
+from httpx import AsyncClient
 
-from tests.tenancy.conftest import TenantHandle, signup
+from tests.helpers import TenantHandle, signup
+from tests.identity.helpers import (
+    CAPABILITIES,
+    access_token,
+    agent_events,
+    assert_problem,
+    bearer,
+    claims_of,
+    client_token,
+    create,
+    heartbeat,
+    pointers,
+    register,
+)
 
-CAPABILITIES: dict[str, Any] = {"tools": ["web_*", "calc"], "domains": ["*.example.com"], "max_budget": 100.0}
 GOLDEN = {
     "hash": "sha256:bb085280036c278a6478b90f67d09cfcb6bcc7484d13229d7eba509bdb4685f7",
     "ticket_id": "FIN-1234",
     "approved_by": "ciso@corp.com",
     "approved_at": "2025-01-15T10:30:00Z",
 }
-
-# -- helpers shared by the identity tests ---------------------------------------------------------------
-
-
-def bearer(token: str) -> dict[str, str]:
-    """Authorization with ``token``."""
-    return {"Authorization": f"Bearer {token}"}
-
-
-async def create(client: AsyncClient, tenant: TenantHandle, **spec: Any) -> dict[str, Any]:
-    """``POST /v1/agents`` (no credential); asserts 201."""
-    response = await client.post("/v1/agents", json={"name": "bot", **spec}, headers=tenant.headers)
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def register(client: AsyncClient, tenant: TenantHandle, **spec: Any) -> dict[str, Any]:
-    """``POST /v1/agents/register``: an agent with a client secret and a first token; asserts 201."""
-    spec.setdefault("capabilities", CAPABILITIES)
-    response = await client.post("/v1/agents/register", json={"name": "bot", **spec}, headers=tenant.headers)
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def client_token(client: AsyncClient, client_id: str, secret: str, **form: str) -> Response:
-    """``client_credentials`` with ``client_secret_basic``."""
-    return await client.post(
-        "/oauth2/token", data={"grant_type": "client_credentials", **form}, auth=(client_id, secret)
-    )
-
-
-async def access_token(client: AsyncClient, reg: dict[str, Any], **form: str) -> str:
-    """A fresh access token of a registered agent; asserts 200."""
-    response = await client_token(client, reg["client_id"], reg["client_secret"], **form)
-    assert response.status_code == 200, response.text
-    token: str = response.json()["access_token"]
-    return token
-
-
-async def heartbeat(client: AsyncClient, agent_id: str, token: str) -> Response:
-    """``POST /v1/agents/{id}/heartbeat`` with an agent token."""
-    return await client.post(f"/v1/agents/{agent_id}/heartbeat", headers=bearer(token))
-
-
-def segment(part: str) -> dict[str, Any]:
-    """A JWT header or payload, decoded without any verification."""
-    value: dict[str, Any] = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
-    return value
-
-
-def claims_of(token: str) -> dict[str, Any]:
-    """A JWT's payload, unverified (the server's signature is checked elsewhere)."""
-    return segment(token.split(".")[1])
-
-
-async def agent_events(client: AsyncClient, tenant: TenantHandle, **params: Any) -> list[dict[str, Any]]:
-    """The tenant's ``agent.*`` audit events, newest first."""
-    response = await client.get(
-        "/v1/audit/events", params={"event_type": "agent.*", "limit": 100, **params}, headers=tenant.headers
-    )
-    assert response.status_code == 200, response.text
-    data: list[dict[str, Any]] = response.json()["data"]
-    return data
-
-
-def assert_problem(response: Response, status: int, code: str) -> dict[str, Any]:
-    """A problem document with this status and code."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json", response.headers
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code, body
-    return body
-
-
-def pointers(response: Response) -> set[str]:
-    """The JSON pointers of a validation problem."""
-    return {error["pointer"] for error in assert_problem(response, 400, "VALIDATION_FAILED")["errors"]}
-
 
 # -- create and read --------------------------------------------------------------------------------------
 

@@ -6,39 +6,22 @@ from typing import Any
 
 import jwt
 import pytest
-from httpx import AsyncClient, Response
+from httpx import AsyncClient
 
-from tests.identity.test_oauth import oauth_error, verified
-from tests.identity.test_registry import access_token, bearer, create, heartbeat, register
-from tests.tenancy.conftest import TenantHandle
-
-TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
-
-
-async def exchange(client: AsyncClient, subject_token: str, child_id: str, **extra: str) -> Response:
-    return await client.post(
-        "/oauth2/token",
-        data={
-            "grant_type": TOKEN_EXCHANGE,
-            "subject_token": subject_token,
-            "subject_token_type": ACCESS_TOKEN,
-            "requested_agent": child_id,
-            **extra,
-        },
-    )
-
-
-async def family(
-    client: AsyncClient, tenant: TenantHandle, **child_spec: Any
-) -> tuple[dict[str, Any], str, dict[str, Any]]:
-    """A registered parent, a token of it, and a child registered under it."""
-    parent = await register(client, tenant, name="parent")
-    child_spec.setdefault(
-        "capabilities", {"tools": ["web_search"], "domains": ["api.example.com"], "max_budget": 10}
-    )
-    child = await create(client, tenant, name="child", parent_id=parent["agent_id"], **child_spec)
-    return parent, await access_token(client, parent), child
+from tests.helpers import TenantHandle
+from tests.identity.helpers import (
+    ACCESS_TOKEN,
+    TOKEN_EXCHANGE,
+    access_token,
+    bearer,
+    create,
+    exchange,
+    family,
+    heartbeat,
+    oauth_error,
+    register,
+    verified,
+)
 
 
 async def test_parent_obtains_a_child_token(client: AsyncClient, tenant_a: TenantHandle) -> None:
@@ -294,7 +277,7 @@ async def test_exchanged_tokens_are_revocable(client: AsyncClient, tenant_a: Ten
 async def test_exchange_is_audited(client: AsyncClient, app: Any, tenant_a: TenantHandle) -> None:
     import asyncio
 
-    from tests.identity.test_registry import agent_events
+    from tests.identity.helpers import agent_events
 
     parent, token, child = await family(client, tenant_a)
     assert (await exchange(client, token, child["id"])).status_code == 200

@@ -5,83 +5,21 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Callable, Iterator
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.helpers import bearer
+from tests.identity.replicas import settled, setup_agent, token_from
 from tests.server_process import ServerProcess
 
 pytestmark = pytest.mark.slow
 
-#: How long a change made on one process may take to reach the other, should it not be there at once.
-PROPAGATION_LIMIT = 1.0
-
-
-@pytest.fixture
-def processes(tmp_path: Path, replica_env: dict[str, str]) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    env = {
-        **replica_env,
-        # Both processes must name the same issuer, as replicas behind one address do.
-        "AIGOS_ISSUER": "https://aigos.example.com",
-    }
-    with ServerProcess(tmp_path / "one", env) as one, ServerProcess(tmp_path / "two", env) as two:
-        yield one, two
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def setup_agent(server: ServerProcess) -> tuple[dict[str, str], dict[str, Any]]:
-    signed_up = httpx.post(
-        server.base_url + "/v1/tenants",
-        json={
-            "name": "Replicas",
-            "slug": "replicas",
-            "owner_email": "owner@replicas.example.com",
-            "owner_password": "correct horse battery",
-        },
-    )
-    assert signed_up.status_code == 201, signed_up.text
-    owner = bearer(signed_up.json()["api_key"]["key"])
-    registered = httpx.post(
-        server.base_url + "/v1/agents/register", json={"name": "replicated"}, headers=owner
-    )
-    assert registered.status_code == 201, registered.text
-    return owner, registered.json()
-
-
-def token_from(server: ServerProcess, agent: dict[str, Any]) -> str:
-    response = httpx.post(
-        server.base_url + "/oauth2/token",
-        data={"grant_type": "client_credentials"},
-        auth=(agent["client_id"], agent["client_secret"]),
-    )
-    assert response.status_code == 200, response.text
-    token: str = response.json()["access_token"]
-    return token
-
 
 def heartbeat(server: ServerProcess, agent: dict[str, Any], token: str) -> httpx.Response:
     return httpx.post(f"{server.base_url}/v1/agents/{agent['agent_id']}/heartbeat", headers=bearer(token))
-
-
-def settled(
-    check: Callable[[], httpx.Response], done: Callable[[httpx.Response], bool]
-) -> tuple[httpx.Response, int]:
-    """The first answer of ``check``, retried (up to ``PROPAGATION_LIMIT``) until ``done``; and the tries."""
-    deadline = time.monotonic() + PROPAGATION_LIMIT
-    tries = 1
-    response = check()
-    while not done(response) and time.monotonic() < deadline:
-        time.sleep(0.02)
-        tries += 1
-        response = check()
-    return response, tries
 
 
 def test_tokens_and_their_revocation_are_shared(processes: tuple[ServerProcess, ServerProcess]) -> None:

@@ -7,12 +7,12 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.identity.test_two_processes import bearer, processes, settled, setup_agent, token_from
+from tests.helpers import bearer
+from tests.identity.replicas import settled, setup_agent, token_from
 from tests.server_process import ServerProcess
 
 pytestmark = pytest.mark.slow
 
-__all__ = ["processes"]
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"

@@ -8,7 +8,7 @@ from typing import Any
 
 from httpx import AsyncClient
 
-from tests.tenancy.conftest import TenantHandle
+from tests.helpers import TenantHandle
 
 
 async def register(

@@ -11,7 +11,7 @@ import pytest
 from aigos.server.db import Database
 from aigos.server.killswitch import notices
 from aigos.server.killswitch.notices import MAX_PAYLOAD, Notice, NoticeListener
-from tests.bus._support import eventually as until
+from tests.bus.helpers import eventually as until
 from tests.conftest import pg_url
 from tests.tcp_proxy import TcpProxy
 

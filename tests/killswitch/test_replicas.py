@@ -14,6 +14,7 @@ import pytest
 
 from aigos.core.commands import ReplayGuard, SignedCommand, verify_command
 from aigos.core.signing import unb64url
+from tests.helpers import signup
 from tests.killswitch.sse import SseClient, SseStream
 from tests.server_process import ServerProcess
 from tests.tcp_proxy import TcpProxy
@@ -22,17 +23,7 @@ pytestmark = pytest.mark.slow
 
 
 async def signed_up(http: httpx.AsyncClient) -> dict[str, str]:
-    response = await http.post(
-        "/v1/tenants",
-        json={
-            "name": "Fleet",
-            "slug": "fleet",
-            "owner_email": "owner@fleet.example.com",
-            "owner_password": "correct horse battery",
-        },
-    )
-    assert response.status_code == 201, response.text
-    return {"Authorization": f"Bearer {response.json()['api_key']['key']}"}
+    return (await signup(http, "Fleet")).headers
 
 
 async def next_command(

@@ -17,9 +17,9 @@ from aigos.core.commands import (
 )
 from aigos.core.signing import unb64url
 from aigos.server.config import Settings
-from tests.killswitch.conftest import Live
+from tests.helpers import TenantHandle
+from tests.killswitch.helpers import Live
 from tests.killswitch.sse import Event, SseClient
-from tests.tenancy.conftest import TenantHandle
 
 
 async def public_keys(live: Live) -> dict[str, bytes]:

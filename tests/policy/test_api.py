@@ -11,28 +11,9 @@ from httpx import AsyncClient
 
 from aigos.core import policy as core
 from aigos.core.signing import unb64url, verify
-from tests.identity.test_registry import access_token, assert_problem, bearer, pointers, register
-from tests.tenancy.conftest import TenantHandle
-
-CAPS = {"tools": ["web_*", "file_read"], "domains": ["*.company.com"], "max_budget": 10.0}
-
-
-async def create_policy(client: AsyncClient, tenant: TenantHandle, **spec: Any) -> dict[str, Any]:
-    """``POST /v1/policies``; asserts 201."""
-    response = await client.post("/v1/policies", json={"name": "p", **spec}, headers=tenant.headers)
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def check(
-    client: AsyncClient, token: str, action: str = "read", resource: str = "doc", **context: Any
-) -> Any:
-    """``POST /v1/policies/check``; asserts 200 and returns the decision."""
-    body = {"action": action, "resource": resource, "context": context}
-    response = await client.post("/v1/policies/check", json=body, headers=bearer(token))
-    assert response.status_code == 200, response.text
-    return response.json()
+from tests.helpers import TenantHandle
+from tests.identity.helpers import access_token, assert_problem, bearer, pointers, register
+from tests.policy.helpers import CAPS, check, create_policy
 
 
 @pytest.fixture

@@ -21,10 +21,9 @@ from aigos.server.db.migrate import alembic_config, upgrade
 from aigos.server.policy import service
 from aigos.server.policy.bundles import OFF_LOOP_BYTES
 from aigos.server.tenancy.plans import PLANS
-from tests.identity.test_registry import bearer, register
-from tests.policy.test_api import CAPS, check, create_policy
-from tests.policy.test_limits import assert_limit, rules
-from tests.tenancy.conftest import TenantHandle
+from tests.helpers import TenantHandle
+from tests.identity.helpers import bearer, register
+from tests.policy.helpers import CAPS, assert_limit, check, create_policy, rules
 
 FREE = PLANS["free"].policy
 

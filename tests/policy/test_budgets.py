@@ -12,9 +12,9 @@ from httpx import ASGITransport, AsyncClient
 from aigos.server.app import create_app
 from aigos.server.config import Settings
 from tests.conftest import REDIS_URL
-from tests.identity.test_registry import pointers, register
-from tests.policy.test_api import CAPS, check, create_policy
-from tests.tenancy.conftest import TenantHandle, signup
+from tests.helpers import TenantHandle, signup
+from tests.identity.helpers import pointers, register
+from tests.policy.helpers import CAPS, check, create_policy
 
 
 async def test_concurrent_checks_never_overspend(client: AsyncClient, tenant_a: TenantHandle) -> None:

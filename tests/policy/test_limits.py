@@ -6,27 +6,14 @@ numbers.
 
 from __future__ import annotations
 
-from typing import Any
-
 from httpx import AsyncClient
 
 from aigos.server.tenancy.plans import PLANS
-from tests.identity.test_registry import assert_problem
-from tests.policy.test_api import create_policy
-from tests.tenancy.conftest import TenantHandle
+from tests.helpers import TenantHandle
+from tests.identity.helpers import assert_problem
+from tests.policy.helpers import assert_limit, create_policy, rules
 
 FREE = PLANS["free"].policy
-
-
-def rules(count: int, **extra: Any) -> list[dict[str, Any]]:
-    """``count`` distinct deny rules."""
-    return [{"effect": "deny", "actions": [f"action_{n}"], **extra} for n in range(count)]
-
-
-def assert_limit(response: Any, status: int, limit: str, maximum: int) -> None:
-    """A ``POLICY_LIMIT_EXCEEDED`` problem naming ``limit`` and its ``max``."""
-    body = assert_problem(response, status, "POLICY_LIMIT_EXCEEDED")
-    assert (body["limit"], body["max"], body["plan"]) == (limit, maximum, "free"), body
 
 
 async def test_one_policy_is_held_to_the_plans_rules_and_bytes(

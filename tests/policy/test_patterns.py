@@ -8,11 +8,9 @@ from typing import Any
 from httpx import AsyncClient, Response
 
 from aigos.core import globs
-from tests.identity.test_oauth import oauth_error
-from tests.identity.test_registry import access_token, pointers, register
-from tests.identity.test_token_exchange import exchange
-from tests.policy.test_api import check, create_policy
-from tests.tenancy.conftest import TenantHandle
+from tests.helpers import TenantHandle
+from tests.identity.helpers import access_token, exchange, oauth_error, pointers, register
+from tests.policy.helpers import check, create_policy
 
 #: Four stars and no ``b`` in the name: O(n^4) steps for ``.*a.*a.*a.*a.*b`` (16 s at 250 characters).
 STARRY = "*a*a*a*a*b"

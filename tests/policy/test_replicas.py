@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,23 +16,16 @@ from httpx import ASGITransport, AsyncClient
 
 from aigos.server.app import create_app
 from tests.conftest import REDIS_URL, embedded_settings, pg_url
-from tests.identity.test_registry import bearer, register
-from tests.policy.test_api import CAPS, check, create_policy
+from tests.helpers import TenantHandle, signup, signup_at
+from tests.identity.helpers import bearer, register
+from tests.policy.helpers import CAPS, check, create_policy
 from tests.server_process import ServerProcess
 from tests.tcp_proxy import TcpProxy
-from tests.tenancy.conftest import TenantHandle, signup
 
 pytestmark = pytest.mark.slow
 
 #: How long a change made through one replica may take to be obeyed by the other.
 PROPAGATION_LIMIT = 1.0
-
-
-@pytest.fixture
-def processes(tmp_path: Path, replica_env: dict[str, str]) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    env = {**replica_env, "AIGOS_ISSUER": "https://aigos.example.com"}
-    with ServerProcess(tmp_path / "one", env) as one, ServerProcess(tmp_path / "two", env) as two:
-        yield one, two
 
 
 def within(limit: float, probe: Callable[[], bool]) -> bool:
@@ -50,17 +43,7 @@ def test_a_change_through_one_process_is_obeyed_by_the_other(
     processes: tuple[ServerProcess, ServerProcess],
 ) -> None:
     one, two = processes
-    tenant = httpx.post(
-        one.base_url + "/v1/tenants",
-        json={
-            "name": "Replicas",
-            "slug": "replicas",
-            "owner_email": "owner@replicas.example.com",
-            "owner_password": "correct horse battery",
-        },
-    )
-    assert tenant.status_code == 201, tenant.text
-    admin = bearer(tenant.json()["api_key"]["key"])
+    admin = signup_at(one.base_url, "Replicas").headers
     agent = httpx.post(
         one.base_url + "/v1/agents/register", json={"name": "r", "capabilities": CAPS}, headers=admin
     ).json()

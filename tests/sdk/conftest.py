@@ -1,4 +1,4 @@
-"""SDK fixtures: the tenancy suite's tenants (API tests) and one live server per test module."""
+"""SDK fixtures: one live server per test module."""
 
 from __future__ import annotations
 
@@ -10,9 +10,6 @@ import pytest
 
 from tests.conftest import BACKENDS, REDIS_URL, _admin, pg_url
 from tests.sdk.live import LiveServer, live_server
-from tests.tenancy.conftest import tenant_a, tenant_b
-
-__all__ = ["tenant_a", "tenant_b"]
 
 
 def _live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:

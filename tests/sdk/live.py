@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import ADMIN_TOKEN, SECRET_KEY
+from tests.helpers import bearer, signup_at
 from tests.server_process import ServerProcess
 
 
@@ -46,21 +46,8 @@ class LiveServer:
 
 def signup(base_url: str) -> tuple[str, str]:
     """A tenant (enterprise plan, so limits stay out of the way) and its owner's admin key."""
-    response = httpx.post(
-        base_url + "/v1/tenants",
-        json={
-            "name": "SDK",
-            "slug": f"sdk-{uuid.uuid4().hex[:8]}",
-            "owner_email": f"owner-{uuid.uuid4().hex[:8]}@example.com",
-            "owner_password": "correct horse battery",
-            "plan_tier": "enterprise",
-        },
-        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-        timeout=10,
-    )
-    assert response.status_code == 201, response.text
-    body = response.json()
-    return body["api_key"]["key"], body["tenant"]["id"]
+    tenant = signup_at(base_url, "SDK", plan_tier="enterprise", headers=bearer(ADMIN_TOKEN))
+    return tenant.key, tenant.id
 
 
 @contextmanager

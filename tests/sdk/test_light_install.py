@@ -21,6 +21,8 @@ FORBIDDEN = (
     "uvicorn",
     "aigos.server",
 )
+# What the command line once pulled in through typer; the light client is httpx, cryptography, orjson, click.
+NOT_INSTALLED = {"pydantic", "pydantic-core", "rich", "pygments", "markdown-it-py", "typer", "fastapi"}
 PROBE = f"""
 import sys
 import aigos.sdk
@@ -29,6 +31,16 @@ import aigos.sdk.integrations.langchain, aigos.sdk.integrations.openai_agents, a
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in {FORBIDDEN!r} or m.startswith("aigos.server"))
 print("LOADED", loaded)
 """
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_light_install_has_no_pydantic_rich_or_pygments(light_install: LightInstall) -> None:
+    installed = light_install.distributions()
+    assert {"aigos", "click", "httpx", "cryptography", "orjson"} <= installed
+    assert not installed & NOT_INSTALLED, sorted(installed & NOT_INSTALLED)
+    help_text = light_install.run(light_install.script("aigos"), "--help").stdout
+    assert "audit" in help_text
 
 
 @pytest.mark.slow

@@ -7,8 +7,8 @@ from typing import Any
 from fastapi import FastAPI
 from httpx import AsyncClient
 
-from tests.identity.test_registry import access_token, bearer, register
-from tests.tenancy.conftest import TenantHandle
+from tests.helpers import TenantHandle
+from tests.identity.helpers import access_token, bearer, register
 
 
 async def report(client: AsyncClient, token: str, events: list[dict[str, Any]]) -> Any:

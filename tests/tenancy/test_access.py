@@ -11,7 +11,7 @@ from httpx import AsyncClient, Response
 
 from aigos.server.config import Settings
 from tests.conftest import ADMIN_TOKEN
-from tests.tenancy.conftest import TenantHandle, signup
+from tests.helpers import TenantHandle, signup
 
 PASSWORD = "correct horse battery"
 SIGNUPS_PER_ADDRESS = 6

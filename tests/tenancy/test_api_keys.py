@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 from httpx import AsyncClient
 
-from tests.tenancy.conftest import TenantHandle
+from tests.helpers import TenantHandle, bearer
 
 
 async def create_key(client: AsyncClient, tenant: TenantHandle, **spec: Any) -> dict[str, Any]:
@@ -19,10 +19,6 @@ async def create_key(client: AsyncClient, tenant: TenantHandle, **spec: Any) -> 
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
     return body
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 async def test_key_format_and_storage(client: AsyncClient, tenant_a: TenantHandle) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from httpx import AsyncClient
 
-from tests.tenancy.conftest import TenantHandle
+from tests.helpers import TenantHandle
 
 # (method, path template, JSON body). {tenant} is B's tenant id, {key} B's key id, {user} B's owner id,
 # {agent} B's agent id, {credential} that agent's client secret id and {policy} B's policy id.

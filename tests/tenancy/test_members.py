@@ -8,7 +8,7 @@ from typing import Any
 
 from httpx import AsyncClient, Response
 
-from tests.tenancy.conftest import TenantHandle, signup
+from tests.helpers import TenantHandle, signup
 
 
 def _bearer(key: str) -> dict[str, str]:

@@ -6,7 +6,7 @@ from typing import Any
 
 from httpx import AsyncClient, Response
 
-from tests.tenancy.conftest import TenantHandle
+from tests.helpers import TenantHandle
 
 
 async def new_key(client: AsyncClient, tenant: TenantHandle, name: str) -> Response:

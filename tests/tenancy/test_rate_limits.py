@@ -9,16 +9,12 @@ import httpx
 import pytest
 from httpx import AsyncClient
 
+from tests.helpers import TenantHandle, bearer, signup_at
 from tests.server_process import ServerProcess
-from tests.tenancy.conftest import TenantHandle
 
 FREE_TENANT_RPM = 300
 #: A key limit no test reaches, so that the tenant's limit is the one closest to exhaustion.
 UNLIMITED_KEY = {"rate_limit_rpm": 1_000_000, "rate_limit_rph": 100_000_000}
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 async def create_key(client: AsyncClient, tenant: TenantHandle, **spec: Any) -> dict[str, Any]:
@@ -107,18 +103,8 @@ def test_limits_and_revocation_are_global_across_processes(
 ) -> None:
     env = replica_env
     with ServerProcess(tmp_path / "one", env) as one, ServerProcess(tmp_path / "two", env) as two:
-        signed_up = httpx.post(
-            one.base_url + "/v1/tenants",
-            json={
-                "name": "Global",
-                "slug": "global",
-                "owner_email": "owner@global.example.com",
-                "owner_password": "correct horse battery",
-            },
-        )
-        assert signed_up.status_code == 201, signed_up.text
-        tenant_id = signed_up.json()["tenant"]["id"]
-        owner = bearer(signed_up.json()["api_key"]["key"])
+        signed_up = signup_at(one.base_url, "Global")
+        tenant_id, owner = signed_up.id, signed_up.headers
 
         def new_key(**spec: Any) -> dict[str, Any]:
             response = httpx.post(

@@ -15,7 +15,7 @@ from aigos.server.config import Settings
 from aigos.server.db import Database
 from aigos.server.db.database import APP_ROLE, set_platform_scope, set_tenant
 from tests.conftest import REDIS_URL, embedded_settings, pg_url
-from tests.tenancy.conftest import TenantHandle
+from tests.helpers import TenantHandle
 
 TENANT_OWNED = {
     "tenants": "id",

@@ -9,7 +9,7 @@ from httpx import ASGITransport, AsyncClient
 
 from aigos.server.app import create_app
 from tests.conftest import ADMIN_TOKEN, embedded_settings
-from tests.tenancy.conftest import TenantHandle, signup
+from tests.helpers import TenantHandle, signup
 
 
 async def test_signup_returns_tenant_owner_and_a_working_key(client: AsyncClient) -> None:

@@ -16,8 +16,8 @@ from httpx import AsyncClient
 
 from aigos.server.config import Settings
 from aigos.server.runtime import Runtime
+from tests.helpers import TenantHandle, signup, signup_at
 from tests.server_process import ServerProcess
-from tests.tenancy.conftest import TenantHandle, signup
 
 METRICS = {"api_calls", "agent_registrations", "policy_checks"}
 COLUMNS = ["tenant_id", "tenant_slug", "plan_tier", "day", "metric", "count"]
@@ -277,18 +277,8 @@ def test_usage_survives_a_graceful_shutdown(tmp_path: Path) -> None:
     env = {"AIGOS_USAGE_FLUSH_SECONDS": "3600"}
     first = ServerProcess(tmp_path, env).start()
     try:
-        response = httpx.post(
-            first.base_url + "/v1/tenants",
-            json={
-                "name": "Durable",
-                "slug": "durable",
-                "owner_email": "owner@durable.example.com",
-                "owner_password": "correct horse battery",
-            },
-        )
-        assert response.status_code == 201, response.text
-        tenant_id = response.json()["tenant"]["id"]
-        headers = {"Authorization": f"Bearer {response.json()['api_key']['key']}"}
+        signed_up = signup_at(first.base_url, "Durable")
+        tenant_id, headers = signed_up.id, signed_up.headers
         for _ in range(6):
             assert httpx.get(f"{first.base_url}/v1/tenants/{tenant_id}", headers=headers).status_code == 200
     finally:

@@ -9,18 +9,17 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
-import typer
+import click
 
+from aigos.cli.group import Group
 from aigos.cli.settings import fail, load_settings
 
 if TYPE_CHECKING:
     from aigos.core import auditlog
 
-app = typer.Typer(
-    name="audit", help="Verify the tamper-evident event log.", no_args_is_help=True, add_completion=False
-)
+app = Group("audit", help="Verify the tamper-evident event log.")
 _PINNING_NOTE = (
     "note: checked against the keys in the export's own header, which proves the log was not altered by "
     "anyone without the server's signing key. Pinning the keys published at GET /v1/audit/keys with "
@@ -28,7 +27,7 @@ _PINNING_NOTE = (
 )
 
 
-def _pinned_keys(values: list[str]) -> dict[str, bytes]:
+def _pinned_keys(values: tuple[str, ...]) -> dict[str, bytes]:
     """``KEY_ID=B64URL`` options as a key-id-to-raw-key map; usage error (exit 2) when one is malformed."""
     from aigos.core import signing
 
@@ -90,32 +89,27 @@ def _verify_file(path: Path, trusted: dict[str, bytes] | None) -> auditlog.Repor
 
 
 @app.command("verify")
+@click.argument(
+    "file",
+    required=False,
+    type=click.Path(path_type=Path),
+    help="An export (NDJSON from GET /v1/audit/export); `-` reads standard input.",
+)
+@click.option(
+    "--url", help="Download the export from this server (http://host:port) and verify it as it streams."
+)
+@click.option(
+    "--api-key", envvar="AIGOS_API_KEY", show_envvar=True, help="An API key with `audit:read`, for --url."
+)
+@click.option(
+    "--public-key",
+    multiple=True,
+    metavar="KEY_ID=B64URL",
+    help="Trust only this checkpoint-signing key (repeatable); see GET /v1/audit/keys.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def audit_verify(
-    file: Annotated[
-        Path | None,
-        typer.Argument(help="An export (NDJSON from GET /v1/audit/export); `-` reads standard input."),
-    ] = None,
-    url: Annotated[
-        str | None,
-        typer.Option(
-            help="Download the export from this server (http://host:port) and verify it as it streams."
-        ),
-    ] = None,
-    api_key: Annotated[
-        str | None,
-        typer.Option(
-            envvar="AIGOS_API_KEY", show_default=False, help="An API key with `audit:read`, for --url."
-        ),
-    ] = None,
-    public_key: Annotated[
-        list[str] | None,
-        typer.Option(
-            metavar="KEY_ID=B64URL",
-            show_default=False,
-            help="Trust only this checkpoint-signing key (repeatable); see GET /v1/audit/keys.",
-        ),
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    file: Path | None, url: str | None, api_key: str | None, public_key: tuple[str, ...], as_json: bool
 ) -> None:
     """Verify an audit export: every entry's hash, the chain, and every signed checkpoint.
 
@@ -134,9 +128,9 @@ def audit_verify(
         assert file is not None
         report = _verify_file(file, trusted)
     if trusted is None:
-        typer.secho(_PINNING_NOTE, err=True, fg=typer.colors.YELLOW)
+        click.secho(_PINNING_NOTE, err=True, fg="yellow")
     if as_json:
-        typer.echo(json.dumps(report.to_json(), indent=2))
+        click.echo(json.dumps(report.to_json(), indent=2))
     elif report.ok:
         span = f"seq {report.first_seq}..{report.last_seq}" if report.entries else "no entries"
         summary = (
@@ -145,39 +139,39 @@ def audit_verify(
         )
         if report.unsealed:
             summary += f"; the last {report.unsealed} entries are chained but not yet signed"
-        typer.secho(f"{summary}; keys: {', '.join(report.key_ids) or 'none'}", fg=typer.colors.GREEN)
+        click.secho(f"{summary}; keys: {', '.join(report.key_ids) or 'none'}", fg="green")
     else:
-        typer.secho(f"FAILED: {report.failure}", fg=typer.colors.RED)
+        click.secho(f"FAILED: {report.failure}", fg="red")
     if report.losses and not as_json:
         _print_losses(report)
     if not report.ok:
-        raise typer.Exit(code=1)
+        raise click.exceptions.Exit(1)
 
 
 def _print_losses(report: auditlog.Report) -> None:
     """The log's own record of acknowledged events it does not hold: never verified away in silence."""
-    typer.secho(
+    click.secho(
         f"LOSSES: {len(report.losses)} entries record {report.lost} acknowledged events that were lost:",
-        fg=typer.colors.YELLOW,
+        fg="yellow",
     )
     for loss in report.losses:
         span = f", {loss['from']} .. {loss['to']}" if loss.get("from") or loss.get("to") else ""
         process = f", process {loss['process']}" if loss.get("process") else ""
-        typer.secho(
+        click.secho(
             f"  seq {loss['seq']}: {loss['event_type']}: {loss.get('count')} "
             f"({loss.get('reason', 'no reason given')}{process}{span})",
-            fg=typer.colors.YELLOW,
+            fg="yellow",
         )
 
 
 @app.command("prune")
-def audit_prune(
-    retention_days: Annotated[
-        int | None,
-        typer.Option(min=1, show_default=False, help="Days to keep (default: AIGOS_AUDIT_RETENTION_DAYS)."),
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
-) -> None:
+@click.option(
+    "--retention-days",
+    type=click.IntRange(min=1),
+    help="Days to keep (default: AIGOS_AUDIT_RETENTION_DAYS).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def audit_prune(retention_days: int | None, as_json: bool) -> None:
     """Prune event-log entries past retention now, as the server does hourly (server install only).
 
     Each tenant's log is anchored and sealed before its old entries go, so what remains still verifies.
@@ -198,17 +192,15 @@ def audit_prune(
             "refused": [str(tenant) for tenant in result.refused],
             "skipped": result.skipped,
         }
-        typer.echo(json.dumps(body, indent=2))
+        click.echo(json.dumps(body, indent=2))
     elif result.skipped:
-        typer.echo("another process is pruning right now; nothing done")
+        click.echo("another process is pruning right now; nothing done")
     else:
-        typer.echo(
+        click.echo(
             f"entries recorded before {result.cutoff.isoformat()}: {result.entries} anchored in "
             f"{result.tenants} tenants, {result.removed} removed, {result.left_behind} left in storage"
         )
     if result.refused:
         for tenant in result.refused:
-            typer.secho(
-                f"FAILED: tenant {tenant}: its log does not verify; kept", err=True, fg=typer.colors.RED
-            )
-        raise typer.Exit(code=1)
+            click.secho(f"FAILED: tenant {tenant}: its log does not verify; kept", err=True, fg="red")
+        raise click.exceptions.Exit(1)

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
-import typer
+import click
 
+from aigos.cli.group import Group
 from aigos.cli.settings import load_settings, log_to_stderr
 
 if TYPE_CHECKING:
     from aigos.server.config import Settings
 
-app = typer.Typer(
-    name="keys",
-    help="List and rotate the token-signing keys (server install only).",
-    no_args_is_help=True,
-    add_completion=False,
-)
+app = Group("keys", help="List and rotate the token-signing keys (server install only).")
 
 
 async def _signing_keys(settings: Settings, rotate: bool) -> tuple[dict[str, object], int | None]:
@@ -53,34 +49,32 @@ async def _signing_keys(settings: Settings, rotate: bool) -> tuple[dict[str, obj
 def _print_keys(body: dict[str, object]) -> None:
     keys = body["keys"]
     assert isinstance(keys, list)
-    typer.echo(f"{'kid':<44} {'alg':<6} {'status':<8} {'published':<9} {'created':<20} publish until")
+    click.echo(f"{'kid':<44} {'alg':<6} {'status':<8} {'published':<9} {'created':<20} publish until")
     for key in keys:
         published = "yes" if key["published"] else "no"
         created = str(key["created_at"])[:19]
         until = str(key["publish_until"] or "-")[:19]
         kid = key["kid"] + (" *" if key["signing"] else "")
-        typer.echo(f"{kid:<44} {key['alg']:<6} {key['status']:<8} {published:<9} {created:<20} {until}")
-    typer.echo("(* signs new tokens)")
+        click.echo(f"{kid:<44} {key['alg']:<6} {key['status']:<8} {published:<9} {created:<20} {until}")
+    click.echo("(* signs new tokens)")
 
 
 @app.command("list")
-def keys_list(
-    as_json: Annotated[bool, typer.Option("--json", help="Print the keys as JSON.")] = False,
-) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the keys as JSON.")
+def keys_list(as_json: bool) -> None:
     """List the signing keys: status, whether in the JWKS, and until when (creates the first if none)."""
     settings = load_settings()
     log_to_stderr(settings)
     body, _ = asyncio.run(_signing_keys(settings, rotate=False))
     if as_json:
-        typer.echo(json.dumps(body, indent=2))
+        click.echo(json.dumps(body, indent=2))
     else:
         _print_keys(body)
 
 
 @app.command("rotate")
-def keys_rotate(
-    as_json: Annotated[bool, typer.Option("--json", help="Print the keys as JSON.")] = False,
-) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the keys as JSON.")
+def keys_rotate(as_json: bool) -> None:
     """Sign new tokens with a new key; the old ones stay in the JWKS until their tokens have expired.
 
     Running servers are told on the bus (Redis) and reload their keys. An embedded server (in-process
@@ -90,16 +84,16 @@ def keys_rotate(
     log_to_stderr(settings)
     body, notified = asyncio.run(_signing_keys(settings, rotate=True))
     if as_json:
-        typer.echo(json.dumps({**body, "servers_notified": notified}, indent=2))
+        click.echo(json.dumps({**body, "servers_notified": notified}, indent=2))
         return
-    typer.secho(f"rotated: new tokens are signed with {body['active_kid']}", fg=typer.colors.GREEN)
+    click.secho(f"rotated: new tokens are signed with {body['active_kid']}", fg="green")
     if settings.bus_kind == "redis":
-        typer.echo(f"servers notified on the bus: {notified}")
+        click.echo(f"servers notified on the bus: {notified}")
     else:
-        typer.secho(
+        click.secho(
             "note: no Redis bus configured; a running embedded server picks up the new key when it "
             "restarts (or use POST /v1/admin/signing-keys/rotate on the server)",
             err=True,
-            fg=typer.colors.YELLOW,
+            fg="yellow",
         )
     _print_keys(body)

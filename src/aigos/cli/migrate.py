@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
 
-import typer
+import click
 
 from aigos.cli.settings import load_settings
 
 
-def migrate(
-    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
-) -> None:
+@click.command()
+# Arguments have no show_default in click; the suffix reads as the options' do.
+@click.argument("revision", default="head", help="Target revision.  [default: head]")
+def migrate(revision: str) -> None:
     """Apply database migrations (AIGOS_DATABASE_MIGRATION_URL, else AIGOS_DATABASE_URL)."""
     settings = load_settings()
     from aigos.server.datadir import prepare
@@ -22,4 +22,4 @@ def migrate(
 
     url = settings.resolved_migration_url
     asyncio.run(upgrade(url, revision))
-    typer.echo(f"database at revision {asyncio.run(current_revision(url))}")
+    click.echo(f"database at revision {asyncio.run(current_revision(url))}")

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
 
-import typer
+import click
 
 from aigos.cli.settings import load_settings
 
@@ -19,10 +18,17 @@ class SpecFormat(StrEnum):
     json = "json"
 
 
-def openapi(
-    fmt: Annotated[SpecFormat, typer.Option("--format", help="Output format.")] = SpecFormat.yaml,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to a file.")] = None,
-) -> None:
+@click.command()
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(SpecFormat),
+    default=SpecFormat.yaml,
+    show_default=True,
+    help="Output format.",
+)
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="Write to a file.")
+def openapi(fmt: SpecFormat, output: Path | None) -> None:
     """Print the OpenAPI specification (docs/openapi.yaml is this command's output)."""
     settings = load_settings(need_secret=False)
     from aigos.server.app import create_app
@@ -39,6 +45,6 @@ def openapi(
 
         text = yaml.dump(spec, Dumper=_NoAliases, sort_keys=False, allow_unicode=True, width=110)
     if output is None:
-        typer.echo(text, nl=False)
+        click.echo(text, nl=False)
     else:
         output.write_text(text)

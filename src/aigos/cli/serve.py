@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from typing import Annotated, Any
+from typing import Any
 
-import typer
+import click
 
 from aigos.cli.settings import fail, load_settings
 
@@ -14,20 +14,36 @@ from aigos.cli.settings import fail, load_settings
 APP = "aigos.server.app:create_app"
 
 
-def serve(
-    host: Annotated[str, typer.Option(envvar="AIGOS_HOST", help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar="AIGOS_PORT", help="TCP port.")] = 8000,
-    workers: Annotated[int, typer.Option(envvar="AIGOS_WORKERS", min=1, help="Worker processes.")] = 1,
-    reload: Annotated[bool, typer.Option(help="Restart on code changes (development).")] = False,
-    forwarded_allow_ips: Annotated[
-        str | None,
-        typer.Option(
-            help="Comma-separated proxy addresses/networks whose X-Forwarded-For/-Proto are trusted ('*': "
-            "any); default AIGOS_FORWARDED_ALLOW_IPS, else none.",
-            show_default=False,
-        ),
-    ] = None,
-) -> None:
+@click.command()
+@click.option(
+    "--host",
+    envvar="AIGOS_HOST",
+    default="127.0.0.1",
+    show_default=True,
+    show_envvar=True,
+    help="Interface to bind.",
+)
+@click.option(
+    "--port", envvar="AIGOS_PORT", default=8000, show_default=True, show_envvar=True, help="TCP port."
+)
+@click.option(
+    "--workers",
+    envvar="AIGOS_WORKERS",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    show_envvar=True,
+    help="Worker processes.",
+)
+@click.option(
+    "--reload/--no-reload", default=False, show_default=True, help="Restart on code changes (development)."
+)
+@click.option(
+    "--forwarded-allow-ips",
+    help="Comma-separated proxy addresses/networks whose X-Forwarded-For/-Proto are trusted ('*': "
+    "any); default AIGOS_FORWARDED_ALLOW_IPS, else none.",
+)
+def serve(host: str, port: int, workers: int, reload: bool, forwarded_allow_ips: str | None) -> None:
     """Run the API server.
 
     With no configuration it runs embedded: SQLite under ./.aigos/ and the in-process bus, one process.

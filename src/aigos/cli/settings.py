@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import typer
+import click
 
 if TYPE_CHECKING:
     from aigos.server.config import Settings
 
 
-def fail(message: str) -> typer.Exit:
+def fail(message: str) -> click.exceptions.Exit:
     """A usage error (exit 2) with ``message`` on standard error; raise what this returns."""
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    return typer.Exit(code=2)
+    click.secho(f"error: {message}", err=True, fg="red")
+    return click.exceptions.Exit(2)
 
 
 def load_settings(*, need_secret: bool = True, serving: bool = False) -> Settings:

@@ -1,4 +1,9 @@
-"""Swagger UI at ``/docs``, served from files shipped in the package (no CDN, works offline)."""
+"""Swagger UI at ``/docs``, served from installed files (no CDN, works offline).
+
+Swagger UI's bundle and stylesheet come from the ``fastapi-offline`` package, which keeps them current;
+only its static folder is used, because its own page inlines a script that the docs page's CSP forbids.
+Our page's start-up script (``init.js``) is served beside them from this package.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ from fastapi.responses import HTMLResponse
 from starlette.staticfiles import StaticFiles
 
 STATIC_DIR = Path(__file__).with_name("static") / "swagger-ui"
+#: The package and folder that hold ``swagger-ui-bundle.js`` and ``swagger-ui.css``.
+SWAGGER_UI_FILES = ("fastapi_offline", "static")
 
 _PAGE = """<!doctype html>
 <html lang="en">
@@ -35,5 +42,5 @@ async def swagger_ui() -> HTMLResponse:
 
 
 def static_files() -> StaticFiles:
-    """The Swagger UI assets, to be mounted at ``/docs/static``."""
-    return StaticFiles(directory=STATIC_DIR)
+    """The Swagger UI assets, to be mounted at ``/docs/static``: ours first, then the package's."""
+    return StaticFiles(directory=STATIC_DIR, packages=[SWAGGER_UI_FILES])
