@@ -48,6 +48,7 @@ from aigos.server.policy.state import PolicyState
 from aigos.server.problems import install_problem_handlers
 from aigos.server.runtime import Runtime
 from aigos.server.telemetry import api as telemetry_api
+from aigos.server.tenancy import activity as tenancy_activity
 from aigos.server.tenancy import (
     api_keys_api,
     invitations_api,
@@ -56,10 +57,8 @@ from aigos.server.tenancy import (
     tenants_api,
     usage_api,
 )
-from aigos.server.tenancy.models import ApiKey
 from aigos.server.tenancy.passwords import Passwords
 from aigos.server.tenancy.usage import UsageMeter
-from aigos.server.touches import Touches
 
 log = structlog.get_logger("aigos.server")
 
@@ -245,7 +244,7 @@ async def start_runtime(settings: Settings, in_flight: InFlight | None = None) -
         database=database,
         bus=bus,
         usage=UsageMeter(database, settings.usage_flush_seconds),
-        key_activity=Touches(database, ApiKey, "last_used_at", settings.usage_flush_seconds),
+        key_activity=tenancy_activity.key_used(database, settings.usage_flush_seconds),
         keys=keys,
         identity=identity,
         agent_seen=activity.agent_seen(database, settings.usage_flush_seconds),
