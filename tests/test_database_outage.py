@@ -115,11 +115,15 @@ async def test_a_slow_database_sheds_and_answers_within_the_deadline(
     pg_proxy.restore()
 
     assert_told(tally)
-    assert tally.count("201") > 0
+    # How many writes get through a slow link before their deadline depends on the machine's speed, so
+    # that is not asserted; that some were shed is, and that the server writes again once the link is back.
     assert tally.count("503") > 0
     assert live
     assert set(live) == {200}
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=30, trust_env=False) as client:
+        again = await client.post("/v1/agents", json={"name": "after-the-slow-link"}, headers=headers)
+    assert again.status_code == 201, again.text
     # A 503 changed nothing: the agents answered 201 exist, and no other (but one whose commit was cut off).
-    names = await agent_names(server.base_url, headers)
+    names = await agent_names(server.base_url, headers) - {"after-the-slow-link"}
     assert tally.acknowledged <= names
     assert names <= tally.acknowledged | tally.unknown
