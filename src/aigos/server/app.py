@@ -44,6 +44,7 @@ from aigos.server.platform import docs_api, health_api
 from aigos.server.platform.admin_token import PlatformTokens, ensure_bootstrap_token
 from aigos.server.policy import api as policy_api
 from aigos.server.policy.budgets import BudgetBook
+from aigos.server.policy.checks import Checks
 from aigos.server.policy.state import PolicyState
 from aigos.server.problems import install_problem_handlers
 from aigos.server.runtime import Runtime
@@ -91,6 +92,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             claim.release()
             raise
         app.state.runtime = runtime
+        # Built once: the check path reads it instead of assembling it per request.
+        app.state.policy_checks = Checks(runtime.policy, runtime.budgets, runtime.events, runtime.usage)
         # What exists now lives as long as the process: keep it out of every later garbage collection,
         # whose full passes would otherwise walk it and show up as tail latency on the check path.
         gc.collect()

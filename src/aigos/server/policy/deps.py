@@ -7,11 +7,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from aigos.server.audit.log import EventLog
 from aigos.server.policy.budgets import BudgetBook
 from aigos.server.policy.checks import Checks
 from aigos.server.policy.state import PolicyState
-from aigos.server.tenancy.usage import UsageMeter
 
 
 async def get_policy_state(request: Request) -> PolicyState:
@@ -27,13 +25,9 @@ async def get_budgets(request: Request) -> BudgetBook:
 
 
 async def get_checks(request: Request) -> Checks:
-    """What deciding a check takes (see ``Checks``): made per check, as cheap as reading its parts."""
-    runtime = request.app.state.runtime
-    state: PolicyState = runtime.policy
-    budgets: BudgetBook = runtime.budgets
-    events: EventLog = runtime.events
-    usage: UsageMeter = runtime.usage
-    return Checks(state, budgets, events, usage)
+    """What deciding a check takes (see ``Checks``), built once when the app starts."""
+    checks: Checks = request.app.state.policy_checks
+    return checks
 
 
 PolicyStateDep = Annotated[PolicyState, Depends(get_policy_state)]
