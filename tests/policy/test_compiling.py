@@ -107,11 +107,13 @@ async def test_a_large_set_frozen_out_of_garbage_collection_is_still_freed() -> 
     gc.collect()
     before = gc.get_freeze_count()
     compiled: core.PolicySet | None = await compile_in_pieces(1, with_patterns())
-    frozen = gc.get_freeze_count() - before
-    assert frozen > 4_000  # objects of the compiled set, moved out of the collector's reach
+    frozen = gc.get_freeze_count()
+    assert frozen - before > 4_000  # objects of the compiled set, moved out of the collector's reach
     assert compiled is not None
     compiled = None
-    assert gc.get_freeze_count() - before < frozen // 10
+    # A freeze also takes whatever else is alive at that moment (the test runner's own objects), which
+    # stays: what must go is the compiled set, thousands of objects at least.
+    assert frozen - gc.get_freeze_count() > 4_000
 
 
 async def test_a_costly_resource_is_tested_in_pieces_before_the_check() -> None:
