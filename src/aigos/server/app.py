@@ -93,7 +93,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise
         app.state.runtime = runtime
         # Built once: the check path reads it instead of assembling it per request.
-        app.state.policy_checks = Checks(runtime.policy, runtime.budgets, runtime.events, runtime.usage)
+        fleet = runtime.killswitch.fleet
+        app.state.policy_checks = Checks(
+            runtime.policy,
+            runtime.budgets,
+            runtime.events,
+            runtime.usage,
+            halts=fleet.halts if fleet is not None else None,
+        )
         # What exists now lives as long as the process: keep it out of every later garbage collection,
         # whose full passes would otherwise walk it and show up as tail latency on the check path.
         gc.collect()

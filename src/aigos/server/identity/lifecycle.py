@@ -122,6 +122,22 @@ async def change_statuses(
     return befores
 
 
+async def check_transition(
+    session: AsyncSession, tenant_id: uuid.UUID, agent_id: uuid.UUID, target: AgentStatus
+) -> None:
+    """404 ``AGENT_NOT_FOUND`` unless the tenant has the agent, 409 ``INVALID_STATUS_TRANSITION`` unless
+    it may move to ``target`` now (nothing is locked or changed: for a change decided now, done later)."""
+    agent = await agents.get(session, tenant_id, agent_id)
+    current = AgentStatus(agent.status)
+    if current is not target and not can_transition(current, target):
+        raise Conflict(
+            f"An agent cannot go from {current.value} to {target.value}.",
+            code="INVALID_STATUS_TRANSITION",
+            current=current.value,
+            target=target.value,
+        )
+
+
 @dataclass
 class LineageChange:
     """The outcome of a lineage-wide status change."""
@@ -145,13 +161,16 @@ async def change_lineage_status(
     target: AgentStatus,
     event_type: str,
     reason: str | None,
+    strict_root: bool = True,
 ) -> LineageChange:
     """Move the agent ``root_id`` (with its descendants if ``cascade``), or with no root every agent of
     the principal's tenant not yet in a final status, to ``target``, their rows locked until the commit.
 
     The root must accept the transition (409 ``INVALID_STATUS_TRANSITION`` otherwise, 404 if unknown);
     descendants and tenant-wide targets that cannot take it (a return to active of a terminated agent, say)
-    are skipped and reported. An agent already in ``target`` counts as reached.
+    are skipped and reported. An agent already in ``target`` counts as reached. Without ``strict_root``
+    the root is skipped like any other agent that cannot take the status (for a change decided earlier,
+    whose root may have moved on since).
     """
     assert principal.tenant_id is not None
     tenant_id = principal.tenant_id
@@ -166,7 +185,7 @@ async def change_lineage_status(
     eligible: list[Agent] = []
     for agent in targets:
         current = AgentStatus(agent.status)
-        if agent is root or current is target or can_transition(current, target):
+        if (agent is root and strict_root) or current is target or can_transition(current, target):
             eligible.append(agent)
         else:
             result.skipped.append((agent.id, f"the agent is {current.value}"))

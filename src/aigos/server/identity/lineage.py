@@ -54,3 +54,32 @@ async def lock_changeable(session: AsyncSession, tenant_id: uuid.UUID) -> list[A
     """Every agent of the tenant not yet in a final status, shallowest first, then in creation order."""
     found = await _locked(session, tenant_id, Agent.status.not_in(FINAL))
     return sorted(found, key=lambda a: (a.lineage_depth, a.created_at, str(a.id)))
+
+
+async def ancestors(
+    session: AsyncSession, tenant_id: uuid.UUID, agent_id: uuid.UUID, *, max_depth: int
+) -> tuple[uuid.UUID, ...]:
+    """The agent's ancestors, parent first (empty for a root or an unknown agent).
+
+    An agent's parent never changes once it is registered, so callers may keep the answer.
+    """
+    found: list[uuid.UUID] = []
+    current = agent_id
+    # Lineage depth is bounded by the settings: at most that many rounds.
+    for _ in range(max_depth + 1):
+        parent = await session.scalar(
+            select(Agent.parent_id).where(Agent.tenant_id == tenant_id, Agent.id == current)
+        )
+        if parent is None or parent in found:
+            break
+        found.append(parent)
+        current = parent
+    return tuple(found)
+
+
+async def has_descendants(session: AsyncSession, tenant_id: uuid.UUID, agent_id: uuid.UUID) -> bool:
+    """Whether any agent of the tenant names ``agent_id`` as its parent."""
+    child = await session.scalar(
+        select(Agent.id).where(Agent.tenant_id == tenant_id, Agent.parent_id == agent_id).limit(1)
+    )
+    return child is not None

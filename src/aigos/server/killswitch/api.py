@@ -12,13 +12,14 @@ from aigos.core.agents import AgentStatus
 from aigos.core.signing import b64url
 from aigos.server.db.database import set_tenant
 from aigos.server.deps import DatabaseDep, EventsDep, SessionDep, SettingsDep
-from aigos.server.errors import BadRequest, ServiceUnavailable
+from aigos.server.errors import BadRequest, NotFound, ServiceUnavailable
 from aigos.server.identity.agent_auth import token_error
 from aigos.server.identity.deps import IdentityStateDep
-from aigos.server.killswitch import service, triggers
+from aigos.server.killswitch import fleet, service, triggers
 from aigos.server.killswitch.deps import HubDep
-from aigos.server.killswitch.hub import Outgoing
+from aigos.server.killswitch.hub import FleetOutgoing, Outgoing
 from aigos.server.killswitch.listener import ListenerDep
+from aigos.server.killswitch.models import FleetCommand as FleetRow
 from aigos.server.killswitch.schemas import (
     AckIn,
     CommandName,
@@ -26,6 +27,9 @@ from aigos.server.killswitch.schemas import (
     CommandPage,
     CommandRef,
     CommandStatus,
+    FleetCommandOut,
+    FleetCommandPage,
+    FleetScope,
     PublicKey,
     PublicKeys,
     Skipped,
@@ -70,14 +74,32 @@ async def trigger(
 ) -> TriggerOut:
     """TERMINATE, PAUSE or RESUME one agent (with its descendants unless `cascade` is false) or every agent.
 
-    Each affected agent gets its own signed command and its status changes at once on every replica
-    (terminated agents' tokens are refused; paused agents' policy checks answer `PAUSED`). The commands
-    are delivered to the agents' streams, on any replica, as soon as the trigger is committed; with
+    A single agent (or one without descendants) gets its own signed command and its status changes at
+    once on every replica (terminated agents' tokens are refused; paused agents' policy checks answer
+    `PAUSED`). Every agent of the tenant (`all_agents`), or an agent with descendants (`cascade`), gets
+    one fleet command for the whole scope (`fleet: true`): once committed, every replica's policy checks
+    deny the scope's agents (`PAUSED` / `TERMINATED`) and their streams receive it; the agents' statuses
+    and per-agent records follow in the background. A fleet halt wins until a fleet RESUME of the same
+    scope or of the tenant lifts it: a narrower RESUME meanwhile is refused (409 `FLEET_HALT_ACTIVE`).
+    Commands reach the agents' streams, on any replica, as soon as the trigger is committed; with
     PostgreSQL this holds while Redis is down too.
     """
     result = await triggers.trigger(
         session, hub, principal, spec, events=events, identity=identity, settings=settings
     )
+    if isinstance(result, fleet.Issued):
+        row = result.row
+        return TriggerOut(
+            command_id=row.id,
+            status="pending",
+            issued_at=row.issued_at,
+            commands=[],
+            fleet=True,
+            scope=FleetScope(
+                kind="tenant" if row.root_agent_id is None else "lineage", root_agent_id=row.root_agent_id
+            ),
+            sequence=row.sequence,
+        )
     refs = [CommandRef(command_id=row.id, agent_id=row.agent_id, status="pending") for row in result.rows]
     return TriggerOut(
         command_id=refs[0].command_id if refs else uuid.uuid4(),
@@ -113,6 +135,52 @@ async def list_commands(
     return CommandPage(commands=[service.to_out(row) for row in rows], total=total, page=page, limit=limit)
 
 
+@router.get("/fleet-commands", response_model=FleetCommandPage, summary="List fleet commands")
+async def list_fleet_commands(
+    session: SessionDep, principal: Reader, page: PageNo = 1, limit: Limit = 20
+) -> FleetCommandPage:
+    """The tenant's fleet commands, newest first, with their per-agent delivery and acknowledgement counts."""
+    rows, total = await fleet.page(session, _tenant(principal), page=page, limit=limit)
+    counts = await fleet.counts(session, [row.id for row in rows])
+    return FleetCommandPage(
+        commands=[_fleet_out(row, counts[row.id]) for row in rows], total=total, page=page, limit=limit
+    )
+
+
+@router.get("/fleet-commands/{command_id}", response_model=FleetCommandOut, summary="Get a fleet command")
+async def get_fleet_command(command_id: uuid.UUID, session: SessionDep, principal: Reader) -> FleetCommandOut:
+    """One fleet command of the tenant; 404 `COMMAND_NOT_FOUND` otherwise."""
+    row = await fleet.get(session, _tenant(principal), command_id)
+    if row is None:
+        raise NotFound(f"No fleet command {command_id}.", code="COMMAND_NOT_FOUND")
+    return _fleet_out(row, (await fleet.counts(session, [row.id]))[row.id])
+
+
+def _fleet_out(row: FleetRow, counts: dict[str, int]) -> FleetCommandOut:
+    return FleetCommandOut(
+        command_id=row.id,
+        tenant_id=row.tenant_id,
+        scope=FleetScope(
+            kind="tenant" if row.root_agent_id is None else "lineage", root_agent_id=row.root_agent_id
+        ),
+        command=row.command,
+        reason=row.reason,
+        sequence=row.sequence,
+        issued_at=row.issued_at,
+        expires_at=row.expires_at,
+        issued_by=row.issued_by,
+        key_id=row.key_id,
+        active=row.active,
+        lifted_by=row.lifted_by,
+        bookkeeping_done_at=row.bookkeeping_done_at,
+        targeted=row.targeted,
+        skipped=row.skipped,
+        pending=counts["pending"],
+        delivered=counts["delivered"],
+        acknowledged=counts["acknowledged"],
+    )
+
+
 @router.get("/commands/{command_id}", response_model=CommandOut, summary="Get a kill-switch command")
 async def get_command(command_id: uuid.UUID, session: SessionDep, principal: Reader) -> CommandOut:
     """One command of the tenant; 404 `COMMAND_NOT_FOUND` otherwise."""
@@ -123,13 +191,26 @@ async def get_command(command_id: uuid.UUID, session: SessionDep, principal: Rea
     "/commands/{command_id}/ack", response_model=CommandOut, summary="Acknowledge a command (agent token)"
 )
 async def acknowledge(
-    command_id: uuid.UUID, spec: AckIn, database: DatabaseDep, events: EventsDep, agent: ListenerDep
+    command_id: uuid.UUID,
+    spec: AckIn,
+    database: DatabaseDep,
+    events: EventsDep,
+    settings: SettingsDep,
+    agent: ListenerDep,
 ) -> CommandOut:
-    """The agent reports what it did with its command (terminated agents may still acknowledge)."""
+    """The agent reports what it did with its command, or with a fleet command that covers it (`fleet`
+    true in the answer: its own delivery of it); terminated agents may still acknowledge."""
     async with database.session() as session:
         await set_tenant(session, agent.tenant_id)
-        row = await service.acknowledge(session, events, agent.tenant_id, agent.agent_id, command_id, spec)
-        return service.to_out(row)
+        return await service.acknowledge(
+            session,
+            events,
+            agent.tenant_id,
+            agent.agent_id,
+            command_id,
+            spec,
+            max_depth=settings.max_lineage_depth,
+        )
 
 
 @router.get(
@@ -138,7 +219,8 @@ async def acknowledge(
     summary="Stream kill-switch commands (agent token, Server-Sent Events)",
     responses={
         200: {
-            "description": "`event: kill-switch` frames whose `data` is a signed command; `: keep-alive` "
+            "description": "`event: kill-switch` frames whose `data` is a signed command, "
+            "`event: kill-switch-fleet` frames whose `data` is a signed fleet command; `: keep-alive` "
             "comments in between.",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         }
@@ -157,6 +239,10 @@ async def stream(
 
     The stream opens with `event: opened` whose `data` is a signed anchor: `acknowledged`, the highest
     sequence the agent has acknowledged. A client refuses any command at or below it, even after a restart.
+    The anchor also lists the agent's `ancestors` (parent first, left out for a root agent): a fleet
+    command for a lineage is the agent's when its root is the agent or one of them. The fleet halts in
+    force over the agent are sent after its own pending commands, with the latest fleet RESUMEs covering
+    it, in fleet sequence order.
 
     An agent holds at most `AIGOS_KILLSWITCH_MAX_STREAMS_PER_AGENT` streams per server process: a newer
     stream ends the oldest. A terminated agent receives its pending TERMINATE, then the stream closes; once
@@ -170,14 +256,21 @@ async def stream(
         raise ServiceUnavailable(
             "The server is shutting down.", code="SHUTTING_DOWN", headers={"Retry-After": "1"}
         )
+    halts = hub.fleet.halts if hub.fleet is not None else None
+    ancestors = await halts.ancestors(agent.tenant_id, agent.agent_id) if halts is not None else ()
     # Registered before the backlog is read: a command committed in between arrives live (sent once).
-    connection = hub.connect(agent.agent_id, agent.tenant_id, after)
+    connection = hub.connect(agent.agent_id, agent.tenant_id, after, ancestors)
     try:
         async with database.session() as session:
             await set_tenant(session, agent.tenant_id)
             rows = await service.pending(session, agent.tenant_id, [agent.agent_id], after)
-            anchor = await service.anchor(session, hub.signer, agent.tenant_id, agent.agent_id)
-            backlog = [Outgoing.of(service.signed(row)) for row in rows]
+            anchor = await service.anchor(session, hub.signer, agent.tenant_id, agent.agent_id, ancestors)
+            backlog: list[Outgoing | FleetOutgoing] = [Outgoing.of(service.signed(row)) for row in rows]
+        if halts is not None:
+            # The fleet halts over the agent and the latest RESUMEs, for an agent that connects late.
+            backlog += [
+                FleetOutgoing.of(c) for c in halts.for_agent(agent.tenant_id, agent.agent_id, ancestors)
+            ]
         terminated = agent.status is AgentStatus.TERMINATED
         if terminated and not backlog:
             # Nothing more will ever come: a 200 that closes at once would be reconnected to forever.

@@ -14,6 +14,10 @@ Per connection there is one bounded queue and nothing else: a single ticker feed
 of them, and deliveries are recorded in batches. On shutdown every stream is ended at once, so clients
 reconnect to another replica and the server can exit without waiting for them.
 
+Fleet commands (one for a tenant or a lineage, ``fleet_sync``) are serialised once and the same frame is
+queued on every local stream the scope covers, found through a per-tenant index of connected agents and
+the ancestors each agent's stream was opened with.
+
 An agent holds at most ``max_streams_per_agent`` streams on one replica: a new stream past the bound ends
 the agent's oldest one here. The oldest goes, not the new one, because a stream whose client vanished
 without a TCP reset (a laptop closed, a NAT dropped) looks open until a keep-alive fails to send: refusing
@@ -44,7 +48,7 @@ from sqlalchemy import Table, bindparam, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigos.core.canonical import canonical, parse
-from aigos.core.commands import SignedCommand
+from aigos.core.commands import FleetCommand, SignedCommand, covers
 from aigos.core.signing import Signer
 from aigos.server.audit.events import NewEvent
 from aigos.server.audit.log import EventLog
@@ -56,6 +60,7 @@ from aigos.server.db.database import set_tenant
 from aigos.server.db.types import utcnow
 from aigos.server.identity.state import IdentityState
 from aigos.server.killswitch import notices, service
+from aigos.server.killswitch.fleet_sync import FleetSync
 from aigos.server.killswitch.models import KillSwitchCommand
 from aigos.server.killswitch.notices import Notice, NoticeListener
 
@@ -85,13 +90,31 @@ class Outgoing:
         return cls(command.sequence, command.command_id, command.command, frame)
 
 
+@dataclass(frozen=True, slots=True)
+class FleetOutgoing:
+    """One fleet command ready to send: its SSE frame (no ``id``: ``Last-Event-ID`` stays the agent's own
+    sequence), encoded once for every stream it reaches."""
+
+    command_id: str
+    command: str
+    frame: bytes
+
+    @classmethod
+    def of(cls, command: FleetCommand) -> FleetOutgoing:
+        """The frame of ``command``: ``event: kill-switch-fleet`` and the signed JSON."""
+        data = json.dumps(command.to_json(), separators=(",", ":"))
+        return cls(
+            command.command_id, command.command, f"event: kill-switch-fleet\ndata: {data}\n\n".encode()
+        )
+
+
 class _Signal:
     """Queue items that are not commands."""
 
 
 CLOSE = _Signal()
 TICK = _Signal()
-Item = Outgoing | _Signal
+Item = Outgoing | FleetOutgoing | _Signal
 
 
 class Connection:
@@ -157,6 +180,15 @@ class Hub:
         self._heard: asyncio.Queue[str] = asyncio.Queue()
         self._announcing: set[asyncio.Task[None]] = set()
         self._deliveries: dict[uuid.UUID, list[tuple[Connection, Outgoing, datetime]]] = defaultdict(list)
+        #: Per tenant, (fleet command, agent, when) delivered here, recorded with the others.
+        self._fleet_deliveries: dict[uuid.UUID, list[tuple[uuid.UUID, uuid.UUID, datetime]]] = defaultdict(
+            list
+        )
+        #: Per tenant, its agents with a stream here; per such agent, its ancestors (for lineage commands).
+        self._tenant_agents: dict[uuid.UUID, set[uuid.UUID]] = {}
+        self._ancestors: dict[uuid.UUID, tuple[str, ...]] = {}
+        #: Fleet commands and halts (``fleet_sync.FleetSync``), attached by ``create_hub``.
+        self.fleet: FleetSync | None = None
         self._subscription: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -167,12 +199,17 @@ class Hub:
         """How many streams are open here."""
         return sum(len(conns) for conns in self._connections.values())
 
-    def connect(self, agent_id: uuid.UUID, tenant_id: uuid.UUID, after: int = 0) -> Connection:
+    def connect(
+        self, agent_id: uuid.UUID, tenant_id: uuid.UUID, after: int = 0, ancestors: tuple[str, ...] = ()
+    ) -> Connection:
         """Register a stream before reading its backlog, so nothing published meanwhile is missed.
 
-        Past ``max_streams_per_agent`` the agent's oldest streams here are ended.
+        Past ``max_streams_per_agent`` the agent's oldest streams here are ended. ``ancestors`` (parent
+        first) decide which lineage fleet commands reach it.
         """
         connection = Connection(agent_id, tenant_id, after)
+        self._tenant_agents.setdefault(tenant_id, set()).add(agent_id)
+        self._ancestors[agent_id] = ancestors
         conns = self._connections.setdefault(agent_id, {})
         while len(conns) >= self.max_streams_per_agent:
             oldest = next(iter(conns))
@@ -189,10 +226,25 @@ class Hub:
             conns.pop(connection, None)
             if not conns:
                 del self._connections[connection.agent_id]
+                self._ancestors.pop(connection.agent_id, None)
+                agents = self._tenant_agents.get(connection.tenant_id)
+                if agents is not None:
+                    agents.discard(connection.agent_id)
+                    if not agents:
+                        del self._tenant_agents[connection.tenant_id]
 
     def delivered(self, connection: Connection, item: Outgoing) -> None:
         """Note that ``item`` went out on ``connection`` (written to the database in the next batch)."""
         self._deliveries[connection.tenant_id].append((connection, item, utcnow()))
+
+    def fleet_delivered(self, connection: Connection, item: FleetOutgoing) -> None:
+        """Note that the fleet command ``item`` went out on ``connection`` (recorded in the next batch)."""
+        entry = (uuid.UUID(item.command_id), connection.agent_id, utcnow())
+        self._fleet_deliveries[connection.tenant_id].append(entry)
+
+    def tenant_has_streams(self, tenant_id: uuid.UUID) -> bool:
+        """Whether any agent of the tenant has a stream here."""
+        return tenant_id in self._tenant_agents
 
     # -- delivery ---------------------------------------------------------------------------------
 
@@ -208,6 +260,25 @@ class Hub:
                 continue
             item = Outgoing.of(command)
             for connection in list(conns):
+                connection.offer(item)
+                reached += 1
+        return reached
+
+    def dispatch_fleet(self, command: FleetCommand) -> int:
+        """Queue the fleet command on every local stream its scope covers (serialised once); returns how
+        many streams got it."""
+        try:
+            agents = self._tenant_agents.get(uuid.UUID(command.tenant_id))
+        except ValueError:
+            return 0
+        if not agents:
+            return 0
+        item = FleetOutgoing.of(command)
+        reached = 0
+        for agent_id in list(agents):
+            if not covers(command.scope, str(agent_id), self._ancestors.get(agent_id, ())):
+                continue
+            for connection in list(self._connections.get(agent_id, ())):
                 connection.offer(item)
                 reached += 1
         return reached
@@ -269,6 +340,10 @@ class Hub:
     def _receive(self, data: Any) -> None:
         if not isinstance(data, dict) or data.get("origin") == self.origin:
             return  # our own commands were dispatched here when published
+        if "fleet" in data or "retire" in data:
+            if self.fleet is not None:
+                self.fleet.received(data)
+            return
         commands = []
         for item in data.get("commands") or []:
             try:
@@ -283,6 +358,8 @@ class Hub:
             try:
                 if message.is_resync:
                     caught = await self.catch_up()
+                    if self.fleet is not None:
+                        await self.fleet.reload()
                     log.info("killswitch_resynchronised", commands=caught)
                 else:
                     self._receive(parse(message.data))
@@ -310,6 +387,10 @@ class Hub:
         for notice in (Notice.decode(payload) for payload in payloads):
             if notice is None or notice.origin == self.origin:
                 continue  # our own: applied and dispatched when triggered
+            if notice.fleet_id is not None:
+                if self.fleet is not None:
+                    await self.fleet.heard(notice.tenant_id, notice.fleet_id)
+                continue
             if notice.agent_ids is None:
                 wanted[notice.tenant_id] = None
                 reload_identity = True
@@ -349,6 +430,9 @@ class Hub:
     async def flush(self) -> None:
         """Mark delivered commands ``delivered`` (one statement per tenant) and log their delivery."""
         batches, self._deliveries = self._deliveries, defaultdict(list)
+        fleet_batches, self._fleet_deliveries = self._fleet_deliveries, defaultdict(list)
+        if fleet_batches and self.fleet is not None:
+            await self.fleet.record_deliveries(fleet_batches)
         table = KillSwitchCommand.__table__
         assert isinstance(table, Table)
         stmt = (
@@ -400,10 +484,18 @@ class Hub:
         if self.database.kind == "postgresql":
             self._tasks.append(asyncio.create_task(self._follow_notices(), name="killswitch-notices-apply"))
             self.notices = NoticeListener(
-                notices.connect_args(self.database.engine), self._heard.put_nowait, self.catch_up
+                notices.connect_args(self.database.engine), self._heard.put_nowait, self._reconnected
             )
             await self.notices.start()
+        if self.fleet is not None:
+            await self.fleet.start(events)
         self._watch_shutdown_signals()
+
+    async def _reconnected(self) -> None:
+        """Notices may have been missed: catch up on commands and fleet halts from the database."""
+        await self.catch_up()
+        if self.fleet is not None:
+            await self.fleet.reload()
 
     def replicas(self) -> int:
         """How many server processes share this database (1 when they cannot be counted)."""
@@ -421,6 +513,8 @@ class Hub:
         self.begin_close()
         if self.notices is not None:
             await self.notices.stop()
+        if self.fleet is not None:
+            await self.fleet.stop()
         await cancel(*self._tasks, *self._announcing)
         with contextlib.suppress(Exception):
             await self.flush()
@@ -458,7 +552,7 @@ def create_hub(
     database: Database, bus: Bus, settings: Settings, identity: IdentityState | None = None
 ) -> Hub:
     """The hub configured by ``settings`` (start it with the runtime's event log)."""
-    return Hub(
+    hub = Hub(
         database,
         bus,
         service.command_signer(settings.pepper),
@@ -467,3 +561,5 @@ def create_hub(
         max_streams_per_agent=settings.killswitch_max_streams_per_agent,
         identity=identity,
     )
+    hub.fleet = FleetSync(hub, database, identity, settings.max_lineage_depth)
+    return hub

@@ -60,10 +60,14 @@ class Notice:
     status: str | None
     #: When the status was set (``time.time()``): an older announcement never overrides a newer one.
     at: float
+    #: A fleet command committed or bookkept: receivers read it and apply it (the other fields aside).
+    fleet_id: uuid.UUID | None = None
 
     def encode(self) -> str:
         """The payload, within PostgreSQL's limit (the agents are left out if they do not fit)."""
         body: dict[str, Any] = {"o": self.origin, "t": str(self.tenant_id), "s": self.status, "at": self.at}
+        if self.fleet_id is not None:
+            body["f"] = str(self.fleet_id)
         if self.agent_ids is not None:
             payload = json.dumps({**body, "a": [str(agent_id) for agent_id in self.agent_ids]})
             if len(payload) <= MAX_PAYLOAD:
@@ -82,6 +86,7 @@ class Notice:
                 agent_ids=None if agents is None else tuple(uuid.UUID(str(a)) for a in agents),
                 status=None if body.get("s") is None else str(body["s"]),
                 at=float(body.get("at") or 0.0),
+                fleet_id=None if body.get("f") is None else uuid.UUID(str(body["f"])),
             )
         except (ValueError, TypeError, KeyError, AttributeError):
             return None
@@ -94,6 +99,14 @@ async def send(
     if session.bind is None or session.bind.dialect.name != "postgresql":
         return
     notice = Notice(origin, tenant_id, tuple(agent_ids), status, time.time())
+    await session.execute(_NOTIFY, {"channel": CHANNEL, "payload": notice.encode()})
+
+
+async def send_fleet(session: AsyncSession, origin: str, tenant_id: uuid.UUID, fleet_id: uuid.UUID) -> None:
+    """Queue a notice of the fleet command ``fleet_id`` in ``session``'s transaction (PostgreSQL only)."""
+    if session.bind is None or session.bind.dialect.name != "postgresql":
+        return
+    notice = Notice(origin, tenant_id, None, None, time.time(), fleet_id)
     await session.execute(_NOTIFY, {"channel": CHANNEL, "payload": notice.encode()})
 
 

@@ -46,14 +46,63 @@ class Skipped(BaseModel):
     reason: str
 
 
-class TriggerOut(BaseModel):
-    """What a trigger issued: the root command and one command per affected agent."""
+class FleetScope(BaseModel):
+    """Whom a fleet command is for: every agent of the tenant, or a root agent and its descendants."""
 
-    command_id: uuid.UUID = Field(description="The root agent's command (the first one tenant-wide).")
+    kind: Literal["tenant", "lineage"]
+    root_agent_id: uuid.UUID | None = None
+
+
+class TriggerOut(BaseModel):
+    """What a trigger issued: one command for a single agent, or one fleet command for a scope."""
+
+    command_id: uuid.UUID = Field(description="The agent's command, or the fleet command.")
     status: CommandStatus
     issued_at: datetime
-    commands: list[CommandRef]
+    commands: list[CommandRef] = Field(
+        description="The single agent's command; empty for a fleet command (its agents are reached in the "
+        "background: see `GET /v1/kill-switch/fleet-commands/{command_id}`)."
+    )
     skipped: list[Skipped] = Field(default_factory=list)
+    fleet: bool = Field(False, description="A fleet command: one signed command for the whole scope.")
+    scope: FleetScope | None = None
+    sequence: int | None = Field(None, description="The fleet command's sequence in the tenant.")
+
+
+class FleetCommandOut(BaseModel):
+    """A fleet command, its halt, its bookkeeping, and how many agents received and acknowledged it."""
+
+    command_id: uuid.UUID
+    tenant_id: uuid.UUID
+    scope: FleetScope
+    command: CommandName
+    reason: str
+    sequence: int
+    issued_at: datetime
+    expires_at: datetime
+    issued_by: str | None
+    key_id: str
+    active: bool = Field(description="A PAUSE or TERMINATE halt still in force.")
+    lifted_by: uuid.UUID | None = Field(description="The RESUME that lifted the halt.")
+    bookkeeping_done_at: datetime | None = Field(
+        description="When every covered agent's status was set and its delivery record written."
+    )
+    targeted: int | None = Field(description="Agents the bookkeeping reached (None until it is done).")
+    skipped: int | None = Field(
+        description="Agents that could not take the status (a RESUME of a terminated)."
+    )
+    pending: int = Field(description="Agents with a record that were not delivered the command yet.")
+    delivered: int = Field(description="Agents delivered the command that have not acknowledged it.")
+    acknowledged: int = Field(description="Agents that acknowledged the command.")
+
+
+class FleetCommandPage(BaseModel):
+    """One page of fleet commands, newest first."""
+
+    commands: list[FleetCommandOut]
+    total: int
+    page: int
+    limit: int
 
 
 class CommandOut(BaseModel):
@@ -76,6 +125,7 @@ class CommandOut(BaseModel):
     ack_detail: str | None
     issued_by: str | None
     key_id: str
+    fleet: bool = Field(False, description="One agent's delivery of a fleet command.")
 
 
 class CommandPage(BaseModel):

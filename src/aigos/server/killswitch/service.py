@@ -1,9 +1,11 @@
 """Issuing, reading and acknowledging kill-switch commands (no HTTP here).
 
-A trigger moves each affected agent through the identity lifecycle (``lifecycle.change_lineage_status``:
-status, credentials, event, announcement to every replica) and writes one signed command per agent, with
-the agent's next sequence number. Sequences are allocated while identity holds the agents' rows locked, so
-two replicas triggering at once never hand out the same one (the unique constraint stands behind that).
+A single agent's trigger (or one with ``cascade`` of an agent without descendants; tenant-wide and
+lineage-wide triggers are fleet commands, ``fleet``) moves the agent through the identity lifecycle
+(``lifecycle.change_lineage_status``: status, credentials, event, announcement to every replica) and
+writes one signed command for it, with the agent's next sequence number. Sequences are allocated while
+identity holds the agents' rows locked, so two replicas triggering at once never hand out the same one
+(the unique constraint stands behind that).
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from typing import Any
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from aigos.core.agents import AgentStatus
 from aigos.core.commands import (
     ACK_OUTCOMES,
     SignedCommand,
@@ -35,17 +36,12 @@ from aigos.server.db.types import utcnow
 from aigos.server.errors import AigosError, NotFound
 from aigos.server.identity import lifecycle
 from aigos.server.identity.state import IdentityState
-from aigos.server.killswitch.models import KillSwitchCommand
+from aigos.server.killswitch import fleet
+from aigos.server.killswitch.fleet import TARGETS
+from aigos.server.killswitch.models import FleetCommand, FleetDelivery, KillSwitchCommand
 from aigos.server.killswitch.schemas import AckIn, CommandOut, TriggerIn
 from aigos.server.principal import Principal
 from aigos.server.tenancy.locks import lock_tenant
-
-#: What each command makes of the agent, and the event that records the status change.
-TARGETS: dict[str, tuple[AgentStatus, str]] = {
-    "TERMINATE": (AgentStatus.TERMINATED, "agent.terminated"),
-    "PAUSE": (AgentStatus.PAUSED, "agent.paused"),
-    "RESUME": (AgentStatus.ACTIVE, "agent.resumed"),
-}
 
 
 class OutcomeNotForCommand(AigosError):
@@ -288,9 +284,14 @@ async def pending(
 
 
 async def anchor(
-    session: AsyncSession, signer: Signer, tenant_id: uuid.UUID, agent_id: uuid.UUID
+    session: AsyncSession,
+    signer: Signer,
+    tenant_id: uuid.UUID,
+    agent_id: uuid.UUID,
+    ancestors: tuple[str, ...] = (),
 ) -> StreamAnchor:
-    """The signed anchor a stream opens with: the highest sequence the agent acknowledged (0 if none)."""
+    """The signed anchor a stream opens with: the highest sequence the agent acknowledged (0 if none) and
+    the agent's ``ancestors`` (by which it recognises the lineage fleet commands meant for it)."""
     highest = await session.scalar(
         select(func.max(KillSwitchCommand.sequence)).where(
             KillSwitchCommand.tenant_id == tenant_id,
@@ -304,6 +305,31 @@ async def anchor(
         agent_id=str(agent_id),
         acknowledged=int(highest or 0),
         issued_at=utcnow(),
+        ancestors=ancestors,
+    )
+
+
+def fleet_out(row: FleetCommand, delivery: FleetDelivery) -> CommandOut:
+    """One agent's view of a fleet command: its delivery and acknowledgement."""
+    return CommandOut(
+        command_id=row.id,
+        tenant_id=row.tenant_id,
+        agent_id=delivery.agent_id,
+        root_command_id=row.id,
+        command=row.command,
+        reason=row.reason,
+        cascade=True,
+        sequence=row.sequence,
+        status=delivery.status,
+        issued_at=row.issued_at,
+        expires_at=row.expires_at,
+        delivered_at=delivery.delivered_at,
+        acknowledged_at=delivery.acknowledged_at,
+        ack_outcome=delivery.ack_outcome,
+        ack_detail=delivery.ack_detail,
+        issued_by=row.issued_by,
+        key_id=row.key_id,
+        fleet=True,
     )
 
 
@@ -314,18 +340,43 @@ async def acknowledge(
     agent_id: uuid.UUID,
     command_id: uuid.UUID,
     spec: AckIn,
+    *,
+    max_depth: int,
+) -> CommandOut:
+    """Record the agent's acknowledgement of its command, or of a fleet command that covers it (the first
+    one stands; repeating it changes nothing)."""
+    fleet_row = await fleet.get(session, tenant_id, command_id)
+    if fleet_row is not None:
+        _check_outcome(fleet_row.command, spec.outcome)
+        delivery = await fleet.acknowledge(
+            session, events, fleet_row, agent_id, spec.outcome, spec.detail, max_depth=max_depth
+        )
+        return fleet_out(fleet_row, delivery)
+    return to_out(await _acknowledge(session, events, tenant_id, agent_id, command_id, spec))
+
+
+def _check_outcome(command: str, outcome: str) -> None:
+    allowed = ACK_OUTCOMES[command]
+    if outcome not in allowed:
+        raise OutcomeNotForCommand(
+            f"A {command} is acknowledged as one of {', '.join(sorted(allowed))}, not {outcome!r}.",
+            allowed=sorted(allowed),
+        )
+
+
+async def _acknowledge(
+    session: AsyncSession,
+    events: EventLog,
+    tenant_id: uuid.UUID,
+    agent_id: uuid.UUID,
+    command_id: uuid.UUID,
+    spec: AckIn,
 ) -> KillSwitchCommand:
-    """Record the agent's acknowledgement (the first one stands; repeating it changes nothing)."""
     row = await get(session, tenant_id, command_id)
     if row.agent_id != agent_id:
         # Another agent's command is as invisible as another tenant's.
         raise NotFound(f"No kill-switch command {command_id}.", code="COMMAND_NOT_FOUND")
-    allowed = ACK_OUTCOMES[row.command]
-    if spec.outcome not in allowed:
-        raise OutcomeNotForCommand(
-            f"A {row.command} is acknowledged as one of {', '.join(sorted(allowed))}, not {spec.outcome!r}.",
-            allowed=sorted(allowed),
-        )
+    _check_outcome(row.command, spec.outcome)
     if row.status == "acknowledged":
         return row
     now = utcnow()

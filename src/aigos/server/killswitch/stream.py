@@ -1,8 +1,8 @@
 """The body of one kill-switch stream: the anchor, the backlog, then live commands, keep-alives, and the end.
 
-A stream sends each sequence at most once (the backlog read from the database and the live commands may
-overlap), and ends when the client goes away, after it sent a TERMINATE, when it fell too far behind, when
-a newer stream of the same agent took its place (the per-agent bound), or when the server shuts down.
+A stream sends each sequence at most once, and each fleet command at most once (the backlog read from
+the database and the live commands may overlap), and ends when the client goes away, after it sent a
+TERMINATE (its own or a fleet one), when it fell too far behind, when a newer stream of the same agent took its place (the per-agent bound), or when the server shuts down.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 from collections.abc import AsyncIterator
 
 from aigos.core.commands import StreamAnchor
-from aigos.server.killswitch.hub import CLOSE, KEEPALIVE, TICK, Connection, Hub, Outgoing
+from aigos.server.killswitch.hub import CLOSE, KEEPALIVE, TICK, Connection, FleetOutgoing, Hub, Outgoing
 
 OPENED = b": connected\n\n"
 
@@ -27,14 +27,24 @@ async def events(
     hub: Hub,
     connection: Connection,
     anchor: StreamAnchor,
-    backlog: list[Outgoing],
+    backlog: list[Outgoing | FleetOutgoing],
     *,
     end_after_backlog: bool = False,
 ) -> AsyncIterator[bytes]:
     """The SSE frames of ``connection``; ``end_after_backlog`` for an agent that can receive no more."""
+    # Fleet commands carry no per-agent sequence: the ones this stream sent, by id (a handful at most).
+    fleet_sent: set[str] = set()
     try:
         yield opened(anchor)
         for item in backlog:
+            if isinstance(item, FleetOutgoing):
+                if item.command_id not in fleet_sent:
+                    fleet_sent.add(item.command_id)
+                    yield item.frame
+                    hub.fleet_delivered(connection, item)
+                    if item.command == "TERMINATE":
+                        return
+                continue
             if item.sequence <= connection.sent:
                 continue
             connection.sent = item.sequence
@@ -50,6 +60,14 @@ async def events(
                 return
             if queued is TICK:
                 yield KEEPALIVE
+                continue
+            if isinstance(queued, FleetOutgoing):
+                if queued.command_id not in fleet_sent:
+                    fleet_sent.add(queued.command_id)
+                    yield queued.frame
+                    hub.fleet_delivered(connection, queued)
+                    if queued.command == "TERMINATE":
+                        return
                 continue
             if not isinstance(queued, Outgoing) or queued.sequence <= connection.sent:
                 continue

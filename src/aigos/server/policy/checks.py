@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import Any, Protocol
 
 from aigos.core import policy as core
 from aigos.server.audit.events import NewEvent, current_request_id
@@ -25,17 +25,33 @@ from aigos.server.tenancy.usage import UsageMeter
 _EVENT = {None: "policy.checked", core.Code.BUDGET_EXCEEDED.value: "budget.exceeded"}
 
 
+class Halts(Protocol):
+    """The kill switch's fleet halts, as this replica holds them (``killswitch.halts.Halts``)."""
+
+    async def halted(self, tenant_id: uuid.UUID, agent_id: uuid.UUID) -> str | None:
+        """``paused`` / ``terminated`` if a fleet halt in force covers the agent, else None."""
+        ...
+
+
 class Checks:
-    """What deciding a check takes: the replica's policy state, the budgets, the event log and the usage
-    counters."""
+    """What deciding a check takes: the replica's policy state, the budgets, the event log, the usage
+    counters and the kill switch's fleet halts."""
 
-    __slots__ = ("budgets", "events", "state", "usage")
+    __slots__ = ("budgets", "events", "halts", "state", "usage")
 
-    def __init__(self, state: PolicyState, budgets: BudgetBook, events: EventLog, usage: UsageMeter) -> None:
+    def __init__(
+        self,
+        state: PolicyState,
+        budgets: BudgetBook,
+        events: EventLog,
+        usage: UsageMeter,
+        halts: Halts | None = None,
+    ) -> None:
         self.state = state
         self.budgets = budgets
         self.events = events
         self.usage = usage
+        self.halts = halts
 
     async def decide(self, agent: AgentPrincipal, body: CheckIn, started: float) -> dict[str, Any]:
         """The answer to ``body`` for ``agent`` (a denial is an answer too), its decision recorded;
@@ -43,7 +59,14 @@ class Checks:
         carried = _carried(agent, body.telemetry) if body.telemetry else ()
         state = self.state
         state.ensure_live()
-        subject = await state.subject(agent.tenant_id, agent.agent_id, agent.status.value, agent.claims)
+        status = agent.status.value
+        if self.halts is not None and status != "terminated":
+            # The kill switch first: a fleet halt denies at once, whatever the agent's own status says yet
+            # (its bookkeeping may still be on the way), with the same codes as a paused or killed agent.
+            halted = await self.halts.halted(agent.tenant_id, agent.agent_id)
+            if halted is not None and (status == "active" or halted == "terminated"):
+                status = halted
+        subject = await state.subject(agent.tenant_id, agent.agent_id, status, agent.claims)
         policies = await state.policy_set(agent.tenant_id)
         asked = core.Request.of(body.action, body.resource, body.context.model_dump(exclude_none=True))
         effective = await select_in_pieces(policies, subject, body.action, asked)
