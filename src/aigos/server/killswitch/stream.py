@@ -2,7 +2,8 @@
 
 A stream sends each sequence at most once, and each fleet command at most once (the backlog read from
 the database and the live commands may overlap), and ends when the client goes away, after it sent a
-TERMINATE (its own or a fleet one), when it fell too far behind, when a newer stream of the same agent took its place (the per-agent bound), or when the server shuts down.
+TERMINATE (its own or a fleet one), when it fell too far behind, when a newer stream of the same agent
+took its place (the per-agent bound), or when the server shuts down.
 """
 
 from __future__ import annotations
