@@ -38,76 +38,84 @@ async def status_of(client: AsyncClient, owner: TenantHandle, agent: dict[str, A
     return value
 
 
+async def bookkept(client: AsyncClient, owner: TenantHandle, command_id: str) -> dict[str, Any]:
+    """The fleet command once its bookkeeping (run after the trigger's answer) is done."""
+    for _ in range(600):
+        got = await client.get(f"/v1/kill-switch/fleet-commands/{command_id}", headers=owner.headers)
+        assert got.status_code == 200, got.text
+        if got.json()["bookkeeping_done_at"] is not None:
+            found: dict[str, Any] = got.json()
+            return found
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the bookkeeping of {command_id} never finished")
+
+
 async def test_trigger_list_get_ack_and_events(client: AsyncClient, tenant_a: TenantHandle) -> None:
     root = await register(client, tenant_a, "root")
     child = await register(client, tenant_a, "child", parent=root)
     grandchild = await register(client, tenant_a, "grandchild", parent=child)
     other = await register(client, tenant_a, "other")
 
-    # PAUSE without cascade: the root only.
+    # PAUSE without cascade: the root only, with a command of its own.
     alone = await trigger(client, tenant_a, agent_id=root["agent_id"], command="PAUSE", cascade=False)
     assert alone.status_code == 201, alone.text
+    assert alone.json()["fleet"] is False
     assert [c["agent_id"] for c in alone.json()["commands"]] == [root["agent_id"]]
     assert await status_of(client, tenant_a, root) == "paused"
     assert await status_of(client, tenant_a, child) == "active"
 
-    # Terminate the grandchild, then RESUME the tree: the terminated member is skipped and reported.
-    assert (await trigger(client, tenant_a, agent_id=grandchild["agent_id"])).status_code == 201
+    # Terminate the grandchild (no descendants: a command of its own), then RESUME the tree: one fleet
+    # command for the lineage; its bookkeeping skips the terminated member and counts it.
+    leaf = await trigger(client, tenant_a, agent_id=grandchild["agent_id"])
+    assert leaf.status_code == 201
+    assert leaf.json()["fleet"] is False
     resumed = await trigger(client, tenant_a, agent_id=root["agent_id"], command="RESUME")
     assert resumed.status_code == 201, resumed.text
-    assert {c["agent_id"] for c in resumed.json()["commands"]} == {root["agent_id"], child["agent_id"]}
-    assert resumed.json()["skipped"] == [
-        {"agent_id": grandchild["agent_id"], "reason": "the agent is terminated"}
-    ]
+    body = resumed.json()
+    assert body["fleet"] is True
+    assert body["scope"] == {"kind": "lineage", "root_agent_id": root["agent_id"]}
+    assert (body["commands"], body["sequence"]) == ([], 1)
+    done = await bookkept(client, tenant_a, body["command_id"])
+    assert (done["targeted"], done["skipped"], done["pending"]) == (2, 1, 2)
     assert await status_of(client, tenant_a, root) == "active"
 
-    # Tenant-wide PAUSE: every agent that can still act.
+    # Tenant-wide PAUSE: one fleet command; every agent that can still act is paused in the background.
     everyone = await trigger(client, tenant_a, all_agents=True, command="PAUSE", reason="incident")
     assert everyone.status_code == 201, everyone.text
-    paused = {c["agent_id"] for c in everyone.json()["commands"]}
-    assert paused == {root["agent_id"], child["agent_id"], other["agent_id"]}
+    fleet_id = everyone.json()["command_id"]
+    assert everyone.json()["scope"] == {"kind": "tenant", "root_agent_id": None}
+    done = await bookkept(client, tenant_a, fleet_id)
+    assert done["targeted"] == 3
+    assert done["active"] is True
     for agent in (root, child, other):
         assert await status_of(client, tenant_a, agent) == "paused"
 
     listed = await client.get("/v1/kill-switch/commands?limit=100", headers=tenant_a.headers)
     assert listed.status_code == 200, listed.text
-    assert listed.json()["total"] == 1 + 1 + 2 + 3
-    mine = await client.get(
-        f"/v1/kill-switch/commands?agent_id={root['agent_id']}&command=PAUSE", headers=tenant_a.headers
-    )
-    assert [c["sequence"] for c in mine.json()["commands"]] == [3, 1]
-    grouped = await client.get(
-        f"/v1/kill-switch/commands?root_command_id={everyone.json()['command_id']}&status=pending",
-        headers=tenant_a.headers,
-    )
-    assert grouped.json()["total"] == 3
+    assert listed.json()["total"] == 2
+    fleets = await client.get("/v1/kill-switch/fleet-commands", headers=tenant_a.headers)
+    assert [c["sequence"] for c in fleets.json()["commands"]] == [2, 1]
 
-    command_id = everyone.json()["commands"][0]["command_id"]
+    command_id = alone.json()["command_id"]
     got = await client.get(f"/v1/kill-switch/commands/{command_id}", headers=tenant_a.headers)
     assert got.status_code == 200
     command = got.json()
-    assert command["command"] == "PAUSE"
-    assert command["reason"] == "incident"
-    assert command["status"] == "pending"
-    assert command["issued_at"] is not None
-    assert command["delivered_at"] is None
-    owner_of = next(a for a in (root, child, other) if a["agent_id"] == command["agent_id"])
+    assert (command["command"], command["status"], command["delivered_at"]) == ("PAUSE", "pending", None)
 
     # Only the command's own agent may acknowledge it.
-    stranger = next(a for a in (root, child, other) if a["agent_id"] != command["agent_id"])
     wrong = await client.post(
-        f"/v1/kill-switch/commands/{command_id}/ack", json={"outcome": "paused"}, headers=bearer(stranger)
+        f"/v1/kill-switch/commands/{command_id}/ack", json={"outcome": "paused"}, headers=bearer(child)
     )
     assert wrong.status_code == 404
     assert wrong.json()["code"] == "COMMAND_NOT_FOUND"
     bad = await client.post(
-        f"/v1/kill-switch/commands/{command_id}/ack", json={"outcome": "exploded"}, headers=bearer(owner_of)
+        f"/v1/kill-switch/commands/{command_id}/ack", json={"outcome": "exploded"}, headers=bearer(root)
     )
     assert bad.status_code == 400
     ack = await client.post(
         f"/v1/kill-switch/commands/{command_id}/ack",
         json={"outcome": "paused", "detail": "stopped at step 3"},
-        headers=bearer(owner_of),
+        headers=bearer(root),
     )
     assert ack.status_code == 200, ack.text
     acked = ack.json()
@@ -122,12 +130,60 @@ async def test_trigger_list_get_ack_and_events(client: AsyncClient, tenant_a: Te
         )
     ).status_code == 401
 
+    # A fleet command is acknowledged per agent, on the same route; only agents of its scope may.
+    fleet_ack = await client.post(
+        f"/v1/kill-switch/commands/{fleet_id}/ack", json={"outcome": "paused"}, headers=bearer(child)
+    )
+    assert fleet_ack.status_code == 200, fleet_ack.text
+    assert fleet_ack.json()["fleet"] is True
+    assert (fleet_ack.json()["agent_id"], fleet_ack.json()["status"]) == (child["agent_id"], "acknowledged")
+    outside = await client.post(
+        f"/v1/kill-switch/commands/{body['command_id']}/ack",
+        json={"outcome": "resumed"},
+        headers=bearer(other),
+    )
+    assert outside.status_code == 404
+    counted = (
+        await client.get(f"/v1/kill-switch/fleet-commands/{fleet_id}", headers=tenant_a.headers)
+    ).json()
+    assert (counted["pending"], counted["acknowledged"]) == (2, 1)
+
     events = await client.get("/v1/audit/events?limit=100", headers=tenant_a.headers)
     assert events.status_code == 200, events.text
     types = [entry["event_type"] for entry in events.json()["data"]]
     assert types.count("killswitch.triggered") == 4
-    assert types.count("killswitch.acknowledged") == 1
+    assert types.count("killswitch.acknowledged") == 2
     assert {"agent.paused", "agent.terminated", "agent.resumed"} <= set(types)
+
+
+async def test_a_fleet_halt_wins_until_a_fleet_resume_lifts_it(
+    client: AsyncClient, tenant_a: TenantHandle
+) -> None:
+    root = await register(client, tenant_a, "root")
+    child = await register(client, tenant_a, "child", parent=root)
+    paused = await trigger(client, tenant_a, all_agents=True, command="PAUSE")
+    await bookkept(client, tenant_a, paused.json()["command_id"])
+    # Narrower RESUMEs would contradict the tenant's halt: refused, and nothing changes.
+    for spec in ({"agent_id": child["agent_id"], "cascade": False}, {"agent_id": root["agent_id"]}):
+        refused = await trigger(client, tenant_a, command="RESUME", **spec)
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["code"] == "FLEET_HALT_ACTIVE"
+    # Stopping one agent further is fine.
+    assert (
+        await trigger(client, tenant_a, agent_id=child["agent_id"], command="TERMINATE")
+    ).status_code == 201
+    resumed = await trigger(client, tenant_a, all_agents=True, command="RESUME")
+    assert resumed.status_code == 201, resumed.text
+    done = await bookkept(client, tenant_a, resumed.json()["command_id"])
+    assert (done["targeted"], done["skipped"]) == (1, 0)
+    lifted = (
+        await client.get(
+            f"/v1/kill-switch/fleet-commands/{paused.json()['command_id']}", headers=tenant_a.headers
+        )
+    ).json()
+    assert (lifted["active"], lifted["lifted_by"]) == (False, resumed.json()["command_id"])
+    assert await status_of(client, tenant_a, root) == "active"
+    assert await status_of(client, tenant_a, child) == "terminated"
 
 
 async def test_validation_and_refusals(client: AsyncClient, tenant_a: TenantHandle) -> None:
@@ -201,8 +257,13 @@ async def test_tenants_cannot_reach_each_others_commands(
     )
     assert ack.status_code == 404
     # A tenant-wide trigger of A touches none of B's agents.
-    await trigger(client, tenant_a, all_agents=True, command="TERMINATE")
+    killed = await trigger(client, tenant_a, all_agents=True, command="TERMINATE")
+    await bookkept(client, tenant_a, killed.json()["command_id"])
     assert await status_of(client, tenant_b, theirs) == "paused"
+    invisible = await client.get(
+        f"/v1/kill-switch/fleet-commands/{killed.json()['command_id']}", headers=tenant_b.headers
+    )
+    assert invisible.status_code == 404
     assert await status_of(client, tenant_a, ours) == "terminated"
 
 
@@ -217,13 +278,13 @@ async def test_concurrent_triggers_are_serialised(client: AsyncClient, tenant_a:
         *(client.post("/v1/kill-switch/trigger", json=body, headers=tenant_a.headers) for body in bodies)
     )
     assert {response.status_code for response in responses} <= {201, 409}, [r.text for r in responses]
+    # The parent has a child: each trigger is a fleet command, numbered without gaps or repeats.
     listed = await client.get(
-        "/v1/kill-switch/commands",
-        params={"agent_id": parent["agent_id"], "limit": 100},
-        headers=tenant_a.headers,
+        "/v1/kill-switch/fleet-commands", params={"limit": 100}, headers=tenant_a.headers
     )
     sequences = [command["sequence"] for command in listed.json()["commands"]]
     assert sorted(sequences) == list(range(1, len(sequences) + 1))
+    assert len(sequences) == sum(response.status_code == 201 for response in responses)
 
 
 async def test_last_event_id_beyond_any_sequence_is_a_bad_request(
