@@ -9,11 +9,13 @@ import pytest
 
 from aigos.core.commands import (
     CommandRejected,
+    FleetCommand,
     ReplayGuard,
     SignedCommand,
     StreamAnchor,
     verify_anchor,
     verify_command,
+    verify_fleet_command,
 )
 from aigos.core.signing import unb64url
 from aigos.server.config import Settings
@@ -169,6 +171,13 @@ async def test_a_stream_opens_with_the_signed_highest_acknowledged_sequence(live
         await sse.aclose()
 
 
+def fleet_command_of(event: Event | None) -> FleetCommand:
+    assert event is not None, "the stream ended"
+    assert event.event == "kill-switch-fleet"
+    assert event.id is None  # Last-Event-ID stays the agent's own sequence
+    return FleetCommand.from_json(event.json)
+
+
 async def test_cascading_terminate_reaches_every_descendant_and_closes_their_streams(live: Live) -> None:
     owner = await live.tenant()
     root = await live.agent(owner, "root")
@@ -181,51 +190,48 @@ async def test_cascading_terminate_reaches_every_descendant_and_closes_their_str
         # Root and grandchild are online; the child is offline.
         root_stream = await sse.open(root["identity_token"])
         grandchild_stream = await sse.open(grandchild["identity_token"])
+        bystander_stream = await sse.open(bystander["identity_token"])
         triggered = await live.trigger(owner, agent=root, command="TERMINATE", reason="rogue")
         assert triggered.status_code == 201, triggered.text
         body = triggered.json()
-        by_agent = {c["agent_id"]: c["command_id"] for c in body["commands"]}
-        assert set(by_agent) == {root["agent_id"], child["agent_id"], grandchild["agent_id"]}
-        assert body["command_id"] == by_agent[root["agent_id"]]
-        assert len(set(by_agent.values())) == 3
+        # One fleet command for the lineage, not one per agent.
+        assert (body["fleet"], body["commands"]) == (True, [])
 
         for stream, agent in ((root_stream, root), (grandchild_stream, grandchild)):
-            command = command_of(await stream.next(), 1)
-            verify_command(keys, command, agent_id=agent["agent_id"])
-            assert command.command == "TERMINATE"
-            assert command.command_id == by_agent[agent["agent_id"]]
+            anchor = StreamAnchor.from_json(stream.opened)
+            verify_anchor(keys, anchor, agent_id=agent["agent_id"])
+            command = fleet_command_of(await stream.next())
+            verify_fleet_command(
+                keys,
+                command,
+                tenant_id=anchor.tenant_id,
+                agent_id=agent["agent_id"],
+                ancestors=anchor.ancestors,
+            )
+            assert (command.command, command.command_id) == ("TERMINATE", body["command_id"])
             # The stream closes after a TERMINATE.
             assert await stream.next() is None
+        # The grandchild knows its lineage from its signed anchor, parent first.
+        assert StreamAnchor.from_json(grandchild_stream.opened).ancestors == (
+            child["agent_id"],
+            root["agent_id"],
+        )
+        # An agent outside the lineage hears nothing of it: its next event is its own PAUSE.
+        paused = await live.trigger(owner, agent=bystander, command="PAUSE")
+        assert paused.status_code == 201, paused.text
+        assert command_of(await bystander_stream.next(), 1).command == "PAUSE"
+
+        # The statuses follow in the background; then terminated agents' tokens are refused elsewhere.
+        for _ in range(200):
+            if await agent_status(live, owner, child) == "terminated":
+                break
+            await asyncio.sleep(0.05)
         for agent in (root, child, grandchild):
             assert await agent_status(live, owner, agent) == "terminated"
-        assert await agent_status(live, owner, bystander) == "active"
-
-        # Terminated agents' tokens are refused elsewhere...
+        assert await agent_status(live, owner, bystander) == "paused"
         beat = await live.http.post(f"/v1/agents/{child['agent_id']}/heartbeat", headers=bearer(child))
         assert beat.status_code == 401
         assert beat.json()["code"] == "AGENT_TERMINATED"
-        # ...but the offline child still gets its pending TERMINATE on connect, then the stream closes.
-        late = await sse.open(child["identity_token"])
-        command = command_of(await late.next(), 1)
-        assert command.command_id == by_agent[child["agent_id"]]
-        assert await late.next() is None
-        ack = await live.http.post(
-            f"/v1/kill-switch/commands/{command.command_id}/ack",
-            json={"outcome": "terminated"},
-            headers=bearer(child),
-        )
-        assert ack.status_code == 200, ack.text
-        assert ack.json()["ack_outcome"] == "terminated"
-        # Acknowledged: nothing is pending any more, so a reconnecting terminated agent is refused with a
-        # problem (an EventSource stops on it) rather than sent a 200 that closes at once.
-        refused = await sse.open(child["identity_token"])
-        assert refused.response.status_code == 401
-        await refused.response.aread()
-        assert refused.response.headers["content-type"].startswith("application/problem+json")
-        assert refused.response.json()["code"] == "AGENT_TERMINATED"
-        # Likewise an agent that already received its TERMINATE and says so with Last-Event-ID.
-        seen = await sse.open(root["identity_token"], last_event_id=1)
-        assert seen.response.status_code == 401
 
         # RESUME of a terminated agent: 409 for the agent itself.
         refused = await live.trigger(owner, agent=root, command="RESUME")

@@ -9,6 +9,14 @@ an old command that a newer one superseded. The stream is resumed with ``Last-Ev
 connection is retried with exponential backoff and jitter. A thread runs it for ``AigosClient``, a task for
 ``AsyncAigosClient``.
 
+Fleet commands (``event: kill-switch-fleet``: one command for every agent of a tenant, or of a lineage)
+are verified the same way, plus: the tenant is ours and the scope covers us. The anchor tells the agent
+its tenant and its ancestors (signed by the server), so a lineage command counts when its root is the
+agent or one of them. A fleet command that fails any check is ignored and reported: logged at warning and
+acknowledged as ``rejected`` with the reason (the server refuses that acknowledgement when the command
+is not one of our tenant's, which is logged too). One that passes is obeyed with the same handlers as an
+agent's own command and acknowledged once by this agent.
+
 The sync and async listeners stay side by side in this one module (a little over the house's ~450 lines)
 so that each step of one can be read against the same step of the other; what they share is above them.
 """
@@ -32,11 +40,13 @@ import orjson
 from aigos.core.commands import (
     ACK_OUTCOMES,
     CommandRejected,
+    FleetCommand,
     ReplayGuard,
     SignedCommand,
     StreamAnchor,
     verify_anchor,
     verify_command,
+    verify_fleet_command,
 )
 from aigos.sdk.errors import AigosError, AigosUnavailable, AuthenticationError
 from aigos.sdk.local import public_keys
@@ -51,6 +61,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("aigos.sdk")
 
 STREAM = "/v1/kill-switch/stream"
+FLEET_EVENT = "kill-switch-fleet"
 KEYS = "/v1/kill-switch/keys"
 #: Longer than the server's 15 s keep-alive comments: silence beyond it means the connection is dead.
 READ_TIMEOUT = 45.0
@@ -79,6 +90,10 @@ class CommandProcessor:
         self.keys: dict[str, bytes] = {}
         self.replay = ReplayGuard()
         self.last_event_id: str | None = None
+        #: Our tenant and ancestors (parent first), from the last verified anchor: a fleet command must be
+        #: our tenant's and its scope must include us.
+        self.tenant_id: str | None = None
+        self.ancestors: tuple[str, ...] = ()
 
     def parse(self, event: SseEvent) -> SignedCommand | Outcome:
         """The signed command in ``event``, or an ``Outcome`` to report a malformed one."""
@@ -111,9 +126,50 @@ class CommandProcessor:
             return None
 
     def anchor(self, anchor: StreamAnchor) -> None:
-        """Raise the replay floor to ``anchor``; ``CommandRejected`` if it is not the server's, for us."""
+        """Raise the replay floor to ``anchor`` and learn our tenant and ancestors from it;
+        ``CommandRejected`` if it is not the server's, for us."""
         verify_anchor(self.keys, anchor, agent_id=self.agent_id)
         self.replay.anchor(anchor)
+        self.tenant_id = anchor.tenant_id
+        self.ancestors = anchor.ancestors
+
+    def parse_fleet(self, event: SseEvent) -> FleetCommand | Outcome:
+        """The fleet command in ``event``, or an ``Outcome`` to report a malformed one."""
+        try:
+            data = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            return Outcome(None, None, None, "not JSON")
+        try:
+            return FleetCommand.from_json(data)
+        except CommandRejected as exc:
+            command_id = data.get("command_id") if isinstance(data, dict) else None
+            return Outcome(None, str(command_id) if command_id else None, "rejected", exc.code)
+
+    def verify_fleet(self, command: FleetCommand) -> None:
+        """Raise ``CommandRejected`` unless the fleet command is authentic, current, for our tenant, covers
+        us, and is new (``WRONG_TENANT`` while no anchor told us our tenant)."""
+        verify_fleet_command(
+            self.keys,
+            command,
+            tenant_id=self.tenant_id or "",
+            agent_id=self.agent_id,
+            ancestors=self.ancestors,
+        )
+        self.replay.check_fleet(command)
+
+    def accept_fleet(self, command: FleetCommand) -> KillSwitchCommand:
+        """Record the fleet command as obeyed; what handlers get (``raw`` holds the signed fleet command)."""
+        self.replay.accept_fleet(command)
+        raw = command.to_json()
+        return KillSwitchCommand(
+            command_id=command.command_id,
+            agent_id=self.agent_id,
+            command=command.command,
+            reason=command.reason,
+            issued_at=command.issued_at,
+            sequence=command.sequence,
+            raw=raw,
+        )
 
 
 def ack_of(command: KillSwitchCommand, outcome: str) -> tuple[str, str | None]:
@@ -237,6 +293,8 @@ class KillSwitchListener:
                 event = parser.feed(line)
                 if event is not None and event.event == "kill-switch":
                     self._handle(event)
+                elif event is not None and event.event == FLEET_EVENT:
+                    self._handle_fleet(event)
                 elif event is not None and event.event == "opened":
                     self._anchor(event)
                 if self._stop.is_set():
@@ -275,6 +333,28 @@ class KillSwitchListener:
             return
         command = self.processor.accept(parsed)
         self.processor.last_event_id = event.id
+        self._obey(command)
+
+    def _handle_fleet(self, event: SseEvent) -> None:
+        """A fleet command: obeyed if it passes every check, else ignored and reported."""
+        parsed = self.processor.parse_fleet(event)
+        if isinstance(parsed, Outcome):
+            log.warning("kill switch: malformed fleet command ignored (%s)", parsed.detail)
+            if parsed.command_id:
+                self._ack(parsed.command_id, "rejected", parsed.detail)
+            return
+        try:
+            self._with_fresh_keys(self.processor.verify_fleet, parsed)
+        except CommandRejected as exc:
+            if exc.code in ("REPLAYED", "OUT_OF_ORDER"):
+                log.info("kill switch: ignoring %s fleet command %s", exc.code, parsed.command_id)
+                return
+            log.warning("kill switch: fleet command %s ignored: %s", parsed.command_id, exc)
+            self._ack(parsed.command_id, "rejected", exc.code)
+            return
+        self._obey(self.processor.accept_fleet(parsed))
+
+    def _obey(self, command: KillSwitchCommand) -> None:
         ack, detail = ack_of(command, self.client.control.apply(command.command, command.reason))
         log.warning("kill switch: %s obeyed (%s)", command.command, command.reason)
         self._ack(command.command_id, ack, detail)
@@ -410,6 +490,8 @@ class AsyncKillSwitchListener:
                 event = parser.feed(line.rstrip("\r\n"))
                 if event is not None and event.event == "kill-switch":
                     await self._handle(event)
+                elif event is not None and event.event == FLEET_EVENT:
+                    await self._handle_fleet(event)
                 elif event is not None and event.event == "opened":
                     await self._anchor(event)
                 if self._stopped:
@@ -442,6 +524,28 @@ class AsyncKillSwitchListener:
             return
         command = self.processor.accept(parsed)
         self.processor.last_event_id = event.id
+        await self._obey(command)
+
+    async def _handle_fleet(self, event: SseEvent) -> None:
+        """A fleet command: obeyed if it passes every check, else ignored and reported."""
+        parsed = self.processor.parse_fleet(event)
+        if isinstance(parsed, Outcome):
+            log.warning("kill switch: malformed fleet command ignored (%s)", parsed.detail)
+            if parsed.command_id:
+                await self._ack(parsed.command_id, "rejected", parsed.detail)
+            return
+        try:
+            await self._with_fresh_keys(self.processor.verify_fleet, parsed)
+        except CommandRejected as exc:
+            if exc.code in ("REPLAYED", "OUT_OF_ORDER"):
+                log.info("kill switch: ignoring %s fleet command %s", exc.code, parsed.command_id)
+                return
+            log.warning("kill switch: fleet command %s ignored: %s", parsed.command_id, exc)
+            await self._ack(parsed.command_id, "rejected", exc.code)
+            return
+        await self._obey(self.processor.accept_fleet(parsed))
+
+    async def _obey(self, command: KillSwitchCommand) -> None:
         ack, detail = ack_of(command, self.client.control.apply(command.command, command.reason))
         log.warning("kill switch: %s obeyed (%s)", command.command, command.reason)
         await self._ack(command.command_id, ack, detail)
