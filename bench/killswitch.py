@@ -11,7 +11,10 @@ For each N (default 100 and 1,000):
   stream, the time from sending the trigger to reading its ``event: kill-switch`` data line (p50 / p99 / max,
   separately for streams on A and on B, where it arrived through Redis);
 - right after the trigger answered: ``POST /v1/policies/check`` with a paused agent's token on A and on B,
-  which must deny (``PAUSED``); skipped with a note while that endpoint does not exist;
+  which must deny (``PAUSED``); skipped with a note while that endpoint does not exist; then, per replica,
+  the time from sending the trigger until its checks deny (asked again until they do), and until the
+  fleet command's background bookkeeping (every agent's status) is done;
+- tenant-wide RESUME on A (a fleet halt is lifted only by a fleet RESUME): trigger-to-receipt as above;
 - single agent: with all N streams still open, one RESUME at a time for a sample of agents streaming from
   B (trigger on A), trigger-to-receipt per command (p50 / p99 / max);
 - SIGTERM both servers with every stream still open: seconds to exit, exit codes.
@@ -146,6 +149,10 @@ class Report:
     tenant_wide_receipt: dict[str, dict[str, float]] = field(default_factory=dict)
     tenant_wide_missing: int = 0
     policy_check: dict[str, Any] = field(default_factory=dict)
+    deny_after_trigger_ms: dict[str, float] = field(default_factory=dict)
+    bookkeeping_done_ms: float = 0.0
+    tenant_resume_trigger_ms: float = 0.0
+    tenant_resume_receipt: dict[str, float] = field(default_factory=dict)
     single_receipt_from_b: dict[str, float] = field(default_factory=dict)
     single_trigger_ms: dict[str, float] = field(default_factory=dict)
     shutdown: dict[str, Any] = field(default_factory=dict)
@@ -186,6 +193,30 @@ async def policy_deny(http: httpx.AsyncClient, token: str) -> dict[str, Any]:
         "code": body.get("code"),
         "ms": elapsed,
     }
+
+
+async def time_to_deny(http: httpx.AsyncClient, token: str, sent: float) -> float:
+    """Milliseconds from ``sent`` until a check with ``token`` answers ``PAUSED`` (asked until it does)."""
+    deadline = sent + 30
+    while time.perf_counter() < deadline:
+        response = await http.post(
+            "/v1/policies/check",
+            json={"action": "tool.call", "resource": "web_search", "context": {"tool": "web_search"}},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        if response.status_code == 200 and response.json().get("code") == "PAUSED":
+            return round((time.perf_counter() - sent) * 1000, 2)
+    return float("nan")
+
+
+async def bookkept(http: httpx.AsyncClient, owner: dict[str, str], command_id: str, sent: float) -> float:
+    """Milliseconds from ``sent`` until the fleet command's bookkeeping is done."""
+    while time.perf_counter() < sent + 120:
+        got = await http.get(f"/v1/kill-switch/fleet-commands/{command_id}", headers=owner)
+        if got.status_code == 200 and got.json().get("bookkeeping_done_at"):
+            return round((time.perf_counter() - sent) * 1000, 2)
+        await asyncio.sleep(0.02)
+    return float("nan")
 
 
 async def run(a: ServerProcess, b: ServerProcess, admin_token: str, count: int, sample: int) -> Report:
@@ -256,8 +287,16 @@ async def run(a: ServerProcess, b: ServerProcess, admin_token: str, count: int, 
             "B": checks[1],
             "since_trigger_ms": round((time.perf_counter() - sent) * 1000, 2),
         }
+        # The last agent's token: a halt covers every agent at once, whatever the order of their statuses.
+        last_token = agents[-1]["identity_token"]
+        denies = await asyncio.gather(
+            time_to_deny(http_a, last_token, sent), time_to_deny(http_b, last_token, sent)
+        )
+        report.deny_after_trigger_ms = {"A": denies[0], "B": denies[1]}
         _, pending = await asyncio.wait(waits, timeout=30)
         report.tenant_wide_missing = len(pending)
+        fleet_id = response.json()["command_id"]
+        report.bookkeeping_done_ms = await bookkept(http_a, owner, fleet_id, sent)
         latencies: dict[str, list[float]] = {"A": [], "B": []}
         for stream in streams:
             if stream.received:
@@ -267,6 +306,26 @@ async def run(a: ServerProcess, b: ServerProcess, admin_token: str, count: int, 
             "B (via Redis)": summary(latencies["B"]),
             "all": summary(latencies["A"] + latencies["B"]),
         }
+
+        # Tenant-wide RESUME on A: lifts the halt (a single agent's RESUME would be refused under it).
+        waits = [stream.next_receipt() for stream in streams]
+        sent = time.perf_counter()
+        response = await http_a.post(
+            "/v1/kill-switch/trigger",
+            json={"all_agents": True, "command": "RESUME", "reason": "bench"},
+            headers=owner,
+        )
+        report.tenant_resume_trigger_ms = round((time.perf_counter() - sent) * 1000, 2)
+        response.raise_for_status()
+        await asyncio.wait(waits, timeout=30)
+        report.tenant_resume_receipt = summary(
+            [
+                s.received[-1][0] - sent
+                for s in streams
+                if s.received and s.received[-1][1].get("command") == "RESUME"
+            ]
+        )
+        await bookkept(http_a, owner, response.json()["command_id"], sent)
 
         # One RESUME at a time for agents streaming from B, triggered on A.
         single: list[float] = []
