@@ -160,7 +160,9 @@ async def issue(
             }
             for row in active:
                 scope = signed(row).scope
-                if covers(scope, str(root_id), tuple(above)) and row.root_agent_id != root_id:
+                # Its own halt it lifts, unless a TERMINATE (never lifted): anything wider it contradicts.
+                own = row.root_agent_id == root_id and row.command == "PAUSE"
+                if covers(scope, str(root_id), tuple(above)) and not own:
                     raise FleetHaltActive(
                         f"The fleet {row.command} {row.id} covers agent {root_id}; lift it with a RESUME "
                         "of the same scope or of the whole tenant.",

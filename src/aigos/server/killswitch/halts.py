@@ -13,9 +13,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from aigos.core.agents import AgentStatus
-from aigos.core.commands import TENANT_SCOPE, FleetCommand, covers
+from aigos.core.commands import TENANT_SCOPE, FleetCommand, covers, parse_time
 from aigos.server.db import Database
 from aigos.server.db.database import set_tenant
 from aigos.server.identity import lineage
@@ -89,7 +90,10 @@ class Halts:
         agent = str(agent_id)
         found = self._covering(tenant, agent, ancestors)
         found += [c for c in tenant.resumes.values() if covers(c.scope, agent, ancestors)]
-        return sorted(found, key=lambda command: command.sequence)
+        # An expired command would only be refused: past it the agent's own status (set by then) speaks.
+        now = datetime.now(UTC)
+        current = [c for c in found if parse_time(c.expires_at) > now]
+        return sorted(current, key=lambda command: command.sequence)
 
     def sequence(self, tenant_id: uuid.UUID) -> int:
         """The highest fleet sequence applied for the tenant."""
