@@ -26,7 +26,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast, get_args
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -55,7 +55,7 @@ from aigos.server.identity import lifecycle, lineage
 from aigos.server.identity.state import IdentityState
 from aigos.server.killswitch.models import FleetCommand as FleetRow
 from aigos.server.killswitch.models import FleetDelivery
-from aigos.server.principal import Principal
+from aigos.server.principal import Principal, PrincipalKind
 from aigos.server.tenancy.locks import dialect_of
 
 HALTS = ("PAUSE", "TERMINATE")
@@ -288,10 +288,10 @@ async def bookkeep(
     """Move the agents of ``row``'s scope to its status and write their delivery records, then mark it
     done (the caller holds the row locked and commits); returns the agents reached."""
     target, event_type = target_of(row.command)
+    kind = row.issuer_kind if row.issuer_kind in get_args(PrincipalKind) else "platform"
+    # The events are the issuer's, as if the trigger had moved the agents itself.
     actor = Principal(
-        kind=row.issuer_kind
-        if row.issuer_kind in ("api_key", "platform", "session", "agent")
-        else "platform",  # type: ignore[arg-type]
+        kind=cast(PrincipalKind, kind),
         actor_id=row.issued_by or "system",
         tenant_id=row.tenant_id,
         scopes=frozenset(),

@@ -20,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Coroutine
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -35,6 +36,12 @@ from aigos.server.db.database import set_platform_scope, set_tenant
 from aigos.server.identity.state import IdentityState
 from aigos.server.killswitch import fleet, notices
 from aigos.server.killswitch.halts import Halts
+from aigos.server.killswitch.models import FleetCommand as FleetRow
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from aigos.server.killswitch.hub import Hub
 
 log = structlog.get_logger("aigos.killswitch.fleet")
 CHANNEL = "killswitch"
@@ -45,7 +52,7 @@ RETIRE_GRACE_SECONDS = 5.0
 class FleetSync:
     """The replica's fleet halts, kept current, and its bookkeeper."""
 
-    def __init__(self, hub: Any, database: Database, identity: IdentityState | None, max_depth: int) -> None:
+    def __init__(self, hub: Hub, database: Database, identity: IdentityState | None, max_depth: int) -> None:
         self.hub = hub
         self.database = database
         self.identity = identity
@@ -70,7 +77,7 @@ class FleetSync:
         await cancel(*self._tasks, *self._background)
         self._tasks = []
 
-    def _soon(self, work: Any, name: str) -> None:
+    def _soon(self, work: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(work, name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -223,7 +230,7 @@ class FleetSync:
                 )
                 self._soon(self._publish(message), "killswitch-fleet-publish")
 
-    async def _bookkeep_row(self, session: Any, row: Any) -> list[uuid.UUID]:
+    async def _bookkeep_row(self, session: AsyncSession, row: FleetRow) -> list[uuid.UUID]:
         assert self.events is not None
         assert self.identity is not None
         reached = await fleet.bookkeep(session, self.events, self.identity, row, max_depth=self.max_depth)
