@@ -257,12 +257,14 @@ async def stream(
             "The server is shutting down.", code="SHUTTING_DOWN", headers={"Retry-After": "1"}
         )
     halts = hub.fleet.halts if hub.fleet is not None else None
-    ancestors = await halts.ancestors(agent.tenant_id, agent.agent_id) if halts is not None else ()
     # Registered before the backlog is read: a command committed in between arrives live (sent once).
-    connection = hub.connect(agent.agent_id, agent.tenant_id, after, ancestors)
+    connection = hub.connect(agent.agent_id, agent.tenant_id, after)
     try:
         async with database.session() as session:
             await set_tenant(session, agent.tenant_id)
+            ancestors = await halts.ancestors(agent.tenant_id, agent.agent_id, session) if halts else ()
+            # A lineage command dispatched before this is in the halts read below: none is missed.
+            hub.set_ancestors(agent.agent_id, ancestors)
             rows = await service.pending(session, agent.tenant_id, [agent.agent_id], after)
             anchor = await service.anchor(session, hub.signer, agent.tenant_id, agent.agent_id, ancestors)
             backlog: list[Outgoing | FleetOutgoing] = [Outgoing.of(service.signed(row)) for row in rows]

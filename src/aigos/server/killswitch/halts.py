@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from aigos.core.agents import AgentStatus
 from aigos.core.commands import TENANT_SCOPE, FleetCommand, covers, parse_time
 from aigos.server.db import Database
@@ -62,14 +64,19 @@ class Halts:
                     found = command
         return None if found is None else _STATUS[found.command]
 
-    async def ancestors(self, tenant_id: uuid.UUID, agent_id: uuid.UUID) -> tuple[str, ...]:
-        """The agent's ancestors, parent first (read once per agent)."""
+    async def ancestors(
+        self, tenant_id: uuid.UUID, agent_id: uuid.UUID, session: AsyncSession | None = None
+    ) -> tuple[str, ...]:
+        """The agent's ancestors, parent first (read once per agent, in ``session`` if given)."""
         known = self._ancestors.get(agent_id)
         if known is not None:
             return known
-        async with self.database.session() as session:
-            await set_tenant(session, tenant_id)
+        if session is not None:
             found = await lineage.ancestors(session, tenant_id, agent_id, max_depth=self.max_depth)
+        else:
+            async with self.database.session() as own:
+                await set_tenant(own, tenant_id)
+                found = await lineage.ancestors(own, tenant_id, agent_id, max_depth=self.max_depth)
         if len(self._ancestors) >= MAX_REMEMBERED:
             self._ancestors.clear()
         known = self._ancestors[agent_id] = tuple(str(a) for a in found)

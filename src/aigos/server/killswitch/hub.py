@@ -237,6 +237,11 @@ class Hub:
         """Note that ``item`` went out on ``connection`` (written to the database in the next batch)."""
         self._deliveries[connection.tenant_id].append((connection, item, utcnow()))
 
+    def set_ancestors(self, agent_id: uuid.UUID, ancestors: tuple[str, ...]) -> None:
+        """The ancestors of a connected agent, learnt after it connected (lineage commands reach it)."""
+        if agent_id in self._connections:
+            self._ancestors[agent_id] = ancestors
+
     def fleet_delivered(self, connection: Connection, item: FleetOutgoing) -> None:
         """Note that the fleet command ``item`` went out on ``connection`` (recorded in the next batch)."""
         entry = (uuid.UUID(item.command_id), connection.agent_id, utcnow())
