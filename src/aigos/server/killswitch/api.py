@@ -262,7 +262,11 @@ async def stream(
     try:
         async with database.session() as session:
             await set_tenant(session, agent.tenant_id)
-            ancestors = await halts.ancestors(agent.tenant_id, agent.agent_id, session) if halts else ()
+            # A root agent's token says it has no parent: nothing to read.
+            rooted = "aigos:lineage" not in agent.claims
+            ancestors = (
+                () if rooted or not halts else await halts.ancestors(agent.tenant_id, agent.agent_id, session)
+            )
             # A lineage command dispatched before this is in the halts read below: none is missed.
             hub.set_ancestors(agent.agent_id, ancestors)
             rows = await service.pending(session, agent.tenant_id, [agent.agent_id], after)
