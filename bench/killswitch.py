@@ -110,10 +110,13 @@ class RawStream:
         while (await reader.readline()) not in (b"\r\n", b""):
             pass
         try:
+            event = b""
             while line := await reader.readline():
                 if line.startswith(b": connected"):
                     self.opened.set()
-                elif line.startswith(b"data: "):
+                elif line.startswith(b"event: "):
+                    event = line[7:].strip()
+                elif line.startswith(b"data: ") and event != b"opened":
                     self.received.append((time.perf_counter(), json.loads(line[6:])))
                     for waiter in self.waiters:
                         if not waiter.done():

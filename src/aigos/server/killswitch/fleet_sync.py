@@ -9,7 +9,7 @@ again and the commands a tenant's local streams missed are sent to them.
 
 The bookkeeper moves the agents' statuses and writes their delivery records (``fleet.bookkeep``) after the
 answer, one fleet command at a time in each tenant's sequence order. It runs when woken by a trigger on
-this replica, at start (a replica that crashed may have left some undone) and every ``SWEEP_SECONDS``
+this replica (``BOOKKEEPING_DELAY_SECONDS`` later, so the fan-out goes first), at start (a replica that crashed may have left some undone) and every ``SWEEP_SECONDS``
 (one that crashed while others run). When a TERMINATE's bookkeeping is done its halt ends (its agents'
 statuses now say terminated), on every replica after ``RETIRE_GRACE_SECONDS``, long enough for the status
 announcement that went out with it to arrive first.
@@ -47,6 +47,8 @@ log = structlog.get_logger("aigos.killswitch.fleet")
 CHANNEL = "killswitch"
 SWEEP_SECONDS = 30.0
 RETIRE_GRACE_SECONDS = 5.0
+#: How long after a trigger on this replica its bookkeeping starts.
+BOOKKEEPING_DELAY_SECONDS = 0.5
 
 
 class FleetSync:
@@ -92,7 +94,10 @@ class FleetSync:
             self.hub.dispatch_fleet(command)
         message = canonical({"origin": self.hub.origin, "fleet": command.to_json(), "lifted": lifted})
         self._soon(self._publish(message), "killswitch-fleet-publish")
-        self._wake.set()
+        # Not at once: the fan-out to the streams and the checks that now deny go first on this loop; the
+        # bookkeeping (the old per-agent work, most of a second for a thousand agents) waits its turn.
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().call_later(BOOKKEEPING_DELAY_SECONDS, self._wake.set)
 
     async def _publish(self, message: bytes) -> None:
         try:
