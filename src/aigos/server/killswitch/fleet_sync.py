@@ -10,9 +10,10 @@ again and the commands a tenant's local streams missed are sent to them.
 The bookkeeper moves the agents' statuses and writes their delivery records (``fleet.bookkeep``) after the
 answer, one fleet command at a time in each tenant's sequence order. It runs when woken by a trigger on
 this replica (``BOOKKEEPING_DELAY_SECONDS`` later, so the fan-out goes first), at start (a replica
-that crashed may have left some undone) and every ``SWEEP_SECONDS`` (one that crashed while others run). When a TERMINATE's bookkeeping is done its halt ends (its agents'
-statuses now say terminated), on every replica after ``RETIRE_GRACE_SECONDS``, long enough for the status
-announcement that went out with it to arrive first.
+that crashed may have left some undone) and every ``SWEEP_SECONDS`` (one that crashed while others
+run). When a TERMINATE's bookkeeping is done its halt ends (its agents' statuses now say terminated), on
+every replica after ``RETIRE_GRACE_SECONDS``, long enough for the status announcement that went out with
+it to arrive first.
 """
 
 from __future__ import annotations
