@@ -11,9 +11,9 @@ For each N (default 100 and 1,000):
   stream, the time from sending the trigger to reading its ``event: kill-switch`` data line (p50 / p99 / max,
   separately for streams on A and on B, where it arrived through Redis);
 - right after the trigger answered: ``POST /v1/policies/check`` with a paused agent's token on A and on B,
-  which must deny (``PAUSED``); skipped with a note while that endpoint does not exist; then, per replica,
-  the time from sending the trigger until its checks deny (asked again until they do), and until the
-  fleet command's background bookkeeping (every agent's status) is done;
+  which must deny (``PAUSED``); skipped with a note while that endpoint does not exist; per replica, the
+  time from sending the trigger until its checks deny (asked from that moment on, again and again, until
+  they do), and the time until the fleet command's background bookkeeping (every agent's status) is done;
 - tenant-wide RESUME on A (a fleet halt is lifted only by a fleet RESUME): trigger-to-receipt as above;
 - single agent: with all N streams still open, one RESUME at a time for a sample of agents streaming from
   B (trigger on A), trigger-to-receipt per command (p50 / p99 / max);
@@ -199,7 +199,8 @@ async def policy_deny(http: httpx.AsyncClient, token: str) -> dict[str, Any]:
 
 
 async def time_to_deny(http: httpx.AsyncClient, token: str, sent: float) -> float:
-    """Milliseconds from ``sent`` until a check with ``token`` answers ``PAUSED`` (asked until it does)."""
+    """Milliseconds from ``sent`` until a check with ``token`` answers ``PAUSED`` (asked until it does: a
+    check's own latency bounds the resolution)."""
     deadline = sent + 30
     while time.perf_counter() < deadline:
         response = await http.post(
@@ -274,7 +275,11 @@ async def run(a: ServerProcess, b: ServerProcess, admin_token: str, count: int, 
 
         # Tenant-wide PAUSE on A.
         waits = [stream.next_receipt() for stream in streams]
+        # The last agent's token: a halt covers every agent at once, whatever the order of their statuses.
+        # Asked from the moment the trigger is sent, on both replicas, until they deny.
+        last_token = agents[-1]["identity_token"]
         sent = time.perf_counter()
+        denying = [asyncio.create_task(time_to_deny(http, last_token, sent)) for http in (http_a, http_b)]
         response = await http_a.post(
             "/v1/kill-switch/trigger",
             json={"all_agents": True, "command": "PAUSE", "reason": "bench"},
@@ -290,11 +295,7 @@ async def run(a: ServerProcess, b: ServerProcess, admin_token: str, count: int, 
             "B": checks[1],
             "since_trigger_ms": round((time.perf_counter() - sent) * 1000, 2),
         }
-        # The last agent's token: a halt covers every agent at once, whatever the order of their statuses.
-        last_token = agents[-1]["identity_token"]
-        denies = await asyncio.gather(
-            time_to_deny(http_a, last_token, sent), time_to_deny(http_b, last_token, sent)
-        )
+        denies = await asyncio.gather(*denying)
         report.deny_after_trigger_ms = {"A": denies[0], "B": denies[1]}
         _, pending = await asyncio.wait(waits, timeout=30)
         report.tenant_wide_missing = len(pending)
