@@ -278,6 +278,8 @@ async def run(a: ServerProcess, b: ServerProcess, admin_token: str, count: int, 
         # The last agent's token: a halt covers every agent at once, whatever the order of their statuses.
         # Asked from the moment the trigger is sent, on both replicas, until they deny.
         last_token = agents[-1]["identity_token"]
+        # Warm: the agent's first check on a replica loads the tenant's policies and its attributes.
+        await asyncio.gather(policy_deny(http_a, last_token), policy_deny(http_b, last_token))
         sent = time.perf_counter()
         denying = [asyncio.create_task(time_to_deny(http, last_token, sent)) for http in (http_a, http_b)]
         response = await http_a.post(
