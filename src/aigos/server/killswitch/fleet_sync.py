@@ -91,10 +91,12 @@ class FleetSync:
         """A fleet trigger committed here: halt, deliver, tell the others, bookkeep (after the commit)."""
         command = issued.command
         lifted = [str(i) for i in issued.lifted]
+        message = canonical({"origin": self.hub.origin, "fleet": command.to_json(), "lifted": lifted})
+        # Scheduled before the local fan-out wakes this replica's streams: the other replicas' streams do
+        # not wait for this one's to be written.
+        self._soon(self._publish(message), "killswitch-fleet-publish")
         if self.halts.apply(command, lifted):
             self.hub.dispatch_fleet(command)
-        message = canonical({"origin": self.hub.origin, "fleet": command.to_json(), "lifted": lifted})
-        self._soon(self._publish(message), "killswitch-fleet-publish")
         # Not at once: the fan-out to the streams and the checks that now deny go first on this loop; the
         # bookkeeping (the old per-agent work, most of a second for a thousand agents) waits its turn.
         with contextlib.suppress(RuntimeError):
