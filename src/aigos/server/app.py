@@ -44,6 +44,7 @@ from aigos.server.platform import docs_api, health_api
 from aigos.server.platform.admin_token import PlatformTokens, ensure_bootstrap_token
 from aigos.server.policy import api as policy_api
 from aigos.server.policy.budgets import BudgetBook
+from aigos.server.policy.check_endpoint import CheckEndpoint
 from aigos.server.policy.checks import Checks
 from aigos.server.policy.state import PolicyState
 from aigos.server.problems import install_problem_handlers
@@ -138,6 +139,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         )
     middleware.append(Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes))
+    # Innermost: the hot path, past every check above, answered before the framework routes it.
+    middleware.append(Middleware(CheckEndpoint))
 
     app = FastAPI(
         title="AIGOS",
