@@ -157,8 +157,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Principal resolution (tenancy) is given the platform context's look-up of its admin tokens.
     app.state.platform_tokens = PlatformTokens()
     install_problem_handlers(app)
-    # Routes are matched in order: the hot path (`/v1/policies/check`) first.
+    # Routes are matched in order, and each route passed costs ~5 µs (FastAPI walks every included router's
+    # routes): the agent plane first (the check is answered before routing, ``CheckEndpoint``), then the
+    # probes, then the admin plane. ``agntcy_api`` stays before ``agents_api``: they share a prefix.
     app.include_router(policy_api.router)
+    app.include_router(oauth_api.router)
+    app.include_router(agntcy_api.router)
+    app.include_router(agents_api.router)
+    app.include_router(telemetry_api.router)
+    app.include_router(killswitch_api.router)
     app.include_router(health_api.router)
     app.include_router(tenants_api.router)
     app.include_router(api_keys_api.router)
@@ -167,12 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(invitations_api.router)
     app.include_router(usage_api.router)
     app.include_router(audit_api.router)
-    app.include_router(agntcy_api.router)
-    app.include_router(agents_api.router)
-    app.include_router(oauth_api.router)
     app.include_router(keys_api.router)
-    app.include_router(killswitch_api.router)
-    app.include_router(telemetry_api.router)
     app.include_router(docs_api.router)
     app.mount("/docs/static", docs_api.static_files(), name="docs-static")
 
