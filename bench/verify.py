@@ -67,12 +67,9 @@ SIGNER_SEED = b"aigos-bench-verify-signing-seed-"
 def decision_data(i: int) -> dict[str, Any]:
     """The ``data`` of the ``i``-th synthetic policy decision (one in five denied)."""
     allowed = i % 5 != 0
-    return {
-        "tool": TOOLS[i % len(TOOLS)],
-        "domain": DOMAINS[i % len(DOMAINS)],
-        "allowed": allowed,
-        "reason": "allowed by policy" if allowed else "domain not on the allow list",
-    }
+    tool, domain = TOOLS[i % len(TOOLS)], DOMAINS[(i // 7) % len(DOMAINS)]
+    reason = f"allowed by rule allow-{tool}" if allowed else f"denied: {domain} is not on the allowlist"
+    return {"tool": tool, "domain": domain, "allowed": allowed, "reason": reason}
 
 
 def write_export(out: BinaryIO, events: int, checkpoint_every: int) -> int:
