@@ -227,25 +227,31 @@ async def timed_pair(
 
 @dataclass(frozen=True)
 class Target:
-    """A measured figure and its limit (``below``: the figure must be at most the limit, else at least)."""
+    """A measured figure and its limit.
+
+    ``below``: the figure must be at most the limit (``strict``: under it), else at least the limit.
+    """
 
     name: str
     value: float
     limit: float
     unit: str = ""
     below: bool = True
+    strict: bool = False
 
     @property
     def passed(self) -> bool:
         """Whether the figure meets its limit."""
-        return self.value <= self.limit if self.below else self.value >= self.limit
+        if not self.below:
+            return self.value >= self.limit
+        return self.value < self.limit if self.strict else self.value <= self.limit
 
 
 def format_targets(targets: Sequence[Target]) -> list[str]:
     """One line per target: PASS or MISS, the figure, the limit."""
     lines = []
     for t in targets:
-        sign = "<=" if t.below else ">="
+        sign = ("<" if t.strict else "<=") if t.below else ">="
         value = f"{t.value:,.3f}".rstrip("0").rstrip(".") if abs(t.value) < 1000 else f"{t.value:,.0f}"
         lines.append(
             f"  {'PASS' if t.passed else 'MISS'}  {t.name:<48} {value:>10} {t.unit:<6} "
@@ -255,14 +261,19 @@ def format_targets(targets: Sequence[Target]) -> list[str]:
 
 
 HEADER = (
-    f"{'phase':<22} {'conc':>4} {'run':>5} {'requests':>8} │ {'p50 ms':>13} {'p99 ms':>13} "
-    f"{'p99.9 ms':>13} {'max ms':>13} │ {'per s':>13} │ {'srv cpu µs/req':>15} {'cli cpu':>7}"
+    f"{'phase':<22} {'conc':>4} {'run':>5} {'requests':>8} │ {'p50 ms':>14} {'p99 ms':>14} "
+    f"{'p99.9 ms':>14} {'max ms':>14} │ {'per s':>14} │ {'srv cpu µs/req':>15} {'cli cpu':>7}"
 )
 
 
-def _cell(value: float, ratio: float | None, digits: int, width: int = 13) -> str:
+def _times(ratio: float) -> str:
+    digits = 2 if ratio < 10 else 1 if ratio < 100 else 0
+    return f"{ratio:.{digits}f}x"
+
+
+def _cell(value: float, ratio: float | None, digits: int, width: int = 14) -> str:
     number = f"{value:,.{digits}f}"
-    text = number if ratio is None else f"{number} {ratio:4.2f}x"
+    text = number if ratio is None else f"{number} {_times(ratio):>6}"
     return f"{text:>{width}}"
 
 
