@@ -308,6 +308,8 @@ def format_rows(rows: Sequence[Row]) -> list[str]:
 
 def json_default(value: Any) -> Any:
     """``json.dumps``'s ``default``: dataclasses as dicts."""
+    if isinstance(value, Target):
+        return {**dataclasses.asdict(value), "passed": value.passed}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -2,13 +2,14 @@
 
 Part 1, in process. A deterministic workload (seeded ``random``): ``--agents`` agents (default 1,000), each
 with capabilities (tool and domain patterns), an agent type and a deployment environment, and a tenant's
-policies giving every agent exactly ``--rules`` applicable rules (default 50): 40% tenant-wide (two
-policies, the first denies by default and carries the tenant's domain deny list), 20% selected by agent
-type, 20% by environment, 20% in a policy of the agent's own. ``--requests`` requests (default 10,000)
-mix allowed ones, capability denials (tool or domain outside the agent's capabilities), domain denials
-and custom denials (a deny rule matches, or no allow rule does). Each engine is given the same rules and
-the same requests, translated into its own language, and timed per decision with
-``time.perf_counter_ns`` (p50 / p99, and decisions/s = 1 / mean on one core):
+``--policies`` (default 1,000) giving every agent with a policy of its own exactly ``--rules`` applicable
+rules (default 50): 40% tenant-wide (two policies, the first denies by default and carries the tenant's
+domain deny list), 20% selected by agent type, 20% by environment, 20% in a policy of the agent's own.
+``--requests`` requests (default 10,000) mix allowed ones, capability denials (tool or domain outside the
+agent's capabilities), domain denials and custom denials (a deny rule matches, or no allow rule does). Each
+engine is given the same rules and the same requests, translated into its own language, and timed per
+decision with ``time.perf_counter_ns`` (p50 / p99 / p99.9 / max, and decisions/s = 1 / mean on one core;
+AIGOS ``--repeat`` times):
 
 - AIGOS: ``aigos.core.policy.evaluate(policy_set, subject, request)``, ``PolicySet.effective`` warmed
   first (the server keeps it cached the same way).
@@ -30,17 +31,27 @@ trailing one), agent-status denials (every agent is active).
 
 Part 2, over HTTP (PostgreSQL + Redis, ``aigos serve --workers 2``): sign up a tenant, register the
 agents with their capabilities (``--http-agents``, default all), create the same policies through
-``POST /v1/policies``, check a sample of verdicts against part 1 over ``httpx``, then load
+``POST /v1/policies`` (``--policies``, default 1,000: the 9 shared ones and one of its own for each of the
+first 991 agents), check a sample of verdicts against part 1 over ``httpx``, then load
 ``POST /v1/policies/check`` with one keep-alive connection per concurrent client (raw asyncio, see
-``_load.py``), each connection replaying its own share of a pool of different agents' requests: p50 / p99
-/ max and checks/s at concurrency 1 and 32, the server's CPU share and resident memory (all processes).
+``_load.py``), each connection replaying its own share of a pool of different agents' requests, at
+concurrency 1 and 32. Right before each timed phase the floor is timed the same way: ``bench/floor.py``, a
+bare Starlette app served by ``aigos serve``'s own launcher with two workers, sent the very same request
+bytes. Every figure (p50 / p99 / p99.9 / max, checks/s, the server's CPU µs per check over supervisor and
+workers) is printed beside the floor's as a ratio; ``--repeat N`` runs the timed phases N times and
+prints each run and the worst. Memory: the RSS of each server process at start, after the agents, after
+the policies, after a first pass of checks (each worker has compiled what it serves) and after a soak
+of ``--soak`` seconds at c=32 (RSS read every ``--soak-interval`` seconds, the series and its slope after
+the first third printed); bytes per agent and per compiled rule.
 
-Targets (this 2-core machine): in-process p99 <= 10 µs; over HTTP p99 <= 1 ms at c=1 (the seed: < 2 ms)
-and >= 5,000 checks/s.
+Targets (this 2-core machine, same run): in-process p99 <= 10 µs in every run; at c=1 p99 <= 3x the
+floor's p99 and <= 1 ms, max <= 10 ms; at c=32 >= 60 % of the floor's checks/s and >= 5,000 checks/s
+with 2 workers; RSS <= 150 MB per worker with 1,000 agents and 1,000 policies, flat over the soak.
 
-Run: ``.venv/bin/python bench/policy.py [--agents N] [--rules N] [--requests N] [--skip-http]
-[--skip-peers] [--profile] [--json]``. Part 2 needs PostgreSQL on 127.0.0.1:5432 (user ``postgres``)
-and Redis on 127.0.0.1:6379; a fresh database is created and dropped, and the Redis keys deleted.
+Run: ``.venv/bin/python bench/policy.py [--agents N] [--policies M] [--rules N] [--requests N]
+[--repeat N] [--soak SECONDS] [--skip-http] [--skip-peers] [--profile] [--json]``. Part 2 needs
+PostgreSQL on 127.0.0.1:5432 (user ``postgres``) and Redis on 127.0.0.1:6379; a fresh database is
+created and dropped, and the Redis keys deleted.
 """
 
 # ruff: noqa: E402 - the bench directory must leave sys.path before anything imports the stdlib's ``http``.
