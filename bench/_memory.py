@@ -62,7 +62,7 @@ def names(snapshot: Snapshot) -> dict[int, str]:
 
 @dataclass
 class Series:
-    """Snapshots every ``interval`` seconds (call ``due`` / ``sample`` between chunks of load)."""
+    """Snapshots taken about every ``interval`` seconds: call ``sample`` between chunks of load that long."""
 
     pid: int
     interval: float

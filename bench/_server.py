@@ -1,7 +1,7 @@
 """Start and stop the servers a benchmark measures, and read their memory and CPU use.
 
-Every server is a subprocess on 127.0.0.1 with one worker, its output in a log file, stopped with
-SIGTERM at the end (killed on error). Two kinds:
+Every server is a subprocess on 127.0.0.1 (one worker unless asked for more), its output in a log file,
+stopped with SIGTERM at the end (killed on error). Three kinds:
 
 - ``aigos_server``: ``python -m aigos serve`` with the environment of one backend
   (``embedded_environment`` or ``postgres_environment``);
