@@ -935,10 +935,12 @@ def http_requests_for(concurrency: int, override: int | None) -> int:
     return DEFAULT_HTTP_REQUESTS.get(concurrency, DEFAULT_HTTP_REQUESTS_LOADED)
 
 
-async def warm_workers(server: ServerProcess, checks: list[bytes], concurrency: int) -> int:
-    """Send the whole pool once over ``concurrency`` connections (every worker compiles what it needs)."""
+async def warm_workers(server: ServerProcess, checks: list[bytes], concurrency: int) -> dict[str, int]:
+    """Send the whole pool once over ``concurrency`` connections (every worker compiles what it needs);
+    the statuses other than 200 that came back, with their counts."""
     async with HttpLoadClient(HOST, server.port, checks, concurrency=concurrency) as client:
-        return await client.warm()
+        await client.warm()
+        return {str(status): count for status, count in client.refused.items()}
 
 
 @dataclass(frozen=True)
@@ -1051,8 +1053,13 @@ def run_http(workload: Workload, runner: LoadRunner, args: argparse.Namespace) -
             for s in (server, floor)
             if not s.stopped_cleanly
         ]
-        if any(row.figures.errors for row in runs) or warm_errors:
-            problems.append("non-200 answers; server output:\n" + server.output_tail(30))
+        if warm_errors:
+            problems.append(f"non-200 answers to the first pass of checks (by status: {warm_errors})")
+        if soaked is not None and soaked.figures is not None and soaked.figures.errors:
+            problems.append(f"non-200 answers during the soak (by status: {soaked.figures.refused})")
+        tail = server.output_tail(30)
+        if tail and (problems or any(row.figures.errors for row in runs)):
+            problems.append("server output:\n" + tail)
     return {
         "workers": HTTP_WORKERS,
         "agents": fixture.agents,
