@@ -3,7 +3,8 @@
 It does the least work per request it can (write prepared bytes, read the status line and headers,
 read ``Content-Length`` bytes of body) so that on a small machine the server, not the client, is what
 gets measured. Each worker keeps exactly one request in flight; workers draw from one shared budget,
-so a run makes exactly the requested number of requests.
+so a run makes exactly the requested number of requests. Given a pool of different requests instead of
+one, connection ``i`` replays its own share ``pool[i::concurrency]`` in turn.
 
     with load_runner() as runner:
         result = runner.run(measure(HOST, port, build_request("GET", "/health"), concurrency=32,
@@ -17,7 +18,8 @@ import gc
 import math
 import signal
 import time
-from collections.abc import Coroutine, Iterator, Mapping
+from collections import Counter
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -114,6 +116,11 @@ class LoadResult:
         return percentile(self.latencies_ns, 0.99)
 
     @property
+    def p999_ns(self) -> int:
+        """99.9th percentile round trip."""
+        return percentile(self.latencies_ns, 0.999)
+
+    @property
     def max_ns(self) -> int:
         """Slowest round trip."""
         return self.latencies_ns[-1]
@@ -125,22 +132,36 @@ class LoadResult:
 
 
 class HttpLoadClient:
-    """``concurrency`` keep-alive connections to ``host:port`` that replay one prepared request.
+    """``concurrency`` keep-alive connections to ``host:port`` that replay prepared requests.
 
-    ``async with HttpLoadClient(...) as client:`` opens the connections; ``await client.run(n)`` makes
-    ``n`` requests across them (call it once to warm up, then again to measure).
+    ``requests`` is one request for every connection, or a pool: connection ``i`` then replays
+    ``pool[i::concurrency]`` in turn. With several server workers each connection stays on one worker, so a
+    fixed share per connection, sent once first (``warm``), leaves no cold cache entry on the worker it
+    talks to. ``async with HttpLoadClient(...) as client:`` opens the connections; ``await client.run(n)``
+    makes ``n`` requests across them (call it once to warm up, then again to measure).
     """
 
     def __init__(
-        self, host: str, port: int, request: bytes, *, concurrency: int, expect_status: int = 200
+        self,
+        host: str,
+        port: int,
+        requests: bytes | Sequence[bytes],
+        *,
+        concurrency: int,
+        expect_status: int = 200,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        pool = [requests] if isinstance(requests, bytes) else list(requests)
+        if not pool:
+            raise ValueError("no request to send")
         self.host = host
         self.port = port
-        self.request = request
         self.concurrency = concurrency
         self.expect_status = expect_status
+        self.shares = [pool[i::concurrency] or pool for i in range(concurrency)]
+        #: Unexpected status codes, with how often each came back (warm-up and timed runs).
+        self.refused: Counter[int] = Counter()
         self._connections: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     async def __aenter__(self) -> HttpLoadClient:
@@ -158,35 +179,24 @@ class HttpLoadClient:
                 await writer.wait_closed()
         self._connections.clear()
 
+    async def warm(self) -> int:
+        """Send every connection's share once, untimed; the number of unexpected answers."""
+        before = sum(self.refused.values())
+        await asyncio.gather(*(self._worker(i, len(self.shares[i]), None) for i in range(self.concurrency)))
+        return sum(self.refused.values()) - before
+
     async def run(self, requests: int) -> LoadResult:
         """Make exactly ``requests`` requests, at most one in flight per connection, and time each."""
         if not self._connections:
             raise RuntimeError("not connected; use `async with HttpLoadClient(...)`")
-        remaining = requests
+        budget = [requests]
         latencies: list[int] = []
-        request = self.request
-        expect = self.expect_status
-        clock = time.perf_counter_ns
-
-        async def worker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
-            nonlocal remaining
-            errors = 0
-            while remaining > 0:  # bounded by the shared budget
-                remaining -= 1
-                start = clock()
-                # The request is small and its reply is awaited before the next write, so the transport
-                # buffer never fills and no drain() is needed.
-                writer.write(request)
-                status = await read_response(reader)
-                latencies.append(clock() - start)
-                if status != expect:
-                    errors += 1
-            return errors
-
         with collector_paused():
             cpu_start = time.process_time()
             wall_start = time.perf_counter()
-            errors = await asyncio.gather(*(worker(reader, writer) for reader, writer in self._connections))
+            errors = await asyncio.gather(
+                *(self._worker(i, budget, latencies) for i in range(self.concurrency))
+            )
             wall = time.perf_counter() - wall_start
         cpu = time.process_time() - cpu_start
         latencies.sort()
@@ -197,6 +207,31 @@ class HttpLoadClient:
             wall_seconds=wall,
             client_cpu_seconds=cpu,
         )
+
+    async def _worker(self, index: int, budget: list[int] | int, latencies: list[int] | None) -> int:
+        """Connection ``index``'s loop: its own count (``int``) or draws from a shared ``[remaining]``."""
+        reader, writer = self._connections[index]
+        share = self.shares[index]
+        size = len(share)
+        expect = self.expect_status
+        clock = time.perf_counter_ns
+        shared = budget if isinstance(budget, list) else [budget]
+        errors = turn = 0
+        while shared[0] > 0:  # bounded by the budget
+            shared[0] -= 1
+            request = share[turn % size] if size > 1 else share[0]
+            turn += 1
+            start = clock()
+            # The request is small and its reply is awaited before the next write, so the transport
+            # buffer never fills and no drain() is needed.
+            writer.write(request)
+            status = await read_response(reader)
+            if latencies is not None:
+                latencies.append(clock() - start)
+            if status != expect:
+                errors += 1
+                self.refused[status] += 1
+        return errors
 
 
 async def measure(

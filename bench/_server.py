@@ -1,12 +1,14 @@
 """Start and stop the servers a benchmark measures, and read their memory and CPU use.
 
-Every server is a subprocess on 127.0.0.1 with one worker, its output in a log file, stopped with
-SIGTERM at the end (killed on error). Two kinds:
+Every server is a subprocess on 127.0.0.1 (one worker unless asked for more), its output in a log file,
+stopped with SIGTERM at the end (killed on error). Three kinds:
 
 - ``aigos_server``: ``python -m aigos serve`` with the environment of one backend
   (``embedded_environment`` or ``postgres_environment``);
-- ``baseline_server``: a bare FastAPI app with one ``GET /health`` under the same uvicorn settings,
-  the floor every AIGOS figure is compared against.
+- ``floor_server``: ``bench/floor.py``'s bare ASGI app served by ``aigos serve``'s own launcher (same
+  options, protocol class and worker count), the floor the policy, token and SDK benches compare against;
+- ``baseline_server``: a bare FastAPI app with one ``GET /health`` under uvicorn's defaults plus the CLI's
+  options, the reference of ``bench/http.py``.
 """
 
 from __future__ import annotations
@@ -82,6 +84,34 @@ def rss_bytes(pid: int) -> int:
         except psutil.NoSuchProcess:
             continue
     return total
+
+
+def _role(process: psutil.Process, root: int) -> str:
+    if process.pid == root:
+        return "supervisor"
+    try:
+        command = " ".join(process.cmdline())
+    except psutil.Error:
+        return "child"
+    # uvicorn's workers are multiprocessing "spawn" children; so is multiprocessing's resource tracker.
+    if "resource_tracker" in command:
+        return "resource tracker"
+    return "worker" if "multiprocessing" in command else "child"
+
+
+def rss_by_process(pid: int) -> list[tuple[str, int, int]]:
+    """``(role, pid, rss bytes)`` of process ``pid`` (role ``supervisor``) and each of its children.
+
+    With one worker ``aigos serve`` runs the app in the supervisor itself (no child); with several, each
+    worker is a child with role ``worker``.
+    """
+    rows = []
+    for process in _process_tree(pid):
+        try:
+            rows.append((_role(process, pid), process.pid, process.memory_info().rss))
+        except psutil.NoSuchProcess:
+            continue
+    return rows
 
 
 def cpu_seconds(pid: int) -> float:
@@ -296,6 +326,25 @@ def aigos_server(
         "--workers",
         str(workers),
     ]
+    return ServerProcess(name, argv, port=port, cwd=workdir, env=env)
+
+
+def floor_server(
+    workdir: Path, env: Mapping[str, str], *, name: str = "floor", port: int | None = None, workers: int = 1
+) -> ServerProcess:
+    """``bench/floor.py``'s app through ``aigos serve``'s launcher, as ``aigos_server`` would start AIGOS.
+
+    Give it the environment of the AIGOS server it stands beside (same backend settings, so the same
+    launcher path: one process, or a supervisor with ``workers`` ``SO_REUSEPORT`` workers) and a
+    ``workdir`` of its own (an embedded environment locks its data folder there).
+    """
+    port = port or free_port()
+    repo = str(Path(__file__).resolve().parent.parent)
+    path = env.get("PYTHONPATH")
+    # The workers import ``bench.floor`` by name: the repository root must be on their path.
+    env = {**env, "PYTHONPATH": repo + (os.pathsep + path if path else "")}
+    argv = [sys.executable, "-m", "bench.floor", "serve", "--host", HOST, "--port", str(port)]
+    argv += ["--workers", str(workers)]
     return ServerProcess(name, argv, port=port, cwd=workdir, env=env)
 
 

@@ -17,9 +17,11 @@ Every figure comes from the same run, on 127.0.0.1 only:
 3. Durable one-by-one appends on PostgreSQL: ``EventLog.record(event)`` in a loop, one transaction each.
 4. The same buffered and durable runs on embedded SQLite, one writer process only (SQLite allows one
    writer at a time; a second process would only queue on its lock).
-5. ``verify_export`` over a synthetic valid export of one tenant held in memory: header, 1,000,000 event
-   lines, a signed checkpoint every 100,000 entries. Building it is timed separately; resident memory is
-   read in the (separate) verifying process.
+5. ``verify_export`` over a synthetic valid export of one tenant written to a temporary file (streaming,
+   by ``bench/verify.py``'s writer): header, 1,000,000 event lines, a signed checkpoint every 100,000
+   entries; then read back line by line as ``aigos audit verify`` reads it. Writing is timed separately;
+   resident memory is read in the (separate) verifying process. ``bench/verify.py`` times the command
+   itself at several sizes.
 
 The audit tables have no foreign key to ``tenants``, so the tenants are plain random UUIDs. A fresh
 PostgreSQL database ``aigos_bench_<random>`` is created, migrated and dropped ``WITH (FORCE)`` at the
@@ -65,7 +67,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from multiprocessing.context import SpawnContext
 from multiprocessing.synchronize import Barrier
 from types import FrameType
@@ -74,6 +76,7 @@ from typing import Any
 import psutil
 
 from bench._server import PG_ADMIN_DSN, _pg_admin
+from bench.verify import decision_data, write_export
 
 MB = 1024 * 1024
 DEFAULT_EVENTS = 100_000  # per writer process
@@ -88,19 +91,9 @@ DURABLE_TARGET_PER_SECOND = 1_000.0
 VERIFY_TARGET_SECONDS = 10.0
 WORKER_TIMEOUT_SECONDS = 900.0
 RAW_TABLE = "bench_raw_events"
-TOOLS = ("web.fetch", "email.send", "db.query", "file.write", "shell.exec", "http.post")
-DOMAINS = ("api.github.com", "example.org", "internal.corp", "s3.amazonaws.com", "pypi.org", "slack.com")
 
 
 # -- events ------------------------------------------------------------------------------------------
-
-
-def decision_data(i: int) -> dict[str, Any]:
-    """The ``data`` of the ``i``-th synthetic policy decision (one in five denied)."""
-    allowed = i % 5 != 0
-    tool, domain = TOOLS[i % len(TOOLS)], DOMAINS[(i // 7) % len(DOMAINS)]
-    reason = f"allowed by rule allow-{tool}" if allowed else f"denied: {domain} is not on the allowlist"
-    return {"tool": tool, "domain": domain, "allowed": allowed, "reason": reason}
 
 
 def build_events(tenants: list[uuid.UUID], count: int, writer: int) -> list[Any]:
@@ -617,102 +610,45 @@ def _percentile(sorted_values: list[int], fraction: float) -> int:
 # -- verification ---------------------------------------------------------------------------------------
 
 
-def build_export(events: int, checkpoint_every: int) -> tuple[list[bytes], int]:
-    """A valid export of one tenant: header, ``events`` event lines, a signed checkpoint every
-    ``checkpoint_every`` entries and after the last one. Returns the lines and the checkpoint count.
-    """
-    import orjson
-
-    from aigos.core import auditlog
-    from aigos.core.canonical import canonical
-    from aigos.core.merkle import CompactRange
-    from aigos.core.signing import Signer, b64url
-
-    signer = Signer.from_seed(b"aigos-bench-eventlog-verify-seed")
-    tenant = str(uuid.uuid4())
-    header = {
-        "kind": "header",
-        "format": auditlog.EXPORT_FORMAT,
-        "tenant_id": tenant,
-        "keys": [{"key_id": signer.key_id, "public_key": b64url(signer.public_key)}],
-    }
-    lines = [canonical(header)]
-    compact = CompactRange()
-    head = auditlog.GENESIS_HASH
-    base = datetime(2026, 1, 1, tzinfo=UTC)
-    checkpoints = 0
-    for seq in range(1, events + 1):
-        moment = (base + timedelta(microseconds=seq * 250)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        agent = f"agent-{seq % 50}"
-        data = decision_data(seq)
-        entry = {
-            "tenant_id": tenant,
-            "seq": seq,
-            "event_id": str(uuid.uuid4()),
-            "event_type": "policy.decision",
-            "agent_id": agent,
-            "timestamp": moment,
-            "recorded_at": moment,
-            "actor": {"type": "agent", "id": agent},
-            "source": "server",
-            "outcome": "allowed" if data["allowed"] else "denied",
-            "request_id": f"{seq:032x}",
-            "trace_id": None,
-            "span_id": None,
-            "data": data,
-            "prev_hash": head,
-        }
-        head = auditlog.entry_hash(entry)
-        compact.append(auditlog.entry_leaf(head))
-        entry["hash"] = head
-        entry["kind"] = "event"
-        # The line needs no canonical form (the verifier re-serialises what it parses), so plain orjson;
-        # copied to exactly its size: orjson's result keeps a buffer of several KB per call, which a file
-        # read line by line would not.
-        lines.append(bytes(memoryview(orjson.dumps(entry))))
-        if seq % checkpoint_every == 0 or seq == events:
-            payload = auditlog.checkpoint_payload(
-                tenant, seq, compact.root().hex(), head, moment, signer.key_id
-            )
-            lines.append(canonical({**auditlog.sign_checkpoint(signer, payload), "kind": "checkpoint"}))
-            checkpoints += 1
-    return lines, checkpoints
-
-
 def verify_main(events: int, checkpoint_every: int, profile: bool, results: Any) -> None:
-    """Entry point of the verifying process: build the export, then time ``verify_export`` over it."""
+    """Entry point of the verifying process: write the export to a file, then time ``verify_export``
+    reading it line by line, as ``aigos audit verify`` does."""
     try:
-        from aigos.core.auditlog import verify_export
+        from aigos.cli.audit import read_lines
+        from aigos.core.auditlog import MAX_LINE_BYTES, verify_export
 
         process = psutil.Process()
-        rss_start = process.memory_info().rss
-        started = time.perf_counter()
-        lines, checkpoints = build_export(events, checkpoint_every)
-        build_seconds = time.perf_counter() - started
-        export_bytes = sum(len(line) for line in lines)
-        gc.collect()
-        rss_built = process.memory_info().rss
-        peak = rss_built
-        stop = threading.Event()
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "export.ndjson"
+            started = time.perf_counter()
+            with path.open("wb", buffering=1 << 20) as out:
+                checkpoints = write_export(out, events, checkpoint_every)
+            build_seconds = time.perf_counter() - started
+            export_bytes = path.stat().st_size
+            gc.collect()
+            rss_start = process.memory_info().rss
+            peak = rss_start
+            stop = threading.Event()
 
-        def sample() -> None:
-            nonlocal peak
-            while not stop.wait(0.05):
-                peak = max(peak, process.memory_info().rss)
+            def sample() -> None:
+                nonlocal peak
+                while not stop.wait(0.05):
+                    peak = max(peak, process.memory_info().rss)
 
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        profiler = cProfile.Profile() if profile else None
-        if profiler is not None:
-            profiler.enable()
-        started = time.perf_counter()
-        report = verify_export(lines)
-        verify_seconds = time.perf_counter() - started
-        if profiler is not None:
-            profiler.disable()
-        stop.set()
-        sampler.join(timeout=5)
-        peak = max(peak, process.memory_info().rss)
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            profiler = cProfile.Profile() if profile else None
+            if profiler is not None:
+                profiler.enable()
+            started = time.perf_counter()
+            with path.open("rb") as stream:
+                report = verify_export(read_lines(stream, MAX_LINE_BYTES))
+            verify_seconds = time.perf_counter() - started
+            if profiler is not None:
+                profiler.disable()
+            stop.set()
+            sampler.join(timeout=5)
+            peak = max(peak, process.memory_info().rss)
         results.put(
             {
                 "events": events,
@@ -726,9 +662,8 @@ def verify_main(events: int, checkpoint_every: int, profile: bool, results: Any)
                 "checkpoints_verified": report.checkpoints,
                 "failure": str(report.failure) if report.failure else None,
                 "rss_start_mb": round(rss_start / MB, 1),
-                "rss_with_export_mb": round(rss_built / MB, 1),
                 "rss_peak_during_verify_mb": round(peak / MB, 1),
-                "verify_added_mb": round((peak - rss_built) / MB, 1),
+                "verify_added_mb": round((peak - rss_start) / MB, 1),
                 "target_seconds": VERIFY_TARGET_SECONDS * events / DEFAULT_VERIFY_EVENTS,
                 "target_met": verify_seconds < VERIFY_TARGET_SECONDS * events / DEFAULT_VERIFY_EVENTS,
                 "profile": _profile_text(profiler) if profiler is not None else "",
@@ -739,7 +674,7 @@ def verify_main(events: int, checkpoint_every: int, profile: bool, results: Any)
 
 
 def run_verify(ctx: SpawnContext, events: int, profile: bool) -> dict[str, Any]:
-    """Build and verify the synthetic export in a fresh process (so its RSS is the export's and verify's)."""
+    """Write and verify the synthetic export in a fresh process (so its RSS is verification's alone)."""
     results = ctx.Queue()
     process = ctx.Process(target=verify_main, args=(events, CHECKPOINT_EVERY, profile, results), daemon=True)
     process.start()
@@ -967,12 +902,11 @@ def format_table(data: dict[str, Any]) -> str:
     lines += [
         "",
         f"verify_export: {verify['events']:,} events + {verify['checkpoints']} checkpoints "
-        f"({verify['export_mb']:,.0f} MB in memory): {verify['verify_seconds']:.2f} s = "
+        f"({verify['export_mb']:,.0f} MB file, read line by line): {verify['verify_seconds']:.2f} s = "
         f"{verify['verify_events_per_second']:,.0f} events/s, {'valid' if verify['ok'] else 'INVALID'}; "
         f"target {_verdict(verify)}",
-        f"  building the export (not timed above): {verify['build_seconds']:.2f} s",
-        f"  RSS of the verifying process: {verify['rss_start_mb']:.0f} MB at start, "
-        f"{verify['rss_with_export_mb']:.0f} MB with the export, "
+        f"  writing the export (not timed above): {verify['build_seconds']:.2f} s",
+        f"  RSS of the verifying process: {verify['rss_start_mb']:.0f} MB before, "
         f"peak {verify['rss_peak_during_verify_mb']:.0f} MB during verify "
         f"(+{verify['verify_added_mb']:.0f} MB)",
     ]

@@ -2,13 +2,14 @@
 
 Part 1, in process. A deterministic workload (seeded ``random``): ``--agents`` agents (default 1,000), each
 with capabilities (tool and domain patterns), an agent type and a deployment environment, and a tenant's
-policies giving every agent exactly ``--rules`` applicable rules (default 50): 40% tenant-wide (two
-policies, the first denies by default and carries the tenant's domain deny list), 20% selected by agent
-type, 20% by environment, 20% in a policy of the agent's own. ``--requests`` requests (default 10,000)
-mix allowed ones, capability denials (tool or domain outside the agent's capabilities), domain denials
-and custom denials (a deny rule matches, or no allow rule does). Each engine is given the same rules and
-the same requests, translated into its own language, and timed per decision with
-``time.perf_counter_ns`` (p50 / p99, and decisions/s = 1 / mean on one core):
+``--policies`` (default 1,000) giving every agent with a policy of its own exactly ``--rules`` applicable
+rules (default 50): 40% tenant-wide (two policies, the first denies by default and carries the tenant's
+domain deny list), 20% selected by agent type, 20% by environment, 20% in a policy of the agent's own.
+``--requests`` requests (default 10,000) mix allowed ones, capability denials (tool or domain outside the
+agent's capabilities), domain denials and custom denials (a deny rule matches, or no allow rule does). Each
+engine is given the same rules and the same requests, translated into its own language, and timed per
+decision with ``time.perf_counter_ns`` (p50 / p99 / p99.9 / max, and decisions/s = 1 / mean on one core;
+AIGOS ``--repeat`` times):
 
 - AIGOS: ``aigos.core.policy.evaluate(policy_set, subject, request)``, ``PolicySet.effective`` warmed
   first (the server keeps it cached the same way).
@@ -30,17 +31,27 @@ trailing one), agent-status denials (every agent is active).
 
 Part 2, over HTTP (PostgreSQL + Redis, ``aigos serve --workers 2``): sign up a tenant, register the
 agents with their capabilities (``--http-agents``, default all), create the same policies through
-``POST /v1/policies``, check a sample of verdicts against part 1 over ``httpx``, then load
+``POST /v1/policies`` (``--policies``, default 1,000: the 9 shared ones and one of its own for each of the
+first 991 agents), check a sample of verdicts against part 1 over ``httpx``, then load
 ``POST /v1/policies/check`` with one keep-alive connection per concurrent client (raw asyncio, see
-``_load.py``), each connection replaying its own share of a pool of different agents' requests: p50 / p99
-/ max and checks/s at concurrency 1 and 32, the server's CPU share and resident memory (all processes).
+``_load.py``), each connection replaying its own share of a pool of different agents' requests, at
+concurrency 1 and 32. Right before each timed phase the floor is timed the same way: ``bench/floor.py``, a
+bare Starlette app served by ``aigos serve``'s own launcher with two workers, sent the very same request
+bytes. Every figure (p50 / p99 / p99.9 / max, checks/s, the server's CPU µs per check over supervisor and
+workers) is printed beside the floor's as a ratio; ``--repeat N`` runs the timed phases N times and
+prints each run and the worst. Memory: the RSS of each server process at start, after the agents, after
+the policies, after a first pass of checks (each worker has compiled what it serves) and after a soak
+of ``--soak`` seconds at c=32 (RSS read every ``--soak-interval`` seconds, the series and its slope after
+the first third printed); bytes per agent and per compiled rule.
 
-Targets (this 2-core machine): in-process p99 <= 10 µs; over HTTP p99 <= 1 ms at c=1 (the seed: < 2 ms)
-and >= 5,000 checks/s.
+Targets (this 2-core machine, same run): in-process p99 <= 10 µs in every run; at c=1 p99 <= 3x the
+floor's p99 and <= 1 ms, max <= 10 ms; at c=32 >= 60 % of the floor's checks/s and >= 5,000 checks/s
+with 2 workers; RSS <= 150 MB per worker with 1,000 agents and 1,000 policies, flat over the soak.
 
-Run: ``.venv/bin/python bench/policy.py [--agents N] [--rules N] [--requests N] [--skip-http]
-[--skip-peers] [--profile] [--json]``. Part 2 needs PostgreSQL on 127.0.0.1:5432 (user ``postgres``)
-and Redis on 127.0.0.1:6379; a fresh database is created and dropped, and the Redis keys deleted.
+Run: ``.venv/bin/python bench/policy.py [--agents N] [--policies M] [--rules N] [--requests N]
+[--repeat N] [--soak SECONDS] [--skip-http] [--skip-peers] [--profile] [--json]``. Part 2 needs
+PostgreSQL on 127.0.0.1:5432 (user ``postgres``) and Redis on 127.0.0.1:6379; a fresh database is
+created and dropped, and the Redis keys deleted.
 """
 
 # ruff: noqa: E402 - the bench directory must leave sys.path before anything imports the stdlib's ``http``.
@@ -58,8 +69,8 @@ if __name__ == "__main__":
     sys.path.insert(0, str(_BENCH_DIR.parent))
 
 import argparse
-import asyncio
 import cProfile
+import dataclasses
 import gc
 import io
 import itertools
@@ -83,20 +94,31 @@ from typing import Any
 import httpx
 
 from aigos.core import policy as core
-from bench._load import (
-    LoadResult,
-    LoadRunner,
-    build_request,
-    collector_paused,
-    load_runner,
-    percentile,
-    read_response,
+from bench._figures import (
+    Figures,
+    Row,
+    Target,
+    format_row,
+    format_rows,
+    format_targets,
+    json_default,
+    timed_pair,
+    worst,
 )
-from bench._server import HOST, RssSampler, ServerProcess, aigos_server, cpu_seconds, postgres_environment
-from bench._server import rss_bytes as server_rss
+from bench._load import HttpLoadClient, LoadRunner, build_request, load_runner, percentile
+from bench._memory import MB, Series, Snapshot, format_snapshots, names, slope_mb_per_minute, worker_pids
+from bench._server import (
+    HOST,
+    ServerProcess,
+    aigos_server,
+    cpu_seconds,
+    floor_server,
+    postgres_environment,
+)
 from bench.token import machine_info
 
 DEFAULT_AGENTS = 1_000
+DEFAULT_POLICIES = 1_000
 DEFAULT_RULES = 50
 DEFAULT_REQUESTS = 10_000
 DEFAULT_CASBIN_REQUESTS = 1_000
@@ -106,12 +128,20 @@ HTTP_POOL = 2_000  # distinct check requests replayed over HTTP
 HTTP_VERIFY = 500  # of which this many are checked against the in-process verdicts first
 HTTP_CONCURRENCY = (1, 32)
 HTTP_WORKERS = 2
+SOAK_CONCURRENCY = 32
+DEFAULT_SOAK_SECONDS = 30.0
+DEFAULT_SOAK_INTERVAL = 10.0
 SEED = 20240601
 TARGETS = {
     "inprocess_p99_us": 10.0,
     "http_p99_ms": 1.0,
-    "http_seed_p99_ms": 2.0,
+    "p99_over_floor": 3.0,
+    "http_max_ms": 10.0,
     "checks_per_second": 5_000.0,
+    "per_second_over_floor": 0.6,
+    "worker_rss_mb": 150.0,
+    # "Flat": a worker that grew this fast for a day would hold 0.7 GB more.
+    "rss_slope_mb_per_minute": 0.5,
 }
 
 ACTIONS = ("read", "write", "delete", "execute", "send", "search", "list", "update", "create", "approve")
@@ -164,6 +194,8 @@ DENY_DOMAINS = ("pastebin.com", "*.ngrok.io", "transfer.sh", "*.evil-site.com")
 DATA_CLASSES = ("public", "internal", "confidential", "secret")
 AGENT_TYPES = ("researcher", "coder", "support", "analyst")
 ENVS = ("development", "staging", "production")
+#: Policies every workload has: two tenant-wide, one per agent type, one per environment.
+SHARED_POLICIES = 2 + len(AGENT_TYPES) + len(ENVS)
 
 
 # -- the workload ------------------------------------------------------------------------------------
@@ -408,8 +440,15 @@ def _probe(rng: random.Random, agent: AgentSpec, rules: list[RuleSpec]) -> Probe
     )
 
 
-def build_workload(agents: int, rules: int, requests: int, seed: int = SEED) -> Workload:
-    """The deterministic workload: every agent sees exactly ``rules`` rules."""
+def build_workload(
+    agents: int, rules: int, requests: int, seed: int = SEED, policy_count: int | None = None
+) -> Workload:
+    """The deterministic workload: every agent with a policy of its own sees exactly ``rules`` rules.
+
+    ``policy_count``: how many policies in all: ``SHARED_POLICIES`` shared ones (tenant, agent types,
+    environments), then one own policy for each of the first ``policy_count - SHARED_POLICIES`` agents (the
+    others see only the shared rules). Default: one own policy per agent.
+    """
     rng = random.Random(seed)
     tenant = rules * 2 // 5
     by_type = rules // 5
@@ -427,7 +466,8 @@ def build_workload(agents: int, rules: int, requests: int, seed: int = SEED) -> 
     ]
     policies += [PolicySpec(f"type {t}", f"type:{t}", _rules(rng, f"type-{t}", by_type)) for t in AGENT_TYPES]
     policies += [PolicySpec(f"env {e}", f"env:{e}", _rules(rng, f"env-{e}", by_env)) for e in ENVS]
-    policies += [PolicySpec(f"agent {a.index}", f"agent:{a.index}", _rules(rng, "own", own)) for a in specs]
+    owners = specs if policy_count is None else specs[: max(0, policy_count - len(policies))]
+    policies += [PolicySpec(f"agent {a.index}", f"agent:{a.index}", _rules(rng, "own", own)) for a in owners]
     workload = Workload(tuple(specs), tuple(policies), ())
     rules_of = {agent.index: workload.rules_of(agent) for agent in specs}
     probes = []
@@ -451,7 +491,7 @@ class EngineResult:
     note: str = ""
 
     def summary(self) -> dict[str, Any]:
-        """p50 / p99 / max in µs and decisions per second (1 / mean latency, one core)."""
+        """p50 / p99 / p99.9 / max in µs and decisions per second (1 / mean latency, one core)."""
         mean = sum(self.latencies_ns) / len(self.latencies_ns)
         return {
             "engine": self.name,
@@ -459,6 +499,7 @@ class EngineResult:
             "requests": len(self.latencies_ns),
             "p50_us": round(percentile(self.latencies_ns, 0.5) / 1000, 2),
             "p99_us": round(percentile(self.latencies_ns, 0.99) / 1000, 2),
+            "p999_us": round(percentile(self.latencies_ns, 0.999) / 1000, 2),
             "max_us": round(self.latencies_ns[-1] / 1000, 1),
             "decisions_per_second": round(1e9 / mean),
             "note": self.note,
@@ -734,9 +775,12 @@ def run_casbin(workload: Workload, count: int) -> EngineResult:
     return EngineResult("pycasbin", version("pycasbin"), latencies, verdicts, note)
 
 
-def run_inprocess(workload: Workload, *, peers: bool, casbin_requests: int, profile: bool) -> dict[str, Any]:
-    """Part 1: every engine on the same requests; agreement with AIGOS and ratios."""
+def run_inprocess(
+    workload: Workload, *, peers: bool, casbin_requests: int, profile: bool, repeat: int = 1
+) -> dict[str, Any]:
+    """Part 1: every engine on the same requests; agreement with AIGOS and ratios; AIGOS ``repeat`` times."""
     aigos, mix, profile_text = run_aigos(workload, profile)
+    runs = [aigos.summary()] + [run_aigos(workload, False)[0].summary() for _ in range(repeat - 1)]
     results = [aigos]
     cedar_batch = None
     if peers:
@@ -759,6 +803,10 @@ def run_inprocess(workload: Workload, *, peers: bool, casbin_requests: int, prof
     allowed = sum(aigos.verdicts)
     return {
         "engines": engines,
+        "aigos_runs": runs,
+        "aigos_worst": {
+            key: max(run[key] for run in runs) for key in ("p50_us", "p99_us", "p999_us", "max_us")
+        },
         "cedarpy_batch": cedar_batch,
         "mix": dict(mix.most_common()),
         "allowed": allowed,
@@ -779,6 +827,7 @@ class HttpFixture:
     mismatches: list[dict[str, Any]]
     agents: int
     policies: int
+    rules: int
     setup_seconds: float
 
 
@@ -788,8 +837,18 @@ def _check_body(probe: Probe) -> bytes:
     ).encode()
 
 
-def prepare_http(server: ServerProcess, admin_token: str, workload: Workload, agents: int) -> HttpFixture:
-    """Sign up a tenant, register the agents, create the policies, verify a sample of verdicts over HTTP."""
+def prepare_http(
+    server: ServerProcess,
+    admin_token: str,
+    workload: Workload,
+    agents: int,
+    stage: Callable[[str], None] = lambda _name: None,
+) -> HttpFixture:
+    """Sign up a tenant, register the agents, create the policies, verify a sample of verdicts over HTTP.
+
+    ``stage`` is called with ``"agents"`` once the agents are registered and ``"policies"`` once the
+    policies are created (the memory snapshots are taken there).
+    """
     started = time.monotonic()
     with httpx.Client(base_url=server.base_url, timeout=60.0, trust_env=False) as client:
         signup = client.post(
@@ -821,13 +880,16 @@ def prepare_http(server: ServerProcess, admin_token: str, workload: Workload, ag
             registered.raise_for_status()
             ids.append(registered.json()["agent_id"])
             tokens.append(registered.json()["identity_token"])
-        created = 0
+        stage("agents")
+        created = rules = 0
         for policy in workload.policies:
             kind, _, value = policy.target.partition(":")
             if kind == "agent" and int(value) >= agents:
                 continue  # an agent not registered over HTTP
             client.post("/v1/policies", json=policy.document(ids), headers=admin).raise_for_status()
             created += 1
+            rules += len(policy.rules)
+        stage("policies")
         probes = [probe for probe in workload.probes if probe.agent < agents][:HTTP_POOL]
         policy_set, subjects, _ = aigos_inputs(workload)
         mismatches = []
@@ -861,84 +923,9 @@ def prepare_http(server: ServerProcess, admin_token: str, workload: Workload, ag
         mismatches=mismatches[:5] + ([{"more": len(mismatches) - 5}] if len(mismatches) > 5 else []),
         agents=agents,
         policies=created,
+        rules=rules,
         setup_seconds=time.monotonic() - started,
     )
-
-
-class MixedLoadClient:
-    """``concurrency`` keep-alive connections, connection ``i`` replaying ``checks[i::concurrency]`` in turn.
-
-    Each connection stays on one server worker, so giving it a fixed share of the pool and sending that
-    share once first (``warm``) leaves no cold cache entry on the worker it talks to. The loop is
-    ``_load.HttpLoadClient``'s, with a request per turn instead of one request for all.
-    """
-
-    def __init__(self, port: int, checks: list[bytes], *, concurrency: int) -> None:
-        self.port = port
-        self.concurrency = concurrency
-        self.shares = [checks[i::concurrency] or checks for i in range(concurrency)]
-        #: Status codes other than 200, with how often each came back (warm-up and timed run).
-        self.refused: Counter[int] = Counter()
-        self._connections: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-
-    async def __aenter__(self) -> MixedLoadClient:
-        for _ in range(self.concurrency):
-            self._connections.append(await asyncio.open_connection(HOST, self.port))
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        for _, writer in self._connections:
-            writer.close()
-        self._connections.clear()
-
-    async def warm(self) -> int:
-        """Send every connection's share once, untimed; the number of non-200 answers."""
-
-        async def worker(index: int) -> int:
-            reader, writer = self._connections[index]
-            errors = 0
-            for request in self.shares[index]:
-                writer.write(request)
-                status = await read_response(reader)
-                if status != 200:
-                    errors += 1
-                    self.refused[status] += 1
-            return errors
-
-        return sum(await asyncio.gather(*(worker(i) for i in range(self.concurrency))))
-
-    async def run(self, requests: int) -> LoadResult:
-        """Make exactly ``requests`` checks, at most one in flight per connection, and time each."""
-        remaining = requests
-        latencies: list[int] = []
-        clock = time.perf_counter_ns
-
-        async def worker(index: int) -> int:
-            nonlocal remaining
-            reader, writer = self._connections[index]
-            share = self.shares[index]
-            errors = turn = 0
-            while remaining > 0:  # bounded by the shared budget
-                remaining -= 1
-                request = share[turn % len(share)]
-                turn += 1
-                start = clock()
-                writer.write(request)
-                status = await read_response(reader)
-                latencies.append(clock() - start)
-                if status != 200:
-                    errors += 1
-                    self.refused[status] += 1
-            return errors
-
-        with collector_paused():
-            cpu_start = time.process_time()
-            wall_start = time.perf_counter()
-            errors = await asyncio.gather(*(worker(i) for i in range(self.concurrency)))
-            wall = time.perf_counter() - wall_start
-        cpu = time.process_time() - cpu_start
-        latencies.sort()
-        return LoadResult(self.concurrency, latencies, sum(errors), wall, cpu)
 
 
 def http_requests_for(concurrency: int, override: int | None) -> int:
@@ -948,38 +935,75 @@ def http_requests_for(concurrency: int, override: int | None) -> int:
     return DEFAULT_HTTP_REQUESTS.get(concurrency, DEFAULT_HTTP_REQUESTS_LOADED)
 
 
-async def _scenario(
-    server: ServerProcess, checks: list[bytes], concurrency: int, requests: int
-) -> dict[str, Any]:
-    async with MixedLoadClient(server.port, checks, concurrency=concurrency) as client:
-        warm_errors = await client.warm()
+async def warm_workers(server: ServerProcess, checks: list[bytes], concurrency: int) -> dict[str, int]:
+    """Send the whole pool once over ``concurrency`` connections (every worker compiles what it needs);
+    the statuses other than 200 that came back, with their counts."""
+    async with HttpLoadClient(HOST, server.port, checks, concurrency=concurrency) as client:
+        await client.warm()
+        return {str(status): count for status, count in client.refused.items()}
+
+
+@dataclass(frozen=True)
+class Soak:
+    """Checks at one concurrency for a while: RSS samples, and the figures over all of it."""
+
+    seconds: float
+    concurrency: int
+    interval: float
+    samples: list[Snapshot]
+    figures: Figures | None
+    #: The samples the slope is fitted on begin this many seconds in (the rest is warm-up).
+    warmup_seconds: float
+    #: pid -> growth of its RSS after the warm-up, MB per minute (``None``: too few samples).
+    slopes: dict[int, float | None]
+
+
+async def soak(
+    server: ServerProcess, checks: list[bytes], concurrency: int, seconds: float, interval: float, rate: float
+) -> Soak:
+    """Load the check at ``concurrency`` for ``seconds``, reading every process's RSS each ~``interval`` s.
+
+    The load runs in chunks of about ``interval`` seconds (``rate``: checks per second expected) and the
+    RSS is read between chunks, never while a request is timed.
+    """
+    series = Series(server.pid, interval)
+    latencies: list[int] = []
+    wall = 0.0
+    chunk = max(concurrency, int(rate * interval))
+    async with HttpLoadClient(HOST, server.port, checks, concurrency=concurrency) as client:
+        await client.warm()
         cpu_before = cpu_seconds(server.pid)
-        async with RssSampler(server.pid) as sampler:
-            result = await client.run(requests)
+        series.started = time.monotonic()
+        series.sample()
+        while series.elapsed < seconds:
+            result = await client.run(chunk)
+            latencies.extend(result.latencies_ns)
+            wall += result.wall_seconds
+            series.sample()
         server_cpu = cpu_seconds(server.pid) - cpu_before
-    if client.refused:
-        print(f"c={concurrency}: non-200 answers {dict(client.refused)}; server output:", file=sys.stderr)
-        print(server.output_tail(30), file=sys.stderr)
-    return {
-        "concurrency": concurrency,
-        "requests": result.requests,
-        "errors": result.errors + warm_errors,
-        "refused": {str(status): count for status, count in sorted(client.refused.items())},
-        "p50_ms": round(result.p50_ns / 1e6, 3),
-        "p99_ms": round(result.p99_ns / 1e6, 3),
-        "max_ms": round(result.max_ns / 1e6, 3),
-        "checks_per_second": round(result.requests_per_second),
-        "wall_seconds": round(result.wall_seconds, 2),
-        "server_cpu_share": round(server_cpu / result.wall_seconds, 2),
-        "client_cpu_share": round(result.client_cpu_share, 2),
-        "peak_rss_mb": round(sampler.peak_bytes / 2**20, 1),
-    }
+        refused = {str(status): count for status, count in client.refused.items()}
+    latencies.sort()
+    figures = (
+        Figures.of_latencies(
+            latencies, wall, server_cpu_seconds=server_cpu, refused=refused, errors=sum(refused.values())
+        )
+        if latencies
+        else None
+    )
+    warmup = series.elapsed / 3
+    pids = worker_pids(series.samples[0])
+    slopes = {pid: slope_mb_per_minute(series.samples, pid, warmup) for pid in pids}
+    return Soak(seconds, concurrency, interval, series.samples, figures, warmup, slopes)
 
 
-def run_http(
-    workload: Workload, runner: LoadRunner, agents: int, concurrencies: list[int], override: int | None
-) -> dict[str, Any]:
-    """Part 2: two workers on PostgreSQL + Redis; set up over the API, then load the check."""
+def run_http(workload: Workload, runner: LoadRunner, args: argparse.Namespace) -> dict[str, Any]:
+    """Part 2: two workers on PostgreSQL + Redis beside the floor; set up over the API, load the check.
+
+    Memory is read at start, after the agents, after the policies, after a first pass of checks (each
+    worker has compiled what it serves) and after the soak. Each timed phase runs ``--repeat`` times, each
+    time right after the floor's.
+    """
+    agents = args.http_agents or args.agents
     admin_token = "aigos_pat_bench_" + secrets.token_urlsafe(32)
     with tempfile.TemporaryDirectory(prefix="aigos-bench-policy-") as tmp, postgres_environment() as env:
         env = {
@@ -991,55 +1015,170 @@ def run_http(
             # Tokens name their issuer; a deployment configures it (the raw client sends ``Host: x``).
             "AIGOS_ISSUER": "https://aigos.bench.example",
         }
-        server = aigos_server(Path(tmp), env, name="pg-2w", workers=HTTP_WORKERS)
-        with server:
-            fixture = prepare_http(server, admin_token, workload, agents)
-            idle_rss = server_rss(server.pid)
-            scenarios = [
-                runner.run(_scenario(server, fixture.checks, c, http_requests_for(c, override)))
-                for c in concurrencies
+        server = aigos_server(Path(tmp) / "aigos", env, name="pg-2w", workers=HTTP_WORKERS)
+        floor = floor_server(Path(tmp) / "floor", env, name="floor-2w", workers=HTTP_WORKERS)
+        with server, floor:
+            memory = [Snapshot.take(server.pid, "start (tenant signed up)")]
+            fixture = prepare_http(
+                server,
+                admin_token,
+                workload,
+                agents,
+                lambda name: memory.append(Snapshot.take(server.pid, f"{name} loaded")),
+            )
+            memory[1:] = [
+                dataclasses.replace(memory[1], stage=f"{fixture.agents:,} agents registered"),
+                dataclasses.replace(memory[2], stage=f"{fixture.policies:,} policies created"),
             ]
-            end_rss = server_rss(server.pid)
-        exit_code, clean = server.exit_code, server.stopped_cleanly
+            warm_errors = runner.run(warm_workers(server, fixture.checks, max(args.concurrency)))
+            memory.append(Snapshot.take(server.pid, "after a first pass of checks"))
+            runs: list[Row] = []
+            for run in range(1, args.repeat + 1):
+                for c in args.concurrency:
+                    count = http_requests_for(c, args.http_requests)
+                    figures, floor_figures = runner.run(
+                        timed_pair(server, floor, fixture.checks, concurrency=c, count=count, warmup=None)
+                    )
+                    runs.append(Row.paired("check", c, run, figures, floor_figures))
+            soaked = None
+            if args.soak > 0:
+                loaded = [r for r in runs if r.concurrency == SOAK_CONCURRENCY]
+                rate = loaded[-1].figures.per_second if loaded else 2_000.0
+                soaked = runner.run(
+                    soak(server, fixture.checks, SOAK_CONCURRENCY, args.soak, args.soak_interval, rate)
+                )
+                memory.append(Snapshot.take(server.pid, f"after the soak ({args.soak:g} s)"))
+        problems = [
+            f"{s.name}: exit code {s.exit_code} after SIGTERM"
+            for s in (server, floor)
+            if not s.stopped_cleanly
+        ]
+        if warm_errors:
+            problems.append(f"non-200 answers to the first pass of checks (by status: {warm_errors})")
+        if soaked is not None and soaked.figures is not None and soaked.figures.errors:
+            problems.append(f"non-200 answers during the soak (by status: {soaked.figures.refused})")
+        tail = server.output_tail(30)
+        if tail and (problems or any(row.figures.errors for row in runs)):
+            problems.append("server output:\n" + tail)
     return {
         "workers": HTTP_WORKERS,
         "agents": fixture.agents,
         "policies": fixture.policies,
+        "rules": fixture.rules,
         "pool": len(fixture.checks),
         "setup_seconds": round(fixture.setup_seconds, 1),
         "verified": fixture.verified,
         "mismatches": fixture.mismatches,
-        "rss_mb": {"after_setup": round(idle_rss / 2**20, 1), "end": round(end_rss / 2**20, 1)},
-        "scenarios": scenarios,
-        "exit_code": exit_code,
-        "stopped_cleanly": clean,
+        "rows": runs,
+        "memory": memory,
+        "soak": soaked,
+        "problems": problems,
         "client_event_loop": runner.loop_name,
     }
+
+
+def by_phase(rows: list[Row]) -> list[list[Row]]:
+    """The rows grouped by phase (label and concurrency), in the order first seen."""
+    groups: dict[tuple[str, int], list[Row]] = {}
+    for row in rows:
+        groups.setdefault((row.label, row.concurrency), []).append(row)
+    return list(groups.values())
+
+
+def with_worst(rows: list[Row]) -> list[Row]:
+    """Each phase's runs followed by its worst row (when there is more than one run)."""
+    out: list[Row] = []
+    for group in by_phase(rows):
+        out += group
+        if len(group) > 1:
+            out.append(worst(group))
+    return out
 
 
 # -- report ------------------------------------------------------------------------------------------
 
 
-def _verdict(name: str, value: float, limit: float, *, below: bool) -> dict[str, Any]:
-    met = value <= limit if below else value >= limit
-    return {"target": name, "value": round(value, 3), "limit": limit, "below": below, "met": met}
+def memory_figures(http: dict[str, Any]) -> dict[str, Any]:
+    """Bytes per agent and per compiled rule, the largest worker RSS, the soak's slope."""
+    memory: list[Snapshot] = http["memory"]
+    start, agents, _policies, compiled = memory[:4]
+    workers = worker_pids(start)
+    peak = max(s.processes[p][1] for s in memory for p in workers if p in s.processes)
+    soaked: Soak | None = http["soak"]
+    if soaked is not None:
+        peak = max([peak, *(s.processes[p][1] for s in soaked.samples for p in workers if p in s.processes)])
+    slopes = [v for v in (soaked.slopes.values() if soaked else ()) if v is not None]
+    return {
+        # Registration goes through one keep-alive connection, hence one worker; the whole tree is counted.
+        "bytes_per_agent": (agents.total - start.total) / max(1, http["agents"]),
+        # Each worker compiles the policies it serves: counted over all workers, per rule created.
+        "bytes_per_rule": (compiled.of(workers) - agents.of(workers)) / max(1, http["rules"]),
+        "worker_peak_mb": peak / MB,
+        "slope_mb_per_minute": max(slopes) if slopes else None,
+    }
 
 
-def verdicts(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """The targets, checked against what was measured."""
-    out = []
-    aigos = data["inprocess"]["engines"][0]
-    out.append(_verdict("in-process p99 (µs)", aigos["p99_us"], TARGETS["inprocess_p99_us"], below=True))
+def verdicts(data: dict[str, Any]) -> list[Target]:
+    """The issue's targets, checked against what was measured (over ``--repeat`` runs: the worst)."""
+    out = [
+        Target(
+            "in-process p99, every run",
+            data["inprocess"]["aigos_worst"]["p99_us"],
+            TARGETS["inprocess_p99_us"],
+            "µs",
+        )
+    ]
     http = data.get("http")
-    if http:
-        c1 = next((s for s in http["scenarios"] if s["concurrency"] == 1), None)
-        if c1 is not None:
-            out.append(_verdict("HTTP p99 at c=1 (ms)", c1["p99_ms"], TARGETS["http_p99_ms"], below=True))
+    if not http:
+        return out
+    for group in by_phase(http["rows"]):
+        row = worst(group) if len(group) > 1 else group[0]
+        f, r = row.figures, row.ratios or {}
+        if row.concurrency == 1:
+            if r.get("p99_us") is not None:
+                out.append(
+                    Target("check p99 at c=1 / floor p99", r["p99_us"] or 0.0, TARGETS["p99_over_floor"], "x")
+                )
+            out.append(Target("check p99 at c=1", f.p99_us / 1000, TARGETS["http_p99_ms"], "ms"))
+            out.append(Target("check max at c=1", f.max_us / 1000, TARGETS["http_max_ms"], "ms"))
+        if row.concurrency == SOAK_CONCURRENCY:
+            if r.get("per_second") is not None:
+                out.append(
+                    Target(
+                        f"checks/s at c={row.concurrency} / floor's",
+                        r["per_second"] or 0.0,
+                        TARGETS["per_second_over_floor"],
+                        "x",
+                        below=False,
+                    )
+                )
             out.append(
-                _verdict("HTTP p99 at c=1, seed (ms)", c1["p99_ms"], TARGETS["http_seed_p99_ms"], below=True)
+                Target(
+                    f"checks/s at c={row.concurrency}, {http['workers']} workers",
+                    f.per_second,
+                    TARGETS["checks_per_second"],
+                    "/s",
+                    below=False,
+                )
             )
-        best = max(s["checks_per_second"] for s in http["scenarios"])
-        out.append(_verdict("checks/s (best concurrency)", best, TARGETS["checks_per_second"], below=False))
+    mem = memory_figures(http)
+    out.append(
+        Target(
+            f"RSS per worker, {http['agents']:,} agents, {http['policies']:,} policies",
+            mem["worker_peak_mb"],
+            TARGETS["worker_rss_mb"],
+            "MB",
+        )
+    )
+    if mem["slope_mb_per_minute"] is not None:
+        out.append(
+            Target(
+                "RSS growth per worker over the soak",
+                mem["slope_mb_per_minute"],
+                TARGETS["rss_slope_mb_per_minute"],
+                "MB/min",
+            )
+        )
     return out
 
 
@@ -1048,30 +1187,36 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     date = datetime.now(UTC).isoformat(timespec="seconds")
     load_before = os.getloadavg()[0]
     started = time.monotonic()
-    workload = build_workload(args.agents, args.rules, args.requests, args.seed)
+    workload = build_workload(args.agents, args.rules, args.requests, args.seed, args.policies)
     inprocess = run_inprocess(
-        workload, peers=not args.skip_peers, casbin_requests=args.casbin_requests, profile=args.profile
+        workload,
+        peers=not args.skip_peers,
+        casbin_requests=args.casbin_requests,
+        profile=args.profile,
+        repeat=args.repeat,
     )
     data: dict[str, Any] = {
         "benchmark": "policy",
         "what": "policy decisions in process (AIGOS, cedarpy, pycasbin) and POST /v1/policies/check",
         "date": date,
         "machine": machine_info(),
-        "note": "numbers are from one run on this machine; compare runs on the same machine only",
+        "note": "numbers are from one run on this machine; read them as ratios to the same run's floor",
         "settings": {
             "agents": args.agents,
             "rules_per_agent": args.rules,
             "policies": len(workload.policies),
+            "agents_with_own_policy": len(workload.policies) - SHARED_POLICIES,
             "rules_total": sum(len(p.rules) for p in workload.policies),
             "requests": args.requests,
             "seed": args.seed,
+            "repeat": args.repeat,
+            "soak_seconds": args.soak,
         },
         "inprocess": inprocess,
     }
     if not args.skip_http:
         with load_runner() as runner:
-            agents = args.http_agents or args.agents
-            data["http"] = run_http(workload, runner, agents, args.concurrency, args.http_requests)
+            data["http"] = run_http(workload, runner, args)
     data["targets"] = verdicts(data)
     data["elapsed_seconds"] = round(time.monotonic() - started, 1)
     data["load_average_1m"] = {"start": round(load_before, 2), "end": round(os.getloadavg()[0], 2)}
@@ -1087,21 +1232,35 @@ def format_table(data: dict[str, Any]) -> str:
         f"machine: {machine['cpu']}, {machine['cpus']} CPUs, {machine['python']}, {machine['platform']}",
         f"date: {data['date']}; run {data['elapsed_seconds']:.0f} s",
         f"note: {data['note']} (1-min load average {load['start']:.2f} at start, {load['end']:.2f} at end)",
-        f"workload: {settings['agents']} agents x {settings['rules_per_agent']} applicable rules "
-        f"({settings['policies']} policies, {settings['rules_total']} rules in all), "
-        f"{settings['requests']} requests (seed {settings['seed']})",
+        f"workload: {settings['agents']:,} agents, {settings['policies']:,} policies "
+        f"({settings['rules_total']:,} rules in all); the {settings['agents_with_own_policy']:,} agents "
+        f"with a policy of their own see {settings['rules_per_agent']} rules each; "
+        f"{settings['requests']:,} requests (seed {settings['seed']})",
         "mix (AIGOS): " + ", ".join(f"{code} {count}" for code, count in inproc["mix"].items()),
         "",
         "in process, per decision",
-        f"{'engine':<16} {'requests':>8} {'p50 µs':>9} {'p99 µs':>9} {'max µs':>9} {'dec/s':>9} "
-        f"{'p50 x':>7} {'p99 x':>7} {'agree':>13}",
+        f"{'engine':<16} {'requests':>8} {'p50 µs':>9} {'p99 µs':>9} {'p99.9 µs':>9} {'max µs':>9} "
+        f"{'dec/s':>9} {'p50 x':>7} {'p99 x':>7} {'agree':>13}",
     ]
     for e in inproc["engines"]:
         agree = f"{e['agreement']['same_verdict']}/{e['agreement']['compared']}"
         name = f"{e['engine']} {e['version']}"
         lines.append(
-            f"{name:<16} {e['requests']:>8} {e['p50_us']:>9.2f} {e['p99_us']:>9.2f} {e['max_us']:>9.1f} "
-            f"{e['decisions_per_second']:>9,} {e['ratio_p50']:>6.1f}x {e['ratio_p99']:>6.1f}x {agree:>13}"
+            f"{name:<16} {e['requests']:>8} {e['p50_us']:>9.2f} {e['p99_us']:>9.2f} {e['p999_us']:>9.2f} "
+            f"{e['max_us']:>9.1f} {e['decisions_per_second']:>9,} {e['ratio_p50']:>6.1f}x "
+            f"{e['ratio_p99']:>6.1f}x {agree:>13}"
+        )
+    runs = inproc["aigos_runs"]
+    if len(runs) > 1:
+        for number, run in enumerate(runs, 1):
+            lines.append(
+                f"  AIGOS run {number:<5} {run['requests']:>8} {run['p50_us']:>9.2f} {run['p99_us']:>9.2f} "
+                f"{run['p999_us']:>9.2f} {run['max_us']:>9.1f}"
+            )
+        w = inproc["aigos_worst"]
+        lines.append(
+            f"  AIGOS worst {'':>14} {w['p50_us']:>9.2f} {w['p99_us']:>9.2f} {w['p999_us']:>9.2f} "
+            f"{w['max_us']:>9.1f}"
         )
     base = inproc["engines"][0]
     for e in inproc["engines"][1:]:
@@ -1121,29 +1280,37 @@ def format_table(data: dict[str, Any]) -> str:
         lines += [
             "",
             f"over HTTP: POST /v1/policies/check, PostgreSQL + Redis, {http['workers']} workers, "
-            f"{http['agents']} agents, {http['policies']} policies, pool of {http['pool']} distinct checks "
-            f"({http['client_event_loop']} client; set-up {http['setup_seconds']:.0f} s)",
+            f"{http['agents']:,} agents, {http['policies']:,} policies ({http['rules']:,} rules), pool of "
+            f"{http['pool']:,} distinct checks ({http['client_event_loop']} client; set-up "
+            f"{http['setup_seconds']:.0f} s)",
             f"verdicts checked against in-process AIGOS: {http['verified'] - len(http['mismatches'])}"
             f"/{http['verified']} equal",
-            f"{'conc':>4} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'checks/s':>9} "
-            f"{'srv cpu':>7} {'cli cpu':>7} {'peak RSS':>9}",
+            *format_rows(with_worst(http["rows"])),
         ]
-        for s in http["scenarios"]:
-            lines.append(
-                f"{s['concurrency']:>4} {s['requests']:>8} {s['p50_ms']:>8.3f} {s['p99_ms']:>8.3f} "
-                f"{s['max_ms']:>8.3f} {s['checks_per_second']:>9,} {s['server_cpu_share']:>7.0%} "
-                f"{s['client_cpu_share']:>7.0%} {s['peak_rss_mb']:>7.1f}MB"
+        soaked: Soak | None = http["soak"]
+        if soaked is not None and soaked.figures is not None:
+            lines += [
+                "",
+                f"soak: {soaked.seconds:g} s of checks at c={soaked.concurrency}, RSS of every process read "
+                f"between chunks of ~{soaked.interval:g} s of load",
+                format_row("check (soak)", soaked.concurrency, "-", soaked.figures, None),
+            ]
+        memory: list[Snapshot] = http["memory"]
+        lines += ["", *format_snapshots(memory, memory[0])]
+        if soaked is not None:
+            lines += ["", "RSS during the soak", *format_snapshots(soaked.samples, memory[0])]
+            columns = names(memory[0])
+            slopes = ", ".join(
+                f"{columns.get(pid, pid)} {'-' if slope is None else f'{slope:+.2f}'} MB/min"
+                for pid, slope in soaked.slopes.items()
             )
-        rss = http["rss_mb"]
+            lines.append(f"growth after the first {soaked.warmup_seconds:.0f} s (least squares): {slopes}")
+        mem = memory_figures(http)
         lines.append(
-            f"server RSS (supervisor + {http['workers']} workers): {rss['after_setup']:.1f} MB after set-up, "
-            f"{rss['end']:.1f} MB at the end (cpu: 100% = one core busy)"
+            f"per agent registered: {mem['bytes_per_agent']:,.0f} bytes (all processes); per rule compiled: "
+            f"{mem['bytes_per_rule']:,.0f} bytes (all workers together, after a first pass of checks)"
         )
-    lines += ["", "targets"]
-    for t in data["targets"]:
-        sign = "<=" if t["below"] else ">="
-        verdict = "met" if t["met"] else "NOT MET"
-        lines.append(f"  {t['target']:<30} {t['value']:>10.3f}   {sign} {t['limit']:g}: {verdict}")
+    lines += ["", "targets", *format_targets(data["targets"])]
     problems = [
         f"{e['engine']}: {e['agreement']['compared'] - e['agreement']['same_verdict']} verdicts differ from "
         f"AIGOS, e.g. {e['disagreements'][:2]}"
@@ -1153,12 +1320,12 @@ def format_table(data: dict[str, Any]) -> str:
     if http:
         problems += [f"HTTP verdict differs from in-process: {m}" for m in http["mismatches"]]
         problems += [
-            f"{s['errors']} non-200 answers at c={s['concurrency']} (by status: {s['refused']})"
-            for s in http["scenarios"]
-            if s["errors"]
+            f"{row.figures.errors} unexpected answers at c={row.concurrency} run {row.run} (by status: "
+            f"{row.figures.refused})"
+            for row in http["rows"]
+            if row.figures.errors
         ]
-        if not http["stopped_cleanly"]:
-            problems.append(f"server exit code {http['exit_code']} after SIGTERM")
+        problems += http["problems"]
     lines += [f"WARNING: {problem}" for problem in problems]
     if inproc.get("profile"):
         lines += ["", "profile of AIGOS in process (5 passes, by own time):", inproc["profile"]]
@@ -1179,7 +1346,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=DEFAULT_CASBIN_REQUESTS,
         help="Of those, how many pycasbin decides (it is slow; default 1,000).",
     )
+    parser.add_argument(
+        "--policies",
+        type=int,
+        default=DEFAULT_POLICIES,
+        help=f"Policies in all: {SHARED_POLICIES} shared, then one of its own for each of the first agents "
+        "(default: 1,000).",
+    )
     parser.add_argument("--seed", type=int, default=SEED, help="Seed of the workload.")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="Run the timed phases this many times; print each and the worst.",
+    )
+    parser.add_argument(
+        "--soak",
+        type=float,
+        default=DEFAULT_SOAK_SECONDS,
+        help=f"Seconds of checks at c={SOAK_CONCURRENCY} after the timed phases, RSS read throughout "
+        f"(default: {DEFAULT_SOAK_SECONDS:g}; 600 for the 10-minute figure; 0: none).",
+    )
+    parser.add_argument(
+        "--soak-interval",
+        type=float,
+        default=DEFAULT_SOAK_INTERVAL,
+        help=f"Seconds between RSS readings during the soak (default: {DEFAULT_SOAK_INTERVAL:g}).",
+    )
     parser.add_argument(
         "--http-agents", type=int, default=None, help="Agents registered over HTTP (default: all)."
     )
@@ -1203,9 +1396,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="Profile AIGOS's in-process run (cProfile).")
     parser.add_argument("--json", action="store_true", help="Print one JSON object instead of tables.")
     args = parser.parse_args(argv)
-    for name in ("agents", "rules", "requests", "casbin_requests"):
+    for name in ("agents", "rules", "requests", "casbin_requests", "repeat"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not SHARED_POLICIES <= args.policies <= SHARED_POLICIES + args.agents:
+        parser.error(f"--policies must be between {SHARED_POLICIES} and --agents + {SHARED_POLICIES}")
+    if args.soak < 0 or args.soak_interval <= 0:
+        parser.error("--soak must be at least 0 and --soak-interval above 0")
     if args.rules < 5:
         parser.error("--rules must be at least 5 (tenant, type, environment and own rules)")
     if args.http_agents is not None and not 1 <= args.http_agents <= args.agents:
@@ -1228,7 +1425,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so the server is killed and the database and Redis keys cleaned up.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     data = run_all(args)
-    print(json.dumps(data, indent=2) if args.json else format_table(data))
+    print(json.dumps(data, indent=2, default=json_default) if args.json else format_table(data))
     return 0
 
 

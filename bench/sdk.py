@@ -17,10 +17,14 @@ worker) on 127.0.0.1:
 - **kill switch**: trigger TERMINATE for an agent whose guarded loop runs, time until the loop stops
   (trigger call issued -> ``AgentTerminated`` raised), several trials.
 
-Reported per case: p50 / p99 / max per call and the overhead over bare (p50 and p99 differences).
+Beside the server, its floor (``bench/floor.py``: a bare Starlette app on ``aigos serve``'s own launcher,
+same environment, one worker) is sent the same check request with the same client right before each HTTP
+case. Reported per case: p50 / p99 / p99.9 / max per call, calls per second and the server's CPU µs per
+call, each beside the floor's as a ratio; the in-process cases with their overhead over bare (p50 and
+p99 differences). ``--repeat N`` runs every case N times and prints each run and the worst.
 Targets: guarded remote adds p99 < 1.5 ms; guarded local adds p99 < 20 us.
 
-Run: ``.venv/bin/python bench/sdk.py [--backend embedded|postgres|all] [--calls N] [--json]``.
+Run: ``.venv/bin/python bench/sdk.py [--backend embedded|postgres|all] [--calls N] [--repeat N] [--json]``.
 """
 
 # ruff: noqa: E402 - the bench directory must leave sys.path before anything imports the stdlib's ``token``.
@@ -52,43 +56,52 @@ import httpx
 
 from aigos.sdk import AgentTerminated, AigosClient, guard
 from aigos.sdk.transport import SyncTransport
-from bench._load import percentile
-from bench._server import aigos_server, embedded_environment, postgres_environment
+from bench._figures import Figures, Row, Target, format_rows, format_targets, json_default, worst
+from bench._server import (
+    ServerProcess,
+    aigos_server,
+    cpu_seconds,
+    embedded_environment,
+    floor_server,
+    postgres_environment,
+)
 
 TARGETS = {"remote_overhead_p99_us": 1500.0, "local_overhead_p99_us": 20.0}
 KILL_TRIALS = 5
 
 
-def timings(call: Callable[[], object], count: int, warmup: int) -> list[int]:
-    """Nanoseconds per call, ascending, after ``warmup`` untimed calls."""
+def timings(call: Callable[[], object], count: int, warmup: int) -> tuple[list[int], float]:
+    """Nanoseconds per call, ascending, after ``warmup`` untimed calls; and the timed calls' wall time."""
     for _ in range(warmup):
         call()
     clock = time.perf_counter_ns
     values: list[int] = []
     append = values.append
+    started = time.perf_counter()
     for _ in range(count):
-        started = clock()
+        began = clock()
         call()
-        append(clock() - started)
+        append(clock() - began)
+    wall = time.perf_counter() - started
     values.sort()
-    return values
+    return values, wall
 
 
-def summary(values: list[int]) -> dict[str, float]:
-    """p50 / p99 / max in microseconds."""
+def timed_calls(call: Callable[[], object], count: int, warmup: int, server: ServerProcess | None) -> Figures:
+    """``timings`` as ``Figures``, with ``server``'s CPU time per call when a server answers them."""
+    cpu_before = cpu_seconds(server.pid) if server is not None else None
+    values, wall = timings(call, count, warmup)
+    server_cpu = (
+        cpu_seconds(server.pid) - cpu_before if server is not None and cpu_before is not None else None
+    )
+    return Figures.of_latencies(values, wall, server_cpu_seconds=server_cpu)
+
+
+def overhead(case: Figures, bare: Figures) -> dict[str, float]:
+    """What the guard adds over the bare call, in microseconds."""
     return {
-        "p50_us": percentile(values, 0.50) / 1000,
-        "p99_us": percentile(values, 0.99) / 1000,
-        "max_us": values[-1] / 1000,
-        "calls": len(values),
-    }
-
-
-def overhead(case: dict[str, float], bare: dict[str, float]) -> dict[str, float]:
-    """What the guard adds over the bare call."""
-    return {
-        "p50_us": round(case["p50_us"] - bare["p50_us"], 3),
-        "p99_us": round(case["p99_us"] - bare["p99_us"], 3),
+        "p50_us": round(case.p50_us - bare.p50_us, 3),
+        "p99_us": round(case.p99_us - bare.p99_us, 3),
     }
 
 
@@ -154,66 +167,110 @@ def kill_latency(base_url: str, api_key: str) -> list[float]:
     return results
 
 
-def bench_backend(base_url: str, admin_token: str, calls: int, local_calls: int) -> dict[str, Any]:
-    """Every case against one server."""
+def bench_backend(
+    server: ServerProcess, floor: ServerProcess, admin_token: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Every case against one server, ``--repeat`` times; each HTTP case right after the floor's."""
+    base_url = server.base_url
     api_key = signup(base_url, admin_token)
-    report: dict[str, Any] = {}
+    rows: list[Row] = []
+    local_runs: list[dict[str, Any]] = []
+    calls = args.calls
 
     def noop() -> None:
         return None
 
-    bare = summary(timings(noop, local_calls, 1000))
-    report["bare"] = bare
-
-    with AigosClient(api_key=api_key, base_url=base_url, set_default=False) as remote:
-        remote.register(name="bench-remote", capabilities={"tools": ["web_search"]})
-        guarded_remote = guard(tool="web_search", client=remote)(noop)
-        case = summary(timings(guarded_remote, calls, 200))
-        report["guarded_remote"] = {**case, "overhead": overhead(case, bare)}
-
-    # The same without outcome telemetry: isolates what the server's event-log writes cost the checks.
-    with AigosClient(api_key=api_key, base_url=base_url, telemetry_enabled=False, set_default=False) as quiet:
-        quiet.register(name="bench-remote-quiet", capabilities={"tools": ["web_search"]})
-        case = summary(timings(guard(tool="web_search", client=quiet)(noop), calls, 200))
-        report["guarded_remote_no_telemetry"] = {**case, "overhead": overhead(case, bare)}
-
-    with AigosClient(api_key=api_key, base_url=base_url, set_default=False) as remote:
-        remote.register(name="bench-raw", capabilities={"tools": ["web_search"]})
-        # The same check request, raw: httpx.Client against the SDK's http.client transport.
+    with AigosClient(api_key=api_key, base_url=base_url, set_default=False) as raw:
+        raw.register(name="bench-raw", capabilities={"tools": ["web_search"]})
+        # The check request the guard sends, raw; the floor is sent the same body and headers.
         body = {"action": "tool.call", "resource": "web_search", "context": {"tool": "web_search"}}
-        headers = {"Authorization": f"Bearer {remote.token()}"}
-        with httpx.Client(base_url=base_url, timeout=10, trust_env=False) as http:
-            report["transport_httpx"] = summary(
-                timings(lambda: http.post("/v1/policies/check", json=body, headers=headers), calls, 200)
-            )
+        headers = {"Authorization": f"Bearer {raw.token()}"}
+        floor_transport = SyncTransport(floor.base_url)
         transport = SyncTransport(base_url)
-        report["transport_http_client"] = summary(
-            timings(
+
+        def floor_check() -> object:
+            return floor_transport.request("POST", "/v1/policies/check", json=body, headers=headers)
+
+        for run in range(1, args.repeat + 1):
+            with AigosClient(api_key=api_key, base_url=base_url, set_default=False) as remote:
+                remote.register(name=f"bench-remote-{run}", capabilities={"tools": ["web_search"]})
+                guarded = guard(tool="web_search", client=remote)(noop)
+                floor_figures = timed_calls(floor_check, calls, 200, floor)
+                figures = timed_calls(guarded, calls, 200, server)
+                rows.append(Row.paired("guarded, remote", 1, run, figures, floor_figures))
+            # Without outcome telemetry: isolates what the server's event-log writes cost the checks.
+            with AigosClient(
+                api_key=api_key, base_url=base_url, telemetry_enabled=False, set_default=False
+            ) as quiet:
+                quiet.register(name=f"bench-remote-quiet-{run}", capabilities={"tools": ["web_search"]})
+                guarded = guard(tool="web_search", client=quiet)(noop)
+                floor_figures = timed_calls(floor_check, calls, 200, floor)
+                figures = timed_calls(guarded, calls, 200, server)
+                rows.append(Row.paired("guarded, no telemetry", 1, run, figures, floor_figures))
+            # The same check request, raw: httpx.Client against the SDK's http.client transport.
+            with (
+                httpx.Client(base_url=base_url, timeout=10, trust_env=False) as http,
+                httpx.Client(base_url=floor.base_url, timeout=10, trust_env=False) as floor_http,
+            ):
+                floor_figures = timed_calls(
+                    lambda: floor_http.post("/v1/policies/check", json=body, headers=headers),
+                    calls,
+                    200,
+                    floor,
+                )
+                figures = timed_calls(
+                    lambda: http.post("/v1/policies/check", json=body, headers=headers), calls, 200, server
+                )
+                rows.append(Row.paired("raw check, httpx", 1, run, figures, floor_figures))
+            floor_figures = timed_calls(floor_check, calls, 200, floor)
+            figures = timed_calls(
                 lambda: transport.request("POST", "/v1/policies/check", json=body, headers=headers),
                 calls,
                 200,
+                server,
             )
-        )
-        transport.close()
+            rows.append(Row.paired("raw check, http.client", 1, run, figures, floor_figures))
 
-    with AigosClient(api_key=api_key, base_url=base_url, local_evaluation=True, set_default=False) as local:
-        local.register(name="bench-local", capabilities={"tools": ["web_search"]})
-        guarded_local = guard(tool="web_search", client=local)(noop)
-        case = summary(timings(guarded_local, local_calls, 1000))
-        report["guarded_local"] = {**case, "overhead": overhead(case, bare)}
-        decision = local.check(tool="web_search")
-        report["guarded_local"]["decided_locally"] = decision.local
+            bare = timed_calls(noop, args.local_calls, 1000, None)
+            with AigosClient(
+                api_key=api_key, base_url=base_url, local_evaluation=True, set_default=False
+            ) as local:
+                local.register(name=f"bench-local-{run}", capabilities={"tools": ["web_search"]})
+                guarded_local = timed_calls(
+                    guard(tool="web_search", client=local)(noop), args.local_calls, 1000, None
+                )
+                decided_locally = local.check(tool="web_search").local
+            local_runs.append(
+                {"bare": bare, "guarded_local": guarded_local, "decided_locally": decided_locally}
+            )
+        transport.close()
+        floor_transport.close()
 
     trials = kill_latency(base_url, api_key)
-    report["kill_switch_seconds"] = {
-        "trials": [round(t, 4) for t in trials],
-        "max": round(max(trials), 4),
-        "median": round(sorted(trials)[len(trials) // 2], 4),
+    return {
+        "rows": rows,
+        "local": local_runs,
+        "kill_switch_seconds": {
+            "trials": [round(t, 4) for t in trials],
+            "max": round(max(trials), 4),
+            "median": round(sorted(trials)[len(trials) // 2], 4),
+        },
     }
-    return report
 
 
-def main() -> None:
+def verdicts(result: dict[str, Any]) -> list[Target]:
+    """The guard's overhead targets, on the worst run."""
+    rows = [row for row in result["rows"] if row.label == "guarded, remote"]
+    bare = max(run["bare"].p99_us for run in result["local"])
+    remote = max(row.figures.p99_us for row in rows) - min(run["bare"].p99_us for run in result["local"])
+    local = max(run["guarded_local"].p99_us for run in result["local"]) - bare
+    return [
+        Target("guarded remote call adds, p99", remote, TARGETS["remote_overhead_p99_us"], "µs", strict=True),
+        Target("guarded local call adds, p99", local, TARGETS["local_overhead_p99_us"], "µs", strict=True),
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
     """Parse arguments, run, print."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -223,13 +280,18 @@ def main() -> None:
         "--calls", type=int, default=10_000, help="guarded remote calls (and transport calls)"
     )
     parser.add_argument("--local-calls", type=int, default=100_000, help="bare and local-evaluation calls")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="run every case this many times; print each and the worst"
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if min(args.calls, args.local_calls, args.repeat) < 1:
+        parser.error("--calls, --local-calls and --repeat must be at least 1")
     backends = ["embedded", "postgres"] if args.backend == "all" else [args.backend]
     admin_token = "aigos_pat_bench_" + secrets.token_urlsafe(32)
     report: dict[str, Any] = {
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "load": os.getloadavg()[0]},
-        "targets": TARGETS,
+        "settings": {"calls": args.calls, "local_calls": args.local_calls, "repeat": args.repeat},
         "backends": {},
     }
     with tempfile.TemporaryDirectory(prefix="aigos-bench-sdk-") as tmp:
@@ -242,52 +304,57 @@ def main() -> None:
                     "AIGOS_DEFAULT_RATE_LIMIT_RPM": "10000000",
                     "AIGOS_DEFAULT_RATE_LIMIT_RPH": "100000000",
                 }
-                workdir = Path(tmp) / backend
-                workdir.mkdir()
-                with aigos_server(workdir, env, name=backend) as server:
-                    report["backends"][backend] = bench_backend(
-                        server.base_url, admin_token, args.calls, args.local_calls
-                    )
+                server = aigos_server(Path(tmp) / backend, env, name=backend)
+                floor = floor_server(Path(tmp) / f"{backend}-floor", env, name=f"{backend}-floor")
+                with server, floor:
+                    result = bench_backend(server, floor, admin_token, args)
+                result["targets"] = verdicts(result)
+                report["backends"][backend] = result
+    report["load_end"] = os.getloadavg()[0]
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report, indent=2, default=json_default))
         return
     print_report(report)
 
 
 def print_report(report: dict[str, Any]) -> None:
-    """A readable table."""
+    """Readable tables."""
     machine = report["machine"]
     print(
-        f"AIGOS SDK overhead  (python {machine['python']}, {machine['cpus']} cpus, "
-        f"load {machine['load']:.2f})"
+        f"AIGOS SDK overhead  (python {machine['python']}, {machine['cpus']} cpus, 1-min load "
+        f"{machine['load']:.2f} at start, {report['load_end']:.2f} at end; one server worker, concurrency 1)"
     )
     for backend, result in report["backends"].items():
-        print(f"\n[{backend}]")
-        print(f"  {'case':<34}{'p50 us':>10}{'p99 us':>10}{'max us':>10}{'+p50 us':>10}{'+p99 us':>10}")
-        cases = (
-            "bare",
-            "guarded_remote",
-            "guarded_remote_no_telemetry",
-            "guarded_local",
-            "transport_httpx",
-            "transport_http_client",
-        )
-        for name in cases:
-            row = result[name]
-            extra = row.get("overhead", {})
-            print(
-                f"  {name:<34}{row['p50_us']:>10.2f}{row['p99_us']:>10.2f}{row['max_us']:>10.1f}"
-                f"{extra.get('p50_us', float('nan')):>10.2f}{extra.get('p99_us', float('nan')):>10.2f}"
-            )
-        remote = result["guarded_remote"]["overhead"]["p99_us"]
-        local = result["guarded_local"]["overhead"]["p99_us"]
-        targets = report["targets"]
+        print(f"\n[{backend}] over HTTP, each case right after the floor's with the same client")
+        rows: list[Row] = []
+        for label in (
+            "guarded, remote",
+            "guarded, no telemetry",
+            "raw check, httpx",
+            "raw check, http.client",
+        ):
+            runs = [row for row in result["rows"] if row.label == label]
+            rows += runs + ([worst(runs)] if len(runs) > 1 else [])
+        print("\n".join(format_rows(rows)))
         print(
-            f"  remote overhead p99 {remote:.1f} us (target < {targets['remote_overhead_p99_us']:.0f}: "
-            f"{'met' if remote < targets['remote_overhead_p99_us'] else 'MISSED'}); "
-            f"local overhead p99 {local:.2f} us (target < {targets['local_overhead_p99_us']:.0f}: "
-            f"{'met' if local < targets['local_overhead_p99_us'] else 'MISSED'})"
+            "(floor of the guarded and http.client rows: the same check request sent with the SDK's "
+            "http.client transport to the floor; of the httpx row: sent with httpx)"
         )
+        print(f"\n[{backend}] in process, per call")
+        print(
+            f"  {'case':<28}{'run':>6}{'p50 µs':>10}{'p99 µs':>10}{'p99.9 µs':>10}{'max µs':>10}"
+            f"{'+p50 µs':>10}{'+p99 µs':>10}"
+        )
+        for number, run in enumerate(result["local"], 1):
+            bare, local = run["bare"], run["guarded_local"]
+            extra = overhead(local, bare)
+            for name, f, add in (("bare", bare, None), ("guarded, local", local, extra)):
+                plus = "" if add is None else f"{add['p50_us']:>10.2f}{add['p99_us']:>10.2f}"
+                print(
+                    f"  {name:<28}{number:>6}{f.p50_us:>10.2f}{f.p99_us:>10.2f}{f.p999_us:>10.2f}"
+                    f"{f.max_us:>10.1f}{plus}"
+                )
+        print("\n".join(["", "  targets", *format_targets(result["targets"])]))
         kill = result["kill_switch_seconds"]
         print(f"  TERMINATE -> guarded loop stopped: median {kill['median']:.3f} s, max {kill['max']:.3f} s")
 

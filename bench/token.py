@@ -1,25 +1,31 @@
 """Token issuance and agent registration: latency and throughput on both backends, against bcrypt.
 
-For each backend -- ``embedded`` (SQLite + in-process bus) and ``postgres`` (PostgreSQL + Redis) -- one
-server at a time, one worker, on 127.0.0.1:
+For each backend -- ``embedded`` (SQLite + in-process bus) and ``postgres`` (PostgreSQL + Redis), one
+worker, then ``pg-2w`` (PostgreSQL + Redis, two workers, tokens at c=32 only) -- one server at a time on
+127.0.0.1, with its floor beside it (``bench/floor.py``: a bare Starlette app on ``aigos serve``'s own
+launcher, same environment and worker count):
 
-- start it, sign up a tenant (enterprise plan, through the platform-admin token), register one agent over
-  HTTP and keep its client secret;
+- start both, sign up a tenant (enterprise plan, through the platform-admin token), register one agent
+  over HTTP and keep its client secret;
 - ``POST /oauth2/token`` (``client_credentials``, ``client_secret_basic``, one prebuilt form request) at
-  each concurrency (default 1 and 32): warm up, then time a fixed number of requests (p50 / p99 / max,
-  tokens per second, server CPU share);
+  each concurrency (default 1 and 32): warm up, then time a fixed number of requests;
 - ``POST /v1/agents/register`` at concurrency 1: every request creates an agent with a client secret and
-  signs its first token (p50 / p99 / max);
-- stop it with SIGTERM.
+  signs its first token;
+- each timed phase right after the floor's (same request bytes, client and concurrency), ``--repeat``
+  times: p50 / p99 / p99.9 / max, per second and server CPU µs per token / per registration, each beside
+  the floor's as a ratio; with several runs, each run and the worst;
+- stop them with SIGTERM.
 
 The reference it beats, measured in the same run: checking a client secret stored as bcrypt (cost 10),
 the usual choice for passwords, against AIGOS's HMAC-SHA256 of a 256-bit secret
 (``aigos.core.secrets.matches``), per check, p50 and the ratio. ``bcrypt`` is a benchmark-only dependency
 (``.venv/bin/uv pip install bcrypt``); without it that part is reported as unavailable.
 
-Targets (PostgreSQL, c=1): registration p99 < 20 ms, token p99 < 10 ms; at least 1,000 tokens/s.
+Targets (PostgreSQL): registration p99 at c=1 < 20 ms and token p99 at c=1 < 10 ms (one worker); at
+least 1,000 tokens/s at c=32 with two workers.
 
-Run: ``.venv/bin/python bench/token.py [--backend embedded|postgres|all] [--requests N] [--json]``.
+Run: ``.venv/bin/python bench/token.py [--backend embedded|postgres|all] [--requests N] [--repeat N]
+[--json]``.
 The ``postgres`` backend needs PostgreSQL on 127.0.0.1:5432 (user ``postgres``) and Redis on
 127.0.0.1:6379; a fresh database is created and dropped, and the Redis keys deleted, every run.
 """
@@ -48,21 +54,22 @@ import secrets
 import signal
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
 import httpx
 
-from bench._load import HttpLoadClient, LoadRunner, build_request, load_runner, percentile
+from bench._figures import Row, Target, format_rows, format_targets, json_default, timed_pair, worst
+from bench._load import LoadRunner, build_request, load_runner, percentile
 from bench._server import (
-    HOST,
     ServerProcess,
     aigos_server,
-    cpu_seconds,
     embedded_environment,
+    floor_server,
     postgres_environment,
 )
 
@@ -80,37 +87,18 @@ TARGETS = {"register_p99_ms": 20.0, "token_p99_ms": 10.0, "tokens_per_second": 1
 TOKEN_FORM = b"grant_type=client_credentials"
 
 
-@dataclass(frozen=True)
-class ScenarioReport:
-    """One scenario on one server: latency in microseconds, throughput, CPU shares."""
-
-    scenario: str
-    concurrency: int
-    requests: int
-    errors: int
-    p50_us: float
-    p99_us: float
-    max_us: float
-    requests_per_second: float
-    wall_seconds: float
-    server_cpu_share: float
-    client_cpu_share: float
-
-
 @dataclass
 class ServerReport:
-    """Everything measured on one server process."""
+    """Everything measured on one server process (and the floor beside it)."""
 
     name: str
-    scenarios: list[ScenarioReport] = field(default_factory=list)
-    exit_code: int | None = None
-    stopped_cleanly: bool = False
+    workers: int
+    rows: list[Row] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
 
-    def at(self, scenario: str, concurrency: int) -> ScenarioReport | None:
-        """The ``scenario`` run at ``concurrency``, if it was run."""
-        return next(
-            (s for s in self.scenarios if s.scenario == scenario and s.concurrency == concurrency), None
-        )
+    def at(self, scenario: str, concurrency: int) -> list[Row]:
+        """Every run of ``scenario`` at ``concurrency``."""
+        return [row for row in self.rows if row.label == scenario and row.concurrency == concurrency]
 
 
 @dataclass(frozen=True)
@@ -160,38 +148,6 @@ def prepare(server: ServerProcess, admin_token: str) -> Fixture:
     return Fixture(token_request=token_request, register_request=register_request)
 
 
-async def run_scenario(
-    server: ServerProcess,
-    scenario: str,
-    request: bytes,
-    *,
-    concurrency: int,
-    requests: int,
-    warmup: int,
-    expect_status: int,
-) -> ScenarioReport:
-    """Warm up, then time ``requests`` requests at ``concurrency`` while reading the server's CPU time."""
-    client = HttpLoadClient(HOST, server.port, request, concurrency=concurrency, expect_status=expect_status)
-    async with client:
-        await client.run(max(warmup, concurrency))
-        cpu_before = cpu_seconds(server.pid)
-        result = await client.run(requests)
-        server_cpu = cpu_seconds(server.pid) - cpu_before
-    return ScenarioReport(
-        scenario=scenario,
-        concurrency=concurrency,
-        requests=result.requests,
-        errors=result.errors,
-        p50_us=result.p50_ns / 1000,
-        p99_us=result.p99_ns / 1000,
-        max_us=result.max_ns / 1000,
-        requests_per_second=result.requests_per_second,
-        wall_seconds=result.wall_seconds,
-        server_cpu_share=server_cpu / result.wall_seconds,
-        client_cpu_share=result.client_cpu_share,
-    )
-
-
 def token_requests_for(concurrency: int, override: int | None) -> int:
     """Token requests to time at ``concurrency``: ``--requests`` when given, else the default for it."""
     if override is not None:
@@ -201,46 +157,59 @@ def token_requests_for(concurrency: int, override: int | None) -> int:
 
 def bench_server(
     server: ServerProcess,
+    floor: ServerProcess,
     admin_token: str,
     runner: LoadRunner,
+    args: argparse.Namespace,
+    *,
     concurrencies: list[int],
-    override: int | None,
     registrations: int,
-    warmup: int,
+    workers: int,
 ) -> ServerReport:
-    """Start ``server``, prepare a tenant and an agent, run every scenario, stop it with SIGTERM."""
-    report = ServerReport(name=server.name)
-    with server:
+    """Start ``server`` and its floor, prepare a tenant and an agent, run every scenario ``--repeat`` times.
+
+    Each timed phase is preceded by the floor's with the same request bytes, client and concurrency.
+    """
+    report = ServerReport(name=server.name, workers=workers)
+    with server, floor:
         fixture = prepare(server, admin_token)
-        for concurrency in concurrencies:
-            scenario = run_scenario(
-                server,
-                "token",
-                fixture.token_request,
-                concurrency=concurrency,
-                requests=token_requests_for(concurrency, override),
-                warmup=warmup,
-                expect_status=200,
-            )
-            report.scenarios.append(runner.run(scenario))
-        if registrations:
-            report.scenarios.append(runner.run(_registration(server, fixture, registrations)))
-    report.exit_code = server.exit_code
-    report.stopped_cleanly = server.stopped_cleanly
+        for run in range(1, args.repeat + 1):
+            for concurrency in concurrencies:
+                count = token_requests_for(concurrency, args.requests)
+                figures, floor_figures = runner.run(
+                    timed_pair(
+                        server,
+                        floor,
+                        fixture.token_request,
+                        concurrency=concurrency,
+                        count=count,
+                        warmup=args.warmup,
+                    )
+                )
+                report.rows.append(Row.paired("token", concurrency, run, figures, floor_figures))
+            if registrations:
+                figures, floor_figures = runner.run(
+                    timed_pair(
+                        server,
+                        floor,
+                        fixture.register_request,
+                        concurrency=1,
+                        count=registrations,
+                        warmup=REGISTRATION_WARMUP,
+                        expect_status=201,
+                    )
+                )
+                report.rows.append(Row.paired("register", 1, run, figures, floor_figures))
+    report.problems = [
+        f"{s.name}: exit code {s.exit_code} after SIGTERM" for s in (server, floor) if not s.stopped_cleanly
+    ]
+    report.problems += [
+        f"{server.name}: {row.figures.errors} unexpected statuses in {row.label} at c={row.concurrency} "
+        f"run {row.run} ({row.figures.refused})"
+        for row in report.rows
+        if row.figures.errors
+    ]
     return report
-
-
-def _registration(server: ServerProcess, fixture: Any, registrations: int) -> Any:
-    """The registration scenario at concurrency 1."""
-    return run_scenario(
-        server,
-        "register",
-        fixture.register_request,
-        concurrency=1,
-        requests=registrations,
-        warmup=REGISTRATION_WARMUP,
-        expect_status=201,
-    )
 
 
 def _time_each(check: Callable[[], bool], count: int) -> list[int]:
@@ -306,76 +275,88 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def verdicts(reports: list[ServerReport]) -> list[dict[str, Any]]:
-    """The targets, checked on the PostgreSQL server when it was measured."""
+def _worst_of(rows: list[Row]) -> Row | None:
+    if not rows:
+        return None
+    return worst(rows) if len(rows) > 1 else rows[0]
+
+
+def verdicts(reports: list[ServerReport]) -> list[Target]:
+    """The targets, on PostgreSQL when it was measured (over ``--repeat`` runs: the worst run)."""
+    out: list[Target] = []
     postgres = next((report for report in reports if report.name == "postgres"), None)
-    if postgres is None:
-        return []
-    # Tokens/s is the machine's: the best of one worker and of one worker per core.
-    throughput = [report for report in reports if report.name in ("postgres", "pg-2w")]
-    out: list[dict[str, Any]] = []
-    register = postgres.at("register", 1)
-    token = postgres.at("token", 1)
-    best = max(
-        (s.requests_per_second for r in throughput for s in r.scenarios if s.scenario == "token"), default=0.0
-    )
-    if register is not None:
-        value = register.p99_us / 1000
-        out.append(_verdict("registration p99 at c=1 (ms)", value, TARGETS["register_p99_ms"], below=True))
-    if token is not None:
-        value = token.p99_us / 1000
-        out.append(_verdict("token p99 at c=1 (ms)", value, TARGETS["token_p99_ms"], below=True))
-    out.append(
-        _verdict("tokens/s (best of 1 and 2 workers)", best, TARGETS["tokens_per_second"], below=False)
-    )
+    if postgres is not None:
+        register = _worst_of(postgres.at("register", 1))
+        token = _worst_of(postgres.at("token", 1))
+        if register is not None:
+            value = register.figures.p99_us / 1000
+            out.append(
+                Target(
+                    "registration p99 at c=1, 1 worker", value, TARGETS["register_p99_ms"], "ms", strict=True
+                )
+            )
+        if token is not None:
+            value = token.figures.p99_us / 1000
+            out.append(
+                Target("token p99 at c=1, 1 worker", value, TARGETS["token_p99_ms"], "ms", strict=True)
+            )
+    two = next((report for report in reports if report.name == "pg-2w"), None)
+    loaded = _worst_of(two.at("token", 32)) if two is not None else None
+    if loaded is not None:
+        out.append(
+            Target(
+                "tokens/s at c=32, 2 workers",
+                loaded.figures.per_second,
+                TARGETS["tokens_per_second"],
+                "/s",
+                below=False,
+            )
+        )
     return out
 
 
-def _verdict(name: str, value: float, target: float, *, below: bool) -> dict[str, Any]:
-    met = value < target if below else value >= target
-    return {"target": name, "value": round(value, 3), "limit": target, "below": below, "met": met}
+@contextmanager
+def _environment(backend: str, admin_token: str) -> Iterator[dict[str, str]]:
+    environment = embedded_environment if backend == "embedded" else postgres_environment
+    with environment() as env:
+        yield {
+            **env,
+            "AIGOS_BOOTSTRAP_ADMIN_TOKEN": admin_token,
+            # The per-key API limit (60/min by default) would cap the registration run.
+            "AIGOS_DEFAULT_RATE_LIMIT_RPM": "10000000",
+            "AIGOS_DEFAULT_RATE_LIMIT_RPH": "100000000",
+        }
 
 
-def run_all(
-    backends: list[str], concurrencies: list[int], override: int | None, registrations: int, warmup: int
-) -> dict[str, Any]:
-    """Measure each backend, one server at a time, then the secret-check reference; the whole report."""
+def run_all(backends: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """Measure each backend, one server (and its floor) at a time, then the secret-check reference."""
     reports: list[ServerReport] = []
     date = datetime.now(UTC).isoformat(timespec="seconds")
     load_before = os.getloadavg()[0]
     started = time.monotonic()
     admin_token = "aigos_pat_bench_" + secrets.token_urlsafe(32)
+    # name, backend, workers, token concurrencies, registrations
+    plan = [(backend, backend, 1, args.concurrency, args.registrations) for backend in backends]
+    if "postgres" in backends:
+        # Throughput on the whole machine: PostgreSQL + Redis allow a worker per core.
+        plan.append(("pg-2w", "postgres", 2, [32], 0))
     with load_runner() as runner, tempfile.TemporaryDirectory(prefix="aigos-bench-token-") as tmp:
         workdir = Path(tmp)
-        for backend in backends:
-            environment = embedded_environment if backend == "embedded" else postgres_environment
-            with environment() as env:
-                env = {
-                    **env,
-                    "AIGOS_BOOTSTRAP_ADMIN_TOKEN": admin_token,
-                    # The per-key API limit (60/min by default) would cap the registration run.
-                    "AIGOS_DEFAULT_RATE_LIMIT_RPM": "10000000",
-                    "AIGOS_DEFAULT_RATE_LIMIT_RPH": "100000000",
-                }
-                server = aigos_server(workdir / backend, env, name=backend)
-                reports.append(
-                    bench_server(server, admin_token, runner, concurrencies, override, registrations, warmup)
+        for name, backend, workers, concurrencies, registrations in plan:
+            with _environment(backend, admin_token) as env:
+                server = aigos_server(workdir / name, env, name=name, workers=workers)
+                floor = floor_server(workdir / f"{name}-floor", env, name=f"{name}-floor", workers=workers)
+                report = bench_server(
+                    server,
+                    floor,
+                    admin_token,
+                    runner,
+                    args,
+                    concurrencies=concurrencies,
+                    registrations=registrations,
+                    workers=workers,
                 )
-            if backend == "postgres":
-                # Throughput on the whole machine: PostgreSQL + Redis allow a worker per core.
-                with environment() as env:
-                    env = {
-                        **env,
-                        "AIGOS_BOOTSTRAP_ADMIN_TOKEN": admin_token,
-                        "AIGOS_DEFAULT_RATE_LIMIT_RPM": "10000000",
-                        "AIGOS_DEFAULT_RATE_LIMIT_RPH": "100000000",
-                    }
-                    server = aigos_server(workdir / "postgres-2w", env, name="pg-2w", workers=2)
-                    reports.append(bench_server(server, admin_token, runner, [32], override, 0, warmup))
-                continue
-                reports.append(
-                    bench_server(server, admin_token, runner, concurrencies, override, registrations, warmup)
-                )
+                reports.append(report)
         loop_name = runner.loop_name
     reference = secret_check_reference()
     return {
@@ -383,34 +364,34 @@ def run_all(
         "what": "POST /oauth2/token (client_credentials, client_secret_basic) and POST /v1/agents/register",
         "date": date,
         "machine": machine_info(),
-        "note": "numbers are from one run on this machine; compare runs on the same machine only",
+        "note": "numbers are from one run on this machine; read them as ratios to the same run's floor",
         "elapsed_seconds": round(time.monotonic() - started, 1),
         "load_average_1m": {"start": round(load_before, 2), "end": round(os.getloadavg()[0], 2)},
         "settings": {
-            "token_concurrency": concurrencies,
-            "token_requests": {str(c): token_requests_for(c, override) for c in concurrencies},
-            "registrations": registrations,
-            "warmup_requests": warmup,
-            "server_workers": {"embedded": 1, "postgres": 1, "pg-2w": 2},
+            "token_concurrency": args.concurrency,
+            "token_requests": {str(c): token_requests_for(c, args.requests) for c in args.concurrency},
+            "registrations": args.registrations,
+            "warmup_requests": args.warmup,
+            "repeat": args.repeat,
             "client_event_loop": loop_name,
         },
-        "servers": [server_json(report) for report in reports],
+        "servers": reports,
         "targets": verdicts(reports),
         "secret_check": reference,
     }
 
 
-def server_json(report: ServerReport) -> dict[str, Any]:
-    """One server's report as JSON-ready data (figures rounded)."""
-    return {
-        "name": report.name,
-        "exit_code": report.exit_code,
-        "stopped_cleanly": report.stopped_cleanly,
-        "scenarios": [
-            {key: round(value, 3) if isinstance(value, float) else value for key, value in asdict(s).items()}
-            for s in report.scenarios
-        ],
-    }
+def with_worst(rows: list[Row]) -> list[Row]:
+    """Each phase's runs, then its worst row when there is more than one run."""
+    groups: dict[tuple[str, int], list[Row]] = {}
+    for row in rows:
+        groups.setdefault((row.label, row.concurrency), []).append(row)
+    out: list[Row] = []
+    for group in groups.values():
+        out += group
+        if len(group) > 1:
+            out.append(worst(group))
+    return out
 
 
 def format_table(data: dict[str, Any]) -> str:
@@ -422,30 +403,20 @@ def format_table(data: dict[str, Any]) -> str:
         f"machine: {machine['cpu']}, {machine['cpus']} CPUs, {machine['python']}, {machine['platform']}",
         f"date: {data['date']}; run {data['elapsed_seconds']:.0f} s",
         f"note: {data['note']} (1-min load average {load['start']:.2f} at start, {load['end']:.2f} at end)",
-        f"setup: one server at a time, 1 worker (pg-2w: PostgreSQL + Redis, 2 workers); "
-        f"{settings['client_event_loop']} client; tokens {counts}; "
-        f"{settings['registrations']} registrations at c=1; {settings['warmup_requests']} warm-up",
-        "",
-        f"{'server':<9} {'scenario':<9} {'conc':>4} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'max ms':>8} {'req/s':>8} {'srv cpu':>7} {'cli cpu':>7}",
+        f"setup: one server and its floor at a time; {settings['client_event_loop']} client; "
+        f"tokens {counts}; {settings['registrations']} registrations at c=1; "
+        f"{settings['warmup_requests']} warm-up; {settings['repeat']} run(s)",
     ]
-    for server in data["servers"]:
-        for s in server["scenarios"]:
-            lines.append(
-                f"{server['name']:<9} {s['scenario']:<9} {s['concurrency']:>4} {s['requests']:>8} "
-                f"{s['p50_us'] / 1000:>8.3f} {s['p99_us'] / 1000:>8.3f} {s['max_us'] / 1000:>8.3f} "
-                f"{s['requests_per_second']:>8.0f} {s['server_cpu_share']:>7.0%} "
-                f"{s['client_cpu_share']:>7.0%}"
-            )
-    lines.append(
-        "(cpu: CPU time over wall time, 100% = one core busy; srv = server process, cli = load client)"
-    )
+    for report in data["servers"]:
+        lines += [
+            "",
+            f"[{report.name}] {report.workers} worker(s), "
+            + ("SQLite + in-process bus" if report.name == "embedded" else "PostgreSQL + Redis"),
+            *format_rows(with_worst(report.rows))[:-1],
+        ]
+    lines.append(format_rows([])[-1])
     if data["targets"]:
-        lines += ["", "targets (PostgreSQL)"]
-        for t in data["targets"]:
-            sign = "<" if t["below"] else ">="
-            verdict = "met" if t["met"] else "NOT MET"
-            lines.append(f"  {t['target']:<32} {t['value']:>10.3f}   {sign} {t['limit']:g}: {verdict}")
+        lines += ["", "targets (PostgreSQL)", *format_targets(data["targets"])]
     ref = data["secret_check"]
     lines += ["", "reference: checking one client secret, per check (p50)"]
     lines.append(f"  HMAC-SHA256 (AIGOS)      {ref['hmac_sha256']['p50_us']:>10.2f} µs")
@@ -455,18 +426,7 @@ def format_table(data: dict[str, Any]) -> str:
         lines.append(f"  bcrypt / HMAC            {ref['ratio_bcrypt_over_hmac']:>10,} x")
     else:
         lines.append(f"  bcrypt: {ref.get('note', 'unavailable')}")
-    problems = [
-        f"{server['name']}: {s['errors']} unexpected statuses in {s['scenario']} at c={s['concurrency']}"
-        for server in data["servers"]
-        for s in server["scenarios"]
-        if s["errors"]
-    ]
-    problems += [
-        f"{server['name']}: exit code {server['exit_code']} after SIGTERM"
-        for server in data["servers"]
-        if not server["stopped_cleanly"]
-    ]
-    lines += [f"WARNING: {problem}" for problem in problems]
+    lines += [f"WARNING: {problem}" for report in data["servers"] for problem in report.problems]
     return "\n".join(lines)
 
 
@@ -498,12 +458,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--warmup", type=int, default=WARMUP_REQUESTS, help="Untimed token requests before each run."
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="Run the timed phases this many times; print each and the worst.",
+    )
     parser.add_argument("--json", action="store_true", help="Print one JSON object instead of tables.")
     args = parser.parse_args(argv)
     if args.requests is not None and args.requests < 1:
         parser.error("--requests must be at least 1")
     if args.registrations < 1:
         parser.error("--registrations must be at least 1")
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     if any(c < 1 or c > 1024 for c in args.concurrency):
         parser.error("--concurrency levels must be between 1 and 1024")
     args.concurrency = sorted(set(args.concurrency))
@@ -520,8 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so the servers are killed and the database and Redis keys cleaned up.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     backends = list(BACKENDS) if args.backend == "all" else [args.backend]
-    data = run_all(backends, args.concurrency, args.requests, args.registrations, args.warmup)
-    print(json.dumps(data, indent=2) if args.json else format_table(data))
+    data = run_all(backends, args)
+    print(json.dumps(data, indent=2, default=json_default) if args.json else format_table(data))
     return 0
 
 

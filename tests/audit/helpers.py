@@ -52,6 +52,31 @@ async def record(app: FastAPI, tenant: TenantHandle, count: int = 1, **fields: A
     ]
 
 
+async def record_bulk(
+    app: FastAPI, client: AsyncClient, tenant: TenantHandle, count: int, *, checkpoint_every: int = 1_000
+) -> None:
+    """Append ``count`` events in statements of a thousand (as a batch writer does), sealing a checkpoint
+    each time the count passes a multiple of ``checkpoint_every``: a long log without a request per event."""
+    runtime = app.state.runtime
+    tenant_id = uuid.UUID(tenant.id)
+    for start in range(0, count, 1_000):
+        batch = [
+            NewEvent(
+                tenant_id=tenant_id,
+                event_type="agent.reported",
+                actor_type="agent",
+                actor_id="bot-1",
+                data={"n": n, "tool": "web.fetch"},
+            )
+            for n in range(start, min(start + 1_000, count))
+        ]
+        async with runtime.database.session(tenant_id) as session:
+            await runtime.events.record_many(tenant_id, batch, session)
+        if (start + len(batch)) // checkpoint_every > start // checkpoint_every:
+            response = await client.get("/v1/audit/checkpoints/latest", headers=tenant.headers)
+            assert response.status_code == 200, response.text
+
+
 async def download(client: AsyncClient, headers: dict[str, str]) -> list[bytes]:
     """The lines of ``GET /v1/audit/export``."""
     response = await client.get("/v1/audit/export", headers=headers)

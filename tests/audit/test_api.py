@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,7 +21,16 @@ from aigos.server.audit.events import NewEvent
 from aigos.server.audit.models import AuditAnchor, AuditEvent, AuditPruneGuard
 from aigos.server.config import Settings
 from aigos.server.db import Database
-from tests.audit.helpers import admin_dsn, download, published_keys, record, records, rename
+from tests.audit.helpers import (
+    admin_dsn,
+    download,
+    published_keys,
+    record,
+    record_bulk,
+    records,
+    rename,
+    sqlite_path,
+)
 from tests.helpers import TenantHandle, bearer, signup
 
 # -- helpers ---------------------------------------------------------------------------------------------
@@ -509,3 +519,64 @@ async def test_unusual_data_round_trips(client: AsyncClient, app: FastAPI) -> No
     assert item["data"] == odd
     assert item["actor"] == {"type": "system", "id": None}
     assert auditlog.verify_export(await download(client, tenant.headers)).ok
+
+
+async def test_a_long_log_verifies_on_the_server_page_after_page(client: AsyncClient, app: FastAPI) -> None:
+    """Several verification pages and many slices of them: the server's report is the downloaded export's."""
+    tenant = await signup(client, "Alpha")
+    count = 3 * service.VERIFY_PAGE_ROWS + 123
+    await record_bulk(app, client, tenant, count, checkpoint_every=1_000)
+    served = await client.post("/v1/audit/verify", headers=tenant.headers)
+    assert served.status_code == 200, served.text
+    body = served.json()
+    assert body["ok"] is True, body["failure"]
+    assert (body["entries"], body["first_seq"], body["last_seq"]) == (count + 1, 1, count + 1)
+    assert (body["sealed_through"], body["unsealed"]) == (count + 1, 0)
+    assert (
+        body
+        == auditlog.verify_export(
+            await download(client, tenant.headers), await published_keys(client)
+        ).to_json()
+    )
+
+
+async def test_the_server_names_the_entry_where_a_long_log_breaks(
+    client: AsyncClient, app: FastAPI, settings: Settings
+) -> None:
+    """An entry altered in the database deep in the third page is named, with its line and seq."""
+    tenant = await signup(client, "Alpha")
+    count = 3 * service.VERIFY_PAGE_ROWS
+    await record_bulk(app, client, tenant, count, checkpoint_every=1_000)
+    seq = 2 * service.VERIFY_PAGE_ROWS + 17
+    tenant_id = uuid.UUID(tenant.id)
+    if settings.database_kind == "sqlite":
+        db = sqlite3.connect(sqlite_path(settings))
+        try:
+            # The append-only trigger is the server's; whoever holds the file can drop it.
+            db.execute("DROP TRIGGER audit_events_no_update")
+            db.execute(
+                "UPDATE audit_events SET data = ? WHERE tenant_id = ? AND seq = ?",
+                ('{"n":-1}', tenant_id.hex, seq),
+            )
+            db.commit()
+        finally:
+            db.close()
+    else:
+        conn = await asyncpg.connect(admin_dsn(settings.resolved_database_url.rsplit("/", 1)[1]))
+        try:
+            async with conn.transaction():
+                await conn.execute("SET LOCAL session_replication_role = replica")
+                await conn.execute(
+                    "UPDATE audit_events SET data = '{\"n\": -1}' WHERE tenant_id = $1 AND seq = $2",
+                    tenant_id,
+                    seq,
+                )
+        finally:
+            await conn.close()
+    body = (await client.post("/v1/audit/verify", headers=tenant.headers)).json()
+    assert body["ok"] is False
+    failure = body["failure"]
+    assert failure["seq"] == seq
+    assert "altered" in failure["reason"]
+    # The header, the entries before it, and one checkpoint per thousand of them.
+    assert failure["line"] == 1 + seq + (seq - 1) // 1_000

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import hypothesis
 import orjson
 import pytest
 from click.testing import CliRunner
 from fastapi import FastAPI
 from httpx import AsyncClient
+from hypothesis import strategies as st
 
 from aigos.cli import app as cli
-from aigos.core import signing
-from tests.audit.helpers import download, published_keys, record, rename
+from aigos.cli.audit import read_lines, split_lines
+from aigos.core import auditlog, signing
+from tests.audit.helpers import download, published_keys, record, record_bulk, rename
 from tests.conftest import SECRET_KEY
 from tests.helpers import TenantHandle, signup, signup_at
 from tests.light_install import LightInstall
@@ -201,3 +205,64 @@ def test_the_light_install_verifies_exports(export: Export, light_install: Light
     bad = run(light_install.script("aigos"), "audit", "verify", export.path, check=False)
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert f"FAILED: line 5: entry seq=3 event_id={records[4]['event_id']}: " in bad.stdout
+
+
+async def test_a_long_export_verifies_line_by_line_and_truncation_is_named(
+    client: AsyncClient, app: FastAPI, tmp_path: Path
+) -> None:
+    tenant = await signup(client, "Alpha")
+    await record_bulk(app, client, tenant, 6_000)
+    lines = await download(client, tenant.headers)
+    path = tmp_path / "long.ndjson"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    pins = [f"{key_id}={signing.b64url(raw)}" for key_id, raw in (await published_keys(client)).items()]
+
+    result = runner.invoke(cli, ["audit", "verify", str(path), "--public-key", pins[0], "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["ok"], report["entries"], report["last_seq"], report["checkpoints"]) == (
+        True,
+        6_001,
+        6_001,
+        6,
+    )
+
+    # Cut in the middle of a line, as an interrupted download or a full disk leaves a file.
+    cut_line = 4_321
+    cut = sum(len(line) + 1 for line in lines[: cut_line - 1]) + len(lines[cut_line - 1]) // 2
+    path.write_bytes(path.read_bytes()[:cut])
+    for args, stdin in (([str(path)], None), (["-"], path.read_bytes())):
+        truncated = runner.invoke(cli, ["audit", "verify", *args, "--json"], input=stdin)
+        assert truncated.exit_code == 1, truncated.output
+        failure = json.loads(truncated.stdout)["failure"]
+        assert failure["line"] == cut_line
+        assert failure["reason"].startswith("not JSON")
+
+
+@hypothesis.settings(max_examples=200, deadline=None, database=None)
+@hypothesis.given(
+    parts=st.lists(st.binary(max_size=12).map(lambda b: b.replace(b"\n", b"")), max_size=12),
+    end_with_newline=st.booleans(),
+    chunk=st.integers(min_value=1, max_value=40),
+)
+def test_lines_are_split_the_same_however_the_stream_is_chunked(
+    parts: list[bytes], end_with_newline: bool, chunk: int
+) -> None:
+    data = b"\n".join(parts) + (b"\n" if end_with_newline and parts else b"")
+    expected = io.BytesIO(data).readlines()
+    chunks = [data[i : i + chunk] for i in range(0, len(data), chunk)]
+    assert list(split_lines(chunks, 64)) == expected
+    assert list(read_lines(io.BytesIO(data), 64)) == expected
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 100])
+def test_a_line_over_the_limit_is_cut_there_and_reading_stops(chunk: int) -> None:
+    data = b"\n" + b"x" * 25 + b"\nnever read\n"
+    chunks = [data[i : i + chunk] for i in range(0, len(data), chunk)]
+    assert list(split_lines(chunks, 10)) == [b"\n", b"x" * 11]
+    assert list(read_lines(io.BytesIO(data), 10))[:2] == [b"\n", b"x" * 11]
+    # The verifier fails on the cut line (the first is blank), never reading what follows it.
+    for lines in (split_lines(chunks, 10), read_lines(io.BytesIO(data), 10)):
+        report = auditlog.verify_export(lines, max_line_bytes=10)
+        assert report.failure is not None
+        assert (report.failure.line, report.failure.reason) == (2, "line longer than 10 bytes")

@@ -8,11 +8,15 @@ or a broken copy would and checks the verifier names the exact line and entry.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import itertools
+import tracemalloc
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aigos.core.auditlog import (
     CHECKPOINT_FIELDS,
@@ -20,6 +24,8 @@ from aigos.core.auditlog import (
     ENTRY_FIELDS,
     EXPORT_FORMAT,
     GENESIS_HASH,
+    MAX_LINE_BYTES,
+    ExportVerifier,
     Failure,
     Report,
     checkpoint_payload,
@@ -858,3 +864,112 @@ def test_failure_str() -> None:
         str(Failure(3, "checkpoint head differs", 4))
         == "line 3: entry seq=4 event_id=None: checkpoint head differs"
     )
+
+
+# --- Incremental verification and memory ---------------------------------------------------------------
+
+
+def stream_export(n_events: int, checkpoint_every: int) -> Iterator[bytes]:
+    """``build_export``'s lines, produced one at a time and never held: what reading a large file gives."""
+    compact = CompactRange()
+    head = GENESIS_HASH
+    yield orjson.dumps(header_record([SIGNER]))
+    for seq in range(1, n_events + 1):
+        record = event_record(make_entry(seq, head))
+        head = record["hash"]
+        compact.append(entry_leaf(head))
+        yield orjson.dumps(record)
+        if checkpoint_every and seq % checkpoint_every == 0:
+            yield orjson.dumps(checkpoint_record(SIGNER, seq, compact.root(), head))
+
+
+def tampered_exports() -> list[list[bytes]]:
+    """A valid export and a few broken ones: an edit, a deletion, a rewritten chain, a bad line."""
+    records = build_records(40, 7, SIGNER)
+    edited = load(dump(records))
+    edited[index_of_event(edited, 9)]["data"] = {"n": 0}
+    deleted = load(dump(records))
+    del deleted[index_of_event(deleted, 20)]
+    rewritten = load(dump(records))
+    rewritten[index_of_event(rewritten, 30)]["data"] = {"n": 0}
+    rechain(rewritten, 30)
+    garbage = [*dump(records)[:12], b"{not json", *dump(records)[12:]]
+    return [dump(records), dump(edited), dump(deleted), dump(rewritten), garbage]
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(
+    which=st.integers(min_value=0, max_value=4),
+    cuts=st.lists(st.integers(min_value=0, max_value=60), max_size=8),
+)
+def test_feeding_in_any_pieces_gives_the_report_of_the_whole(which: int, cuts: list[int]) -> None:
+    lines = tampered_exports()[which]
+    whole = verify_export(lines)
+    verifier = ExportVerifier()
+    bounds = [0, *sorted(min(cut, len(lines)) for cut in cuts), len(lines)]
+    for lo, hi in itertools.pairwise(bounds):
+        if hi - lo == 1:
+            verifier.feed(lines[lo])
+        else:
+            verifier.feed_many(lines[lo:hi])
+    assert verifier.finish().to_json() == whole.to_json()
+    assert whole.ok == (which == 0)
+
+
+def test_a_failed_verifier_ignores_what_follows() -> None:
+    lines = build_export(N, EVERY, SIGNER)
+    verifier = ExportVerifier()
+    assert verifier.feed_many(lines[:3])
+    assert not verifier.feed(b"{not json")
+    assert verifier.failed
+    assert not verifier.feed_many(lines[3:])
+    assert verifier.lines == 4
+    assert_failure(verifier.finish(), 4, None, None, "not JSON")
+
+
+def test_an_anchor_then_entries_fed_one_by_one() -> None:
+    verifier = ExportVerifier(KEYS)
+    for line in build_export(20, 6, SIGNER, anchor=9):
+        assert verifier.feed(line)
+    report = verifier.finish()
+    assert report.ok, report.failure
+    assert (report.first_seq, report.last_seq, report.checkpoints, report.unsealed) == (10, 20, 2, 2)
+
+
+def test_a_line_longer_than_the_limit_fails_at_that_line() -> None:
+    lines = build_export(N, EVERY, SIGNER)
+    longest = max(len(line) for line in lines)
+    assert verify_export(lines, max_line_bytes=longest).ok
+    records = load(lines)
+    records[3]["data"] = {"blob": "x" * longest}
+    report = verify_export(dump(records), max_line_bytes=longest)
+    assert_failure(report, 4, None, None, f"line longer than {longest} bytes")
+
+
+def test_the_default_line_limit_is_far_above_any_accepted_request_body() -> None:
+    assert MAX_LINE_BYTES >= 64 * 1_048_576
+
+
+def _peak_bytes_verifying(n_events: int) -> int:
+    """The peak of the allocations ``verify_export`` makes on an export of ``n_events`` entries.
+
+    The lines are built before tracing starts, so only what verification allocates (and keeps) counts.
+    """
+    lines = list(stream_export(n_events, 1_000))
+    tracemalloc.start()
+    try:
+        report = verify_export(lines)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert report.ok, report.failure
+    assert report.entries == n_events
+    return peak
+
+
+def test_memory_does_not_grow_with_the_export() -> None:
+    """Four times the entries, the same peak: nothing per entry is kept (the compact range grows by a
+    node or two, the counters by nothing)."""
+    small = _peak_bytes_verifying(10_000)
+    large = _peak_bytes_verifying(40_000)
+    assert large < small + 4_096, (small, large)

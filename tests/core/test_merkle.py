@@ -10,6 +10,8 @@ import hashlib
 from collections.abc import Sequence
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aigos.core.canonical import canonical, parse
 from aigos.core.merkle import (
@@ -413,3 +415,24 @@ def test_pruned_tree_with_empty_suffix() -> None:
     assert tree.root() == REF.mth(0, 13)
     with pytest.raises(ValueError):
         tree.inclusion_proof(13)
+
+
+# --- The incremental builder against the all-at-once tree, on random sizes --------------------------------
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(size=st.integers(min_value=0, max_value=3000), resume_at=st.integers(min_value=0, max_value=3000))
+def test_compact_range_folds_to_the_all_at_once_root_at_any_size(size: int, resume_at: int) -> None:
+    """Appending leaf by leaf (the verifier's O(log n) fold) gives ``Tree``'s root, also when the fold is
+    stopped, stored as JSON and resumed (as an export's anchor does)."""
+    hashes = [leaf_hash(i.to_bytes(4, "big")) for i in range(size)]
+    resume_at = min(resume_at, size)
+    compact = _compact(hashes[:resume_at])
+    compact = CompactRange.from_json(compact.to_json())
+    for h in hashes[resume_at:]:
+        compact.append(h)
+    assert compact.size == size
+    assert len(compact.nodes) == bin(size).count("1")
+    assert compact.root() == Tree(hashes).root() == root_of(hashes)
+    if size:
+        assert compact.root() == Tree(hashes[resume_at:], _compact(hashes[:resume_at])).root()

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import click
 
@@ -68,22 +69,64 @@ def _verify_download(url: str, api_key: str, trusted: dict[str, bytes] | None) -
                 except ValueError:
                     detail = response.text[:200]
                 raise fail(f"{endpoint} answered {response.status_code}: {detail}")
-            return auditlog.verify_export(response.iter_lines(), trusted)
+            return auditlog.verify_export(
+                split_lines(response.iter_bytes(), auditlog.MAX_LINE_BYTES), trusted
+            )
     except httpx.HTTPError as exc:
         raise fail(f"cannot download {endpoint}: {exc}") from exc
 
 
+def split_lines(chunks: Iterable[bytes], limit: int) -> Iterator[bytes]:
+    """The lines of a byte stream that arrives in chunks, each with its newline (the last may lack one).
+
+    A line is never held beyond ``limit + 1`` bytes: a longer one is cut there, which the verifier rejects
+    as too long, and the stream is not read further.
+    """
+    partial: list[bytes] = []
+    held = 0
+    for chunk in chunks:
+        start = 0
+        while (end := chunk.find(b"\n", start)) != -1:
+            if partial:
+                partial.append(chunk[start : end + 1])
+                line = b"".join(partial)
+                partial, held = [], 0
+            else:
+                line = chunk[start : end + 1]
+            if len(line) > limit:
+                yield line[: limit + 1]
+                return
+            yield line
+            start = end + 1
+        if start < len(chunk):
+            partial.append(chunk[start:])
+            held += len(chunk) - start
+            if held > limit:
+                yield b"".join(partial)[: limit + 1]
+                return
+    if partial:
+        yield b"".join(partial)
+
+
+def read_lines(stream: BinaryIO, limit: int) -> Iterator[bytes]:
+    """The lines of a binary file, none held beyond ``limit + 1`` bytes (a longer one is cut there)."""
+    while line := stream.readline(limit + 1):
+        yield line
+
+
 def _verify_file(path: Path, trusted: dict[str, bytes] | None) -> auditlog.Report:
-    """Verify an export file (``-``: standard input), reading it line by line."""
+    """Verify an export file (``-``: standard input), reading it line by line: memory does not grow with
+    the file's size."""
     import sys
 
     from aigos.core import auditlog
 
+    limit = auditlog.MAX_LINE_BYTES
     if str(path) == "-":
-        return auditlog.verify_export(sys.stdin.buffer, trusted)
+        return auditlog.verify_export(read_lines(sys.stdin.buffer, limit), trusted)
     try:
-        with path.open("rb") as lines:
-            return auditlog.verify_export(lines, trusted)
+        with path.open("rb") as stream:
+            return auditlog.verify_export(read_lines(stream, limit), trusted)
     except OSError as exc:
         raise fail(f"cannot read {path}: {exc.strerror or exc}") from exc
 

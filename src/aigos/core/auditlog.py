@@ -169,66 +169,170 @@ class _Stop(Exception):
         self.failure = failure
 
 
-def verify_export(lines: Iterable[bytes | str], trusted_keys: Mapping[str, bytes] | None = None) -> Report:
+#: The longest export line the verifier reads: far above any entry a server accepts (its request bodies
+#: are limited to ``AIGOS_MAX_BODY_BYTES``, 1 MiB by default), and what bounds the verifier's memory.
+MAX_LINE_BYTES = 64 * 1024 * 1024
+_ENTRY_FIELD_SET = frozenset(ENTRY_FIELDS)
+_sha256 = hashlib.sha256
+
+
+class ExportVerifier:
+    """Verifies an NDJSON export fed to it a line (or a batch of lines) at a time, in constant memory.
+
+    Between lines it holds only the chain head, the sequence number and the Merkle tree's compact range
+    (O(log n) subtree roots), never the entries: an export of any length verifies in the same memory,
+    and the caller decides how to read it (a file, a socket, database pages) and when to pause. The
+    checks and their failures are ``verify_export``'s, which is this class fed from an iterable.
+
+    ``feed`` and ``feed_many`` return False once verification has failed: further lines are ignored.
+    ``finish`` says the export ended there and returns the report (a failure if there was no header).
+    """
+
+    def __init__(
+        self, trusted_keys: Mapping[str, bytes] | None = None, *, max_line_bytes: int = MAX_LINE_BYTES
+    ) -> None:
+        self.report = Report()
+        self._trusted = trusted_keys
+        self._max_line = max_line_bytes
+        self._keys: Mapping[str, bytes] = {}
+        self._compact = CompactRange()
+        self._head = GENESIS_HASH
+        self._seq = 0
+        self._number = 0
+        self._header_seen = False
+
+    @property
+    def failed(self) -> bool:
+        """Whether a line failed verification (the report names it)."""
+        return self.report.failure is not None
+
+    @property
+    def lines(self) -> int:
+        """Lines fed so far, blank ones included."""
+        return self._number
+
+    def feed(self, line: bytes | str) -> bool:
+        """Check the next line; False once verification has failed."""
+        return self.feed_many((line,))
+
+    def feed_many(self, lines: Iterable[bytes | str]) -> bool:
+        """Check the next lines in order; False once verification has failed (the rest are not read)."""
+        if self.report.failure is not None:
+            return False
+        try:
+            self._feed(lines)
+        except _Stop as stop:
+            self.report.failure = stop.failure
+            return False
+        return True
+
+    def finish(self) -> Report:
+        """The report, the export having ended after the lines fed."""
+        report = self.report
+        if report.failure is None:
+            if not self._header_seen:
+                report.failure = Failure(self._number + 1, "empty export")
+            else:
+                report.unsealed = (report.last_seq or 0) - report.sealed_through if report.last_seq else 0
+        return report
+
+    def _feed(self, lines: Iterable[bytes | str]) -> None:
+        # The hot loop, about half of whose time is the interpreter's: state in locals (written back however
+        # the loop ends), an entry's checks inline, the slow paths in functions.
+        compact, head, seq, number = self._compact, self._head, self._seq, self._number
+        report, max_line, tenant = self.report, self._max_line, self.report.tenant_id
+        entries = 0
+        try:
+            for raw in lines:
+                number += 1
+                if len(raw) > max_line:
+                    raise _Stop(Failure(number, f"line longer than {max_line} bytes"))
+                try:
+                    record = parse(raw)
+                except ValueError as exc:
+                    if not raw.strip():
+                        continue
+                    raise _Stop(Failure(number, f"not JSON: {exc}")) from exc
+                if not isinstance(record, dict):
+                    raise _Stop(Failure(number, "not a JSON object"))
+                kind = record.pop("kind", None)
+                if kind == "event" and self._header_seen:
+                    entry_seq = record.get("seq")
+                    if (
+                        entry_seq != seq + 1
+                        or record.get("tenant_id") != tenant
+                        or record.get("prev_hash") != head
+                    ):
+                        _check_links(record, number, seq, head, tenant)
+                    claimed = record.pop("hash", None)
+                    # An export line holds exactly the entry's fields besides kind and hash: hash the parsed
+                    # object as it is rather than a copy made field by field (the same canonical bytes).
+                    if record.keys() != _ENTRY_FIELD_SET:
+                        record = {name: record.get(name) for name in ENTRY_FIELDS}
+                    digest = _sha256(canonical(record, check_finite=False)).digest()
+                    computed = digest.hex()
+                    if claimed != computed:
+                        reason = "content does not match its hash: the entry was altered"
+                        raise _Stop(Failure(number, reason, entry_seq, str(record.get("event_id"))))
+                    seq, head = seq + 1, computed
+                    entries += 1
+                    if report.first_seq is None:
+                        report.first_seq = entry_seq
+                    if record.get("event_type") in LOSS_TYPES:
+                        _record_loss(record, report)
+                    compact.append(leaf_hash(digest))
+                elif not self._header_seen:
+                    self._header(record, kind, number)
+                    compact, head, seq, tenant = self._compact, self._head, self._seq, report.tenant_id
+                elif kind == "checkpoint":
+                    _check_checkpoint(record, number, seq, head, compact, self._keys, report)
+                else:
+                    raise _Stop(Failure(number, f"unknown record kind {kind!r}"))
+        finally:
+            self._compact, self._head, self._seq, self._number = compact, head, seq, number
+            if entries:
+                report.entries += entries
+                report.last_seq = seq
+
+    def _header(self, record: dict[str, Any], kind: object, number: int) -> None:
+        report = self.report
+        if kind != "header" or record.get("format") != EXPORT_FORMAT:
+            raise _Stop(Failure(number, f"expected a {EXPORT_FORMAT} header"))
+        self._header_seen = True
+        report.tenant_id = str(record.get("tenant_id"))
+        self._keys = dict(self._trusted) if self._trusted is not None else _header_keys(record, number)
+        report.key_ids = sorted(self._keys)
+        anchor = record.get("anchor")
+        if anchor:
+            try:
+                compact = CompactRange.from_json(anchor["compact_range"])
+                seq, head = int(anchor["seq"]), str(anchor["head_hash"])
+            except (KeyError, TypeError, ValueError, AssertionError) as exc:
+                raise _Stop(Failure(number, f"header: malformed anchor ({exc})")) from exc
+            if compact.size != seq:
+                raise _Stop(Failure(number, "anchor: compact range size differs from its seq"))
+            self._compact, self._seq, self._head = compact, seq, head
+
+
+def verify_export(
+    lines: Iterable[bytes | str],
+    trusted_keys: Mapping[str, bytes] | None = None,
+    *,
+    max_line_bytes: int = MAX_LINE_BYTES,
+) -> Report:
     """Verify an NDJSON export: header, then entries in order with each checkpoint right after the entry
     at its ``tree_size``.
 
     ``trusted_keys`` (key id to raw public key) pins the signing keys; without it the keys in the export's
     header are used, which proves integrity against everyone who lacks the server's signing key but not
     against the server itself: pin the keys published at ``/v1/audit/keys`` for that.
+
+    Lines are read one at a time and never kept: memory does not grow with the export (see
+    ``ExportVerifier``); a line longer than ``max_line_bytes`` is a failure.
     """
-    report = Report()
-    try:
-        _verify(lines, trusted_keys, report)
-    except _Stop as stop:
-        report.failure = stop.failure
-    return report
-
-
-def _verify(lines: Iterable[bytes | str], trusted: Mapping[str, bytes] | None, report: Report) -> None:
-    keys: Mapping[str, bytes] = {}
-    compact = CompactRange()
-    head = GENESIS_HASH
-    seq = 0
-    number = 0
-    header_seen = False
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            record = parse(raw)
-        except ValueError as exc:
-            raise _Stop(Failure(number, f"not JSON: {exc}")) from exc
-        if not isinstance(record, dict):
-            raise _Stop(Failure(number, "not a JSON object"))
-        kind = record.get("kind")
-        if not header_seen:
-            if kind != "header" or record.get("format") != EXPORT_FORMAT:
-                raise _Stop(Failure(number, f"expected a {EXPORT_FORMAT} header"))
-            header_seen = True
-            report.tenant_id = str(record.get("tenant_id"))
-            keys = dict(trusted) if trusted is not None else _header_keys(record, number)
-            report.key_ids = sorted(keys)
-            anchor = record.get("anchor")
-            if anchor:
-                try:
-                    compact = CompactRange.from_json(anchor["compact_range"])
-                    seq, head = int(anchor["seq"]), str(anchor["head_hash"])
-                except (KeyError, TypeError, ValueError, AssertionError) as exc:
-                    raise _Stop(Failure(number, f"header: malformed anchor ({exc})")) from exc
-                if compact.size != seq:
-                    raise _Stop(Failure(number, "anchor: compact range size differs from its seq"))
-            continue
-        if kind == "event":
-            seq, head = _check_entry(record, number, seq, head, report)
-            compact.append(entry_leaf(head))
-        elif kind == "checkpoint":
-            _check_checkpoint(record, number, seq, head, compact, keys, report)
-        else:
-            raise _Stop(Failure(number, f"unknown record kind {kind!r}"))
-    if not header_seen:
-        raise _Stop(Failure(number + 1, "empty export"))
-    report.unsealed = (report.last_seq or 0) - report.sealed_through if report.last_seq else 0
+    verifier = ExportVerifier(trusted_keys, max_line_bytes=max_line_bytes)
+    verifier.feed_many(lines)
+    return verifier.finish()
 
 
 def _header_keys(header: Mapping[str, Any], number: int) -> dict[str, bytes]:
@@ -247,29 +351,27 @@ def _header_keys(header: Mapping[str, Any], number: int) -> dict[str, bytes]:
     return keys
 
 
-def _check_entry(record: dict[str, Any], number: int, seq: int, head: str, report: Report) -> tuple[int, str]:
+def _check_links(record: dict[str, Any], number: int, seq: int, head: str, tenant: str | None) -> None:
+    """Raise the failure of an entry that does not follow ``seq`` and ``head`` in ``tenant``'s log, if it
+    does not (the hot loop's quick comparison also sends here entries whose tenant id is merely spelt as
+    another JSON type)."""
     entry_seq = record.get("seq")
     event_id = str(record.get("event_id"))
     if entry_seq != seq + 1:
         reason = f"expected seq {seq + 1}, found {entry_seq}: an entry is missing, duplicated or out of order"
         raise _Stop(Failure(number, reason, entry_seq if isinstance(entry_seq, int) else None, event_id))
-    if str(record.get("tenant_id")) != report.tenant_id:
+    if str(record.get("tenant_id")) != tenant:
         raise _Stop(Failure(number, "entry belongs to another tenant", entry_seq, event_id))
     if record.get("prev_hash") != head:
         reason = "prev_hash does not match the previous entry's hash"
         raise _Stop(Failure(number, reason, entry_seq, event_id))
-    computed = entry_hash(record)
-    if record.get("hash") != computed:
-        reason = "content does not match its hash: the entry was altered"
-        raise _Stop(Failure(number, reason, entry_seq, event_id))
-    report.entries += 1
-    report.first_seq = report.first_seq or entry_seq
-    report.last_seq = entry_seq
-    if record.get("event_type") in LOSS_TYPES:
-        data = record.get("data")
-        details = data if isinstance(data, dict) else {}
-        report.losses.append({"seq": entry_seq, "event_type": record["event_type"], **details})
-    return entry_seq, computed
+
+
+def _record_loss(record: dict[str, Any], report: Report) -> None:
+    """Note an entry recording acknowledged events that were lost."""
+    data = record.get("data")
+    details = data if isinstance(data, dict) else {}
+    report.losses.append({"seq": record.get("seq"), "event_type": record["event_type"], **details})
 
 
 def _check_checkpoint(

@@ -44,6 +44,7 @@ from aigos.server.platform import docs_api, health_api
 from aigos.server.platform.admin_token import PlatformTokens, ensure_bootstrap_token
 from aigos.server.policy import api as policy_api
 from aigos.server.policy.budgets import BudgetBook
+from aigos.server.policy.check_endpoint import CheckEndpoint
 from aigos.server.policy.checks import Checks
 from aigos.server.policy.state import PolicyState
 from aigos.server.problems import install_problem_handlers
@@ -145,6 +146,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         )
     middleware.append(Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes))
+    # Innermost: the hot path, past every check above, answered before the framework routes it.
+    middleware.append(Middleware(CheckEndpoint))
 
     app = FastAPI(
         title="AIGOS",
@@ -161,8 +164,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Principal resolution (tenancy) is given the platform context's look-up of its admin tokens.
     app.state.platform_tokens = PlatformTokens()
     install_problem_handlers(app)
-    # Routes are matched in order: the hot path (`/v1/policies/check`) first.
+    # Routes are matched in order, and each route passed costs ~5 µs (FastAPI walks every included router's
+    # routes): the agent plane first (the check is answered before routing, ``CheckEndpoint``), then the
+    # probes, then the admin plane. ``agntcy_api`` stays before ``agents_api``: they share a prefix.
     app.include_router(policy_api.router)
+    app.include_router(oauth_api.router)
+    app.include_router(agntcy_api.router)
+    app.include_router(agents_api.router)
+    app.include_router(telemetry_api.router)
+    app.include_router(killswitch_api.router)
     app.include_router(health_api.router)
     app.include_router(tenants_api.router)
     app.include_router(api_keys_api.router)
@@ -171,12 +181,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(invitations_api.router)
     app.include_router(usage_api.router)
     app.include_router(audit_api.router)
-    app.include_router(agntcy_api.router)
-    app.include_router(agents_api.router)
-    app.include_router(oauth_api.router)
     app.include_router(keys_api.router)
-    app.include_router(killswitch_api.router)
-    app.include_router(telemetry_api.router)
     app.include_router(docs_api.router)
     app.mount("/docs/static", docs_api.static_files(), name="docs-static")
 

@@ -162,6 +162,9 @@ async def verify_log(
 ) -> dict[str, Any]:
     """Verify the tenant's export on the server, trusting only the server's own signing key.
 
+    Takes no body: the tenant's retained log is read as `GET /v1/audit/export` would write it, a page at a
+    time, and checked line by line, so any length verifies in the same memory.
+
     `ok` is false and `failure` names the first bad line and entry when the stored log was altered.
     Verifying a downloaded export yourself, with pinned keys, trusts the server less.
     """

@@ -3,28 +3,23 @@ simulation, and the keys that sign bundles. Each parses, calls the context's ser
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 
 from aigos.server.deps import EventsDep, SessionDep, SettingsDep
 from aigos.server.errors import BadRequest, NotFound
 from aigos.server.identity.agent_auth import (
     AgentPrincipal,
-    admit,
     agent_scope,
-    bearer_token,
-    get_agent_authenticator,
 )
 from aigos.server.policy import bundles, service, simulation
-from aigos.server.policy.deps import BudgetsDep, PolicyStateDep, get_checks
+from aigos.server.policy.check_endpoint import answer_check
+from aigos.server.policy.deps import BudgetsDep, PolicyStateDep
 from aigos.server.policy.schemas import (
     CheckIn,
     CheckOut,
@@ -81,18 +76,8 @@ async def check(request: Request) -> Response:
     The chain: kill switch → capability → budget → domain patterns → custom rules; the first denial wins
     and deny overrides allow. A denial is an answer (`allowed: false` with a `code`), not an HTTP error.
     """
-    # No FastAPI dependencies or body parameter here: resolving them costs more than the decision.
-    started = time.perf_counter()
-    authenticator = await get_agent_authenticator(request)
-    agent = await admit(request, authenticator, bearer_token(request), "policies:check")
-    try:
-        # Parsed and checked once, at the edge (ValidatedRoute); this reads the request's cache.
-        body = _CHECK_IN.validate_python(await request.json())
-    except ValidationError as exc:
-        raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in exc.errors()]) from exc
-    checks = await get_checks(request)
-    answer = await checks.decide(agent, body, started)
-    return Response(orjson.dumps(answer), media_type="application/json")
+    # Answered by ``CheckEndpoint`` before routing; declared here so it is documented and routable alike.
+    return await answer_check(request, edge_checked=True)
 
 
 @router.get(
