@@ -199,17 +199,15 @@ class Hub:
         """How many streams are open here."""
         return sum(len(conns) for conns in self._connections.values())
 
-    def connect(
-        self, agent_id: uuid.UUID, tenant_id: uuid.UUID, after: int = 0, ancestors: tuple[str, ...] = ()
-    ) -> Connection:
+    def connect(self, agent_id: uuid.UUID, tenant_id: uuid.UUID, after: int = 0) -> Connection:
         """Register a stream before reading its backlog, so nothing published meanwhile is missed.
 
-        Past ``max_streams_per_agent`` the agent's oldest streams here are ended. ``ancestors`` (parent
-        first) decide which lineage fleet commands reach it.
+        Past ``max_streams_per_agent`` the agent's oldest streams here are ended. Lineage fleet commands
+        reach it once its ancestors are known (``set_ancestors``).
         """
         connection = Connection(agent_id, tenant_id, after)
         self._tenant_agents.setdefault(tenant_id, set()).add(agent_id)
-        self._ancestors[agent_id] = ancestors
+        self._ancestors.setdefault(agent_id, ())
         conns = self._connections.setdefault(agent_id, {})
         while len(conns) >= self.max_streams_per_agent:
             oldest = next(iter(conns))
