@@ -32,7 +32,7 @@ from aigos.server.killswitch.schemas import (
     TriggerIn,
     TriggerOut,
 )
-from aigos.server.killswitch.stream import events
+from aigos.server.killswitch.stream import StreamResponse
 from aigos.server.principal import Principal
 from aigos.server.routing import ValidatedRoute
 from aigos.server.tenancy.deps import require_tenant
@@ -187,8 +187,7 @@ async def stream(
     except BaseException:
         hub.disconnect(connection)
         raise
-    body = events(hub, connection, anchor, backlog, end_after_backlog=terminated)
-    return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
+    return StreamResponse(hub, connection, anchor, backlog, end_after_backlog=terminated, headers=SSE_HEADERS)
 
 
 def _resume_after(last_event_id: str | None) -> int:

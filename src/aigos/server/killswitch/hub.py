@@ -10,8 +10,12 @@ and reads the named agents' undelivered commands if it holds their streams. The 
 in the background, so a trigger never waits on Redis. Duplicates are harmless: each stream sends a
 sequence only once.
 
-Per connection there is one bounded queue and nothing else: a single ticker feeds keep-alives to all
-of them, and deliveries are recorded in batches. On shutdown every stream is ended at once, so clients
+A stream, once its first frames are out, writes straight to its connection's transport (see
+``http_protocol.DETACH``): per connection there is the transport and a small ``Connection``, no task and no
+queue. A command is encoded once and written to its streams in slices, so a fan-out to thousands of
+streams never holds the event loop for long; a single ticker writes keep-alives the same way, and
+deliveries are recorded in batches. (Served by a server without that extension, a stream is an ordinary
+ASGI response fed through a bounded queue.) On shutdown every stream is ended at once, so clients
 reconnect to another replica and the server can exit without waiting for them.
 
 An agent holds at most ``max_streams_per_agent`` streams on one replica: a new stream past the bound ends
@@ -32,9 +36,9 @@ import contextlib
 import json
 import signal
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from types import FrameType
 from typing import Any
@@ -66,6 +70,11 @@ QUEUE_SIZE = 64
 #: Commands per bus message (a tenant-wide trigger is split into messages of this size).
 BATCH = 200
 KEEPALIVE = b": keep-alive\n\n"
+#: Bytes a stream may leave unsent in its transport before it is dropped as not reading.
+MAX_UNSENT = 64 * 1024
+#: Stream writes (or commands encoded) per turn of the event loop: a fan-out to many streams yields between
+#: slices, so no request waits behind it for long.
+SLICE = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +85,11 @@ class Outgoing:
     command_id: str
     command: str
     frame: bytes
+    #: The frame as one HTTP/1.1 chunk, for streams that write to their connection directly.
+    chunk: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "chunk", _chunk(self.frame))
 
     @classmethod
     def of(cls, command: SignedCommand) -> Outgoing:
@@ -85,6 +99,10 @@ class Outgoing:
         return cls(command.sequence, command.command_id, command.command, frame)
 
 
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
 class _Signal:
     """Queue items that are not commands."""
 
@@ -92,14 +110,21 @@ class _Signal:
 CLOSE = _Signal()
 TICK = _Signal()
 Item = Outgoing | _Signal
+KEEPALIVE_CHUNK = _chunk(KEEPALIVE)
+LAST_CHUNK = b"0\r\n\r\n"
 
 
 class Connection:
-    """One open stream of one agent."""
+    """One open stream of one agent.
 
-    __slots__ = ("agent_id", "ended", "overflowed", "queue", "sent", "tenant_id")
+    Until ``attach`` it is fed through its queue (read by the stream's ASGI response); once attached to
+    its connection's transport, whatever is offered is written there at once, and the queue is never
+    made: no task, no queue, no buffer per stream beyond the transport's own.
+    """
 
-    def __init__(self, agent_id: uuid.UUID, tenant_id: uuid.UUID, after: int) -> None:
+    __slots__ = ("_queue", "agent_id", "ended", "hub", "overflowed", "sent", "tenant_id", "transport")
+
+    def __init__(self, agent_id: uuid.UUID, tenant_id: uuid.UUID, after: int, hub: Hub | None = None) -> None:
         self.agent_id = agent_id
         self.tenant_id = tenant_id
         #: The highest sequence this stream has sent (or the client said it has: ``Last-Event-ID``).
@@ -107,10 +132,24 @@ class Connection:
         self.overflowed = False
         #: Ended by the server (superseded by a newer stream of the agent), whatever the queue holds.
         self.ended = False
-        self.queue: asyncio.Queue[Item] = asyncio.Queue(QUEUE_SIZE)
+        #: Told of what the stream sent once it writes directly (``attach``).
+        self.hub = hub
+        self.transport: asyncio.Transport | None = None
+        self._queue: asyncio.Queue[Item] | None = None
+
+    @property
+    def queue(self) -> asyncio.Queue[Item]:
+        """What waits for the stream's ASGI response (made on first use)."""
+        if self._queue is None:
+            self._queue = asyncio.Queue(QUEUE_SIZE)
+        return self._queue
 
     def offer(self, item: Item) -> None:
-        """Queue ``item`` without waiting; a full queue ends the stream (the client reconnects)."""
+        """Send ``item`` now when attached, else queue it without waiting (a full queue ends the stream:
+        the client reconnects)."""
+        if self.transport is not None:
+            self._write(item)
+            return
         try:
             self.queue.put_nowait(item)
         except asyncio.QueueFull:
@@ -120,6 +159,48 @@ class Connection:
         """Close the stream at its next step, even if its queue is full."""
         self.ended = True
         self.offer(CLOSE)
+
+    def attach(self, transport: asyncio.Transport) -> None:
+        """Write to ``transport`` from now on; what was queued meanwhile goes first."""
+        queued, self._queue = self._queue, None
+        self.transport = transport
+        if self.overflowed or self.ended:
+            self._finish()
+            return
+        while queued is not None and not queued.empty():
+            self._write(queued.get_nowait())
+
+    def _write(self, item: Item) -> None:
+        transport = self.transport
+        assert transport is not None
+        if transport.is_closing():
+            return
+        if item is CLOSE:
+            self._finish()
+            return
+        if transport.get_write_buffer_size() > MAX_UNSENT:
+            # The client stopped reading: drop it rather than buffer for it (it catches up on reconnect).
+            self.overflowed = True
+            transport.abort()
+            return
+        if item is TICK:
+            transport.write(KEEPALIVE_CHUNK)
+            return
+        if not isinstance(item, Outgoing) or item.sequence <= self.sent:
+            return
+        self.sent = item.sequence
+        transport.write(item.chunk)
+        if self.hub is not None:
+            self.hub.delivered(self, item)
+        if item.command == "TERMINATE":
+            self._finish()
+
+    def _finish(self) -> None:
+        """End the chunked body and the connection (the protocol's lost callback then forgets the stream)."""
+        assert self.transport is not None
+        if not self.transport.is_closing():
+            self.transport.write(LAST_CHUNK)
+            self.transport.close()
 
 
 class Hub:
@@ -159,6 +240,10 @@ class Hub:
         self._deliveries: dict[uuid.UUID, list[tuple[Connection, Outgoing, datetime]]] = defaultdict(list)
         self._subscription: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # What is still to be sent, in order: a command (encoded when its turn comes) or an encoded item,
+        # with the streams it goes to.
+        self._fanout: deque[tuple[SignedCommand | Outgoing, tuple[Connection, ...]]] = deque()
+        self._draining: asyncio.Task[None] | None = None
 
     # -- connections ------------------------------------------------------------------------------
 
@@ -172,7 +257,7 @@ class Hub:
 
         Past ``max_streams_per_agent`` the agent's oldest streams here are ended.
         """
-        connection = Connection(agent_id, tenant_id, after)
+        connection = Connection(agent_id, tenant_id, after, self)
         conns = self._connections.setdefault(agent_id, {})
         while len(conns) >= self.max_streams_per_agent:
             oldest = next(iter(conns))
@@ -197,7 +282,12 @@ class Hub:
     # -- delivery ---------------------------------------------------------------------------------
 
     def dispatch(self, commands: Iterable[SignedCommand]) -> int:
-        """Queue ``commands`` on the local streams of their agents; returns how many streams got one."""
+        """Send ``commands`` to the local streams of their agents; returns how many streams get one.
+
+        Each command is encoded once for all of its agent's streams. The work goes through one queue, in
+        order, a slice per turn of the event loop: the first slice at once (a single agent's command
+        leaves without waiting), the rest in the background.
+        """
         reached = 0
         for command in commands:
             try:
@@ -206,11 +296,39 @@ class Hub:
                 continue
             if not conns:
                 continue
-            item = Outgoing.of(command)
-            for connection in list(conns):
-                connection.offer(item)
-                reached += 1
+            self._fanout.append((command, tuple(conns)))
+            reached += len(conns)
+        if reached:
+            self._drain()
         return reached
+
+    def fan_out(self, item: Outgoing, connections: Iterable[Connection]) -> None:
+        """Send one encoded ``item`` to every stream in ``connections``, in slices as ``dispatch`` does."""
+        self._fanout.append((item, tuple(connections)))
+        self._drain()
+
+    def _drain(self) -> None:
+        """Send one slice of the pending fan-out; schedule the next turn if some is left."""
+        budget = SLICE
+        pending = self._fanout
+        while pending and budget > 0:
+            item, conns = pending.popleft()
+            if isinstance(item, SignedCommand):
+                item = Outgoing.of(item)
+                budget -= 1
+            if len(conns) > budget:
+                pending.appendleft((item, conns[budget:]))
+                conns = conns[:budget]
+            for connection in conns:
+                connection.offer(item)
+            budget -= len(conns)
+        if pending and (self._draining is None or self._draining.done()):
+            self._draining = asyncio.create_task(self._drain_later(), name="killswitch-fan-out")
+
+    async def _drain_later(self) -> None:
+        while self._fanout:
+            await asyncio.sleep(0)
+            self._drain()
 
     async def notify(
         self, session: AsyncSession, tenant_id: uuid.UUID, agent_ids: list[uuid.UUID], status: str
@@ -334,9 +452,14 @@ class Hub:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(self.keepalive_seconds)
+            written = 0
             for conns in list(self._connections.values()):
                 for connection in list(conns):
                     connection.offer(TICK)
+                written += len(conns)
+                if written >= SLICE:
+                    written = 0
+                    await asyncio.sleep(0)  # thousands of streams: a slice per turn of the loop
 
     async def _flush_loop(self) -> None:
         while True:
@@ -421,7 +544,7 @@ class Hub:
         self.begin_close()
         if self.notices is not None:
             await self.notices.stop()
-        await cancel(*self._tasks, *self._announcing)
+        await cancel(*self._tasks, *self._announcing, self._draining)
         with contextlib.suppress(Exception):
             await self.flush()
         if self._subscription is not None:
