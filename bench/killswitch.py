@@ -189,6 +189,7 @@ class Report:
     loop_pause_ms: dict[str, float] = field(default_factory=dict)
     single_receipt_from_b: dict[str, float] = field(default_factory=dict)
     single_trigger_ms: dict[str, float] = field(default_factory=dict)
+    single_receipt_after_answer_ms: dict[str, float] = field(default_factory=dict)
     shutdown: dict[str, Any] = field(default_factory=dict)
 
 
@@ -333,6 +334,8 @@ async def run(a: ServerProcess, b: ServerProcess, admin_token: str, count: int, 
         # One RESUME at a time for agents streaming from B, triggered on A.
         single: list[float] = []
         trigger_times: list[float] = []
+        # Negative when the command reached B before A's answer reached the client.
+        after_answer: list[float] = []
         on_b = [(stream, agent) for stream, agent in zip(streams, agents, strict=True) if stream.name == "B"]
         for stream, agent in on_b[:sample]:
             waiter = stream.next_receipt()
@@ -342,12 +345,15 @@ async def run(a: ServerProcess, b: ServerProcess, admin_token: str, count: int, 
                 json={"agent_id": agent["agent_id"], "command": "RESUME", "reason": "bench"},
                 headers=owner,
             )
-            trigger_times.append(time.perf_counter() - sent)
+            answered = time.perf_counter()
+            trigger_times.append(answered - sent)
             response.raise_for_status()
             await asyncio.wait_for(waiter, 10)
             single.append(stream.received[-1] - sent)
+            after_answer.append(stream.received[-1] - answered)
         report.single_receipt_from_b = summary(single)
         report.single_trigger_ms = summary(trigger_times)
+        report.single_receipt_after_answer_ms = summary(after_answer)
 
         # SIGTERM with every stream open.
         for name, server in (("A", a), ("B", b)):
@@ -421,7 +427,11 @@ def figures(report: Report) -> list[str]:
         f"single agent, B, n={single.get('n')}: p50 {single.get('p50_ms')} ms, "
         f"max {single.get('max_ms')} ms, "
         f"p99 {_vs(single.get('p99_ms'), TARGETS['single_receipt_p99_ms'], 'ms')}"
-        f"   (trigger p50 {report.single_trigger_ms.get('p50_ms')} ms)"
+    )
+    trigger, after = report.single_trigger_ms, report.single_receipt_after_answer_ms
+    lines.append(
+        f"  of which the trigger on A: p50 {trigger.get('p50_ms')} ms, p99 {trigger.get('p99_ms')} ms;"
+        f" receipt minus answer: p50 {after.get('p50_ms')} ms, p99 {after.get('p99_ms')} ms"
     )
     lines.append(f"shutdown: {report.shutdown}")
     return lines

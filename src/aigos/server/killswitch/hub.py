@@ -376,12 +376,14 @@ class Hub:
                 break
         found = 0
         for tenant, agents in by_tenant.items():
-            async with self.database.session() as session:
-                await set_tenant(session, tenant)
-                rows = await service.pending(session, tenant, agents)
-                commands = [service.signed(row) for row in rows]
-            found += len(commands)
-            self.dispatch(commands)
+            # A slice of agents per read: thousands of rows loaded at once would hold the event loop.
+            for start in range(0, len(agents), SLICE):
+                async with self.database.session() as session:
+                    await set_tenant(session, tenant)
+                    rows = await service.pending(session, tenant, agents[start : start + SLICE])
+                    commands = [service.signed(row) for row in rows]
+                found += len(commands)
+                self.dispatch(commands)
         return found
 
     def _receive(self, data: Any) -> None:
@@ -406,6 +408,9 @@ class Hub:
                     self._receive(parse(message.data))
             except Exception:
                 log.exception("killswitch_delivery_failed")
+            # A tenant-wide trigger arrives as many messages at once, and the subscription hands over
+            # those already queued without suspending: let the rest of the loop run between two.
+            await asyncio.sleep(0)
 
     async def _follow_notices(self) -> None:
         while True:
