@@ -16,8 +16,8 @@ from aigos.server.errors import BadRequest, ServiceUnavailable
 from aigos.server.identity.agent_auth import token_error
 from aigos.server.identity.deps import IdentityStateDep
 from aigos.server.killswitch import service, triggers
+from aigos.server.killswitch.connection import Outgoing
 from aigos.server.killswitch.deps import HubDep
-from aigos.server.killswitch.hub import Outgoing
 from aigos.server.killswitch.listener import ListenerDep
 from aigos.server.killswitch.schemas import (
     AckIn,

@@ -33,12 +33,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import signal
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from datetime import datetime
 from types import FrameType
 from typing import Any
@@ -60,147 +58,24 @@ from aigos.server.db.database import set_tenant
 from aigos.server.db.types import utcnow
 from aigos.server.identity.state import IdentityState
 from aigos.server.killswitch import notices, service
+
+# Re-exported: what a stream is and sends is part of the hub's interface.
+from aigos.server.killswitch.connection import CLOSE as CLOSE
+from aigos.server.killswitch.connection import KEEPALIVE as KEEPALIVE
+from aigos.server.killswitch.connection import TICK as TICK
+from aigos.server.killswitch.connection import Connection as Connection
+from aigos.server.killswitch.connection import Item as Item
+from aigos.server.killswitch.connection import Outgoing as Outgoing
 from aigos.server.killswitch.models import KillSwitchCommand
 from aigos.server.killswitch.notices import Notice, NoticeListener
 
 log = structlog.get_logger("aigos.killswitch.hub")
 CHANNEL = "killswitch"
-#: Commands waiting per connection; a client this far behind is disconnected and catches up on reconnect.
-QUEUE_SIZE = 64
 #: Commands per bus message (a tenant-wide trigger is split into messages of this size).
 BATCH = 200
-KEEPALIVE = b": keep-alive\n\n"
-#: Bytes a stream may leave unsent in its transport before it is dropped as not reading.
-MAX_UNSENT = 64 * 1024
 #: Stream writes (or commands encoded) per turn of the event loop: a fan-out to many streams yields between
 #: slices, so no request waits behind it for long.
 SLICE = 500
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """One command ready to send: its SSE frame, encoded once for every stream of the agent."""
-
-    sequence: int
-    command_id: str
-    command: str
-    frame: bytes
-    #: The frame as one HTTP/1.1 chunk, for streams that write to their connection directly.
-    chunk: bytes = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "chunk", _chunk(self.frame))
-
-    @classmethod
-    def of(cls, command: SignedCommand) -> Outgoing:
-        """The frame of ``command``: ``id``, ``event: kill-switch`` and the signed JSON."""
-        data = json.dumps(command.to_json(), separators=(",", ":"))
-        frame = f"id: {command.sequence}\nevent: kill-switch\ndata: {data}\n\n".encode()
-        return cls(command.sequence, command.command_id, command.command, frame)
-
-
-def _chunk(data: bytes) -> bytes:
-    return b"%x\r\n%b\r\n" % (len(data), data)
-
-
-class _Signal:
-    """Queue items that are not commands."""
-
-
-CLOSE = _Signal()
-TICK = _Signal()
-Item = Outgoing | _Signal
-KEEPALIVE_CHUNK = _chunk(KEEPALIVE)
-LAST_CHUNK = b"0\r\n\r\n"
-
-
-class Connection:
-    """One open stream of one agent.
-
-    Until ``attach`` it is fed through its queue (read by the stream's ASGI response); once attached to
-    its connection's transport, whatever is offered is written there at once, and the queue is never
-    made: no task, no queue, no buffer per stream beyond the transport's own.
-    """
-
-    __slots__ = ("_queue", "agent_id", "ended", "hub", "overflowed", "sent", "tenant_id", "transport")
-
-    def __init__(self, agent_id: uuid.UUID, tenant_id: uuid.UUID, after: int, hub: Hub | None = None) -> None:
-        self.agent_id = agent_id
-        self.tenant_id = tenant_id
-        #: The highest sequence this stream has sent (or the client said it has: ``Last-Event-ID``).
-        self.sent = after
-        self.overflowed = False
-        #: Ended by the server (superseded by a newer stream of the agent), whatever the queue holds.
-        self.ended = False
-        #: Told of what the stream sent once it writes directly (``attach``).
-        self.hub = hub
-        self.transport: asyncio.Transport | None = None
-        self._queue: asyncio.Queue[Item] | None = None
-
-    @property
-    def queue(self) -> asyncio.Queue[Item]:
-        """What waits for the stream's ASGI response (made on first use)."""
-        if self._queue is None:
-            self._queue = asyncio.Queue(QUEUE_SIZE)
-        return self._queue
-
-    def offer(self, item: Item) -> None:
-        """Send ``item`` now when attached, else queue it without waiting (a full queue ends the stream:
-        the client reconnects)."""
-        if self.transport is not None:
-            self._write(item)
-            return
-        try:
-            self.queue.put_nowait(item)
-        except asyncio.QueueFull:
-            self.overflowed = True
-
-    def end(self) -> None:
-        """Close the stream at its next step, even if its queue is full."""
-        self.ended = True
-        self.offer(CLOSE)
-
-    def attach(self, transport: asyncio.Transport) -> None:
-        """Write to ``transport`` from now on; what was queued meanwhile goes first."""
-        queued, self._queue = self._queue, None
-        self.transport = transport
-        if self.overflowed or self.ended:
-            self._finish()
-            return
-        while queued is not None and not queued.empty():
-            self._write(queued.get_nowait())
-
-    def _write(self, item: Item) -> None:
-        transport = self.transport
-        assert transport is not None
-        if transport.is_closing():
-            return
-        if item is CLOSE:
-            self._finish()
-            return
-        if transport.get_write_buffer_size() > MAX_UNSENT:
-            # The client stopped reading: drop it rather than buffer for it (it catches up on reconnect).
-            self.overflowed = True
-            transport.abort()
-            return
-        if item is TICK:
-            transport.write(KEEPALIVE_CHUNK)
-            return
-        if not isinstance(item, Outgoing) or item.sequence <= self.sent:
-            return
-        self.sent = item.sequence
-        transport.write(item.chunk)
-        if self.hub is not None:
-            self.hub.delivered(self, item)
-        if item.command == "TERMINATE":
-            self._finish()
-
-    def _finish(self) -> None:
-        """End the chunked body and the connection (the protocol's lost callback then forgets the stream)."""
-        assert self.transport is not None
-        if not self.transport.is_closing():
-            self.transport.write(LAST_CHUNK)
-            self.transport.close()
 
 
 class Hub:

@@ -20,7 +20,8 @@ from starlette.types import Receive, Scope, Send
 
 from aigos.core.commands import StreamAnchor
 from aigos.server.http_protocol import DETACH, Detach
-from aigos.server.killswitch.hub import CLOSE, KEEPALIVE, TICK, Connection, Hub, Outgoing
+from aigos.server.killswitch.connection import CLOSE, KEEPALIVE, TICK, Connection, Outgoing
+from aigos.server.killswitch.hub import Hub
 
 OPENED = b": connected\n\n"
 
