@@ -379,6 +379,9 @@ def bench(count: int, sample: int, workdir: Path) -> Report:
             "AIGOS_DATABASE_POOL_SIZE": "10",
             # Replicas behind one address name one issuer, so B accepts the tokens A issued.
             "AIGOS_ISSUER": "https://aigos.bench.example.com",
+            # A tenant-wide trigger writes one command per agent: thousands take longer than the default
+            # 5 s request deadline on a busy machine, and would be refused rather than measured.
+            "AIGOS_REQUEST_DEADLINE_SECONDS": "300",
         }
         a = aigos_server(workdir / f"a{count}", env, name="A")
         b = aigos_server(workdir / f"b{count}", env, name="B")

@@ -182,6 +182,11 @@ class Hub:
         self._fanout.append((item, tuple(connections)))
         self._drain()
 
+    @property
+    def fanning_out(self) -> bool:
+        """Whether some of a fan-out is still to be written."""
+        return bool(self._fanout)
+
     def _drain(self) -> None:
         """Send one slice of the pending fan-out; schedule the next turn if some is left."""
         budget = SLICE
