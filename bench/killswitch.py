@@ -217,7 +217,8 @@ async def register_agents(base_url: str, api_key: str, count: int) -> list[dict[
 
 
 async def policy_check(http: httpx.AsyncClient, token: str) -> str:
-    """One policy check with ``token``: ``deny``, ``allow``, ``busy`` (503) or ``missing`` (no endpoint)."""
+    """One policy check with ``token``: ``deny`` (``PAUSED``), ``missing`` (no endpoint), else the status
+    and code it got (allowed, shed, refused for another reason)."""
     response = await http.post(
         "/v1/policies/check",
         json={"action": "tool.call", "resource": "web_search", "context": {"tool": "web_search"}},
@@ -225,10 +226,10 @@ async def policy_check(http: httpx.AsyncClient, token: str) -> str:
     )
     if response.status_code == 404 and response.json().get("code") != "AGENT_NOT_FOUND":
         return "missing"
-    if response.status_code == 503:
-        return "busy"
     body = response.json()
-    return "allow" if body.get("allowed") else "deny"
+    if response.status_code == 200 and body.get("allowed") is False and body.get("code") == "PAUSED":
+        return "deny"
+    return f"{response.status_code} {body.get('code')}"
 
 
 async def until_denied(http: httpx.AsyncClient, token: str, sent: float, within: float = 60.0) -> Any:
