@@ -14,6 +14,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from aigos.server.config import Settings
+from aigos.server.http_protocol import protocol_path
 from tests.killswitch.helpers import Live
 from tests.server_process import free_port
 
@@ -24,7 +25,10 @@ async def live(app: FastAPI, settings: Settings) -> AsyncIterator[Live]:
     # Short keep-alives so a test sees one (the app reads its settings object when it starts).
     settings.killswitch_keepalive_seconds = 0.3
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    # The protocol ``aigos serve`` runs (streams hand their connection over to the hub).
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, lifespan="on", http=protocol_path()
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:

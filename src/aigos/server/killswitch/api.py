@@ -16,8 +16,8 @@ from aigos.server.errors import BadRequest, NotFound, ServiceUnavailable
 from aigos.server.identity.agent_auth import token_error
 from aigos.server.identity.deps import IdentityStateDep
 from aigos.server.killswitch import fleet, service, triggers
+from aigos.server.killswitch.connection import FleetOutgoing, Outgoing
 from aigos.server.killswitch.deps import HubDep
-from aigos.server.killswitch.hub import FleetOutgoing, Outgoing
 from aigos.server.killswitch.listener import ListenerDep
 from aigos.server.killswitch.models import FleetCommand as FleetRow
 from aigos.server.killswitch.schemas import (
@@ -36,7 +36,7 @@ from aigos.server.killswitch.schemas import (
     TriggerIn,
     TriggerOut,
 )
-from aigos.server.killswitch.stream import events
+from aigos.server.killswitch.stream import StreamResponse
 from aigos.server.principal import Principal
 from aigos.server.routing import ValidatedRoute
 from aigos.server.tenancy.deps import require_tenant
@@ -286,8 +286,7 @@ async def stream(
     except BaseException:
         hub.disconnect(connection)
         raise
-    body = events(hub, connection, anchor, backlog, end_after_backlog=terminated)
-    return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
+    return StreamResponse(hub, connection, anchor, backlog, end_after_backlog=terminated, headers=SSE_HEADERS)
 
 
 def _resume_after(last_event_id: str | None) -> int:

@@ -10,13 +10,17 @@ and reads the named agents' undelivered commands if it holds their streams. The 
 in the background, so a trigger never waits on Redis. Duplicates are harmless: each stream sends a
 sequence only once.
 
-Per connection there is one bounded queue and nothing else: a single ticker feeds keep-alives to all
-of them, and deliveries are recorded in batches. On shutdown every stream is ended at once, so clients
+A stream, once its first frames are out, writes straight to its connection's transport (see
+``http_protocol.DETACH``): per connection there is the transport and a small ``Connection``, no task and no
+queue. A command is encoded once and written to its streams in slices, so a fan-out to thousands of
+streams never holds the event loop for long; a single ticker writes keep-alives the same way, and
+deliveries are recorded in batches. (Served by a server without that extension, a stream is an ordinary
+ASGI response fed through a bounded queue.) On shutdown every stream is ended at once, so clients
 reconnect to another replica and the server can exit without waiting for them.
 
-Fleet commands (one for a tenant or a lineage, ``fleet_sync``) are serialised once and the same frame is
-queued on every local stream the scope covers, found through a per-tenant index of connected agents and
-the ancestors each agent's stream was opened with.
+Fleet commands (one for a tenant or a lineage, ``fleet_sync``) are serialised once and the same frame goes,
+through the same ordered fan-out, to every local stream the scope covers, found through a per-tenant index
+of connected agents and the ancestors each agent's stream was opened with.
 
 An agent holds at most ``max_streams_per_agent`` streams on one replica: a new stream past the bound ends
 the agent's oldest one here. The oldest goes, not the new one, because a stream whose client vanished
@@ -33,12 +37,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import signal
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
 from types import FrameType
 from typing import Any
@@ -60,89 +62,26 @@ from aigos.server.db.database import set_tenant
 from aigos.server.db.types import utcnow
 from aigos.server.identity.state import IdentityState
 from aigos.server.killswitch import notices, service
+
+# Re-exported: what a stream is and sends is part of the hub's interface.
+from aigos.server.killswitch.connection import CLOSE as CLOSE
+from aigos.server.killswitch.connection import KEEPALIVE as KEEPALIVE
+from aigos.server.killswitch.connection import TICK as TICK
+from aigos.server.killswitch.connection import Connection as Connection
+from aigos.server.killswitch.connection import FleetOutgoing as FleetOutgoing
+from aigos.server.killswitch.connection import Item as Item
+from aigos.server.killswitch.connection import Outgoing as Outgoing
 from aigos.server.killswitch.fleet_sync import FleetSync
 from aigos.server.killswitch.models import KillSwitchCommand
 from aigos.server.killswitch.notices import Notice, NoticeListener
 
 log = structlog.get_logger("aigos.killswitch.hub")
 CHANNEL = "killswitch"
-#: Commands waiting per connection; a client this far behind is disconnected and catches up on reconnect.
-QUEUE_SIZE = 64
 #: Commands per bus message (a tenant-wide trigger is split into messages of this size).
 BATCH = 200
-KEEPALIVE = b": keep-alive\n\n"
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """One command ready to send: its SSE frame, encoded once for every stream of the agent."""
-
-    sequence: int
-    command_id: str
-    command: str
-    frame: bytes
-
-    @classmethod
-    def of(cls, command: SignedCommand) -> Outgoing:
-        """The frame of ``command``: ``id``, ``event: kill-switch`` and the signed JSON."""
-        data = json.dumps(command.to_json(), separators=(",", ":"))
-        frame = f"id: {command.sequence}\nevent: kill-switch\ndata: {data}\n\n".encode()
-        return cls(command.sequence, command.command_id, command.command, frame)
-
-
-@dataclass(frozen=True, slots=True)
-class FleetOutgoing:
-    """One fleet command ready to send: its SSE frame (no ``id``: ``Last-Event-ID`` stays the agent's own
-    sequence), encoded once for every stream it reaches."""
-
-    command_id: str
-    command: str
-    frame: bytes
-
-    @classmethod
-    def of(cls, command: FleetCommand) -> FleetOutgoing:
-        """The frame of ``command``: ``event: kill-switch-fleet`` and the signed JSON."""
-        data = json.dumps(command.to_json(), separators=(",", ":"))
-        return cls(
-            command.command_id, command.command, f"event: kill-switch-fleet\ndata: {data}\n\n".encode()
-        )
-
-
-class _Signal:
-    """Queue items that are not commands."""
-
-
-CLOSE = _Signal()
-TICK = _Signal()
-Item = Outgoing | FleetOutgoing | _Signal
-
-
-class Connection:
-    """One open stream of one agent."""
-
-    __slots__ = ("agent_id", "ended", "overflowed", "queue", "sent", "tenant_id")
-
-    def __init__(self, agent_id: uuid.UUID, tenant_id: uuid.UUID, after: int) -> None:
-        self.agent_id = agent_id
-        self.tenant_id = tenant_id
-        #: The highest sequence this stream has sent (or the client said it has: ``Last-Event-ID``).
-        self.sent = after
-        self.overflowed = False
-        #: Ended by the server (superseded by a newer stream of the agent), whatever the queue holds.
-        self.ended = False
-        self.queue: asyncio.Queue[Item] = asyncio.Queue(QUEUE_SIZE)
-
-    def offer(self, item: Item) -> None:
-        """Queue ``item`` without waiting; a full queue ends the stream (the client reconnects)."""
-        try:
-            self.queue.put_nowait(item)
-        except asyncio.QueueFull:
-            self.overflowed = True
-
-    def end(self) -> None:
-        """Close the stream at its next step, even if its queue is full."""
-        self.ended = True
-        self.offer(CLOSE)
+#: Stream writes (or commands encoded) per turn of the event loop: a fan-out to many streams yields between
+#: slices, so no request waits behind it for long.
+SLICE = 500
 
 
 class Hub:
@@ -191,6 +130,11 @@ class Hub:
         self.fleet: FleetSync | None = None
         self._subscription: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # What is still to be sent, in order: a command (encoded when its turn comes) or an encoded item,
+        # with the streams it goes to.
+        self._fanout: deque[tuple[SignedCommand | Outgoing | FleetOutgoing, tuple[Connection, ...]]]
+        self._fanout = deque()
+        self._draining: asyncio.Task[None] | None = None
 
     # -- connections ------------------------------------------------------------------------------
 
@@ -205,7 +149,7 @@ class Hub:
         Past ``max_streams_per_agent`` the agent's oldest streams here are ended. Lineage fleet commands
         reach it once its ancestors are known (``set_ancestors``).
         """
-        connection = Connection(agent_id, tenant_id, after)
+        connection = Connection(agent_id, tenant_id, after, self)
         self._tenant_agents.setdefault(tenant_id, set()).add(agent_id)
         self._ancestors.setdefault(agent_id, ())
         conns = self._connections.setdefault(agent_id, {})
@@ -252,7 +196,12 @@ class Hub:
     # -- delivery ---------------------------------------------------------------------------------
 
     def dispatch(self, commands: Iterable[SignedCommand]) -> int:
-        """Queue ``commands`` on the local streams of their agents; returns how many streams got one."""
+        """Send ``commands`` to the local streams of their agents; returns how many streams get one.
+
+        Each command is encoded once for all of its agent's streams. The work goes through one queue, in
+        order, a slice per turn of the event loop: the first slice at once (a single agent's command
+        leaves without waiting), the rest in the background.
+        """
         reached = 0
         for command in commands:
             try:
@@ -261,30 +210,61 @@ class Hub:
                 continue
             if not conns:
                 continue
-            item = Outgoing.of(command)
-            for connection in list(conns):
-                connection.offer(item)
-                reached += 1
+            self._fanout.append((command, tuple(conns)))
+            reached += len(conns)
+        if reached:
+            self._drain()
         return reached
 
     def dispatch_fleet(self, command: FleetCommand) -> int:
-        """Queue the fleet command on every local stream its scope covers (serialised once); returns how
-        many streams got it."""
+        """Send the fleet command to every local stream its scope covers (encoded once, written in slices
+        as ``dispatch`` does); returns how many streams get it."""
         try:
             agents = self._tenant_agents.get(uuid.UUID(command.tenant_id))
         except ValueError:
             return 0
         if not agents:
             return 0
-        item = FleetOutgoing.of(command)
-        reached = 0
-        for agent_id in list(agents):
-            if not covers(command.scope, str(agent_id), self._ancestors.get(agent_id, ())):
-                continue
-            for connection in list(self._connections.get(agent_id, ())):
+        covered: list[Connection] = []
+        for agent_id in agents:
+            if covers(command.scope, str(agent_id), self._ancestors.get(agent_id, ())):
+                covered.extend(self._connections.get(agent_id, ()))
+        if covered:
+            self.fan_out(FleetOutgoing.of(command), covered)
+        return len(covered)
+
+    def fan_out(self, item: Outgoing | FleetOutgoing, connections: Iterable[Connection]) -> None:
+        """Send one encoded ``item`` to every stream in ``connections``, in slices as ``dispatch`` does."""
+        self._fanout.append((item, tuple(connections)))
+        self._drain()
+
+    @property
+    def fanning_out(self) -> bool:
+        """Whether some of a fan-out is still to be written."""
+        return bool(self._fanout)
+
+    def _drain(self) -> None:
+        """Send one slice of the pending fan-out; schedule the next turn if some is left."""
+        budget = SLICE
+        pending = self._fanout
+        while pending and budget > 0:
+            item, conns = pending.popleft()
+            if isinstance(item, SignedCommand):
+                item = Outgoing.of(item)
+                budget -= 1
+            if len(conns) > budget:
+                pending.appendleft((item, conns[budget:]))
+                conns = conns[:budget]
+            for connection in conns:
                 connection.offer(item)
-                reached += 1
-        return reached
+            budget -= len(conns)
+        if pending and (self._draining is None or self._draining.done()):
+            self._draining = asyncio.create_task(self._drain_later(), name="killswitch-fan-out")
+
+    async def _drain_later(self) -> None:
+        while self._fanout:
+            await asyncio.sleep(0)
+            self._drain()
 
     async def notify(
         self, session: AsyncSession, tenant_id: uuid.UUID, agent_ids: list[uuid.UUID], status: str
@@ -332,12 +312,14 @@ class Hub:
                 break
         found = 0
         for tenant, agents in by_tenant.items():
-            async with self.database.session() as session:
-                await set_tenant(session, tenant)
-                rows = await service.pending(session, tenant, agents)
-                commands = [service.signed(row) for row in rows]
-            found += len(commands)
-            self.dispatch(commands)
+            # A slice of agents per read: thousands of rows loaded at once would hold the event loop.
+            for start in range(0, len(agents), SLICE):
+                async with self.database.session() as session:
+                    await set_tenant(session, tenant)
+                    rows = await service.pending(session, tenant, agents[start : start + SLICE])
+                    commands = [service.signed(row) for row in rows]
+                found += len(commands)
+                self.dispatch(commands)
         return found
 
     def _receive(self, data: Any) -> None:
@@ -368,6 +350,9 @@ class Hub:
                     self._receive(parse(message.data))
             except Exception:
                 log.exception("killswitch_delivery_failed")
+            # A tenant-wide trigger arrives as many messages at once, and the subscription hands over
+            # those already queued without suspending: let the rest of the loop run between two.
+            await asyncio.sleep(0)
 
     async def _follow_notices(self) -> None:
         while True:
@@ -418,9 +403,14 @@ class Hub:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(self.keepalive_seconds)
+            written = 0
             for conns in list(self._connections.values()):
                 for connection in list(conns):
                     connection.offer(TICK)
+                written += len(conns)
+                if written >= SLICE:
+                    written = 0
+                    await asyncio.sleep(0)  # thousands of streams: a slice per turn of the loop
 
     async def _flush_loop(self) -> None:
         while True:
@@ -518,7 +508,7 @@ class Hub:
             await self.notices.stop()
         if self.fleet is not None:
             await self.fleet.stop()
-        await cancel(*self._tasks, *self._announcing)
+        await cancel(*self._tasks, *self._announcing, self._draining)
         with contextlib.suppress(Exception):
             await self.flush()
         if self._subscription is not None:
