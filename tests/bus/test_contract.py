@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from aigos.server.bus import Bus, BusUnavailable, MemoryBus, Message
+from aigos.server.bus import Bus, BusUnavailable, Hit, MemoryBus, Message
 from aigos.server.bus._subscription import DEFAULT_MAX_PENDING
 from tests.bus.helpers import eventually, next_message
 
@@ -296,6 +296,28 @@ async def test_limiter_handles_large_limits_exactly(bus: Bus) -> None:
     assert (big.allowed, big.remaining) == (True, 1)
     results = [await bus.limiter.hit("odd", limit=7, period_seconds=3) for _ in range(8)]
     assert [result.allowed for result in results] == [True] * 7 + [False]
+
+
+async def test_limiter_hits_in_order_and_stops_at_the_first_refusal(bus: Bus) -> None:
+    narrow, wide = Hit("narrow", 2, 60), Hit("wide", 10, 60)
+    for _ in range(2):
+        first, second = await bus.limiter.hit_in_order([narrow, wide])
+        assert (first.allowed, second.allowed) == (True, True)
+    (refused,) = await bus.limiter.hit_in_order([narrow, wide])
+    assert (refused.allowed, refused.limit) == (False, 2)
+    assert refused.retry_after > 0
+    # The refusal left the wider bucket untouched: two spent of ten.
+    peek = await bus.limiter.hit("wide", 10, 60, cost=0)
+    assert (peek.allowed, peek.remaining) == (True, 8)
+    assert await bus.limiter.hit_in_order([]) == []
+
+
+async def test_limiter_hits_in_order_agree_with_single_hits(bus: Bus) -> None:
+    together = await bus.limiter.hit_in_order([Hit("a", 7, 3), Hit("b", 1_000_000, 86_400, 999_999)])
+    assert [(r.allowed, r.limit, r.remaining) for r in together] == [(True, 7, 6), (True, 1_000_000, 1)]
+    assert (await bus.limiter.hit("a", 7, 3, cost=0)).remaining == 6
+    with pytest.raises(ValueError, match="exceeds limit"):
+        await bus.limiter.hit_in_order([Hit("c", 5, 1, 6)])
 
 
 async def test_limiter_rejects_impossible_requests(bus: Bus) -> None:

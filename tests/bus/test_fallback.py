@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from aigos.server.bus import FallbackRateLimiter, MemoryBus
+from aigos.server.bus import FallbackRateLimiter, Hit, MemoryBus
 from aigos.server.bus.redis import RedisBus
 from tests.bus.helpers import REDIS_URL, StallingProxy
 from tests.tcp_proxy import TcpProxy
@@ -94,3 +94,21 @@ async def test_a_stalled_redis_holds_up_one_request_at_once(make_redis_bus: Call
         assert all(result.allowed and result.limit == 10 for result in others)
         assert (await probe).allowed
         assert limiter.local_hits_total == 5
+
+
+async def test_hits_in_order_fall_back_to_divided_local_buckets(
+    proxy: TcpProxy, cut_off_bus: RedisBus
+) -> None:
+    limiter = FallbackRateLimiter(cut_off_bus.limiter, share=lambda: 2, retry_seconds=0)
+    shared = await limiter.hit_in_order([Hit("m", 4, 60), Hit("h", 40, 3600)])
+    assert [(result.allowed, result.limit) for result in shared] == [(True, 4), (True, 40)]
+
+    proxy.sever()
+    local = [await limiter.hit_in_order([Hit("m", 4, 60), Hit("h", 40, 3600)]) for _ in range(3)]
+    # Halves of 4 and 40; the third call stops at the spent narrow bucket, so five local hits in all.
+    assert [[(r.allowed, r.limit) for r in results] for results in local] == [
+        [(True, 2), (True, 20)],
+        [(True, 2), (True, 20)],
+        [(False, 2)],
+    ]
+    assert limiter.local_hits_total == 5

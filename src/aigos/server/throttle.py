@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from aigos.server.bus import RateLimiter
+from aigos.server.bus import Hit, RateLimiter
 from aigos.server.config import Settings
 
 
@@ -71,9 +71,10 @@ class Throttle:
 
     async def check(self, buckets: Iterable[Bucket], what: str) -> None:
         """Raise ``Throttled`` if any bucket has no allowance left; spends nothing."""
-        for bucket in buckets:
-            # A zero-cost hit reads the bucket without changing it.
-            result = await self._limiter.hit(bucket.key, bucket.limit, bucket.period, cost=0)
+        wanted = list(buckets)
+        # Zero-cost hits read the buckets without changing them, all in one round trip.
+        results = await self._limiter.hit_in_order([Hit(b.key, b.limit, b.period, 0) for b in wanted])
+        for bucket, result in zip(wanted, results, strict=False):
             if result.remaining < 1:
                 # One unit frees up once the bucket has drained to a period minus one emission interval.
                 wait = result.reset_after - bucket.period + bucket.period / bucket.limit

@@ -57,6 +57,16 @@ class RateLimitResult:
     retry_after: float
 
 
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One request of weight ``cost`` against the bucket ``key`` of ``limit`` per ``period_seconds``."""
+
+    key: str
+    limit: int
+    period_seconds: float
+    cost: int = 1
+
+
 class Subscription(ABC):
     """Messages published on some channels, from the moment the subscription is entered until it is closed.
 
@@ -169,6 +179,18 @@ class RateLimiter(ABC):
         A denied request consumes nothing. ``cost`` above ``limit`` could never be allowed and raises
         ``ValueError``, as do a non-positive ``limit`` or ``period_seconds``.
         """
+
+    async def hit_in_order(self, hits: Sequence[Hit]) -> list[RateLimitResult]:
+        """Account ``hits`` one after another, stopping at the first refused: the results up to and
+        including that one. Buckets after a refusal are left untouched, so a caller past a narrow limit does
+        not spend a wider one. Backends with round trips do it in one."""
+        results: list[RateLimitResult] = []
+        for one in hits:
+            result = await self.hit(one.key, one.limit, one.period_seconds, one.cost)
+            results.append(result)
+            if not result.allowed:
+                break
+        return results
 
 
 class Cache(ABC):

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import structlog
 
 from aigos.server.bus import gcra
-from aigos.server.bus.base import BusUnavailable, RateLimiter, RateLimitResult
+from aigos.server.bus.base import BusUnavailable, Hit, RateLimiter, RateLimitResult
 from aigos.server.bus.memory import MemoryRateLimiter
 
 log = structlog.get_logger("aigos.bus.fallback")
@@ -59,12 +59,18 @@ class FallbackRateLimiter(RateLimiter):
 
     async def hit(self, key: str, limit: int, period_seconds: float, cost: int = 1) -> RateLimitResult:
         """Account one request against ``key`` (see ``RateLimiter.hit``), locally while the bus is down."""
-        gcra.check_args(limit, period_seconds, cost)
+        (result,) = await self.hit_in_order([Hit(key, limit, period_seconds, cost)])
+        return result
+
+    async def hit_in_order(self, hits: Sequence[Hit]) -> list[RateLimitResult]:
+        """See ``RateLimiter.hit_in_order``; locally, limits divided by ``share``, while the bus is down."""
+        for one in hits:
+            gcra.check_args(one.limit, one.period_seconds, one.cost)
         if not self._degraded or (not self._probing and time.monotonic() >= self._shared_after):
             probe = self._degraded
             self._probing = self._probing or probe
             try:
-                result = await self.shared.hit(key, limit, period_seconds, cost)
+                results = await self.shared.hit_in_order(hits)
             except BusUnavailable as exc:
                 self._shared_after = time.monotonic() + self._retry_seconds
                 if not self._degraded:
@@ -74,14 +80,19 @@ class FallbackRateLimiter(RateLimiter):
                 if self._degraded:
                     self._degraded = False
                     log.warning("rate_limits_shared_again", local_hits=self.local_hits_total)
-                return result
+                return results
             finally:
                 if probe:
                     self._probing = False
-        self.local_hits_total += 1
-        local_limit = max(1, math.ceil(limit / self.share))
-        # A cost the divided limit can never allow is capped rather than refused forever.
-        return await self.local.hit(key, local_limit, period_seconds, min(cost, local_limit))
+        share = self.share
+        local: list[Hit] = []
+        for one in hits:
+            local_limit = max(1, math.ceil(one.limit / share))
+            # A cost the divided limit can never allow is capped rather than refused forever.
+            local.append(Hit(one.key, local_limit, one.period_seconds, min(one.cost, local_limit)))
+        results = await self.local.hit_in_order(local)
+        self.local_hits_total += len(results)
+        return results
 
     @property
     def share(self) -> int:

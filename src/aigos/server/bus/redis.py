@@ -33,6 +33,7 @@ from aigos.server.bus.base import (
     BusUnavailable,
     Cache,
     Counters,
+    Hit,
     Ledger,
     RateLimiter,
     RateLimitResult,
@@ -95,49 +96,59 @@ return {1, value}
 """
 
 # gcra.step in Lua; read that function for the reasoning. State: "tat frac scale".
-# ARGV: limit, period (time units), cost, scale (units per second).
-# Returns {allowed, remaining, reset_after, retry_after}, times in units.
+# One bucket per key, in order, stopping after the first refusal (later buckets are left untouched).
+# ARGV: per key, limit, period (time units), cost, scale (units per second).
+# Returns {allowed, remaining, reset_after, retry_after} per bucket judged, flattened, times in units.
 _GCRA: Final = """
-local limit = tonumber(ARGV[1])
-local period = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
-local scale = tonumber(ARGV[4])
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * scale + math.floor(tonumber(t[2]) * scale / 1000000)
-local tat, frac = now, 0
-local raw = redis.call('GET', KEYS[1])
-if raw then
-  local s_tat, s_frac, s_scale = string.match(raw, '^(%d+) (%d+) (%d+)$')
-  if s_tat then
-    tat, frac, s_scale = tonumber(s_tat), tonumber(s_frac), tonumber(s_scale)
-    if s_scale ~= scale then
-      -- stored with another time unit: convert, rounding towards "less capacity"
-      tat, frac = math.ceil(tat / s_scale * scale) + 1, 0
+local reply = {}
+for i = 1, #KEYS do
+  local a = (i - 1) * 4
+  local limit = tonumber(ARGV[a + 1])
+  local period = tonumber(ARGV[a + 2])
+  local cost = tonumber(ARGV[a + 3])
+  local scale = tonumber(ARGV[a + 4])
+  local now = tonumber(t[1]) * scale + math.floor(tonumber(t[2]) * scale / 1000000)
+  local tat, frac = now, 0
+  local raw = redis.call('GET', KEYS[i])
+  if raw then
+    local s_tat, s_frac, s_scale = string.match(raw, '^(%d+) (%d+) (%d+)$')
+    if s_tat then
+      tat, frac, s_scale = tonumber(s_tat), tonumber(s_frac), tonumber(s_scale)
+      if s_scale ~= scale then
+        -- stored with another time unit: convert, rounding towards "less capacity"
+        tat, frac = math.ceil(tat / s_scale * scale) + 1, 0
+      end
     end
   end
-end
-if frac >= limit then tat, frac = tat + 1, 0 end
-if tat < now then tat, frac = now, 0 end
-local total = frac + cost * period
-local new_tat = tat + math.floor(total / limit)
-local new_frac = total % limit
-local over = new_tat - period - now
-if over < 0 or (over == 0 and new_frac == 0) then
-  local reset = new_tat - now
-  if new_frac > 0 then reset = reset + 1 end
-  if cost > 0 then
-    local ttl = math.max(1, math.ceil(reset * 1000 / scale))
-    redis.call('SET', KEYS[1], string.format('%d %d %d', new_tat, new_frac, scale), 'PX', ttl)
+  if frac >= limit then tat, frac = tat + 1, 0 end
+  if tat < now then tat, frac = now, 0 end
+  local total = frac + cost * period
+  local new_tat = tat + math.floor(total / limit)
+  local new_frac = total % limit
+  local over = new_tat - period - now
+  if over < 0 or (over == 0 and new_frac == 0) then
+    local reset = new_tat - now
+    if new_frac > 0 then reset = reset + 1 end
+    if cost > 0 then
+      local ttl = math.max(1, math.ceil(reset * 1000 / scale))
+      redis.call('SET', KEYS[i], string.format('%d %d %d', new_tat, new_frac, scale), 'PX', ttl)
+    end
+    local remaining = math.floor(((now - new_tat + period) * limit - new_frac) / period)
+    for _, v in ipairs({1, math.max(0, math.min(limit, remaining)), reset, 0}) do reply[#reply + 1] = v end
+  else
+    local remaining = math.floor(((now - tat + period) * limit - frac) / period)
+    local reset = tat - now
+    if frac > 0 then reset = reset + 1 end
+    local retry = over
+    if new_frac > 0 then retry = retry + 1 end
+    for _, v in ipairs({0, math.max(0, math.min(cost - 1, remaining)), reset, retry}) do
+      reply[#reply + 1] = v
+    end
+    return reply
   end
-  local remaining = math.floor(((now - new_tat + period) * limit - new_frac) / period)
-  return {1, math.max(0, math.min(limit, remaining)), reset, 0}
 end
-local remaining = math.floor(((now - tat + period) * limit - frac) / period)
-local reset = tat - now
-if frac > 0 then reset = reset + 1 end
-local retry = over
-if new_frac > 0 then retry = retry + 1 end
-return {0, math.max(0, math.min(cost - 1, remaining)), reset, retry}
+return reply
 """
 
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
@@ -241,20 +252,33 @@ class RedisRateLimiter(RateLimiter):
 
     async def hit(self, key: str, limit: int, period_seconds: float, cost: int = 1) -> RateLimitResult:
         """Account one request of weight ``cost`` against ``key`` (see ``RateLimiter.hit``)."""
-        gcra.check_args(limit, period_seconds, cost)
-        scale = gcra.pick_scale(limit, period_seconds)
-        keys = [self._prefix + key]
-        args = [limit, gcra.period_units(period_seconds, scale), cost, scale]
-        allowed, remaining, reset_after, retry_after = await self._commands.run(
-            lambda: self._script(keys=keys, args=args)
-        )
-        return RateLimitResult(
-            allowed=bool(allowed),
-            limit=limit,
-            remaining=int(remaining),
-            reset_after=int(reset_after) / scale,
-            retry_after=int(retry_after) / scale,
-        )
+        (result,) = await self.hit_in_order([Hit(key, limit, period_seconds, cost)])
+        return result
+
+    async def hit_in_order(self, hits: Sequence[Hit]) -> list[RateLimitResult]:
+        """See ``RateLimiter.hit_in_order``: every bucket in one script, so one round trip."""
+        if not hits:
+            return []
+        keys: list[str] = []
+        args: list[int] = []
+        scales: list[int] = []
+        for one in hits:
+            gcra.check_args(one.limit, one.period_seconds, one.cost)
+            scale = gcra.pick_scale(one.limit, one.period_seconds)
+            keys.append(self._prefix + one.key)
+            args += [one.limit, gcra.period_units(one.period_seconds, scale), one.cost, scale]
+            scales.append(scale)
+        reply = await self._commands.run(lambda: self._script(keys=keys, args=args))
+        return [
+            RateLimitResult(
+                allowed=bool(reply[at]),
+                limit=one.limit,
+                remaining=int(reply[at + 1]),
+                reset_after=int(reply[at + 2]) / scale,
+                retry_after=int(reply[at + 3]) / scale,
+            )
+            for at, one, scale in zip(range(0, len(reply), 4), hits, scales, strict=False)
+        ]
 
 
 class RedisCache(Cache):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from aigos.server.bus import RateLimiter, RateLimitResult
+from aigos.server.bus import Hit, RateLimiter, RateLimitResult
 from aigos.server.config import Settings
 from aigos.server.errors import RateLimited
 from aigos.server.principal import Principal
@@ -28,25 +28,24 @@ async def enforce(limiter: RateLimiter, settings: Settings, principal: Principal
         return {}
     plan = plan_of(principal.plan_tier)
     key, tenant = f"rl:key:{principal.api_key_id}", f"rl:tenant:{principal.tenant_id}"
-    # Narrowest first, one at a time, stopping at the first refusal: a key hammering past its own limit
-    # must not spend its hourly allowance, nor the tenant's budget that the tenant's other keys share.
-    limits = (
-        (key + ":m", principal.rate_limit_rpm or settings.default_rate_limit_rpm, MINUTE),
-        (key + ":h", principal.rate_limit_rph or settings.default_rate_limit_rph, HOUR),
-        (tenant + ":m", plan.tenant_rpm, MINUTE),
-        (tenant + ":h", plan.tenant_rph, HOUR),
+    # Narrowest first, stopping at the first refusal: a key hammering past its own limit must not spend
+    # its hourly allowance, nor the tenant's budget that the tenant's other keys share.
+    results = await limiter.hit_in_order(
+        [
+            Hit(key + ":m", principal.rate_limit_rpm or settings.default_rate_limit_rpm, MINUTE),
+            Hit(key + ":h", principal.rate_limit_rph or settings.default_rate_limit_rph, HOUR),
+            Hit(tenant + ":m", plan.tenant_rpm, MINUTE),
+            Hit(tenant + ":h", plan.tenant_rph, HOUR),
+        ]
     )
-    results: list[RateLimitResult] = []
-    for name, limit, period in limits:
-        result = await limiter.hit(name, limit, period)
-        if not result.allowed:
-            headers = headers_for(result)
-            headers["Retry-After"] = str(max(1, math.ceil(result.retry_after)))
-            raise RateLimited(
-                f"Rate limit of {result.limit} requests exceeded; retry in {headers['Retry-After']} s.",
-                headers=headers,
-            )
-        results.append(result)
+    refused = results[-1]
+    if not refused.allowed:
+        headers = headers_for(refused)
+        headers["Retry-After"] = str(max(1, math.ceil(refused.retry_after)))
+        raise RateLimited(
+            f"Rate limit of {refused.limit} requests exceeded; retry in {headers['Retry-After']} s.",
+            headers=headers,
+        )
     return headers_for(min(results, key=lambda result: result.remaining / result.limit))
 
 
