@@ -150,6 +150,13 @@ async def test_a_lineage_halt_covers_the_root_and_its_descendants_only(live: Liv
         paused = await live.trigger(owner, agent=root, command="PAUSE", reason="rogue branch")
         assert paused.status_code == 201, paused.text
         assert paused.json()["scope"] == {"kind": "lineage", "root_agent_id": root["agent_id"]}
+        # Another tenant's key does not find it (the isolation suite lists the route; this is its real id).
+        stranger = await live.tenant()
+        foreign = await live.http.get(
+            f"/v1/kill-switch/fleet-commands/{paused.json()['command_id']}", headers=stranger.headers
+        )
+        assert foreign.status_code == 404, foreign.text
+        assert root["agent_id"] not in foreign.text
         for agent in (root, child, grandchild):
             assert (await check(live, agent))["code"] == "PAUSED"
         assert (await check(live, other))["code"] != "PAUSED"

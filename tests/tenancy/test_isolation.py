@@ -41,6 +41,8 @@ CROSS_TENANT_CALLS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/v1/agents/{key}/oasf", None),
     # B's command ids are not known here; tests/killswitch/test_api.py repeats it with B's real command id.
     ("GET", "/v1/kill-switch/commands/{key}", None),
+    # Likewise for fleet commands: tests/killswitch/test_fleet.py repeats it with B's real fleet command id.
+    ("GET", "/v1/kill-switch/fleet-commands/{key}", None),
     ("GET", "/v1/policies/{policy}", None),
     ("PUT", "/v1/policies/{policy}", {"name": "pwned"}),
     ("DELETE", "/v1/policies/{policy}", None),
