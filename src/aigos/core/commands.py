@@ -59,6 +59,11 @@ def format_time(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _as_text(moment: datetime | str) -> str:
+    # A signer may pass a time already in its signed form (rebuilt from storage) or as a datetime.
+    return moment if isinstance(moment, str) else format_time(moment)
+
+
 def parse_time(text: str) -> datetime:
     """The inverse of ``format_time`` (any ISO-8601 with an offset is accepted)."""
     moment = datetime.fromisoformat(text)
@@ -145,8 +150,8 @@ def sign_command(
         agent_id=agent_id,
         command=command,
         reason=reason,
-        issued_at=issued_at if isinstance(issued_at, str) else format_time(issued_at),
-        expires_at=expires_at if isinstance(expires_at, str) else format_time(expires_at),
+        issued_at=_as_text(issued_at),
+        expires_at=_as_text(expires_at),
         nonce=nonce,
         sequence=sequence,
         key_id=signer.key_id,
@@ -400,8 +405,8 @@ def sign_fleet_command(
         scope=_scope_of(scope),
         command=command,
         reason=reason,
-        issued_at=issued_at if isinstance(issued_at, str) else format_time(issued_at),
-        expires_at=expires_at if isinstance(expires_at, str) else format_time(expires_at),
+        issued_at=_as_text(issued_at),
+        expires_at=_as_text(expires_at),
         nonce=nonce,
         sequence=sequence,
         key_id=signer.key_id,

@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from aigos.core.agents import AgentStatus
 from aigos.core.commands import (
     ACK_OUTCOMES,
+    ALG,
     LINEAGE_SCOPE,
     TENANT_SCOPE,
     FleetCommand,
@@ -81,7 +82,7 @@ def signed(row: FleetRow) -> FleetCommand:
         nonce=row.nonce,
         sequence=row.sequence,
         key_id=row.key_id,
-        alg="Ed25519",
+        alg=ALG,
         signature=row.signature,
     )
 

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigos.core.commands import (
     ACK_OUTCOMES,
+    ALG,
     SignedCommand,
     StreamAnchor,
     format_time,
@@ -70,7 +71,7 @@ def signed(row: KillSwitchCommand) -> SignedCommand:
         nonce=row.nonce,
         sequence=row.sequence,
         key_id=row.key_id,
-        alg="Ed25519",
+        alg=ALG,
         signature=row.signature,
     )
 
