@@ -16,5 +16,6 @@ from fastapi import APIRouter
 from aigos.server.identity.oauth_api import introspection, metadata, revocation, token
 
 router = APIRouter()
+# The endpoints' routes as built (``include_router`` would wrap them, re-analysed once per application).
 for _module in (token, introspection, revocation, metadata):
-    router.include_router(_module.router)
+    router.routes.extend(_module.router.routes)
