@@ -88,6 +88,9 @@ class BatchWriter:
         #: Since when (monotonic) every flush failed, and with what; None while appends succeed.
         self.failing_since: float | None = None
         self.last_error: str | None = None
+        #: One flush at a time: a flush that found the queue empty while another's batch was still being
+        #: appended would return before that batch is durable.
+        self._flushing = asyncio.Lock()
 
     async def append_now(self, event: NewEvent) -> dict[str, Any]:
         """Append one event in a transaction of its own, durable when this returns; returns its entry."""
@@ -101,6 +104,10 @@ class BatchWriter:
         Returns once what it appended is durable. Raises when the database cannot be reached; what was not
         durably appended stays queued, in order.
         """
+        async with self._flushing:
+            return await self._flush(everything)
+
+    async def _flush(self, everything: bool) -> int:
         written = 0
         # Only what is queued now: events arriving meanwhile wait for the next tick, so steady traffic is
         # written in full batches rather than one tiny transaction after another.
