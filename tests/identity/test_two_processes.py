@@ -22,8 +22,10 @@ def heartbeat(server: ServerProcess, agent: dict[str, Any], token: str) -> httpx
     return httpx.post(f"{server.base_url}/v1/agents/{agent['agent_id']}/heartbeat", headers=bearer(token))
 
 
-def test_tokens_and_their_revocation_are_shared(processes: tuple[ServerProcess, ServerProcess]) -> None:
-    one, two = processes
+def test_tokens_and_their_revocation_are_shared(
+    shared_processes: tuple[ServerProcess, ServerProcess],
+) -> None:
+    one, two = shared_processes
     _, agent = setup_agent(one)
     token = token_from(one, agent)
     # Issued by one process, accepted by the other (and by itself).
@@ -53,8 +55,10 @@ def test_tokens_and_their_revocation_are_shared(processes: tuple[ServerProcess, 
     assert heartbeat(two, agent, fresh).status_code == 200
 
 
-def test_suspension_and_reactivation_are_shared(processes: tuple[ServerProcess, ServerProcess]) -> None:
-    one, two = processes
+def test_suspension_and_reactivation_are_shared(
+    shared_processes: tuple[ServerProcess, ServerProcess],
+) -> None:
+    one, two = shared_processes
     owner, agent = setup_agent(one)
     token = token_from(two, agent)
     assert heartbeat(two, agent, token).status_code == 200
@@ -93,8 +97,8 @@ def test_suspension_and_reactivation_are_shared(processes: tuple[ServerProcess, 
         assert heartbeat(server, agent, token).status_code == 200, server.base_url
 
 
-def test_deregistration_is_shared(processes: tuple[ServerProcess, ServerProcess]) -> None:
-    one, two = processes
+def test_deregistration_is_shared(shared_processes: tuple[ServerProcess, ServerProcess]) -> None:
+    one, two = shared_processes
     owner, agent = setup_agent(two)
     token = token_from(one, agent)
     assert heartbeat(two, agent, token).status_code == 200
@@ -109,10 +113,10 @@ def test_deregistration_is_shared(processes: tuple[ServerProcess, ServerProcess]
 
 
 def test_cached_clients_follow_changes_made_on_the_other_process(
-    processes: tuple[ServerProcess, ServerProcess],
+    shared_processes: tuple[ServerProcess, ServerProcess],
 ) -> None:
     """The token endpoint caches authenticated clients; a change on one replica clears them on all."""
-    one, two = processes
+    one, two = shared_processes
     owner, agent = setup_agent(one)
     token_from(two, agent)  # process 2 now has the client cached
     changed = httpx.patch(
