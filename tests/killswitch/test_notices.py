@@ -3,6 +3,7 @@ connection (catching up after each reconnection), and the listeners counted as t
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 
@@ -50,6 +51,22 @@ def test_a_notice_names_its_agents_while_they_fit_and_the_whole_tenant_past_that
     assert (decoded.tenant_id, decoded.agent_ids, decoded.status) == (tenant, None, "paused")
     for garbage in ("", "[]", '{"o": "x"}', '{"o": "x", "t": "not-a-uuid"}'):
         assert Notice.decode(garbage) is None
+
+
+def test_a_notice_carries_its_commands_while_they_fit_then_only_the_agents() -> None:
+    tenant, agent = uuid.uuid4(), uuid.uuid4()
+    command = {"command_id": str(uuid.uuid4()), "agent_id": str(agent), "signature": "s" * 200}
+    one = Notice("me", tenant, (agent,), "terminated", 1.5, commands=(command,))
+    assert Notice.decode(one.encode()) == one
+    agents = tuple(uuid.uuid4() for _ in range(40))
+    too_many = Notice("me", tenant, agents, "paused", 2.0, commands=(command,) * 40)
+    payload = too_many.encode()
+    assert len(payload) <= MAX_PAYLOAD
+    decoded = Notice.decode(payload)
+    assert decoded is not None
+    # The receiver reads the commands from the database instead.
+    assert (decoded.agent_ids, decoded.commands) == (agents, None)
+    assert Notice.decode(json.dumps({"o": "x", "t": str(tenant), "a": [], "c": [1]})) is None
 
 
 async def test_heard_at_commit_never_for_a_rollback(database: Database, pg_database: str) -> None:

@@ -267,12 +267,19 @@ class Hub:
             self._drain()
 
     async def notify(
-        self, session: AsyncSession, tenant_id: uuid.UUID, agent_ids: list[uuid.UUID], status: str
+        self,
+        session: AsyncSession,
+        tenant_id: uuid.UUID,
+        agent_ids: list[uuid.UUID],
+        status: str,
+        commands: Iterable[SignedCommand] = (),
     ) -> None:
         """Tell the other replicas through PostgreSQL, at ``session``'s commit, that these agents have new
-        commands and ``status`` (before committing a trigger; nothing happens on SQLite)."""
+        ``commands`` (carried in the notice while they fit) and ``status`` (before committing a trigger;
+        nothing happens on SQLite)."""
         if agent_ids:
-            await notices.send(session, self.origin, tenant_id, agent_ids, status)
+            carried = [command.to_json() for command in commands] or None
+            await notices.send(session, self.origin, tenant_id, agent_ids, status, carried)
 
     async def publish(self, commands: list[SignedCommand]) -> None:
         """Deliver committed commands here at once, and to every other replica through the bus.
@@ -387,6 +394,10 @@ class Hub:
                 agents = [str(agent_id) for agent_id in notice.agent_ids]
                 message = {"type": "statuses", "agent_ids": agents, "status": notice.status, "at": notice.at}
                 await self.identity.receive(message)
+            if notice.commands is not None:
+                # Carried in the notice: to the streams at once, no database read.
+                self._receive({"commands": list(notice.commands)})
+                continue
             if notice.tenant_id in wanted:
                 earlier = wanted[notice.tenant_id]
                 if earlier is not None:  # else the whole tenant is caught up anyway

@@ -7,12 +7,14 @@ replica was not listening are gone, so after every (re)connection the replica ca
 database, as it does after a bus ``resync``.
 
 A notice names the tenant, the agents (while they fit PostgreSQL's payload limit; else the whole tenant)
-and their new status. The receiver reads those agents' undelivered commands if it holds any of their
-streams, and applies the status to its identity state: the bus announcement of that status may have been
-lost with the triggering replica's Redis connection while the receiver's is fine.
+and their new status, and carries the signed commands themselves while they fit too (a single agent's
+trigger always does). The receiver hands carried commands to its streams at once; otherwise it reads the
+named agents' undelivered commands if it holds any of their streams. It applies the status to its identity
+state: the bus announcement of that status may have been lost with the triggering replica's Redis
+connection while the receiver's is fine.
 
-Redis carries the same commands faster (the signed commands travel in the message, no database read);
-this path is what makes stopping an agent independent of Redis. Both arrive; duplicates are harmless,
+Redis carries the same commands (the signed commands travel in the message, no database read); this path
+is what makes stopping an agent independent of Redis. Both arrive; duplicates are harmless,
 since a stream sends each sequence once. Triggers are rare, so a ``NOTIFY`` for each costs nothing that
 matters, and sending it always (rather than only when the bus publish failed) also covers the replicas
 that lost Redis while the triggering one did not.
@@ -62,16 +64,25 @@ class Notice:
     at: float
     #: A fleet command committed or bookkept: receivers read it and apply it (the other fields aside).
     fleet_id: uuid.UUID | None = None
+    #: The signed commands (``SignedCommand.to_json``) when they fit; None: read them from the database.
+    commands: tuple[dict[str, Any], ...] | None = None
 
     def encode(self) -> str:
-        """The payload, within PostgreSQL's limit (the agents are left out if they do not fit)."""
+        """The payload, within PostgreSQL's limit: the commands are left out if they do not fit, then the
+        agents."""
         body: dict[str, Any] = {"o": self.origin, "t": str(self.tenant_id), "s": self.status, "at": self.at}
         if self.fleet_id is not None:
             body["f"] = str(self.fleet_id)
         if self.agent_ids is not None:
-            payload = json.dumps({**body, "a": [str(agent_id) for agent_id in self.agent_ids]})
+            body["a"] = [str(agent_id) for agent_id in self.agent_ids]
+            if self.commands is not None:
+                payload = json.dumps({**body, "c": list(self.commands)})
+                if len(payload) <= MAX_PAYLOAD:
+                    return payload
+            payload = json.dumps(body)
             if len(payload) <= MAX_PAYLOAD:
                 return payload
+            del body["a"]
         return json.dumps(body)
 
     @classmethod
@@ -80,6 +91,11 @@ class Notice:
         try:
             body = json.loads(payload)
             agents = body.get("a")
+            commands = body.get("c")
+            if commands is not None and not (
+                isinstance(commands, list) and all(isinstance(command, dict) for command in commands)
+            ):
+                return None
             return cls(
                 origin=str(body["o"]),
                 tenant_id=uuid.UUID(str(body["t"])),
@@ -87,18 +103,25 @@ class Notice:
                 status=None if body.get("s") is None else str(body["s"]),
                 at=float(body.get("at") or 0.0),
                 fleet_id=None if body.get("f") is None else uuid.UUID(str(body["f"])),
+                commands=None if commands is None else tuple(commands),
             )
         except (ValueError, TypeError, KeyError, AttributeError):
             return None
 
 
 async def send(
-    session: AsyncSession, origin: str, tenant_id: uuid.UUID, agent_ids: Iterable[uuid.UUID], status: str
+    session: AsyncSession,
+    origin: str,
+    tenant_id: uuid.UUID,
+    agent_ids: Iterable[uuid.UUID],
+    status: str,
+    commands: Iterable[dict[str, Any]] | None = None,
 ) -> None:
     """Queue a notice in ``session``'s transaction, delivered at its commit (PostgreSQL only)."""
     if session.bind is None or session.bind.dialect.name != "postgresql":
         return
-    notice = Notice(origin, tenant_id, tuple(agent_ids), status, time.time())
+    carried = None if commands is None else tuple(commands)
+    notice = Notice(origin, tenant_id, tuple(agent_ids), status, time.time(), commands=carried)
     await session.execute(_NOTIFY, {"channel": CHANNEL, "payload": notice.encode()})
 
 

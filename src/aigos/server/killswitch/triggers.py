@@ -77,7 +77,8 @@ async def trigger(
         session, principal, hub.signer, spec, events=events, identity=identity, settings=settings
     )
     target, _ = fleet.TARGETS[spec.command]
-    await hub.notify(session, tenant_id, [row.agent_id for row in result.rows], target.value)
+    commands = result.commands
+    await hub.notify(session, tenant_id, [row.agent_id for row in result.rows], target.value, commands)
     # Committed: now every replica may deliver.
-    after_commit(session, partial(hub.publish, result.commands))
+    after_commit(session, partial(hub.publish, commands))
     return result
