@@ -19,6 +19,8 @@ from tests.fault_load import LOAD_ENV, Tally, agent_names, enterprise_tenant, re
 from tests.server_process import ServerProcess
 from tests.tcp_proxy import TcpProxy
 
+pytestmark = pytest.mark.slow
+
 SHED = {"DATABASE_UNAVAILABLE", "DATABASE_BUSY", "DEADLINE_EXCEEDED", "OVERLOADED", "OUTCOME_UNKNOWN"}
 DEADLINE_SECONDS = 2.0
 #: Room past the deadline for what is never cut short: a commit under way (a round trip or two).

@@ -19,6 +19,8 @@ import pytest
 from tests.fault_load import LOAD_ENV, Tally, enterprise_tenant, missing_agents, register_agents
 from tests.server_process import ServerProcess
 
+pytestmark = pytest.mark.slow
+
 DISK_SIZE = "24m"
 SHED = {"STORAGE_FULL", "OVERLOADED", "DEADLINE_EXCEEDED", "DATABASE_BUSY"}
 

@@ -16,6 +16,8 @@ import pytest
 
 from tests.server_process import ServerProcess
 
+pytestmark = pytest.mark.slow
+
 TOKEN = re.compile(r"aigos_pat_[A-Za-z0-9_\-]{40,}")
 
 
