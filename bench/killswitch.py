@@ -72,7 +72,7 @@ TARGETS = {
     "tenant_wide_trigger_ms": 50.0,
     "tenant_wide_receipt_p99_ms": 100.0,
     "single_receipt_p99_ms": 50.0,
-    "deny_within_ms": 1000.0,
+    "deny_within_ms": 100.0,  # checks deny on every replica within 100 ms
     "rss_kb_per_stream": 20.0,
     "loop_pause_ms": 50.0,
 }
