@@ -247,8 +247,13 @@ def admin_headers() -> dict[str, str]:
 @pytest.fixture
 def replica_env(pg_database: str, redis_prefix: str) -> dict[str, str]:
     """Environment for ``aigos serve`` processes that behave as replicas: one database, one Redis."""
+    return replica_environment(pg_database, redis_prefix)
+
+
+def replica_environment(database: str, redis_prefix: str) -> dict[str, str]:
+    """``replica_env`` for a given database and Redis prefix."""
     return {
-        "AIGOS_DATABASE_URL": pg_url(pg_database),
+        "AIGOS_DATABASE_URL": pg_url(database),
         "AIGOS_REDIS_URL": REDIS_URL,
         "AIGOS_REDIS_PREFIX": redis_prefix,
         "AIGOS_SECRET_KEY": SECRET_KEY,
@@ -297,14 +302,7 @@ def shared_processes(
     database = f"aigos_t_{uuid.uuid4().hex[:12]}"
     asyncio.run(_admin(f'CREATE DATABASE "{database}" TEMPLATE "{pg_template}"'))
     prefix = f"aigostest:{uuid.uuid4().hex}:"
-    env = {
-        "AIGOS_DATABASE_URL": pg_url(database),
-        "AIGOS_REDIS_URL": REDIS_URL,
-        "AIGOS_REDIS_PREFIX": prefix,
-        "AIGOS_SECRET_KEY": SECRET_KEY,
-        "AIGOS_BOOTSTRAP_ADMIN_TOKEN": ADMIN_TOKEN,
-        "AIGOS_ISSUER": "https://aigos.example.com",
-    }
+    env = replica_environment(database, prefix)
     workdir = tmp_path_factory.mktemp("shared-processes")
     try:
         with ServerProcess(workdir / "one", env) as one, ServerProcess(workdir / "two", env) as two:
