@@ -392,7 +392,8 @@ async def run(a: ServerProcess, b: ServerProcess, admin_token: str, count: int, 
             )
             answered = time.perf_counter()
             trigger_times.append(answered - sent)
-            response.raise_for_status()
+            if response.is_error:
+                raise RuntimeError(f"single-agent RESUME: {response.status_code} {response.text}")
             await asyncio.wait_for(waiter, 10)
             single.append(stream.received[-1] - sent)
             after_answer.append(stream.received[-1] - answered)
@@ -438,6 +439,11 @@ def bench(count: int, sample: int, workdir: Path) -> Report:
             b.start()
             try:
                 return asyncio.run(run(a, b, admin_token, count, sample))
+            except Exception:
+                # Why a request failed is in the answer and the servers' logs, both gone once this returns.
+                for server in (a, b):
+                    print(f"--- {server.name}: last lines\n{server.output_tail()}", file=sys.stderr)
+                raise
             finally:
                 b.kill()
         finally:

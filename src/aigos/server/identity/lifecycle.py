@@ -22,6 +22,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from aigos.core.agents import AgentStatus, can_transition
 from aigos.server.audit.events import by
 from aigos.server.audit.log import EventLog
+from aigos.server.db.batches import batches
 from aigos.server.db.commit_hooks import after_commit
 from aigos.server.db.types import utcnow
 from aigos.server.errors import Conflict
@@ -90,29 +91,30 @@ async def change_statuses(
         recorded.append(by(principal, event_type, data, agent_id=str(agent.id)))
     # One statement for all of them; the loaded objects are told the new values without becoming dirty
     # (the ORM would otherwise flush one UPDATE per agent).
-    await session.execute(
-        update(Agent)
-        .where(Agent.tenant_id == tenant_id, Agent.id.in_([agent.id for agent in moved]))
-        .values(status=target.value, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
+    ids = [agent.id for agent in moved]
+    for batch in batches(ids, parameters_each=1):
+        await session.execute(
+            update(Agent)
+            .where(Agent.tenant_id == tenant_id, Agent.id.in_(batch))
+            .values(status=target.value, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if target is AgentStatus.TERMINATED:
+            await session.execute(
+                update(AgentCredential)
+                .where(
+                    AgentCredential.tenant_id == tenant_id,
+                    AgentCredential.agent_id.in_(batch),
+                    AgentCredential.revoked_at.is_(None),
+                )
+                .values(revoked_at=now)
+                .execution_options(synchronize_session=False)
+            )
     for agent in moved:
         set_committed_value(agent, "status", target.value)
         set_committed_value(agent, "updated_at", now)
-    if target is AgentStatus.TERMINATED:
-        await session.execute(
-            update(AgentCredential)
-            .where(
-                AgentCredential.tenant_id == tenant_id,
-                AgentCredential.agent_id.in_([agent.id for agent in moved]),
-                AgentCredential.revoked_at.is_(None),
-            )
-            .values(revoked_at=now)
-            .execution_options(synchronize_session=False)
-        )
     # One append for all of them: durable with the caller's transaction, as EventLog.record is.
     await events.record_many(tenant_id, recorded, session)
-    ids = [agent.id for agent in moved]
     if target is not AgentStatus.ACTIVE:
         # This replica refuses at once, before the commit: a commit that then fails errs on the safe side.
         identity.restrict(ids, target.value)

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigos.core.agents import AgentStatus
+from aigos.server.db.batches import batches
 from aigos.server.errors import NotFound
 from aigos.server.identity.models import Agent
 
@@ -42,7 +43,11 @@ async def lock_lineage(
     level = [roots[0].id]
     # Lineage depth is bounded by the settings, so this takes at most that many rounds.
     for _ in range(max_depth + 1 if cascade else 0):
-        children = await _locked(session, tenant_id, Agent.parent_id.in_(level))
+        children = [
+            child
+            for batch in batches(level, parameters_each=1)
+            for child in await _locked(session, tenant_id, Agent.parent_id.in_(batch))
+        ]
         if not children:
             break
         found.extend(sorted(children, key=lambda a: (a.created_at, str(a.id))))

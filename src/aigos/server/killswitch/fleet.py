@@ -49,6 +49,7 @@ from aigos.core.commands import (
 from aigos.core.signing import Signer
 from aigos.server.audit.events import NewEvent, by, current_request_id
 from aigos.server.audit.log import EventLog
+from aigos.server.db.batches import batches
 from aigos.server.db.paging import paged
 from aigos.server.db.types import utcnow
 from aigos.server.errors import Conflict, NotFound
@@ -315,7 +316,7 @@ async def bookkeep(
     except NotFound:
         # The root was deleted since: nobody left to move.
         reached, skipped = [], 0
-    if reached:
+    for batch in batches(reached, parameters_each=4):
         await session.execute(
             _insert(session)
             .values(
@@ -326,7 +327,7 @@ async def bookkeep(
                         "tenant_id": row.tenant_id,
                         "status": "pending",
                     }
-                    for agent_id in reached
+                    for agent_id in batch
                 ]
             )
             .on_conflict_do_nothing(index_elements=["fleet_command_id", "agent_id"])
@@ -353,26 +354,25 @@ async def record_deliveries(
     session: AsyncSession, tenant_id: uuid.UUID, delivered: list[tuple[uuid.UUID, uuid.UUID, datetime]]
 ) -> None:
     """Mark ``(fleet command, agent, when)`` delivered (the rows are created if the bookkeeping has not)."""
-    if not delivered:
-        return
-    stmt = _insert(session).values(
-        [
-            {
-                "fleet_command_id": fleet_id,
-                "agent_id": agent_id,
-                "tenant_id": tenant_id,
-                "status": "delivered",
-                "delivered_at": at,
-            }
-            for fleet_id, agent_id, at in delivered
-        ]
-    )
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["fleet_command_id", "agent_id"],
-        set_={"status": "delivered", "delivered_at": stmt.excluded.delivered_at},
-        where=FleetDelivery.status == "pending",
-    )
-    await session.execute(stmt)
+    for batch in batches(delivered, parameters_each=5):
+        stmt = _insert(session).values(
+            [
+                {
+                    "fleet_command_id": fleet_id,
+                    "agent_id": agent_id,
+                    "tenant_id": tenant_id,
+                    "status": "delivered",
+                    "delivered_at": at,
+                }
+                for fleet_id, agent_id, at in batch
+            ]
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["fleet_command_id", "agent_id"],
+            set_={"status": "delivered", "delivered_at": stmt.excluded.delivered_at},
+            where=FleetDelivery.status == "pending",
+        )
+        await session.execute(stmt)
 
 
 async def get(session: AsyncSession, tenant_id: uuid.UUID, command_id: uuid.UUID) -> FleetRow | None:
