@@ -19,7 +19,8 @@ For each N (default 100 and 1,000; ``--agents 10000`` for a fleet):
   on each replica; then the time until the fleet command's background bookkeeping (every agent's status)
   is done;
 - each server's longest event-loop pause during the fan-out (``aigos_event_loop_lag_max_seconds`` from
-  ``/metrics``, read just before the trigger and once every stream has its command);
+  ``/metrics``, the longest of the last few seconds: read once every stream has its command, after a quiet
+  wait before the trigger);
 - tenant-wide RESUME on A (a fleet halt is lifted only by a fleet RESUME; a single agent's RESUME under it
   is refused, 409 ``FLEET_HALT_ACTIVE``): trigger-to-receipt as above;
 - single agent: with all N streams still open, one RESUME at a time for a sample of agents streaming from
@@ -71,12 +72,17 @@ OPEN_CONCURRENCY = 100
 TARGETS = {
     "tenant_wide_trigger_ms": 50.0,
     "tenant_wide_receipt_p99_ms": 100.0,
+    # The issue's figure for 10,000 agents and more.
+    "tenant_wide_receipt_p99_ms_10k": 500.0,
     "single_receipt_p99_ms": 50.0,
     "deny_within_ms": 100.0,  # checks deny on every replica within 100 ms
     "rss_kb_per_stream": 20.0,
     "loop_pause_ms": 50.0,
 }
 LOOP_LAG = re.compile(rb"^aigos_event_loop_lag_max_seconds ([0-9.e+-]+)$", re.MULTILINE)
+#: The servers' gauge is the longest pause over their last few one-second samples: waiting this long
+#: before a phase keeps the set-up's pauses out of the phase's figure.
+LAG_WINDOW_SECONDS = 6.0
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -253,7 +259,7 @@ async def until_denied(http: httpx.AsyncClient, token: str, sent: float, within:
 
 
 async def loop_pause(http: httpx.AsyncClient) -> float:
-    """The server's longest event-loop pause (ms) since the previous scrape (which this one resets)."""
+    """The server's longest event-loop pause (ms) over its last few one-second samples."""
     response = await http.get("/metrics")
     found = LOOP_LAG.search(response.content)
     return round(float(found.group(1)) * 1000, 2) if found else float("nan")
@@ -321,7 +327,7 @@ async def run(a: ServerProcess, b: ServerProcess, admin_token: str, count: int, 
         paused_token = agents[-1]["identity_token"]
         # Warm: the agent's first check on a replica loads the tenant's policies and its attributes.
         await asyncio.gather(policy_check(http_a, paused_token), policy_check(http_b, paused_token))
-        await asyncio.gather(loop_pause(http_a), loop_pause(http_b))  # resets both gauges
+        await asyncio.sleep(LAG_WINDOW_SECONDS)
         sent = time.perf_counter()
         trigger = asyncio.create_task(
             http_a.post(
@@ -468,11 +474,14 @@ def figures(report: Report) -> list[str]:
         "tenant-wide trigger:      "
         + _vs(report.tenant_wide_trigger_ms, TARGETS["tenant_wide_trigger_ms"], "ms"),
     ]
+    receipt_target = TARGETS[
+        "tenant_wide_receipt_p99_ms_10k" if report.agents >= 10_000 else "tenant_wide_receipt_p99_ms"
+    ]
     for name in ("A (local)", "B (other replica)"):
         stats = receipt.get(name, {})
         lines.append(
             f"receipt {name:18s} p50 {stats.get('p50_ms')} ms, max {stats.get('max_ms')} ms, p99 "
-            + _vs(stats.get("p99_ms"), TARGETS["tenant_wide_receipt_p99_ms"], "ms")
+            + _vs(stats.get("p99_ms"), receipt_target, "ms")
         )
     lines.append(f"streams without receipt:  {report.tenant_wide_missing}")
     lines.append(f"fleet bookkeeping done:   {report.bookkeeping_done_ms} ms after the trigger")

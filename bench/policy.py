@@ -69,6 +69,7 @@ if __name__ == "__main__":
     sys.path.insert(0, str(_BENCH_DIR.parent))
 
 import argparse
+import contextlib
 import cProfile
 import dataclasses
 import gc
@@ -132,6 +133,8 @@ SOAK_CONCURRENCY = 32
 DEFAULT_SOAK_SECONDS = 30.0
 DEFAULT_SOAK_INTERVAL = 10.0
 SEED = 20240601
+#: The label of the check timed on a server with metrics off.
+METRICS_OFF = "check, metrics off"
 TARGETS = {
     "inprocess_p99_us": 10.0,
     "http_p99_ms": 1.0,
@@ -139,6 +142,9 @@ TARGETS = {
     "http_max_ms": 10.0,
     "checks_per_second": 5_000.0,
     "per_second_over_floor": 0.6,
+    # What recording metrics may cost the check (#16), measured against a server with them off.
+    "metrics_per_second_ratio": 0.97,
+    "metrics_p99_added_us": 30.0,
     "worker_rss_mb": 150.0,
     # "Flat": a worker that grew this fast for a day would hold 0.7 GB more.
     "rss_slope_mb_per_minute": 0.5,
@@ -1017,7 +1023,14 @@ def run_http(workload: Workload, runner: LoadRunner, args: argparse.Namespace) -
         }
         server = aigos_server(Path(tmp) / "aigos", env, name="pg-2w", workers=HTTP_WORKERS)
         floor = floor_server(Path(tmp) / "floor", env, name="floor-2w", workers=HTTP_WORKERS)
-        with server, floor:
+        # The same server with metrics off, on the same database (started once the set-up is done).
+        quiet = aigos_server(
+            Path(tmp) / "aigos-quiet",
+            {**env, "AIGOS_METRICS_ENABLED": "false"},
+            name="pg-2w-metrics-off",
+            workers=HTTP_WORKERS,
+        )
+        with server, floor, contextlib.ExitStack() as stack:
             memory = [Snapshot.take(server.pid, "start (tenant signed up)")]
             fixture = prepare_http(
                 server,
@@ -1032,6 +1045,10 @@ def run_http(workload: Workload, runner: LoadRunner, args: argparse.Namespace) -
             ]
             warm_errors = runner.run(warm_workers(server, fixture.checks, max(args.concurrency)))
             memory.append(Snapshot.take(server.pid, "after a first pass of checks"))
+            if args.metrics_off:
+                stack.enter_context(quiet)
+                quiet_errors = runner.run(warm_workers(quiet, fixture.checks, max(args.concurrency)))
+                warm_errors.update({f"{k} (metrics off)": v for k, v in quiet_errors.items()})
             runs: list[Row] = []
             for run in range(1, args.repeat + 1):
                 for c in args.concurrency:
@@ -1040,6 +1057,12 @@ def run_http(workload: Workload, runner: LoadRunner, args: argparse.Namespace) -
                         timed_pair(server, floor, fixture.checks, concurrency=c, count=count, warmup=None)
                     )
                     runs.append(Row.paired("check", c, run, figures, floor_figures))
+                    if args.metrics_off:
+                        # Right after the check with metrics on, against the same floor run.
+                        off, _ = runner.run(
+                            timed_pair(quiet, None, fixture.checks, concurrency=c, count=count, warmup=None)
+                        )
+                        runs.append(Row.paired(METRICS_OFF, c, run, off, floor_figures))
             soaked = None
             if args.soak > 0:
                 loaded = [r for r in runs if r.concurrency == SOAK_CONCURRENCY]
@@ -1050,7 +1073,7 @@ def run_http(workload: Workload, runner: LoadRunner, args: argparse.Namespace) -
                 memory.append(Snapshot.take(server.pid, f"after the soak ({args.soak:g} s)"))
         problems = [
             f"{s.name}: exit code {s.exit_code} after SIGTERM"
-            for s in (server, floor)
+            for s in (server, floor, *([quiet] if args.metrics_off else []))
             if not s.stopped_cleanly
         ]
         if warm_errors:
@@ -1131,8 +1154,36 @@ def verdicts(data: dict[str, Any]) -> list[Target]:
     http = data.get("http")
     if not http:
         return out
+    phases = {
+        (g[0].label, g[0].concurrency): worst(g) if len(g) > 1 else g[0] for g in by_phase(http["rows"])
+    }
+    for (label, c), off in phases.items():
+        on = phases.get(("check", c))
+        if label != METRICS_OFF or on is None:
+            continue
+        if c == 1:
+            out.append(
+                Target(
+                    "p99 metrics add at c=1",
+                    on.figures.p99_us - off.figures.p99_us,
+                    TARGETS["metrics_p99_added_us"],
+                    "µs",
+                )
+            )
+        if c == SOAK_CONCURRENCY:
+            out.append(
+                Target(
+                    f"checks/s at c={c}, metrics on / off",
+                    on.figures.per_second / off.figures.per_second,
+                    TARGETS["metrics_per_second_ratio"],
+                    "x",
+                    below=False,
+                )
+            )
     for group in by_phase(http["rows"]):
         row = worst(group) if len(group) > 1 else group[0]
+        if row.label != "check":
+            continue
         f, r = row.figures, row.ratios or {}
         if row.concurrency == 1:
             if r.get("p99_us") is not None:
@@ -1359,6 +1410,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=1,
         help="Run the timed phases this many times; print each and the worst.",
+    )
+    parser.add_argument(
+        "--metrics-off",
+        action="store_true",
+        help="Also time the check on a server with metrics off (AIGOS_METRICS_ENABLED=false), right after "
+        "each timed phase, and judge what metrics cost.",
     )
     parser.add_argument(
         "--soak",

@@ -51,6 +51,6 @@ async def test_metrics_expose_the_event_log_queue(client: AsyncClient) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     lines = dict(line.rsplit(" ", 1) for line in response.text.splitlines() if not line.startswith("#"))
-    assert int(lines["aigos_eventlog_queue_depth"]) >= 0
-    assert int(lines["aigos_eventlog_queue_capacity"]) > 0
+    assert float(lines["aigos_eventlog_queue_depth"]) >= 0
+    assert float(lines["aigos_eventlog_queue_capacity"]) > 0
     assert {"aigos_eventlog_appended_total", "aigos_eventlog_dropped_total"} <= set(lines)

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.helpers import signup_at
 from tests.server_process import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -77,13 +78,66 @@ def test_access_log_is_json_with_request_fields(tmp_path: Path) -> None:
     assert isinstance(entry["latency_ms"], float)
 
 
-def test_two_workers_on_postgres_and_redis(tmp_path: Path, replica_env: dict[str, str]) -> None:
+def test_two_workers_on_postgres_and_redis_answer_one_scrape_for_both(
+    tmp_path: Path, replica_env: dict[str, str]
+) -> None:
     env = {key: value for key, value in replica_env.items() if key != "AIGOS_BOOTSTRAP_ADMIN_TOKEN"}
     with ServerProcess(tmp_path, env, args=["--workers", "2"]) as server:
         body = httpx.get(server.base_url + "/v1/info").json()
         assert body["backends"] == {"database": "postgresql", "bus": "redis", "embedded": False}
         assert httpx.get(server.base_url + "/health/ready").status_code == 200
+        assert server.process is not None
+        pid = server.process.pid
+        deadline = time.monotonic() + 30
+        while len(_sockets(server.port, "0A")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        children = [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        # multiprocessing's resource tracker is a child too.
+        workers = [c for c in children if b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()]
+        assert len(workers) == 2
+
+        tenant = signup_at(server.base_url)
+        agent = httpx.post(
+            server.base_url + "/v1/agents/register", json={"name": "bot"}, headers=tenant.headers
+        ).json()
+        checks = 40
+        for _ in range(checks):  # a connection each: the kernel spreads them over both workers
+            answer = httpx.post(
+                server.base_url + "/v1/policies/check",
+                json={"action": "read", "resource": "db"},
+                headers={"Authorization": f"Bearer {agent['identity_token']}"},
+            )
+            assert answer.status_code == 200, answer.text
+        # Whichever worker answers a scrape, it counts both workers' checks; the streams' limit is a
+        # sum over the live workers, so both workers' samples are in it.
+        limits = sum(_open_files_limit(worker) for worker in workers)
+        for _ in range(6):
+            scraped = _samples(httpx.get(server.base_url + "/metrics").text)
+            assert sum(v for k, v in scraped.items() if k.startswith("aigos_policy_checks_total")) == checks
+            assert (
+                scraped['aigos_http_requests_total{method="POST",route="/v1/policies/check",status="200"}']
+                == checks
+            )
+            assert scraped["aigos_policy_check_duration_seconds_count"] == checks
+            assert scraped["aigos_agent_registrations_total"] == 1
+            assert scraped["aigos_killswitch_streams_limit"] == limits
     assert len(TOKEN.findall(server.output())) == 1
+
+
+def _samples(text: str) -> dict[str, float]:
+    """A Prometheus text exposition's samples, by name with labels."""
+    return {
+        name: float(value)
+        for name, value in (line.rsplit(" ", 1) for line in text.splitlines() if line and line[0] != "#")
+    }
+
+
+def _open_files_limit(pid: int) -> int:
+    """The soft open-file limit of process ``pid`` (Linux)."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError(f"no open-file limit for {pid}")
 
 
 def _sockets(port: int, state: str) -> set[str]:

@@ -125,13 +125,13 @@ async def test_an_outage_stalls_the_writer_visibly_and_it_resumes_without_loss(
         assert ready.json()["checks"]["eventlog"] == "stalled"
         assert "event log" in ready.json()["detail"]
         metrics = (await http.get("/metrics")).text
-        assert "aigos_eventlog_stalled 1" in metrics
+        assert "aigos_eventlog_stalled 1.0" in metrics
         assert runtime.events.depth == 50
 
         pg_proxy.restore()
         await _until(lambda: runtime.events.depth == 0 and not runtime.events.stalled)
         assert (await http.get("/health/ready")).status_code == 200
-        assert "aigos_eventlog_stalled 0" in (await http.get("/metrics")).text
+        assert "aigos_eventlog_stalled 0.0" in (await http.get("/metrics")).text
         rows = await stored(runtime.database, tenant)
         assert [json.loads(row.data)["n"] for row in rows] == list(range(50))
 

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import click
@@ -12,6 +17,9 @@ from aigos.cli.settings import fail, load_settings
 
 #: The ASGI application factory ``serve`` runs.
 APP = "aigos.server.app:create_app"
+#: prometheus-client's variable for the directory its processes share samples in (not imported from the
+#: server's metrics: importing them here, before it is set, would give this process files of its own).
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 @click.command()
@@ -101,9 +109,37 @@ def serve(host: str, port: int, workers: int, reload: bool, forwarded_allow_ips:
         # Each worker listens on a socket of its own, so connections spread over all of them.
         from uvicorn.supervisors import Multiprocess
 
-        Multiprocess(uvicorn.Config(APP, **options), sockets=[shared]).run()
+        with _shared_metrics():
+            Multiprocess(uvicorn.Config(APP, **options), sockets=[shared]).run()
+    elif workers > 1:
+        with _shared_metrics():
+            uvicorn.run(APP, **options)
     else:
         uvicorn.run(APP, **options)
+
+
+@contextlib.contextmanager
+def _shared_metrics() -> Iterator[None]:
+    """A directory for the workers' metric samples, so any one of them answers a scrape for all.
+
+    Fresh for each run unless ``PROMETHEUS_MULTIPROC_DIR`` names one, which is emptied first: samples of a
+    previous run would otherwise be added to this one's. Set before the workers start, which read it when
+    they import the metrics.
+    """
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        directory = Path(given)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="aigos-metrics-") as created:
+        os.environ[MULTIPROC_ENV] = created
+        try:
+            yield
+        finally:
+            os.environ.pop(MULTIPROC_ENV, None)
 
 
 def _forwarding(allowed: str) -> dict[str, Any]:

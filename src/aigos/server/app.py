@@ -50,6 +50,8 @@ from aigos.server.policy.state import PolicyState
 from aigos.server.problems import install_problem_handlers
 from aigos.server.runtime import Runtime
 from aigos.server.telemetry import api as telemetry_api
+from aigos.server.telemetry import metrics
+from aigos.server.telemetry.process import ProcessMetrics
 from aigos.server.tenancy import activity as tenancy_activity
 from aigos.server.tenancy import (
     api_keys_api,
@@ -106,8 +108,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # whose full passes would otherwise walk it and show up as tail latency on the check path.
         gc.collect()
         gc.freeze()
-        app.state.loop_lag = lag = LoopLag()
+        metrics.enabled = settings.metrics_enabled
+        lag = LoopLag()
         lag.start()
+        app.state.process_metrics = sampled = ProcessMetrics(runtime, admission, lag)
+        sampled.start()
         log.info(
             "started",
             version=__version__,
@@ -117,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await sampled.stop()
             await lag.stop()
             await runtime.close()
             claim.release()

@@ -162,6 +162,9 @@ class Settings(BaseSettings):
     audit_journal_sync_seconds: float = Field(
         1.0, gt=0, description="How often the event journal is fsynced (a power loss loses what came since)."
     )
+    metrics_enabled: bool = Field(
+        True, description="Record Prometheus metrics (off only to measure what they cost; /metrics stays)."
+    )
     usage_flush_seconds: float = Field(
         10.0, gt=0, description="How often buffered usage counts and key activity are written."
     )

@@ -25,6 +25,7 @@ from aigos.server.errors import (
     ServiceUnavailable,
     ValidationFailed,
 )
+from aigos.server.telemetry import metrics
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_BASE_URI = "https://aigos.dev/problems/"
@@ -74,6 +75,8 @@ def problem_response(
 
 def error_response(scope: Scope, error: AigosError) -> Response:
     """Render one of our exceptions."""
+    if error.status in (429, 503) and metrics.enabled:
+        _count(error)
     return problem_response(
         scope,
         status=error.status,
@@ -83,6 +86,13 @@ def error_response(scope: Scope, error: AigosError) -> Response:
         headers=error.headers,
         extensions=error.extensions,
     )
+
+
+def _count(error: AigosError) -> None:
+    if error.status == 429:
+        metrics.RATE_LIMITED.labels(error.instance_code).inc()
+    elif error.extensions.get("dependency") == "database":
+        metrics.DATABASE_ERRORS.inc()
 
 
 def internal_error_response(scope: Scope) -> Response:

@@ -40,6 +40,7 @@ from aigos.server.bus.base import (
     Reservation,
     check_ttl,
 )
+from aigos.server.telemetry import metrics
 
 T = TypeVar("T")
 
@@ -177,8 +178,10 @@ class _Commands:
                 # A pooled connection broken since its last use fails once; a fresh one may work.
                 if attempt + 1 < attempts:
                     continue
+                metrics.REDIS_ERRORS.inc()
                 raise BusUnavailable(f"Redis at {self._where} is unreachable: {exc}") from exc
             except _UNREACHABLE as exc:
+                metrics.REDIS_ERRORS.inc()
                 raise BusUnavailable(f"Redis at {self._where} is unreachable: {exc}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from functools import partial
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigos.server.audit.events import by
 from aigos.server.audit.log import EventLog
 from aigos.server.config import Settings
+from aigos.server.db.commit_hooks import after_commit
 from aigos.server.identity import agents, credentials, tokens
 from aigos.server.identity.keys import SigningKeys
 from aigos.server.identity.models import Agent
 from aigos.server.identity.schemas import AgentIn, AgentUpdate, CredentialCreated
 from aigos.server.identity.state import IdentityState
 from aigos.server.principal import Principal
+from aigos.server.telemetry import metrics
 from aigos.server.tenancy.usage import UsageMeter
 
 
@@ -40,6 +43,8 @@ async def create(
     tenant_id = principal.tenant_id
     agent = await agents.create(session, tenant_id, principal.plan_tier, spec, max_depth)
     usage.count(tenant_id, "agent_registrations")
+    if metrics.enabled:
+        after_commit(session, partial(metrics.increment, metrics.REGISTRATIONS))
     data = {
         "name": agent.name,
         "agent_type": agent.agent_type,

@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from aigos.core.agents import AgentStatus
 from aigos.core.signing import b64url
+from aigos.server.db.commit_hooks import run_after_commit
 from aigos.server.db.database import set_tenant
 from aigos.server.deps import DatabaseDep, EventsDep, SessionDep, SettingsDep
 from aigos.server.errors import BadRequest, NotFound, ServiceUnavailable
@@ -202,7 +203,7 @@ async def acknowledge(
     true in the answer: its own delivery of it); terminated agents may still acknowledge."""
     async with database.session() as session:
         await set_tenant(session, agent.tenant_id)
-        return await service.acknowledge(
+        out = await service.acknowledge(
             session,
             events,
             agent.tenant_id,
@@ -211,6 +212,8 @@ async def acknowledge(
             spec,
             max_depth=settings.max_lineage_depth,
         )
+    await run_after_commit(session)
+    return out
 
 
 @router.get(

@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from aigos.core.commands import FleetCommand, SignedCommand
+from aigos.core.commands import FleetCommand, SignedCommand, parse_time
 
 #: Commands waiting per queued connection; a client this far behind is disconnected and catches up on
 #: reconnect.
@@ -44,6 +44,8 @@ class Outgoing:
     command_id: str
     command: str
     frame: bytes
+    #: When the command was issued (Unix time), for the trigger-to-delivery metric.
+    issued: float
     #: The frame as one HTTP/1.1 chunk, for streams that write to their connection directly.
     chunk: bytes = field(init=False, repr=False, compare=False)
 
@@ -55,7 +57,8 @@ class Outgoing:
         """The frame of ``command``: ``id``, ``event: kill-switch`` and the signed JSON."""
         data = json.dumps(command.to_json(), separators=(",", ":"))
         frame = f"id: {command.sequence}\nevent: kill-switch\ndata: {data}\n\n".encode()
-        return cls(command.sequence, command.command_id, command.command, frame)
+        issued = parse_time(command.issued_at).timestamp()
+        return cls(command.sequence, command.command_id, command.command, frame, issued)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,8 @@ class FleetOutgoing:
     command_id: str
     command: str
     frame: bytes
+    #: When the command was issued (Unix time), for the trigger-to-delivery metric.
+    issued: float
     #: The frame as one HTTP/1.1 chunk, for streams that write to their connection directly.
     chunk: bytes = field(init=False, repr=False, compare=False)
 
@@ -76,9 +81,8 @@ class FleetOutgoing:
     def of(cls, command: FleetCommand) -> FleetOutgoing:
         """The frame of ``command``: ``event: kill-switch-fleet`` and the signed JSON."""
         data = json.dumps(command.to_json(), separators=(",", ":"))
-        return cls(
-            command.command_id, command.command, f"event: kill-switch-fleet\ndata: {data}\n\n".encode()
-        )
+        frame = f"event: kill-switch-fleet\ndata: {data}\n\n".encode()
+        return cls(command.command_id, command.command, frame, parse_time(command.issued_at).timestamp())
 
 
 def _chunk(data: bytes) -> bytes:

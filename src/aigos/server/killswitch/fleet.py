@@ -26,6 +26,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, cast, get_args
 
 from sqlalchemy import func, select
@@ -50,6 +51,7 @@ from aigos.core.signing import Signer
 from aigos.server.audit.events import NewEvent, by, current_request_id
 from aigos.server.audit.log import EventLog
 from aigos.server.db.batches import batches
+from aigos.server.db.commit_hooks import after_commit
 from aigos.server.db.paging import paged
 from aigos.server.db.types import utcnow
 from aigos.server.errors import Conflict, NotFound
@@ -58,6 +60,7 @@ from aigos.server.identity.state import IdentityState
 from aigos.server.killswitch.models import FleetCommand as FleetRow
 from aigos.server.killswitch.models import FleetDelivery
 from aigos.server.principal import Principal, PrincipalKind
+from aigos.server.telemetry import metrics
 from aigos.server.tenancy.locks import dialect_of
 
 HALTS = ("PAUSE", "TERMINATE")
@@ -405,6 +408,7 @@ async def acknowledge(
     if current is not None and current.status == "acknowledged":
         return current
     now = utcnow()
+    after_commit(session, partial(metrics.acknowledged, row.issued_at, now))
     values = {
         "fleet_command_id": row.id,
         "agent_id": agent_id,

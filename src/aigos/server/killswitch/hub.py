@@ -74,6 +74,7 @@ from aigos.server.killswitch.connection import Outgoing as Outgoing
 from aigos.server.killswitch.fleet_sync import FleetSync
 from aigos.server.killswitch.models import KillSwitchCommand
 from aigos.server.killswitch.notices import Notice, NoticeListener
+from aigos.server.telemetry import metrics
 
 log = structlog.get_logger("aigos.killswitch.hub")
 CHANNEL = "killswitch"
@@ -177,6 +178,7 @@ class Hub:
 
     def delivered(self, connection: Connection, item: Outgoing) -> None:
         """Note that ``item`` went out on ``connection`` (written to the database in the next batch)."""
+        metrics.delivered(item.issued)
         self._deliveries[connection.tenant_id].append((connection, item, utcnow()))
 
     def set_ancestors(self, agent_id: uuid.UUID, ancestors: tuple[str, ...]) -> None:
@@ -186,6 +188,7 @@ class Hub:
 
     def fleet_delivered(self, connection: Connection, item: FleetOutgoing) -> None:
         """Note that the fleet command ``item`` went out on ``connection`` (recorded in the next batch)."""
+        metrics.delivered(item.issued)
         entry = (uuid.UUID(item.command_id), connection.agent_id, utcnow())
         self._fleet_deliveries[connection.tenant_id].append(entry)
 

@@ -14,6 +14,7 @@ import secrets
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy import func, insert, select
@@ -32,6 +33,7 @@ from aigos.core.signing import Signer, derive_seed
 from aigos.server.audit.events import NewEvent, by, current_request_id
 from aigos.server.audit.log import EventLog
 from aigos.server.config import Settings
+from aigos.server.db.commit_hooks import after_commit
 from aigos.server.db.paging import paged
 from aigos.server.db.types import utcnow
 from aigos.server.errors import AigosError, NotFound
@@ -42,6 +44,7 @@ from aigos.server.killswitch.fleet import TARGETS
 from aigos.server.killswitch.models import FleetCommand, FleetDelivery, KillSwitchCommand
 from aigos.server.killswitch.schemas import AckIn, CommandOut, TriggerIn
 from aigos.server.principal import Principal
+from aigos.server.telemetry import metrics
 from aigos.server.tenancy.locks import lock_tenant
 
 
@@ -381,6 +384,7 @@ async def _acknowledge(
     if row.status == "acknowledged":
         return row
     now = utcnow()
+    after_commit(session, partial(metrics.acknowledged, row.issued_at, now))
     row.status = "acknowledged"
     row.acknowledged_at = now
     row.delivered_at = row.delivered_at or now

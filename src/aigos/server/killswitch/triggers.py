@@ -27,6 +27,7 @@ from aigos.server.killswitch import fleet, notices, service
 from aigos.server.killswitch.hub import Hub
 from aigos.server.killswitch.schemas import TriggerIn
 from aigos.server.principal import Principal
+from aigos.server.telemetry import metrics
 from aigos.server.tenancy.locks import lock_tenant
 
 
@@ -70,6 +71,8 @@ async def trigger(
         await notices.send_fleet(session, hub.origin, tenant_id, issued.row.id)
         if hub.fleet is not None:
             after_commit(session, partial(hub.fleet.committed, issued))
+        scope = "tenant" if spec.agent_id is None else "lineage"
+        after_commit(session, partial(metrics.commands_issued, spec.command, scope))
         return issued
     if spec.command == "RESUME" and spec.agent_id is not None:
         await fleet.refuse_if_halted(session, tenant_id, spec.agent_id, max_depth=depth)
@@ -81,4 +84,5 @@ async def trigger(
     await hub.notify(session, tenant_id, [row.agent_id for row in result.rows], target.value, commands)
     # Committed: now every replica may deliver.
     after_commit(session, partial(hub.publish, commands))
+    after_commit(session, partial(metrics.commands_issued, spec.command, "agent", len(result.rows)))
     return result

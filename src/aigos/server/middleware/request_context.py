@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aigos.server.in_flight import InFlight
 from aigos.server.problems import internal_error_response
+from aigos.server.telemetry import metrics
 
 # Accept a caller's id only if it is short and harmless in logs and headers.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -69,6 +70,9 @@ class RequestContextMiddleware:
         finally:
             if not started:
                 in_flight.leave()
+            if metrics.enabled:
+                route = getattr(scope.get("route"), "path", None) or metrics.UNMATCHED
+                metrics.answered(scope["method"], route, status, time.perf_counter() - start)
             # Asked of the standard library first (a cached lookup): below the level, the structlog call
             # alone would cost more than several of our middlewares together.
             if _access_level.isEnabledFor(logging.INFO):

@@ -8,18 +8,18 @@ from typing import Any
 
 import structlog
 from fastapi import APIRouter, Request
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import PlainTextResponse, Response
 
 from aigos import __version__
 from aigos.server.db import Database
 from aigos.server.db.outage import DatabaseUnavailable
 from aigos.server.deps import BusDep, DatabaseDep, EventsDep, SettingsDep
 from aigos.server.errors import ServiceUnavailable
-from aigos.server.loop_lag import LoopLag
-from aigos.server.middleware.admission import Admission
 from aigos.server.platform.deps import FeaturesDep
 from aigos.server.platform.schemas import Backends, Info, Liveness, Readiness
 from aigos.server.routing import ValidatedRoute
+from aigos.server.telemetry import metrics as telemetry_metrics
+from aigos.server.telemetry.process import ProcessMetrics
 
 router = APIRouter(tags=["platform"], route_class=ValidatedRoute)
 log = structlog.get_logger("aigos.health")
@@ -100,75 +100,9 @@ async def info(settings: SettingsDep, database: DatabaseDep, bus: BusDep, featur
     response_class=PlainTextResponse,
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format"}},
 )
-async def metrics(events: EventsDep, request: Request) -> PlainTextResponse:
-    """This process's counters and gauges in the Prometheus text format (scrape every replica)."""
-    samples = [
-        ("aigos_eventlog_queue_depth", "gauge", "Buffered events waiting to be appended.", events.depth),
-        (
-            "aigos_eventlog_queue_capacity",
-            "gauge",
-            "Buffered events held before new ones drop.",
-            events.queue_size,
-        ),
-        (
-            "aigos_eventlog_appended_total",
-            "counter",
-            "Events appended by this process.",
-            events.tallies.appended,
-        ),
-        (
-            "aigos_eventlog_dropped_total",
-            "counter",
-            "Events dropped because the queue was full.",
-            events.tallies.dropped,
-        ),
-        (
-            "aigos_eventlog_set_aside_total",
-            "counter",
-            "Events the database refused, set aside and recorded as audit.event_set_aside.",
-            events.tallies.set_aside,
-        ),
-        (
-            "aigos_eventlog_flush_failures_total",
-            "counter",
-            "Batch appends that failed and were retried (the database was unreachable).",
-            events.tallies.flush_failures,
-        ),
-        ("aigos_eventlog_stalled", "gauge", "1 while the batch writer cannot append.", int(events.stalled)),
-        (
-            "aigos_eventlog_spilled_total",
-            "counter",
-            "Events written to a spill file at shutdown because the database would not take them.",
-            events.tallies.spilled,
-        ),
-        (
-            "aigos_eventlog_replayed_total",
-            "counter",
-            "Events replayed from spill files at start.",
-            events.tallies.replayed,
-        ),
-    ]
-    lines: list[str] = []
-    for name, kind, help_text, value in samples:
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
-    lag: LoopLag | None = getattr(request.app.state, "loop_lag", None)
-    if lag is not None:
-        lines += lag.exposition()
-    lines += _admission_lines(request.app.state.admission)
-    return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
-
-
-def _admission_lines(admission: Admission) -> list[str]:
-    # Shedding is the server working as designed under overload: visible here, never silent.
-    refused = sorted(admission.refused.items())
-    lines = [
-        "# HELP aigos_requests_refused_total Requests answered 503 by admission (shed, past their deadline, "
-        "an outage), by code.",
-        "# TYPE aigos_requests_refused_total counter",
-        *(f'aigos_requests_refused_total{{code="{code}"}} {n}' for code, n in refused),
-        "# HELP aigos_requests_in_flight Requests being handled, by admission lane.",
-        "# TYPE aigos_requests_in_flight gauge",
-    ]
-    for lane in (admission.general, admission.killswitch):
-        lines.append(f'aigos_requests_in_flight{{lane="{lane.name}"}} {lane.active}')
-    return lines
+async def metrics(request: Request) -> Response:
+    """Every worker's metrics of this replica in the Prometheus text format (scrape every replica)."""
+    sampled: ProcessMetrics = request.app.state.process_metrics
+    # This worker's sampled figures fresh; the other workers' are at most a second old.
+    sampled.sampler.sample()
+    return Response(telemetry_metrics.exposition(), media_type=telemetry_metrics.CONTENT_TYPE)

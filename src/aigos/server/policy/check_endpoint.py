@@ -24,9 +24,10 @@ from aigos.server.identity.agent_auth import admit, bearer_token, get_agent_auth
 from aigos.server.policy.deps import get_checks
 from aigos.server.policy.schemas import CheckIn
 from aigos.server.routing import check_request
+from aigos.server.telemetry import metrics
 
 #: Where checks are asked.
-CHECK_PATH = "/v1/policies/check"
+CHECK_PATH = metrics.CHECK_ROUTE
 
 _CHECK_IN: TypeAdapter[CheckIn] = TypeAdapter(CheckIn)
 
@@ -60,6 +61,8 @@ class CheckEndpoint:
         if scope["type"] != "http" or scope["path"] != CHECK_PATH or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
+        # Named as FastAPI names a matched route, for the access log's and the metrics' route template.
+        scope["route"] = _ROUTE
         request = Request(scope, receive)
         try:
             response = await answer_check(request)
@@ -70,6 +73,15 @@ class CheckEndpoint:
                 raise
             response = await handler(request, exc)
         await response(scope, receive, send)
+
+
+class _Route:
+    """What ``scope["route"]`` says of a check: its path template."""
+
+    path = CHECK_PATH
+
+
+_ROUTE = _Route()
 
 
 def _handler_for(scope: Scope, exc: Exception) -> Callable[[Request, Exception], Awaitable[Response]] | None:

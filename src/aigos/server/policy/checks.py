@@ -17,6 +17,7 @@ from aigos.server.identity.agent_auth import AgentPrincipal, require_scope
 from aigos.server.policy.budgets import BudgetBook
 from aigos.server.policy.schemas import CheckIn
 from aigos.server.policy.state import PolicyState, select_in_pieces
+from aigos.server.telemetry import metrics
 from aigos.server.telemetry.schemas import TelemetryEvent
 from aigos.server.telemetry.service import reported_events
 from aigos.server.tenancy.usage import UsageMeter
@@ -81,11 +82,12 @@ class Checks:
             # A full queue drops and counts it, as it would a telemetry batch's; the decision still stands.
             self.events.enqueue(event)
         answer = decision.to_json()
+        elapsed = time.perf_counter() - started
         answer.update(
-            decision_id=str(decision_id),
-            policy_version=policies.version,
-            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            decision_id=str(decision_id), policy_version=policies.version, latency_ms=round(elapsed * 1000, 3)
         )
+        if metrics.enabled:
+            metrics.checked(decision.allowed, decision.code, elapsed)
         return answer
 
     def _record(
