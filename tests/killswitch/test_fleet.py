@@ -179,3 +179,35 @@ async def test_a_lineage_halt_covers_the_root_and_its_descendants_only(live: Liv
             assert (await check(live, agent))["code"] != "PAUSED"
     finally:
         await sse.aclose()
+
+
+async def test_a_tenant_resume_lifts_the_pause_at_once_before_its_bookkeeping(live: Live) -> None:
+    owner = await live.tenant()
+    agents = [await live.agent(owner, name) for name in ("one", "two")]
+    paused = await live.trigger(owner, all_agents=True, command="PAUSE", reason="incident")
+    assert paused.status_code == 201, paused.text
+    await until(live, owner, paused.json()["command_id"], lambda b: b["bookkeeping_done_at"] is not None)
+    for agent in agents:
+        assert await status_of(live, owner, agent) == "paused"
+        assert (await check(live, agent))["code"] == "PAUSED"
+
+    runtime = live.app.state.runtime
+    fleet = runtime.killswitch.fleet
+    # The RESUME's bookkeeping waits: the statuses still say paused, the RESUME already holds.
+    await fleet.stop()
+    resumed = await live.trigger(owner, all_agents=True, command="RESUME", reason="over")
+    assert resumed.status_code == 201, resumed.text
+    for agent in agents:
+        assert await status_of(live, owner, agent) == "paused"
+        answer = await check(live, agent)
+        assert (answer["allowed"], answer["stage"]) == (True, None), answer
+
+    await fleet.start(runtime.events)
+    await until(live, owner, resumed.json()["command_id"], lambda b: b["bookkeeping_done_at"] is not None)
+    for agent in agents:
+        assert await status_of(live, owner, agent) == "active"
+        assert (await check(live, agent))["code"] != "PAUSED"
+    # Bookkept: a pause from here on is the statuses' again, not overridden by the RESUME.
+    again = await live.trigger(owner, agent=agents[0], command="PAUSE", reason="one more")
+    assert again.status_code == 201, again.text
+    assert (await check(live, agents[0]))["code"] == "PAUSED"

@@ -140,11 +140,15 @@ class FleetSync:
                 return
             lifted = await fleet.lifted_by(session, tenant_id, fleet_id) if row.command == "RESUME" else []
             command = fleet.signed(row)
-            retired = row.command == "TERMINATE" and row.bookkeeping_done_at is not None and not row.active
+            bookkept = row.bookkeeping_done_at is not None
+            retired = row.command == "TERMINATE" and bookkept and not row.active
         if self.halts.apply(command, [str(i) for i in lifted]):
             self.hub.dispatch_fleet(command)
         if retired:
             self._retire_later(tenant_id, command.command_id)
+        if bookkept and command.command == "RESUME":
+            # Heard after the statuses it set (one transaction's notices arrive in order).
+            self.halts.bookkept(tenant_id, command.command_id)
 
     def _retire_later(self, tenant_id: uuid.UUID, command_id: str) -> None:
         with contextlib.suppress(RuntimeError):
@@ -158,7 +162,10 @@ class FleetSync:
             await set_platform_scope(session)
             active, resumes, tops = await fleet.load(session)
             before = self.halts.replace(
-                [fleet.signed(row) for row in active], [fleet.signed(row) for row in resumes], tops
+                [fleet.signed(row) for row in active],
+                [fleet.signed(row) for row in resumes],
+                tops,
+                bookkept=[str(row.id) for row in resumes if row.bookkeeping_done_at is not None],
             )
         for tenant_id, top in tops.items():
             seen = before.get(tenant_id)
@@ -231,6 +238,8 @@ class FleetSync:
                 sequence=sequence,
                 agents=len(reached),
             )
+            if command == "RESUME":
+                self.halts.bookkept(tenant_id, str(fleet_id))
             if command == "TERMINATE":
                 self._retire_later(tenant_id, str(fleet_id))
                 message = canonical(

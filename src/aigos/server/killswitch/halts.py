@@ -6,10 +6,17 @@ highest fleet sequence applied, so a command heard twice (bus and PostgreSQL) or
 Filled from the database at start and after every lost connection, then kept current from the bus and
 PostgreSQL notices. A lineage halt covers an agent when its root is the agent or one of its ancestors,
 which are read once per agent (a parent never changes) and only while the tenant has a lineage halt.
+
+A fleet RESUME is *resuming* until its bookkeeping is done: the agents it covers are still ``paused`` in
+their statuses, though the RESUME already decided that every paused agent of its scope becomes active (as
+its bookkeeping will make it). Checks ask ``resuming`` for a paused agent, so a RESUME lifts a fleet
+pause everywhere as fast as the PAUSE imposed it. Should the bookkeeping's notice never arrive, it counts
+as resuming for ``RESUMING_SECONDS`` at most; past that the statuses speak again (which only denies).
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,6 +32,9 @@ from aigos.server.identity import lineage
 
 #: Agents whose ancestors are remembered (cleared past it: they are read again when needed).
 MAX_REMEMBERED = 100_000
+#: How long a fleet RESUME counts as resuming without word that its bookkeeping is done (the bookkeeping
+#: of 10,000 agents takes a few seconds; a replica that died during it is relieved within a sweep).
+RESUMING_SECONDS = 60.0
 _STATUS = {"PAUSE": AgentStatus.PAUSED.value, "TERMINATE": AgentStatus.TERMINATED.value}
 
 
@@ -39,6 +49,8 @@ class _Tenant:
     halts: dict[str, FleetCommand] = field(default_factory=dict)
     #: The latest RESUME per scope key.
     resumes: dict[str, FleetCommand] = field(default_factory=dict)
+    #: RESUMEs whose bookkeeping is not known to be done, by command id, with when they stop counting.
+    resuming: dict[str, tuple[FleetCommand, float]] = field(default_factory=dict)
 
 
 class Halts:
@@ -63,6 +75,28 @@ class Halts:
                 if found is None or command.command == "TERMINATE":
                     found = command
         return None if found is None else _STATUS[found.command]
+
+    async def resuming(self, tenant_id: uuid.UUID, agent_id: uuid.UUID) -> bool:
+        """Whether a fleet RESUME not yet bookkept covers the agent (asked for a paused agent only)."""
+        tenant = self._tenants.get(tenant_id)
+        if tenant is None or not tenant.resuming:
+            return False
+        now = time.monotonic()
+        current = [command for command, until in tenant.resuming.values() if until > now]
+        if len(current) < len(tenant.resuming):
+            tenant.resuming = {k: v for k, v in tenant.resuming.items() if v[1] > now}
+        if any(command.scope.get("kind") == TENANT_SCOPE for command in current):
+            return True
+        if not current:
+            return False
+        ancestors = await self.ancestors(tenant_id, agent_id)
+        return any(covers(command.scope, str(agent_id), ancestors) for command in current)
+
+    def bookkept(self, tenant_id: uuid.UUID, command_id: str) -> None:
+        """The RESUME ``command_id``'s bookkeeping is done: the statuses say active now."""
+        tenant = self._tenants.get(tenant_id)
+        if tenant is not None:
+            tenant.resuming.pop(command_id, None)
 
     async def ancestors(
         self, tenant_id: uuid.UUID, agent_id: uuid.UUID, session: AsyncSession | None = None
@@ -126,6 +160,7 @@ class Halts:
         key = _key(command)
         if command.command == "RESUME":
             tenant.resumes[key] = command
+            tenant.resuming[command.command_id] = (command, time.monotonic() + RESUMING_SECONDS)
             return
         current = tenant.halts.get(key)
         # A PAUSE never softens a TERMINATE of the same scope.
@@ -139,13 +174,21 @@ class Halts:
             tenant.halts = {k: c for k, c in tenant.halts.items() if c.command_id != command_id}
 
     def replace(
-        self, active: list[FleetCommand], resumes: list[FleetCommand], sequences: dict[uuid.UUID, int]
+        self,
+        active: list[FleetCommand],
+        resumes: list[FleetCommand],
+        sequences: dict[uuid.UUID, int],
+        bookkept: Iterable[str] = (),
     ) -> dict[uuid.UUID, int]:
-        """Replace everything with what the database holds; returns each tenant's sequence before."""
+        """Replace everything with what the database holds (``bookkept``: the ids of the RESUMEs whose
+        bookkeeping is done); returns each tenant's sequence before."""
         before = {tenant_id: tenant.sequence for tenant_id, tenant in self._tenants.items()}
         tenants: dict[uuid.UUID, _Tenant] = {t: _Tenant(sequence=s) for t, s in sequences.items()}
         for command in sorted([*active, *resumes], key=lambda c: c.sequence):
             tenant = tenants.setdefault(uuid.UUID(command.tenant_id), _Tenant())
             self._put(tenant, command, set())
+        done = set(bookkept)
+        for tenant in tenants.values():
+            tenant.resuming = {k: v for k, v in tenant.resuming.items() if k not in done}
         self._tenants = tenants
         return before

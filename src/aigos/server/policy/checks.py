@@ -33,6 +33,10 @@ class Halts(Protocol):
         """``paused`` / ``terminated`` if a fleet halt in force covers the agent, else None."""
         ...
 
+    async def resuming(self, tenant_id: uuid.UUID, agent_id: uuid.UUID) -> bool:
+        """Whether a fleet RESUME whose bookkeeping is not done yet covers the agent."""
+        ...
+
 
 class Checks:
     """What deciding a check takes: the replica's policy state, the budgets, the event log, the usage
@@ -67,6 +71,13 @@ class Checks:
             halted = await self.halts.halted(agent.tenant_id, agent.agent_id)
             if halted is not None and (status == "active" or halted == "terminated"):
                 status = halted
+            elif (
+                halted is None
+                and status == "paused"
+                and await self.halts.resuming(agent.tenant_id, agent.agent_id)
+            ):
+                # A fleet RESUME lifted what paused it; its bookkeeping will set the status shortly.
+                status = "active"
         subject = await state.subject(agent.tenant_id, agent.agent_id, status, agent.claims)
         policies = await state.policy_set(agent.tenant_id)
         asked = core.Request.of(body.action, body.resource, body.context.model_dump(exclude_none=True))
