@@ -29,6 +29,7 @@ COUNTERS = {
     "aigos_tokens_refused_total",
     "aigos_agent_registrations_total",
     "aigos_killswitch_commands_total",
+    "aigos_killswitch_bookkeeping_failures_total",
     "aigos_rate_limited_total",
     "aigos_http_requests_total",
     "aigos_database_errors_total",

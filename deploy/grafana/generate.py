@@ -240,7 +240,11 @@ def killswitch() -> dict[str, Any]:
                     ("sum(aigos_killswitch_streams_limit)", "limit"),
                 ],
                 "short",
-                width=24,
+            ),
+            timeseries(
+                "Fleet bookkeeping failures",
+                [(f"sum(rate(aigos_killswitch_bookkeeping_failures_total{RATE}))", "failures")],
+                "ops",
             ),
         ],
     )

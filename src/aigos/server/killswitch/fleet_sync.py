@@ -38,6 +38,7 @@ from aigos.server.identity.state import IdentityState
 from aigos.server.killswitch import fleet, notices
 from aigos.server.killswitch.halts import Halts
 from aigos.server.killswitch.models import FleetCommand as FleetRow
+from aigos.server.telemetry import metrics
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -202,7 +203,9 @@ class FleetSync:
             try:
                 await self.bookkeep_all()
             except Exception:
-                # Tried again at the next wake or sweep; the halts deny meanwhile.
+                # Tried again at the next wake or sweep; the halts deny meanwhile. Counted, so that one
+                # that fails every time (as a fleet past a statement's size once did) pages someone.
+                metrics.KILLSWITCH_BOOKKEEPING_FAILURES.inc()
                 log.exception("killswitch_fleet_bookkeeping_failed")
                 await asyncio.sleep(1.0)
                 self._wake.set()

@@ -105,6 +105,11 @@ KILLSWITCH_ACKNOWLEDGEMENT = Histogram(
     buckets=COMMAND_BUCKETS,
     registry=REGISTRY,
 )
+KILLSWITCH_BOOKKEEPING_FAILURES = Counter(
+    "aigos_killswitch_bookkeeping_failures",
+    "Fleet-command bookkeeping passes that failed and will be tried again (statuses not yet moved).",
+    registry=REGISTRY,
+)
 KILLSWITCH_STREAMS = Gauge(
     "aigos_killswitch_streams",
     "Kill-switch streams open.",
