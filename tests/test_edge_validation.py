@@ -196,7 +196,7 @@ async def test_a_tenant_wide_trigger_with_no_agent_affects_none(
     assert response.json()["commands"] == []
     assert response.json()["skipped"] == []
     events = await client.get(
-        "/v1/audit/events", params={"event_type": "killswitch.triggered"}, headers=tenant_a.headers
+        "/v1/audit/events", params={"event_type": "kill_switch.triggered"}, headers=tenant_a.headers
     )
     assert events.status_code == 200, events.text
     assert events.json()["total"] == 1

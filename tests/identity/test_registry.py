@@ -737,7 +737,7 @@ async def test_registry_changes_are_audited(client: AsyncClient, tenant_a: Tenan
 
     events = await agent_events(client, tenant_a)
     assert [event["event_type"] for event in reversed(events)] == [
-        "agent.created",
+        "agent.registered",
         "agent.updated",
         "agent.suspended",
         "agent.reactivated",

@@ -151,8 +151,8 @@ async def test_trigger_list_get_ack_and_events(client: AsyncClient, tenant_a: Te
     events = await client.get("/v1/audit/events?limit=100", headers=tenant_a.headers)
     assert events.status_code == 200, events.text
     types = [entry["event_type"] for entry in events.json()["data"]]
-    assert types.count("killswitch.triggered") == 4
-    assert types.count("killswitch.acknowledged") == 2
+    assert types.count("kill_switch.triggered") == 4
+    assert types.count("kill_switch.acknowledged") == 2
     assert {"agent.paused", "agent.terminated", "agent.resumed"} <= set(types)
 
 

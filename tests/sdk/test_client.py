@@ -356,7 +356,7 @@ def test_outcomes_ride_on_the_next_check_and_bad_reports_fail_at_once(live: Live
         events = wait_for_events(live, identity.agent_id, 5)
         assert sorted(e["data"]["tool"] for e in events) == ["web_search"] * 5
 
-        for bad in ("policy.checked", "agent.created", "nodots"):
+        for bad in ("policy.checked", "agent.registered", "nodots"):
             with pytest.raises(ValueError, match="cannot be reported"):
                 aigos.report(bad, {})
         with pytest.raises(ValueError, match="not JSON"):

@@ -55,7 +55,7 @@ async def test_refusals(client: AsyncClient, tenant_a: TenantHandle) -> None:
     agent = await register(client, tenant_a, name="reporter")
     token = agent["identity_token"]
 
-    for reserved in ("policy.decision", "killswitch.acknowledged", "Agent.created", "budget.spent"):
+    for reserved in ("policy.decision", "kill_switch.acknowledged", "Agent.created", "budget.spent"):
         response = await report(client, token, [{"event_type": "tool.ok"}, {"event_type": reserved}])
         assert response.status_code == 400, reserved
         assert response.headers["content-type"].startswith("application/problem+json")

@@ -15,6 +15,8 @@ _EVENT_TYPE = re.compile(EVENT_TYPE)
 #: Event types the server's own contexts record: an agent reporting one could forge the audit trail.
 RESERVED_PREFIXES = (
     "policy.",
+    "kill_switch.",
+    # The kill switch's events were named so before they took the seed's name; still its own.
     "killswitch.",
     "agent.",
     "tenant.",

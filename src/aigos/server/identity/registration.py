@@ -37,7 +37,7 @@ async def create(
     max_depth: int,
     source: str | None = None,
 ) -> Agent:
-    """Add the principal's tenant's agent, count the registration and record ``agent.created`` (with
+    """Add the principal's tenant's agent, count the registration and record ``agent.registered`` (with
     ``source`` when the agent came from elsewhere, such as an OASF record)."""
     assert principal.tenant_id is not None
     tenant_id = principal.tenant_id
@@ -52,7 +52,7 @@ async def create(
     }
     if source is not None:
         data["source"] = source
-    await events.record(by(principal, "agent.created", data, agent_id=str(agent.id)), session)
+    await events.record(by(principal, "agent.registered", data, agent_id=str(agent.id)), session)
     return agent
 
 

@@ -235,7 +235,7 @@ async def issue(
         "lifted": [str(old.id) for old in lifted],
     }
     await events.record(
-        by(principal, "killswitch.triggered", data, agent_id=None if root_id is None else str(root_id)),
+        by(principal, "kill_switch.triggered", data, agent_id=None if root_id is None else str(root_id)),
         session,
     )
     return Issued(row, [old.id for old in lifted])
@@ -433,7 +433,7 @@ async def acknowledge(
     await session.execute(stmt)
     event = NewEvent(
         tenant_id=row.tenant_id,
-        event_type="killswitch.acknowledged",
+        event_type="kill_switch.acknowledged",
         actor_type="agent",
         actor_id=str(agent_id),
         data={

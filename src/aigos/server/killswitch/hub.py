@@ -463,7 +463,7 @@ class Hub:
                 self.events.enqueue(
                     NewEvent(
                         tenant_id=tenant_id,
-                        event_type="killswitch.delivered",
+                        event_type="kill_switch.delivered",
                         actor_type="system",
                         actor_id=None,
                         data={

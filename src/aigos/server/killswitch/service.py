@@ -224,7 +224,7 @@ async def trigger(
         "skipped": [{"agent_id": str(agent_id), "reason": why} for agent_id, why in result.skipped],
     }
     root_agent = str(spec.agent_id) if spec.agent_id else None
-    await events.record(by(principal, "killswitch.triggered", data, agent_id=root_agent), session)
+    await events.record(by(principal, "kill_switch.triggered", data, agent_id=root_agent), session)
     return result
 
 
@@ -400,7 +400,7 @@ async def _acknowledge(
     }
     event = NewEvent(
         tenant_id=tenant_id,
-        event_type="killswitch.acknowledged",
+        event_type="kill_switch.acknowledged",
         actor_type="agent",
         actor_id=str(agent_id),
         data=data,

@@ -23,7 +23,7 @@ router = APIRouter(prefix="/v1/telemetry", tags=["telemetry"], route_class=Valid
 async def report(batch: TelemetryBatch, events: EventsDep, agent: ReporterDep) -> TelemetryAccepted:
     """Queue 1..500 agent-reported events for the event log (`source` `agent`); written in batches.
 
-    Types owned by a server context (`policy.`, `killswitch.`, `agent.`, ...) are refused with 400
+    Types owned by a server context (`policy.`, `kill_switch.`, `agent.`, ...) are refused with 400
     `RESERVED_EVENT_TYPE`: report `tool.*`, `llm.*`, `agent_reported.*` or `custom.*` instead.
     A terminated agent may still report with its unexpired token (its last calls' outcomes).
     """
