@@ -53,9 +53,13 @@ PLATFORM = {
     ("GET", "/v1/admin/signing-keys"),
     ("POST", "/v1/admin/signing-keys/rotate"),
 }
-#: A stream that stays open as long as the agent listens: fuzzed with the API key only, which it refuses
-#: at once (an agent's token would hold the request open until the timeout).
-STREAMS = {("GET", "/v1/kill-switch/stream")}
+#: Streams stay open as long as their caller listens: each is fuzzed with a credential it refuses at once
+#: (the right one would hold the request open until the timeout): the kill switch's with the API key, the
+#: telemetry view's with the agent's token.
+STREAMS = {
+    ("GET", "/v1/kill-switch/stream"): "api_key",
+    ("GET", "/v1/telemetry/events/stream"): "agent_token",
+}
 
 
 @dataclass
@@ -193,8 +197,9 @@ def test_every_operation_answers_as_documented_without_server_errors(live_server
     for result in schema.get_all_operations():
         operation = result.ok()
         token = callers.token_for(operation.method.upper(), operation.path)
-        if (operation.method.upper(), operation.path) in STREAMS:
-            token = callers.api_key
+        refused_by = STREAMS.get((operation.method.upper(), operation.path))
+        if refused_by is not None:
+            token = getattr(callers, refused_by)
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             fuzz(operation, mode, live_server.base_url, token, found)
     assert not found.seen, found.report()

@@ -294,6 +294,8 @@ async def start_runtime(settings: Settings, in_flight: InFlight | None = None) -
     await runtime.events.replay_journals()
     runtime.start()
     await runtime.killswitch.start(runtime.events)
+    runtime.shutdown.on_close(runtime.killswitch.begin_close)
+    runtime.shutdown.watch_signals()
     return runtime
 
 

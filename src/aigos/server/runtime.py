@@ -16,6 +16,7 @@ from aigos.server.identity.state import IdentityState
 from aigos.server.killswitch.hub import Hub
 from aigos.server.policy.budgets import BudgetBook
 from aigos.server.policy.state import PolicyState
+from aigos.server.shutdown import Shutdown
 from aigos.server.tenancy.passwords import Passwords
 from aigos.server.tenancy.usage import UsageMeter
 from aigos.server.touches import Touches
@@ -47,6 +48,8 @@ class Runtime:
     #: Admits requests (API keys, tenants, sign-in and signup throttles): shared across replicas, and
     #: per process while the bus is down (``FallbackRateLimiter``).
     limiter: RateLimiter
+    #: Set when the server is told to stop: streams end at once.
+    shutdown: Shutdown = field(default_factory=Shutdown)
     maintenance: Maintenance | None = None
     features: list[str] = field(default_factory=list)
     passwords: Passwords = field(default_factory=Passwords)

@@ -46,10 +46,7 @@ def _aware(name: str, value: datetime | None) -> datetime | None:
     return value
 
 
-@router.get("/events", response_model=Page[AuditEntry], summary="List events")
-async def list_events(
-    session: SessionDep,
-    principal: AuditReader,
+async def event_filter(
     actor_type: Annotated[ActorType | None, Query(description="Who caused the events.")] = None,
     actor_id: Annotated[str | None, Query(max_length=255, description="The actor's id.")] = None,
     event_type: Annotated[
@@ -69,12 +66,9 @@ async def list_events(
     ] = None,
     since: Annotated[datetime | None, Query(description="Recorded at or after (ISO 8601 with zone).")] = None,
     until: Annotated[datetime | None, Query(description="Recorded before (ISO 8601 with zone).")] = None,
-    page: PageNo = 1,
-    limit: Limit = 50,
-) -> dict[str, Any]:
-    """The tenant's log, newest first, each entry exactly as hashed (recompute `hash` to check it)."""
-    assert principal.tenant_id is not None
-    filters = service.EventFilter(
+) -> service.EventFilter:
+    """The entries a listing or a follower wants, from the query (its parameters, documented once)."""
+    return service.EventFilter(
         actor_type=actor_type,
         actor_id=actor_id,
         event_type=event_type,
@@ -84,6 +78,21 @@ async def list_events(
         since=_aware("since", since),
         until=_aware("until", until),
     )
+
+
+EventFilterDep = Annotated[service.EventFilter, Depends(event_filter)]
+
+
+@router.get("/events", response_model=Page[AuditEntry], summary="List events")
+async def list_events(
+    session: SessionDep,
+    principal: AuditReader,
+    filters: EventFilterDep,
+    page: PageNo = 1,
+    limit: Limit = 50,
+) -> dict[str, Any]:
+    """The tenant's log, newest first, each entry exactly as hashed (recompute `hash` to check it)."""
+    assert principal.tenant_id is not None
     rows, total = await service.page(session, principal.tenant_id, filters, page=page, limit=limit)
     return {"data": rows, "page": page, "limit": limit, "total": total}
 

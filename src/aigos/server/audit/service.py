@@ -112,6 +112,40 @@ async def page(
     return [exported(row) for row in rows], int(total or 0)
 
 
+async def head(session: AsyncSession, tenant_id: uuid.UUID) -> int:
+    """The ``seq`` of the tenant's newest entry (0 for an empty log)."""
+    found = await session.scalar(select(func.max(AuditEvent.seq)).where(AuditEvent.tenant_id == tenant_id))
+    return int(found or 0)
+
+
+async def following(
+    session: AsyncSession, tenant_id: uuid.UUID, filters: EventFilter, *, after: int, upto: int, limit: int
+) -> list[AuditEntryRow]:
+    """The tenant's entries matching ``filters`` with ``after < seq <= upto``, oldest first, at most
+    ``limit``: each poll of a follower reads only what is new since its last one, whatever it matches."""
+    rows = await session.scalars(
+        select(AuditEvent)
+        .where(
+            AuditEvent.tenant_id == tenant_id,
+            AuditEvent.seq > after,
+            AuditEvent.seq <= upto,
+            *filters.conditions(),
+        )
+        .order_by(AuditEvent.seq)
+        .limit(limit)
+    )
+    return [AuditEntryRow(int(row.seq), row.event_type, exported(row)) for row in rows]
+
+
+@dataclass(frozen=True)
+class AuditEntryRow:
+    """One entry as a follower sends it: its position, its type and the entry as the API shows it."""
+
+    seq: int
+    event_type: str
+    entry: dict[str, Any]
+
+
 async def get(session: AsyncSession, tenant_id: uuid.UUID, event_id: uuid.UUID) -> AuditEvent:
     """One entry of the tenant by event id; 404 ``EVENT_NOT_FOUND`` (also for other tenants' ids)."""
     row = await session.scalar(

@@ -37,12 +37,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Iterable
 from datetime import datetime
-from types import FrameType
 from typing import Any
 
 import structlog
@@ -496,7 +494,6 @@ class Hub:
             await self.notices.start()
         if self.fleet is not None:
             await self.fleet.start(events)
-        self._watch_shutdown_signals()
 
     async def _reconnected(self) -> None:
         """Notices may have been missed: catch up on commands and fleet halts from the database."""
@@ -527,32 +524,6 @@ class Hub:
             await self.flush()
         if self._subscription is not None:
             await self._subscription.close()
-
-    def _watch_shutdown_signals(self) -> None:
-        """End streams as soon as uvicorn is told to stop.
-
-        uvicorn waits for open connections to finish before it runs the lifespan shutdown, and a stream
-        never finishes by itself: so its signal handler (``Server.handle_exit``, installed before the
-        lifespan starts and restored after) is wrapped to close the streams first. Outside uvicorn (tests
-        in-process) there is nothing to wrap.
-        """
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                current = signal.getsignal(sig)
-            except ValueError:
-                return
-            if not callable(current) or not hasattr(getattr(current, "__self__", None), "should_exit"):
-                continue
-
-            def on_signal(signum: int, frame: FrameType | None, previous: Any = current) -> None:
-                loop.call_soon_threadsafe(self.begin_close)
-                previous(signum, frame)
-
-            try:
-                signal.signal(sig, on_signal)
-            except ValueError:  # not the main thread
-                return
 
 
 def create_hub(

@@ -1,13 +1,22 @@
-"""``POST /v1/telemetry``: agents report events (tool outcomes, LLM calls, ...) into the event log."""
+"""The telemetry context's routes: agents report events (tool outcomes, LLM calls, ...) into the event log
+(``POST /v1/telemetry``); people read that same log back, listed or followed live (``/events``)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated, Any
 
-from aigos.server.deps import EventsDep
+from fastapi import APIRouter, Header, Query, status
+from fastapi.responses import StreamingResponse
+
+from aigos.server.audit import service as audit
+from aigos.server.audit.api import AuditReader, EventFilterDep, Limit, PageNo
+from aigos.server.audit.schemas import AuditEntry
+from aigos.server.deps import DatabaseDep, EventsDep, RuntimeDep, SessionDep
 from aigos.server.errors import ServiceUnavailable
 from aigos.server.routing import ValidatedRoute
+from aigos.server.schemas import Page
 from aigos.server.telemetry.deps import ReporterDep
+from aigos.server.telemetry.follow import Follower
 from aigos.server.telemetry.schemas import TelemetryAccepted, TelemetryBatch
 from aigos.server.telemetry.service import reported_events
 
@@ -36,3 +45,63 @@ async def report(batch: TelemetryBatch, events: EventsDep, agent: ReporterDep) -
             "The event log is busy; retry shortly.", code="TELEMETRY_BACKLOG", headers={"Retry-After": "1"}
         )
     return TelemetryAccepted(accepted=accepted)
+
+
+@router.get("/events", response_model=Page[AuditEntry], summary="List events")
+async def list_events(
+    session: SessionDep, principal: AuditReader, filters: EventFilterDep, page: PageNo = 1, limit: Limit = 50
+) -> dict[str, Any]:
+    """The tenant's event log, newest first: governance events (`policy.checked`, `kill_switch.triggered`,
+    ...) and what its agents reported (`source=agent`), filtered by type (exact, or a prefix ending in
+    `.*`), agent, outcome and time. The same log as `GET /v1/audit/events`, each entry as hashed."""
+    assert principal.tenant_id is not None
+    rows, total = await audit.page(session, principal.tenant_id, filters, page=page, limit=limit)
+    return {"data": rows, "page": page, "limit": limit, "total": total}
+
+
+@router.get(
+    "/events/stream",
+    response_class=StreamingResponse,
+    summary="Follow events live (Server-Sent Events)",
+    responses={
+        200: {
+            "description": "One frame per entry: `id` its `seq`, `event` its type, `data` the entry as "
+            "`GET /v1/telemetry/events` shows it; `: keep-alive` comments in between.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        429: {"description": "Too many streams for the tenant on this server (`TOO_MANY_STREAMS`)"},
+    },
+)
+async def follow_events(
+    database: DatabaseDep,
+    runtime: RuntimeDep,
+    principal: AuditReader,
+    filters: EventFilterDep,
+    after: Annotated[
+        int | None,
+        Query(
+            ge=0, le=2**62, description="Start after this `seq` (default: only what is appended from now)."
+        ),
+    ] = None,
+    last_event_id: Annotated[
+        int | None,
+        Header(ge=0, le=2**62, description="Resume after this `seq` (sent by a reconnecting EventSource)."),
+    ] = None,
+) -> StreamingResponse:
+    """The tenant's log as it grows, filtered as the list is, within about a second of each entry.
+    Reconnect with `Last-Event-ID` (or `after`) to continue where the stream stopped: nothing is skipped.
+    The stream ends when the server stops; reconnect, to another replica if there is one."""
+    assert principal.tenant_id is not None
+    follower = Follower(
+        database,
+        runtime.shutdown,
+        principal.tenant_id,
+        filters,
+        last_event_id if last_event_id is not None else after,
+    )
+    await follower.start()
+    return StreamingResponse(
+        follower.frames(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
