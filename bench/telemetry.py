@@ -50,6 +50,7 @@ from bench._figures import Row, Target, format_rows, format_targets, timed_pair
 from bench._load import build_request, load_runner
 from bench._server import ServerProcess, aigos_server, floor_server, postgres_environment
 from bench.killswitch import register_agents
+from bench.sdk import signup
 
 BATCH = 100
 CONCURRENCY = (8, 32)
@@ -111,21 +112,8 @@ def run(args: argparse.Namespace) -> Report:
         server = aigos_server(Path(tmp) / "aigos", env, name="pg-2w", workers=WORKERS)
         floor = floor_server(Path(tmp) / "floor", env, name="floor-2w", workers=WORKERS)
         with server, floor, httpx.Client(base_url=server.base_url, timeout=120, trust_env=False) as http:
-            signup = http.post(
-                "/v1/tenants",
-                json={
-                    "name": "Bench",
-                    "slug": f"bench-{secrets.token_hex(4)}",
-                    "owner_email": f"bench-{secrets.token_hex(4)}@example.com",
-                    "owner_password": "correct horse battery staple",
-                    "plan_tier": "enterprise",
-                },
-                headers={"Authorization": f"Bearer {admin_token}"},
-            )
-            signup.raise_for_status()
-            agents = asyncio.run(
-                register_agents(server.base_url, signup.json()["api_key"]["key"], args.agents)
-            )
+            api_key = signup(server.base_url, admin_token)
+            agents = asyncio.run(register_agents(server.base_url, api_key, args.agents))
             request = telemetry_request(agents[0]["identity_token"])
             with load_runner() as runner:
                 for concurrency in CONCURRENCY:

@@ -10,7 +10,6 @@ fixtures live in ``tests/helpers.py`` and each context's ``helpers.py``.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import uuid
@@ -19,10 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 import redis.asyncio as aioredis
-import uvicorn
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
@@ -30,12 +27,12 @@ from httpx import ASGITransport, AsyncClient
 from aigos.server.app import create_app
 from aigos.server.config import Settings
 from aigos.server.db.migrate import upgrade
-from aigos.server.http_protocol import protocol_path
 from tests.helpers import TenantHandle, signup
 from tests.killswitch.helpers import Live
 from tests.light_install import LightInstall
 from tests.light_install import build as build_light_install
-from tests.server_process import ServerProcess, free_port
+from tests.live import serving
+from tests.server_process import ServerProcess
 from tests.tcp_proxy import TcpProxy
 
 PG_ADMIN_DSN = os.environ.get("AIGOS_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
@@ -337,26 +334,8 @@ async def pg_proxy() -> AsyncIterator[TcpProxy]:
 
 @pytest.fixture
 async def live(app: FastAPI, settings: Settings) -> AsyncIterator[Live]:
-    """The test's app served by uvicorn on a free loopback port, for streams: httpx's in-process ASGI
-    transport buffers a response until it ends, which a stream never does."""
-    # Short keep-alives so a test sees one (the app reads its settings object when it starts).
+    """The test's app served by uvicorn (``serving``), with short kill-switch keep-alives."""
+    # The app reads its settings object when it starts.
     settings.killswitch_keepalive_seconds = 0.3
-    port = free_port()
-    # The protocol ``aigos serve`` runs (kill-switch streams hand their connection over to the hub).
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, lifespan="on", http=protocol_path()
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10.0) as http:
-        try:
-            yield Live(app, http)
-        finally:
-            # Open streams would hold the shutdown: end them as a SIGTERM would.
-            app.state.runtime.shutdown.close()
-            server.should_exit = True
-            await asyncio.wait_for(task, 15)
+    async with serving(app) as served:
+        yield served

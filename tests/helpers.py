@@ -74,3 +74,11 @@ def signup_at(base_url: str, name: str = "Acme", **extra: Any) -> TenantHandle:
     """:func:`signup` on the server at ``base_url``, from synchronous code."""
     headers, form = _signup_form(name, extra)
     return _handle(httpx.post(base_url + "/v1/tenants", json=form, headers=headers, timeout=30), form)
+
+
+def prometheus_samples(text: str) -> dict[str, float]:
+    """A Prometheus text exposition's samples, by name with labels."""
+    return {
+        name: float(value)
+        for name, value in (line.rsplit(" ", 1) for line in text.splitlines() if line and line[0] != "#")
+    }

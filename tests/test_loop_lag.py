@@ -9,6 +9,7 @@ from httpx import AsyncClient
 
 from aigos.server.loop_lag import LoopLag
 from aigos.server.telemetry import metrics
+from tests.helpers import prometheus_samples
 
 #: Long enough that no scheduling noise could pass for it: the loop is held this long on purpose.
 BLOCK_SECONDS = 0.3
@@ -19,16 +20,6 @@ def hold_the_loop(seconds: float = BLOCK_SECONDS) -> None:
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         pass
-
-
-def samples(text: str) -> dict[str, float]:
-    """The samples of a Prometheus text exposition, by name with labels."""
-    found: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            found[name] = float(value)
-    return found
 
 
 async def test_a_blocked_loop_is_recorded_and_read_once() -> None:
@@ -46,12 +37,12 @@ async def test_a_blocked_loop_is_recorded_and_read_once() -> None:
 
 
 def test_every_tick_is_counted_in_one_bucket() -> None:
-    before = samples(metrics.exposition().decode())
+    before = prometheus_samples(metrics.exposition().decode())
     lag = LoopLag()
     for late in (0.0, 0.0005, 0.003, 0.04, 0.2, 9.0):
         lag.record(late)
     lag.record(-0.001)  # a tick may fire a hair early: counted as on time
-    after = samples(metrics.exposition().decode())
+    after = prometheus_samples(metrics.exposition().decode())
 
     def grew(name: str) -> float:
         return after[name] - before[name]
@@ -66,11 +57,11 @@ def test_every_tick_is_counted_in_one_bucket() -> None:
 
 
 async def test_metrics_show_the_longest_recent_loop_pause(client: AsyncClient) -> None:
-    first = samples((await client.get("/metrics")).text)
+    first = prometheus_samples((await client.get("/metrics")).text)
     assert "aigos_event_loop_lag_max_seconds" in first
     hold_the_loop()
     await asyncio.sleep(0.05)  # the monitor's next tick, late by the pause
-    second = samples((await client.get("/metrics")).text)
+    second = prometheus_samples((await client.get("/metrics")).text)
     assert second["aigos_event_loop_lag_max_seconds"] >= BLOCK_SECONDS / 2
     count = "aigos_event_loop_lag_seconds_count"
     late = 'aigos_event_loop_lag_seconds_bucket{le="0.1"}'

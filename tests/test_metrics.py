@@ -9,22 +9,14 @@ from typing import Any
 from httpx import AsyncClient
 
 from aigos.server.telemetry import metrics
-from tests.helpers import TenantHandle
-
-
-def samples(text: str) -> dict[str, float]:
-    """A Prometheus text exposition's samples, by name with labels."""
-    return {
-        name: float(value)
-        for name, value in (line.rsplit(" ", 1) for line in text.splitlines() if line and line[0] != "#")
-    }
+from tests.helpers import TenantHandle, prometheus_samples
 
 
 async def scrape(client: AsyncClient) -> dict[str, float]:
     response = await client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
-    return samples(response.text)
+    return prometheus_samples(response.text)
 
 
 def grown(before: dict[str, float], after: dict[str, float], name: str) -> float:

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import signup_at
+from tests.helpers import prometheus_samples, signup_at
 from tests.server_process import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -112,7 +112,7 @@ def test_two_workers_on_postgres_and_redis_answer_one_scrape_for_both(
         # sum over the live workers, so both workers' samples are in it.
         limits = sum(_open_files_limit(worker) for worker in workers)
         for _ in range(6):
-            scraped = _samples(httpx.get(server.base_url + "/metrics").text)
+            scraped = prometheus_samples(httpx.get(server.base_url + "/metrics").text)
             assert sum(v for k, v in scraped.items() if k.startswith("aigos_policy_checks_total")) == checks
             assert (
                 scraped['aigos_http_requests_total{method="POST",route="/v1/policies/check",status="200"}']
@@ -122,14 +122,6 @@ def test_two_workers_on_postgres_and_redis_answer_one_scrape_for_both(
             assert scraped["aigos_agent_registrations_total"] == 1
             assert scraped["aigos_killswitch_streams_limit"] == limits
     assert len(TOKEN.findall(server.output())) == 1
-
-
-def _samples(text: str) -> dict[str, float]:
-    """A Prometheus text exposition's samples, by name with labels."""
-    return {
-        name: float(value)
-        for name, value in (line.rsplit(" ", 1) for line in text.splitlines() if line and line[0] != "#")
-    }
 
 
 def _open_files_limit(pid: int) -> int:

@@ -9,16 +9,14 @@ import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from aigos.server.config import Settings
 from aigos.server.http_protocol import DeadlineH11Protocol, DeadlineHttpToolsProtocol
 from aigos.server.killswitch.hub import SLICE
 from tests.killswitch.helpers import Live
-from tests.server_process import free_port
+from tests.live import serving
 
 PROTOCOLS: dict[str, Any] = {
     "httptools": DeadlineHttpToolsProtocol,
@@ -30,23 +28,8 @@ PROTOCOLS: dict[str, Any] = {
 @pytest.fixture(params=list(PROTOCOLS))
 async def served(request: pytest.FixtureRequest, app: FastAPI, settings: Settings) -> AsyncIterator[Live]:
     """The test's app served by uvicorn with one of the HTTP protocols."""
-    port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, lifespan="on", http=PROTOCOLS[request.param]
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10.0) as http:
-        try:
-            yield Live(app, http)
-        finally:
-            app.state.runtime.killswitch.begin_close()
-            server.should_exit = True
-            await asyncio.wait_for(task, 15)
+    async with serving(app, PROTOCOLS[request.param]) as live:
+        yield live
 
 
 class RawStream:

@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from aigos.server.audit.events import NewEvent
+from aigos.server.processes import alive
 
 SPILL_GLOB = "spill-*.jsonl"
 SET_ASIDE_NAME = "set-aside.jsonl"
@@ -127,16 +128,6 @@ def set_aside(folder: Path, event: NewEvent, error: str) -> None:
     _write_lines(folder / SET_ASIDE_NAME, [line], append=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def claim(folder: Path) -> list[Path]:
     """Take the spill files in ``folder`` that no running process is replaying; oldest first."""
     if not folder.is_dir():
@@ -147,7 +138,7 @@ def claim(folder: Path) -> list[Path]:
     for path in candidates:
         if _REPLAYING in path.name:
             owner = path.name.rsplit(_REPLAYING, 1)[1]
-            if not owner.isdigit() or _alive(int(owner)):
+            if not owner.isdigit() or alive(int(owner)):
                 continue
             target = path.with_name(path.name.rsplit(_REPLAYING, 1)[0] + mine)
         else:

@@ -38,6 +38,8 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from aigos.server.processes import alive
+
 if TYPE_CHECKING:
     from aigos.server.audit.records import Tallies
 
@@ -388,15 +390,5 @@ def forget_exited_processes() -> None:
         if not name.startswith("gauge_live") or not name.endswith(".db"):
             continue
         pid = int(name.rsplit("_", 1)[1].removesuffix(".db"))
-        if not _alive(pid):
+        if not alive(pid):
             mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
