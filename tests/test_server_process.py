@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.helpers import prometheus_samples, signup_at
+from tests.prometheus import Prometheus
 from tests.server_process import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -78,7 +79,7 @@ def test_access_log_is_json_with_request_fields(tmp_path: Path) -> None:
     assert isinstance(entry["latency_ms"], float)
 
 
-def test_two_workers_on_postgres_and_redis_answer_one_scrape_for_both(
+def test_two_workers_answer_one_scrape_for_both_and_prometheus_reads_it(
     tmp_path: Path, replica_env: dict[str, str]
 ) -> None:
     env = {key: value for key, value in replica_env.items() if key != "AIGOS_BOOTSTRAP_ADMIN_TOKEN"}
@@ -121,6 +122,24 @@ def test_two_workers_on_postgres_and_redis_answer_one_scrape_for_both(
             assert scraped["aigos_policy_check_duration_seconds_count"] == checks
             assert scraped["aigos_agent_registrations_total"] == 1
             assert scraped["aigos_killswitch_streams_limit"] == limits
+
+        # A real Prometheus scrapes the replica and evaluates every alerting rule on what it scraped.
+        with Prometheus(tmp_path / "prometheus", f"127.0.0.1:{server.port}") as prometheus:
+
+            def counted() -> bool:
+                found = prometheus.query("sum(aigos_policy_checks_total)")
+                return bool(found) and float(found[0]["value"][1]) == checks
+
+            prometheus.until(counted, f"saw {checks} checks")
+            prometheus.until(
+                lambda: all(rule.get("lastEvaluation", "").startswith("20") for rule in prometheus.rules()),
+                "evaluated every rule",
+            )
+            rules = prometheus.rules()
+            assert len(rules) >= 13
+            assert {rule["health"] for rule in rules} == {"ok"}, rules
+            # Nothing is wrong with this replica, so nothing fires.
+            assert not [rule["name"] for rule in rules if rule["state"] == "firing"]
     assert len(TOKEN.findall(server.output())) == 1
 
 
