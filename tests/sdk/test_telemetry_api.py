@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import FastAPI
@@ -82,6 +83,16 @@ async def test_refusals(client: AsyncClient, tenant_a: TenantHandle) -> None:
     )
     assert nan.status_code == 400, nan.text
     assert nan.json()["errors"][0]["pointer"] in ("/events/1/data", "/events/1/data/v")
+
+    # An agent's clock may run a little ahead, not a week: the whole batch is refused, with the pointer.
+    soon = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
+    assert (await report(client, token, [{"event_type": "tool.ok", "timestamp": soon}])).status_code == 202
+    later = (datetime.now(UTC) + timedelta(days=7)).isoformat()
+    future = await report(
+        client, token, [{"event_type": "tool.ok"}, {"event_type": "tool.x", "timestamp": later}]
+    )
+    assert future.status_code == 400, future.text
+    assert future.json()["errors"][0]["pointer"] == "/events/1/timestamp"
 
     # The agent plane only: no token, an admin key, a garbage token.
     anonymous = await client.post("/v1/telemetry", json={"events": [{"event_type": "tool.ok"}]})

@@ -4,7 +4,7 @@ outcomes an agent sends along with its next policy check."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from aigos.core.reported import reserved
 from aigos.server.audit.events import NewEvent, current_request_id
@@ -12,12 +12,17 @@ from aigos.server.errors import BadRequest, ValidationFailed
 from aigos.server.identity.agent_auth import AgentPrincipal
 from aigos.server.telemetry.schemas import TelemetryEvent
 
+#: How far ahead of the server's clock an agent's ``timestamp`` may be: hosts' clocks drift, but an event
+#: dated next week would sort the log's timeline wrong for everyone reading it.
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+
 
 def reported_events(agent: AgentPrincipal, items: Sequence[TelemetryEvent], pointer: str) -> list[NewEvent]:
     """The event log's form of ``items`` (at JSON pointer ``pointer`` of the request body).
 
     400 ``RESERVED_EVENT_TYPE`` if one claims a type the server owns; 400 with the item's pointer if its
-    data is no JSON the log could store.
+    data is no JSON the log could store or its ``timestamp`` lies more than ``MAX_CLOCK_SKEW`` ahead. A
+    batch is taken whole or not at all: nothing of a refused batch is written.
     """
     owned = sorted({item.event_type for item in items if reserved(item.event_type)})
     if owned:
@@ -26,6 +31,13 @@ def reported_events(agent: AgentPrincipal, items: Sequence[TelemetryEvent], poin
             code="RESERVED_EVENT_TYPE",
         )
     request_id = current_request_id()
+    latest = datetime.now(UTC) + MAX_CLOCK_SKEW
+    for index, item in enumerate(items):
+        when = _utc(item.timestamp)
+        if when is not None and when > latest:
+            at = f"{pointer}/{index}/timestamp"
+            detail = f"is {when.isoformat()}, more than {MAX_CLOCK_SKEW} ahead of the server's clock"
+            raise ValidationFailed(f"{at}: {detail}", errors=[{"pointer": at, "detail": detail}])
     return [_event(agent, item, f"{pointer}/{index}/data", request_id) for index, item in enumerate(items)]
 
 
