@@ -69,6 +69,11 @@ def test_access_log_is_json_with_request_fields(tmp_path: Path) -> None:
 
     with ServerProcess(tmp_path, {"AIGOS_LOG_FORMAT": "json"}) as server:
         httpx.get(server.base_url + "/v1/info", headers={"X-Request-ID": "log-check-1"})
+        # A caller's W3C trace context names the trace in every line logged for its request.
+        traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        httpx.get(
+            server.base_url + "/v1/info", headers={"X-Request-ID": "log-check-2", "traceparent": traceparent}
+        )
         time.sleep(0.2)
         lines = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
     entry = next(line for line in lines if line.get("request_id") == "log-check-1")
@@ -77,6 +82,9 @@ def test_access_log_is_json_with_request_fields(tmp_path: Path) -> None:
     assert entry["path"] == "/v1/info"
     assert entry["status"] == 200
     assert isinstance(entry["latency_ms"], float)
+    assert "trace_id" not in entry
+    traced = next(line for line in lines if line.get("request_id") == "log-check-2")
+    assert (traced["trace_id"], traced["span_id"]) == ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")
 
 
 def test_two_workers_answer_one_scrape_for_both_and_prometheus_reads_it(

@@ -140,7 +140,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 CORSMiddleware,
                 allow_origins=settings.cors_origins,
                 allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
-                allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Last-Event-ID"],
+                allow_headers=[
+                    "Authorization",
+                    "Content-Type",
+                    "X-Request-ID",
+                    "Last-Event-ID",
+                    "traceparent",
+                    "tracestate",
+                ],
                 expose_headers=[
                     "X-Request-ID",
                     "Retry-After",

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import structlog
 
 from aigos.core.canonical import canonical
+from aigos.server import tracing
 from aigos.server.principal import Principal
 
 Source = Literal["server", "agent"]
@@ -48,6 +49,10 @@ class NewEvent:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"event data is not JSON: {exc}") from exc
         object.__setattr__(self, "data_text", text)
+        if self.trace_id is None and self.span_id is None and (trace := tracing.current.get()) is not None:
+            # Recorded while handling a request that named its trace: the event joins it.
+            object.__setattr__(self, "trace_id", trace[0])
+            object.__setattr__(self, "span_id", trace[1])
         if self.occurred_at is not None and self.occurred_at.utcoffset() is None:
             raise ValueError("occurred_at must carry its time zone")
 

@@ -10,6 +10,8 @@ import uuid
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from aigos.core.tracecontext import parse_traceparent
+from aigos.server import tracing
 from aigos.server.in_flight import InFlight
 from aigos.server.problems import internal_error_response
 from aigos.server.telemetry import metrics
@@ -39,7 +41,9 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _incoming_id(scope) or uuid.uuid4().hex
+        incoming, traceparent = _incoming(scope)
+        request_id = incoming or uuid.uuid4().hex
+        trace = parse_traceparent(traceparent) if traceparent else None
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         header = (b"x-request-id", request_id.encode())
@@ -59,7 +63,13 @@ class RequestContextMiddleware:
 
         in_flight.enter()
         start = time.perf_counter()
-        tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+        if trace is None:
+            tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+        else:
+            tokens = structlog.contextvars.bind_contextvars(
+                request_id=request_id, trace_id=trace[0], span_id=trace[1]
+            )
+        trace_token = tracing.current.set(trace)
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
@@ -86,11 +96,16 @@ class RequestContextMiddleware:
                     client=scope["client"][0] if scope.get("client") else None,
                 )
             structlog.contextvars.reset_contextvars(**tokens)
+            tracing.current.reset(trace_token)
 
 
-def _incoming_id(scope: Scope) -> str | None:
+def _incoming(scope: Scope) -> tuple[str | None, str | None]:
+    """The caller's safe ``X-Request-ID`` and its ``traceparent``, in one pass over the headers."""
+    request_id = traceparent = None
     for name, value in scope["headers"]:
-        if name == b"x-request-id":
+        if name == b"x-request-id" and request_id is None:
             candidate = value.decode("latin-1")
-            return candidate if _SAFE_ID.match(candidate) else None
-    return None
+            request_id = candidate if _SAFE_ID.match(candidate) else ""
+        elif name == b"traceparent" and traceparent is None:
+            traceparent = value.decode("latin-1")
+    return request_id or None, traceparent
