@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import sys
 from collections.abc import AsyncIterator
@@ -50,7 +51,7 @@ from aigos.server.policy.state import PolicyState
 from aigos.server.problems import install_problem_handlers
 from aigos.server.runtime import Runtime
 from aigos.server.telemetry import api as telemetry_api
-from aigos.server.telemetry import metrics
+from aigos.server.telemetry import metrics, otel
 from aigos.server.telemetry.process import ProcessMetrics
 from aigos.server.tenancy import activity as tenancy_activity
 from aigos.server.tenancy import (
@@ -125,12 +126,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await sampled.stop()
             await lag.stop()
             await runtime.close()
+            if traces is not None:
+                # What is still batched goes out before the process ends (off the loop: it blocks).
+                await asyncio.to_thread(traces.shutdown)
             claim.release()
             log.info("stopped")
 
+    traces = otel.provider() if otel.wanted() else None
     middleware = [
         Middleware(SecurityHeadersMiddleware, hsts_max_age=settings.hsts_max_age),
         Middleware(RequestContextMiddleware, in_flight=in_flight),
+    ]
+    if traces is not None:
+        # Inside the request context: its span replaces the caller's as the trace the events carry.
+        middleware.append(Middleware(otel.TracingMiddleware, tracer=traces.get_tracer("aigos")))
+    middleware += [
         Middleware(AdmissionMiddleware, admission=admission),
         Middleware(SingleAuthorizationMiddleware),
     ]
@@ -174,6 +184,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.admission = admission
+    app.state.traces = traces
     # Principal resolution (tenancy) is given the platform context's look-up of its admin tokens.
     app.state.platform_tokens = PlatformTokens()
     install_problem_handlers(app)
