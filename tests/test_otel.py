@@ -55,6 +55,11 @@ async def test_spans_reach_the_receiver_and_join_the_events(
     assert (traced_event["trace_id"], traced_event["span_id"]) == (TRACE, child.span_id)
     assert child.attributes["http.route"] == "/v1/policies/check"
     assert child.attributes["http.response.status_code"] == 200
+    # The statements a request ran are its children.
+    statements = [span for span in receiver.spans if span.parent_span_id == child.span_id]
+    assert statements, [span.name for span in receiver.spans if span.trace_id == TRACE]
+    assert {span.attributes["db.system.name"] for span in statements} <= {"postgresql", "sqlite"}
+    assert all(span.name == str(span.attributes["db.operation.name"]) for span in statements)
     # Without a traceparent AIGOS starts the trace, and its event joins it all the same.
     root = by_trace[untraced_event["trace_id"]]
     assert (root.parent_span_id, root.span_id) == ("", untraced_event["span_id"])

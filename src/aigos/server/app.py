@@ -96,6 +96,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             claim.release()
             raise
         app.state.runtime = runtime
+        if traces is not None:
+            otel.trace_database(runtime.database.engine, traces.get_tracer("aigos"))
         # Built once: the check path reads it instead of assembling it per request.
         fleet = runtime.killswitch.fleet
         app.state.policy_checks = Checks(

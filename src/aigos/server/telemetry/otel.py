@@ -7,6 +7,9 @@ the rest: ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES`` (the service is
 ``OTEL_TRACES_SAMPLER`` and its argument, the exporter's headers, timeout and compression, the batch
 processor's delays. Off, nothing of it is imported and no request pays anything for it.
 
+Each statement the database runs for a request is a client span of its own, a child of the request's
+(``db.system.name``, ``db.operation.name`` and the statement's text, never its parameters).
+
 A request's span is a child of the caller's W3C ``traceparent`` when it sent one, so an agent's trace
 continues through AIGOS; the events the request records carry the span's trace id and span id
 (``server.tracing``), so the audit log and the traces join on them.
@@ -24,6 +27,7 @@ from aigos.server import tracing
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import Tracer
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
@@ -54,6 +58,46 @@ def provider() -> TracerProvider:
     made = TracerProvider(resource=Resource.create(named))
     made.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     return made
+
+
+#: Statement text kept on a database span, at most (the text only: parameters never leave the server).
+MAX_STATEMENT = 2_000
+
+
+def trace_database(engine: AsyncEngine, tracer: Tracer) -> None:
+    """A client span around each statement ``engine`` runs, a child of the request's span."""
+    from opentelemetry.trace import SpanKind, StatusCode
+    from sqlalchemy import event
+
+    system = engine.dialect.name
+    sync_engine = engine.sync_engine
+
+    def before(_conn: Any, _cursor: Any, statement: str, _params: Any, context: Any, _many: bool) -> None:
+        operation = (statement.split(None, 1) or ["SQL"])[0].upper()
+        context._aigos_span = tracer.start_span(
+            operation,
+            kind=SpanKind.CLIENT,
+            attributes={
+                "db.system.name": system,
+                "db.operation.name": operation,
+                "db.query.text": statement[:MAX_STATEMENT],
+            },
+        )
+
+    def after(_conn: Any, _cursor: Any, _statement: str, _params: Any, context: Any, _many: bool) -> None:
+        span = getattr(context, "_aigos_span", None)
+        if span is not None:
+            span.end()
+
+    def failed(exception_context: Any) -> None:
+        span = getattr(exception_context.execution_context, "_aigos_span", None)
+        if span is not None:
+            span.set_status(StatusCode.ERROR, type(exception_context.original_exception).__name__)
+            span.end()
+
+    event.listen(sync_engine, "before_cursor_execute", before)
+    event.listen(sync_engine, "after_cursor_execute", after)
+    event.listen(sync_engine, "handle_error", failed)
 
 
 class TracingMiddleware:
