@@ -211,3 +211,29 @@ async def test_a_tenant_resume_lifts_the_pause_at_once_before_its_bookkeeping(li
     again = await live.trigger(owner, agent=agents[0], command="PAUSE", reason="one more")
     assert again.status_code == 201, again.text
     assert (await check(live, agents[0]))["code"] == "PAUSED"
+
+
+async def test_a_pause_issued_after_a_fleet_resume_stands(live: Live) -> None:
+    owner = await live.tenant()
+    held, other = await live.agent(owner, "held"), await live.agent(owner, "other")
+    paused = await live.trigger(owner, all_agents=True, command="PAUSE", reason="incident")
+    await until(live, owner, paused.json()["command_id"], lambda b: b["bookkeeping_done_at"] is not None)
+    runtime = live.app.state.runtime
+    fleet = runtime.killswitch.fleet
+    await fleet.stop()
+    resumed = await live.trigger(owner, all_agents=True, command="RESUME", reason="over")
+    assert resumed.status_code == 201, resumed.text
+    # One agent is paused again on its own, before the RESUME's bookkeeping has run.
+    again = await live.trigger(owner, agent=held, command="PAUSE", reason="still suspicious")
+    assert again.status_code == 201, again.text
+    assert (await check(live, held))["code"] == "PAUSED"
+    assert (await check(live, other))["allowed"] is True
+
+    await fleet.start(runtime.events)
+    done = await until(
+        live, owner, resumed.json()["command_id"], lambda b: b["bookkeeping_done_at"] is not None
+    )
+    assert (done["targeted"], done["skipped"]) == (1, 1)
+    assert await status_of(live, owner, held) == "paused"
+    assert await status_of(live, owner, other) == "active"
+    assert (await check(live, held))["code"] == "PAUSED"

@@ -106,6 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             runtime.events,
             runtime.usage,
             halts=fleet.halts if fleet is not None else None,
+            statuses=runtime.identity,
         )
         # What exists now lives as long as the process: keep it out of every later garbage collection,
         # whose full passes would otherwise walk it and show up as tail latency on the check path.

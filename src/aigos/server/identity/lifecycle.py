@@ -82,7 +82,11 @@ async def change_statuses(
                 target=target.value,
             )
     moved = [agent for agent in targets if agent.status != target.value]
-    if not moved:
+    stopping = target is not AgentStatus.ACTIVE
+    # A stop repeated on an agent already stopped dates its status anew, here and on every replica: a
+    # fleet RESUME issued before it must not lift it (``killswitch.halts``). Only a move is an event.
+    touched = list(targets) if stopping else moved
+    if not touched:
         return befores
     now = utcnow()
     recorded = []
@@ -91,7 +95,7 @@ async def change_statuses(
         recorded.append(by(principal, event_type, data, agent_id=str(agent.id)))
     # One statement for all of them; the loaded objects are told the new values without becoming dirty
     # (the ORM would otherwise flush one UPDATE per agent).
-    ids = [agent.id for agent in moved]
+    ids = [agent.id for agent in touched]
     for batch in batches(ids, parameters_each=1):
         await session.execute(
             update(Agent)
@@ -110,12 +114,13 @@ async def change_statuses(
                 .values(revoked_at=now)
                 .execution_options(synchronize_session=False)
             )
-    for agent in moved:
+    for agent in touched:
         set_committed_value(agent, "status", target.value)
         set_committed_value(agent, "updated_at", now)
-    # One append for all of them: durable with the caller's transaction, as EventLog.record is.
-    await events.record_many(tenant_id, recorded, session)
-    if target is not AgentStatus.ACTIVE:
+    if recorded:
+        # One append for all of them: durable with the caller's transaction, as EventLog.record is.
+        await events.record_many(tenant_id, recorded, session)
+    if stopping:
         # This replica refuses at once, before the commit: a commit that then fails errs on the safe side.
         identity.restrict(ids, target.value)
     # The others hear it once committed (a return to active must never be heard for a rollback), and the
@@ -164,6 +169,7 @@ async def change_lineage_status(
     event_type: str,
     reason: str | None,
     strict_root: bool = True,
+    spare: frozenset[uuid.UUID] = frozenset(),
 ) -> LineageChange:
     """Move the agent ``root_id`` (with its descendants if ``cascade``), or with no root every agent of
     the principal's tenant not yet in a final status, to ``target``, their rows locked until the commit.
@@ -172,7 +178,7 @@ async def change_lineage_status(
     descendants and tenant-wide targets that cannot take it (a return to active of a terminated agent, say)
     are skipped and reported. An agent already in ``target`` counts as reached. Without ``strict_root``
     the root is skipped like any other agent that cannot take the status (for a change decided earlier,
-    whose root may have moved on since).
+    whose root may have moved on since). Agents in ``spare`` are skipped too (a later command holds them).
     """
     assert principal.tenant_id is not None
     tenant_id = principal.tenant_id
@@ -187,7 +193,9 @@ async def change_lineage_status(
     eligible: list[Agent] = []
     for agent in targets:
         current = AgentStatus(agent.status)
-        if (agent is root and strict_root) or current is target or can_transition(current, target):
+        if agent.id in spare:
+            result.skipped.append((agent.id, "a later command holds it"))
+        elif (agent is root and strict_root) or current is target or can_transition(current, target):
             eligible.append(agent)
         else:
             result.skipped.append((agent.id, f"the agent is {current.value}"))

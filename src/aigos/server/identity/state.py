@@ -80,6 +80,10 @@ class IdentityState(Follower):
         """The agent's status as far as restrictions go (``active`` unless restricted)."""
         return self._restricted.get(agent_id, AgentStatus.ACTIVE)
 
+    def status_since(self, agent_id: uuid.UUID) -> float:
+        """When the agent's current status was set, as far as this replica heard (Unix time; 0 if never)."""
+        return self._status_at.get(agent_id, 0.0)
+
     def is_revoked(self, jti: str) -> bool:
         """Whether the token id was revoked."""
         return jti in self._revoked
@@ -229,14 +233,18 @@ class IdentityState(Follower):
         async with self.database.session() as session:
             await set_platform_scope(session)
             agents = await session.execute(
-                select(Agent.id, Agent.status).where(Agent.status != AgentStatus.ACTIVE.value)
+                select(Agent.id, Agent.status, Agent.updated_at).where(
+                    Agent.status != AgentStatus.ACTIVE.value
+                )
             )
             revoked = await session.execute(
                 select(RevokedToken.jti, RevokedToken.expires_at).where(RevokedToken.expires_at > now)
             )
             self._clients = {}
-            self._restricted = {row.id: AgentStatus(row.status) for row in agents}
-            self._status_at = {}
+            rows = agents.all()
+            self._restricted = {row.id: AgentStatus(row.status) for row in rows}
+            # No later than the row's last change: a status message older than that is out of date.
+            self._status_at = {row.id: row.updated_at.timestamp() for row in rows}
             self._revoked = {row.jti: row.expires_at.timestamp() for row in revoked}
 
     def prune(self) -> None:

@@ -58,7 +58,7 @@ from aigos.server.errors import Conflict, NotFound
 from aigos.server.identity import lifecycle, lineage
 from aigos.server.identity.state import IdentityState
 from aigos.server.killswitch.models import FleetCommand as FleetRow
-from aigos.server.killswitch.models import FleetDelivery
+from aigos.server.killswitch.models import FleetDelivery, KillSwitchCommand
 from aigos.server.principal import Principal, PrincipalKind
 from aigos.server.telemetry import metrics
 from aigos.server.tenancy.locks import dialect_of
@@ -301,6 +301,18 @@ async def bookkeep(
         tenant_id=row.tenant_id,
         scopes=frozenset(),
     )
+    spare: frozenset[uuid.UUID] = frozenset()
+    if row.command == "RESUME":
+        # A single agent's PAUSE or TERMINATE issued after this RESUME stands: the RESUME lifts what came
+        # before it only.
+        later = await session.scalars(
+            select(KillSwitchCommand.agent_id).where(
+                KillSwitchCommand.tenant_id == row.tenant_id,
+                KillSwitchCommand.command.in_(("PAUSE", "TERMINATE")),
+                KillSwitchCommand.issued_at > row.issued_at,
+            )
+        )
+        spare = frozenset(later)
     try:
         changed = await lifecycle.change_lineage_status(
             session,
@@ -314,6 +326,7 @@ async def bookkeep(
             event_type=event_type,
             reason=row.reason,
             strict_root=False,
+            spare=spare,
         )
         reached, skipped = changed.agent_ids, len(changed.skipped)
     except NotFound:

@@ -76,15 +76,20 @@ class Halts:
                     found = command
         return None if found is None else _STATUS[found.command]
 
-    async def resuming(self, tenant_id: uuid.UUID, agent_id: uuid.UUID) -> bool:
-        """Whether a fleet RESUME not yet bookkept covers the agent (asked for a paused agent only)."""
+    async def resuming(self, tenant_id: uuid.UUID, agent_id: uuid.UUID, paused_at: float) -> bool:
+        """Whether a fleet RESUME not yet bookkept covers the agent, paused at ``paused_at`` (Unix time):
+        only a RESUME issued after the pause lifts it (a pause issued after the RESUME stands)."""
         tenant = self._tenants.get(tenant_id)
         if tenant is None or not tenant.resuming:
             return False
         now = time.monotonic()
-        current = [command for command, until in tenant.resuming.values() if until > now]
-        if len(current) < len(tenant.resuming):
+        if any(until <= now for _, until in tenant.resuming.values()):
             tenant.resuming = {k: v for k, v in tenant.resuming.items() if v[1] > now}
+        current = [
+            command
+            for command, _ in tenant.resuming.values()
+            if parse_time(command.issued_at).timestamp() > paused_at
+        ]
         if any(command.scope.get("kind") == TENANT_SCOPE for command in current):
             return True
         if not current:

@@ -33,8 +33,17 @@ class Halts(Protocol):
         """``paused`` / ``terminated`` if a fleet halt in force covers the agent, else None."""
         ...
 
-    async def resuming(self, tenant_id: uuid.UUID, agent_id: uuid.UUID) -> bool:
-        """Whether a fleet RESUME whose bookkeeping is not done yet covers the agent."""
+    async def resuming(self, tenant_id: uuid.UUID, agent_id: uuid.UUID, paused_at: float) -> bool:
+        """Whether a fleet RESUME issued after ``paused_at``, its bookkeeping not done yet, covers the
+        agent."""
+        ...
+
+
+class Statuses(Protocol):
+    """When agents' statuses were set, as this replica heard (``identity.state.IdentityState``)."""
+
+    def status_since(self, agent_id: uuid.UUID) -> float:
+        """Unix time of the agent's current status (0 if never heard)."""
         ...
 
 
@@ -42,7 +51,7 @@ class Checks:
     """What deciding a check takes: the replica's policy state, the budgets, the event log, the usage
     counters and the kill switch's fleet halts."""
 
-    __slots__ = ("budgets", "events", "halts", "state", "usage")
+    __slots__ = ("budgets", "events", "halts", "state", "statuses", "usage")
 
     def __init__(
         self,
@@ -51,12 +60,14 @@ class Checks:
         events: EventLog,
         usage: UsageMeter,
         halts: Halts | None = None,
+        statuses: Statuses | None = None,
     ) -> None:
         self.state = state
         self.budgets = budgets
         self.events = events
         self.usage = usage
         self.halts = halts
+        self.statuses = statuses
 
     async def decide(self, agent: AgentPrincipal, body: CheckIn, started: float) -> dict[str, Any]:
         """The answer to ``body`` for ``agent`` (a denial is an answer too), its decision recorded;
@@ -71,13 +82,11 @@ class Checks:
             halted = await self.halts.halted(agent.tenant_id, agent.agent_id)
             if halted is not None and (status == "active" or halted == "terminated"):
                 status = halted
-            elif (
-                halted is None
-                and status == "paused"
-                and await self.halts.resuming(agent.tenant_id, agent.agent_id)
-            ):
-                # A fleet RESUME lifted what paused it; its bookkeeping will set the status shortly.
-                status = "active"
+            elif halted is None and status == "paused" and self.statuses is not None:
+                paused_at = self.statuses.status_since(agent.agent_id)
+                if await self.halts.resuming(agent.tenant_id, agent.agent_id, paused_at):
+                    # A fleet RESUME issued since the pause lifts it; its bookkeeping will set the status.
+                    status = "active"
         subject = await state.subject(agent.tenant_id, agent.agent_id, status, agent.claims)
         policies = await state.policy_set(agent.tenant_id)
         asked = core.Request.of(body.action, body.resource, body.context.model_dump(exclude_none=True))
