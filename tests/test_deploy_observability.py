@@ -52,6 +52,7 @@ GAUGES = {
     "aigos_eventlog_queue_capacity",
     "aigos_eventlog_stalled",
     "aigos_killswitch_streams",
+    "aigos_replicas",
     "aigos_killswitch_streams_limit",
     "aigos_requests_in_flight",
     "aigos_event_loop_lag_max_seconds",

@@ -25,7 +25,7 @@ from aigos.core.commands import SignedCommand, verify_command
 from aigos.core.signing import unb64url
 from aigos.server.app import create_app
 from tests.conftest import REDIS_URL, embedded_settings, pg_url
-from tests.helpers import TenantHandle, signup
+from tests.helpers import TenantHandle, prometheus_samples, signup
 from tests.identity.helpers import SigningClient
 from tests.killswitch.sse import SseClient, SseStream
 from tests.server_process import ServerProcess
@@ -78,6 +78,15 @@ class Fleet:
         return command
 
 
+async def until_replicas(client: httpx.AsyncClient, count: int) -> None:
+    """Wait until the server counts ``count`` replicas sharing its database (``aigos_replicas``)."""
+    for _ in range(200):
+        if prometheus_samples((await client.get("/metrics")).text).get("aigos_replicas") == count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{client.base_url} never counted {count} replicas")
+
+
 @pytest.fixture
 async def fleet(tmp_path: Path, replica_env: dict[str, str]) -> AsyncIterator[Fleet]:
     """Two ``aigos serve`` processes whose Redis can be cut (``fleet.sever()``) and restored."""
@@ -99,6 +108,9 @@ async def fleet(tmp_path: Path, replica_env: dict[str, str]) -> AsyncIterator[Fl
             httpx.AsyncClient(base_url=servers[0].base_url, timeout=PATIENCE) as one,
             httpx.AsyncClient(base_url=servers[1].base_url, timeout=PATIENCE) as two,
         ):
+            # Each replica divides its rate limits by the others it counts while Redis is down: count first.
+            for client in (one, two):
+                await until_replicas(client, 2)
             owner = await signup(one, "Outage")
             published = (await two.get("/v1/kill-switch/keys")).json()["keys"]
             keys = {key["key_id"]: unb64url(key["public_key"]) for key in published}

@@ -124,6 +124,13 @@ KILLSWITCH_STREAMS_LIMIT = Gauge(
     multiprocess_mode="livesum",
     registry=REGISTRY,
 )
+REPLICAS = Gauge(
+    "aigos_replicas",
+    "Server processes sharing this database, as this one counts them (rate limits are divided by it "
+    "while Redis is down).",
+    multiprocess_mode="livemax",
+    registry=REGISTRY,
+)
 RATE_LIMITED = Counter(
     "aigos_rate_limited",
     "Requests refused 429 by a rate limit, by limit.",
@@ -308,6 +315,10 @@ class Sampled(Protocol):
         """Kill-switch streams open here."""
         ...
 
+    def replicas(self) -> int:
+        """Server processes sharing this database, as counted here."""
+        ...
+
     def refused(self) -> dict[str, int]:
         """Requests admission refused since the start, by code."""
         ...
@@ -348,6 +359,7 @@ class Sampler:
         EVENTLOG_QUEUE_CAPACITY.set(capacity)
         EVENTLOG_STALLED.set(1 if stalled else 0)
         KILLSWITCH_STREAMS.set(self.source.streams())
+        REPLICAS.set(self.source.replicas())
         for code, count in self.source.refused().items():
             grown = count - self._refused_seen.get(code, 0)
             if grown > 0:

@@ -40,6 +40,10 @@ class ProcessMetrics:
         """Kill-switch streams open here."""
         return self.runtime.killswitch.connection_count
 
+    def replicas(self) -> int:
+        """Server processes sharing this database (1 when they cannot be counted)."""
+        return self.runtime.killswitch.replicas()
+
     def refused(self) -> dict[str, int]:
         """What admission refused since the start, by code."""
         return dict(self.admission.refused)
