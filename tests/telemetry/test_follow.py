@@ -7,14 +7,19 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from aigos.server.app import create_app
 from aigos.server.telemetry import follow
+from tests.audit.helpers import proxied_settings
 from tests.helpers import TenantHandle
 from tests.killswitch.helpers import Live
 from tests.killswitch.sse import Event, SseStream
+from tests.live import serving
+from tests.tcp_proxy import TcpProxy
 
 STREAM = "/v1/telemetry/events/stream"
 
@@ -125,3 +130,18 @@ async def test_streams_per_tenant_are_bounded_and_end_when_the_server_stops(live
         live.app.state.runtime.shutdown.close()
         for stream in streams:
             assert await stream.next(within=5.0) is None
+
+
+async def test_a_stream_ends_when_the_database_goes_and_is_refused_until_it_is_back(
+    tmp_path: Path, pg_database: str, redis_prefix: str, pg_proxy: TcpProxy
+) -> None:
+    app = create_app(proxied_settings(tmp_path, pg_database, redis_prefix, pg_proxy))
+    async with serving(app) as live:
+        owner = await live.tenant()
+        async with following(live, owner) as stream:
+            pg_proxy.sever()
+            # Ended, not failed: the client reconnects with Last-Event-ID.
+            assert await stream.next(within=15.0) is None
+        refused = await live.http.get(STREAM, headers=owner.headers)
+        assert refused.status_code == 503, refused.text
+        pg_proxy.restore()

@@ -23,7 +23,7 @@ from aigos.core.merkle import CompactRange, Tree
 from aigos.core.signing import Signer, b64url
 from aigos.server.audit import checkpoints
 from aigos.server.audit.chain import entry_of, isoformat
-from aigos.server.audit.models import AuditAnchor, AuditCheckpoint, AuditEvent
+from aigos.server.audit.models import AuditAnchor, AuditCheckpoint, AuditEvent, AuditHead
 from aigos.server.db import Database
 from aigos.server.db.types import utcnow
 from aigos.server.errors import AigosError, NotFound
@@ -114,7 +114,8 @@ async def page(
 
 async def head(session: AsyncSession, tenant_id: uuid.UUID) -> int:
     """The ``seq`` of the tenant's newest entry (0 for an empty log)."""
-    found = await session.scalar(select(func.max(AuditEvent.seq)).where(AuditEvent.tenant_id == tenant_id))
+    # The head row, not max(seq): one row, where the log is partitioned by day.
+    found = await session.scalar(select(AuditHead.seq).where(AuditHead.tenant_id == tenant_id))
     return int(found or 0)
 
 

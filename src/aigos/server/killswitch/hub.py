@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Iterable
@@ -122,6 +123,8 @@ class Hub:
         self._fleet_deliveries: dict[uuid.UUID, list[tuple[uuid.UUID, uuid.UUID, datetime]]] = defaultdict(
             list
         )
+        #: Seconds from each delivered command's issue to its write, observed at the next flush.
+        self._delivery_seconds: list[float] = []
         #: Per tenant, its agents with a stream here; per such agent, its ancestors (for lineage commands).
         self._tenant_agents: dict[uuid.UUID, set[uuid.UUID]] = {}
         self._ancestors: dict[uuid.UUID, tuple[str, ...]] = {}
@@ -176,7 +179,7 @@ class Hub:
 
     def delivered(self, connection: Connection, item: Outgoing) -> None:
         """Note that ``item`` went out on ``connection`` (written to the database in the next batch)."""
-        metrics.delivered(item.issued)
+        self._delivery_seconds.append(time.time() - item.issued)
         self._deliveries[connection.tenant_id].append((connection, item, utcnow()))
 
     def set_ancestors(self, agent_id: uuid.UUID, ancestors: tuple[str, ...]) -> None:
@@ -186,7 +189,7 @@ class Hub:
 
     def fleet_delivered(self, connection: Connection, item: FleetOutgoing) -> None:
         """Note that the fleet command ``item`` went out on ``connection`` (recorded in the next batch)."""
-        metrics.delivered(item.issued)
+        self._delivery_seconds.append(time.time() - item.issued)
         entry = (uuid.UUID(item.command_id), connection.agent_id, utcnow())
         self._fleet_deliveries[connection.tenant_id].append(entry)
 
@@ -436,6 +439,8 @@ class Hub:
         """Mark delivered commands ``delivered`` (one statement per tenant) and log their delivery."""
         batches, self._deliveries = self._deliveries, defaultdict(list)
         fleet_batches, self._fleet_deliveries = self._fleet_deliveries, defaultdict(list)
+        latencies, self._delivery_seconds = self._delivery_seconds, []
+        metrics.delivered(latencies)
         if fleet_batches and self.fleet is not None:
             await self.fleet.record_deliveries(fleet_batches)
         table = KillSwitchCommand.__table__

@@ -69,7 +69,7 @@ class RequestContextMiddleware:
             tokens = structlog.contextvars.bind_contextvars(
                 request_id=request_id, trace_id=trace[0], span_id=trace[1]
             )
-        trace_token = tracing.current.set(trace)
+        trace_token = tracing.current.set(trace) if trace is not None else None
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
@@ -96,7 +96,8 @@ class RequestContextMiddleware:
                     client=scope["client"][0] if scope.get("client") else None,
                 )
             structlog.contextvars.reset_contextvars(**tokens)
-            tracing.current.reset(trace_token)
+            if trace_token is not None:
+                tracing.current.reset(trace_token)
 
 
 def _incoming(scope: Scope) -> tuple[str | None, str | None]:

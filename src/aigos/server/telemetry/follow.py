@@ -17,12 +17,16 @@ from collections import Counter
 from collections.abc import AsyncIterator
 
 import orjson
+import structlog
 
 from aigos.server.audit import service as audit
 from aigos.server.db import Database
 from aigos.server.db.database import set_tenant
+from aigos.server.db.outage import DatabaseUnavailable
 from aigos.server.errors import RateLimited
 from aigos.server.shutdown import Shutdown
+
+log = structlog.get_logger("aigos.telemetry.follow")
 
 POLL_SECONDS = 0.5
 #: Entries read per poll at most (a follower far behind catches up poll after poll, without pausing).
@@ -77,7 +81,13 @@ class Follower:
             yield b": following\n\n"
             quiet_since = time.monotonic()
             while not self.shutdown.closing:
-                found = await self._poll()
+                try:
+                    found = await self._poll()
+                except DatabaseUnavailable:
+                    # The headers went long ago: end the stream; the client reconnects with Last-Event-ID
+                    # (and is answered 503 while the database is still away).
+                    log.warning("telemetry_stream_database_unavailable", tenant_id=str(self.tenant_id))
+                    return
                 for entry in found:
                     yield frame(entry.seq, entry.event_type, entry.entry)
                 if found:

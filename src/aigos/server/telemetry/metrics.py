@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import resource
-import time
 from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
@@ -291,10 +290,12 @@ async def acknowledged(issued_at: datetime, at: datetime) -> None:
         KILLSWITCH_ACKNOWLEDGEMENT.observe(max(0.0, (at - issued_at).total_seconds()))
 
 
-def delivered(issued_at: float) -> None:
-    """Observe one delivery's time since its command's issue (``issued_at``: a Unix time)."""
+def delivered(seconds: Iterable[float]) -> None:
+    """Observe deliveries' times since their commands' issue (noted during a fan-out, observed after it:
+    a histogram observation per stream would lengthen every fan-out)."""
     if enabled:
-        KILLSWITCH_DELIVERY.observe(max(0.0, time.time() - issued_at))
+        for each in seconds:
+            KILLSWITCH_DELIVERY.observe(max(0.0, each))
 
 
 class Lane(Protocol):
