@@ -6,6 +6,7 @@ FROM python:${PYTHON_VERSION}-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 RUN python -m venv /opt/aigos
+# server.lock holds the otel extra too: traces stay off until OTEL_EXPORTER_OTLP_ENDPOINT is set.
 COPY requirements/server.lock requirements/server.lock
 RUN /opt/aigos/bin/pip install -r requirements/server.lock
 COPY pyproject.toml README.md ./

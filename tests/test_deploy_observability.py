@@ -214,6 +214,7 @@ def test_compose_services_mount_files_that_exist() -> None:
     for name, image in (
         ("prometheus", "prom/prometheus"),
         ("grafana", "grafana/grafana"),
+        ("otel-collector", "otel/opentelemetry-collector-contrib"),
     ):
         service = services[name]
         assert service["image"].split(":")[0] == image, name
@@ -227,9 +228,28 @@ def test_compose_services_mount_files_that_exist() -> None:
     assert mounts["prometheus"]["/etc/prometheus"] == "./deploy/prometheus"
     assert mounts["grafana"]["/etc/grafana/provisioning"] == "./deploy/grafana/provisioning"
     assert mounts["grafana"]["/var/lib/grafana/dashboards"] == "./deploy/grafana/dashboards"
+    assert mounts["otel-collector"]["/etc/otelcol/collector.yml"] == "./deploy/otel/collector.yml"
 
     grafana = services["grafana"]["environment"]
     assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
     assert grafana["GF_SECURITY_ADMIN_PASSWORD"] == "${GRAFANA_ADMIN_PASSWORD:-change-me}"
     assert services["prometheus"]["ports"] == ["127.0.0.1:9090:9090"]
     assert services["grafana"]["ports"] == ["127.0.0.1:3000:3000"]
+
+
+def test_the_api_exports_traces_to_the_collector_pipeline() -> None:
+    services = load_yaml(ROOT / "docker-compose.yml")["services"]
+    api = services["api"]["environment"]
+    config = load_yaml(ROOT / "deploy" / "otel" / "collector.yml")
+    # The endpoint the API exports to is the collector's OTLP/HTTP receiver, by service name and port.
+    endpoint = api["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    port = config["receivers"]["otlp"]["protocols"]["http"]["endpoint"].rsplit(":", 1)[1]
+    assert endpoint == f"http://otel-collector:{port}"
+    assert api["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+    assert 0 < float(api["OTEL_TRACES_SAMPLER_ARG"]) <= 1
+    # Every stage the pipeline names is defined, and the memory limit comes first (the collector's rule).
+    (pipeline,) = config["service"]["pipelines"].values()
+    for stage in ("receivers", "processors", "exporters"):
+        assert set(pipeline[stage]) <= set(config[stage]), stage
+    assert pipeline["processors"][0] == "memory_limiter"
+    assert set(config["service"]["extensions"]) <= set(config["extensions"])

@@ -58,8 +58,15 @@ async def test_spans_reach_the_receiver_and_join_the_events(
     # The statements a request ran are its children.
     statements = [span for span in receiver.spans if span.parent_span_id == child.span_id]
     assert statements, [span.name for span in receiver.spans if span.trace_id == TRACE]
-    assert {span.attributes["db.system.name"] for span in statements} <= {"postgresql", "sqlite"}
+    assert {span.attributes["db.system.name"] for span in statements} <= {"postgresql", "sqlite", "redis"}
     assert all(span.name == str(span.attributes["db.operation.name"]) for span in statements)
+    if settings.redis_url:
+        # Rate limits are Redis scripts: each command a request sends is its child, named, keys left out.
+        requests = {span.span_id for span in receiver.spans if span.name.startswith(("GET ", "POST "))}
+        sent = [span for span in receiver.spans if span.attributes.get("db.system.name") == "redis"]
+        assert sent
+        assert all(span.parent_span_id in requests for span in sent)
+        assert {span.name for span in sent} <= {"EVALSHA", "EVAL", "GET", "SET", "INCRBY", "MGET", "GETDEL"}
     # Without a traceparent AIGOS starts the trace, and its event joins it all the same.
     root = by_trace[untraced_event["trace_id"]]
     assert (root.parent_span_id, root.span_id) == ("", untraced_event["span_id"])

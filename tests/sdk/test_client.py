@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -386,3 +387,30 @@ def test_a_token_that_may_not_write_telemetry_still_checks(live: LiveServer) -> 
         assert search("two") == "two"
         assert not aigos.carry_telemetry
         assert len(aigos.telemetry) == 2
+
+
+def test_an_event_the_server_refuses_is_counted_never_resent_and_blocks_nothing(live: LiveServer) -> None:
+    ahead = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    with AigosClient(api_key=live.api_key, base_url=live.base_url, telemetry_interval=3600) as aigos:
+        identity = aigos.register(name="skewed", capabilities={"tools": ["web_search"]})
+        # As a host whose clock runs a day ahead would stamp them (add() stamps with this host's clock).
+        good = {"event_type": "tool.good", "data": {"tool": "web_search"}}
+        late = {"event_type": "tool.late", "timestamp": ahead, "data": {}}
+        aigos.telemetry.put_back([good, late])
+        assert aigos.flush() == 1
+        assert (aigos.telemetry.refused, len(aigos.telemetry)) == (1, 0)
+        # A batch refused whole is not retried: the next flush has nothing to send.
+        aigos.telemetry.put_back([late, late])
+        assert aigos.flush() == 0
+        assert (aigos.telemetry.refused, len(aigos.telemetry)) == (3, 0)
+        # A check carrying it is sent again bare, and checks carry nothing more until a flush.
+        aigos.telemetry.put_back([late, good])
+        assert aigos.check(tool="web_search").allowed
+        assert aigos.telemetry.carry_held
+        assert len(aigos.telemetry) == 2
+        assert aigos.check(tool="web_search").allowed
+        assert len(aigos.telemetry) == 2
+        assert aigos.flush() == 1
+        assert (aigos.telemetry.refused, aigos.telemetry.carry_held) == (4, False)
+        events = wait_for_events(live, identity.agent_id, 2)
+        assert [e["event_type"] for e in events] == ["tool.good", "tool.good"]

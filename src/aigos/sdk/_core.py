@@ -145,7 +145,7 @@ class ClientCore:
     def _carry(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         """Move queued telemetry (the previous calls' outcomes) into a check's body: one request instead of
         a check plus a telemetry post per guarded call. The flusher sends only what no check took."""
-        if not self.carry_telemetry or not len(self.telemetry):
+        if not self.carry_telemetry or self.telemetry.carry_held or not len(self.telemetry):
             return []
         carried = self.telemetry.take(CARRIED_PER_CHECK)
         if carried:
@@ -160,6 +160,11 @@ class ClientCore:
         del body["telemetry"]
         if isinstance(exc, AigosError) and exc.code == "INSUFFICIENT_SCOPE":
             self.carry_telemetry = False
+            return True
+        if isinstance(exc, AigosError) and exc.status == 400 and _about_telemetry(exc.problem):
+            # A carried event the server refuses (a clock far ahead, say) must not refuse every later
+            # check: the flusher sends it instead, and POST /v1/telemetry refuses a bad event alone.
+            self.telemetry.carry_held = True
             return True
         return False
 
@@ -226,3 +231,13 @@ def _subject_of(token: str) -> str | None:
         return str(claims["sub"])
     except (IndexError, KeyError, ValueError, TypeError):
         return None
+
+
+def _about_telemetry(problem: dict[str, Any]) -> bool:
+    """Whether a refused check's problem names only the telemetry it carried."""
+    errors = problem.get("errors")
+    return (
+        isinstance(errors, list)
+        and bool(errors)
+        and all(isinstance(e, dict) and str(e.get("pointer", "")).startswith("/telemetry") for e in errors)
+    )

@@ -202,11 +202,19 @@ class AigosClient(ClientCore):
                 try:
                     response = self.agent_request("POST", "/v1/telemetry", {"events": batch})
                     raise_for_problem(response)
-                except AigosError:
+                except AigosError as exc:
+                    if exc.status == 400:
+                        # Every event refused: sending them again cannot help (nor must it block the rest).
+                        self.telemetry.refuse(batch, exc.problem)
+                        continue
                     self.telemetry.put_back(batch)
                     raise
-                sent += int(response.json().get("accepted", 0))
+                accepted, backlogged = self.telemetry.settle(batch, response.json())
+                sent += accepted
+                if backlogged:
+                    break  # the server is behind: what it gave back goes with the next flush
         self.telemetry.sent += sent
+        self.telemetry.flushed()
         return sent
 
     def _start_background(self) -> None:

@@ -33,6 +33,10 @@ class TelemetryBuffer:
         self._events: deque[Pending] = deque(maxlen=max_events)
         self.dropped = 0
         self.sent = 0
+        #: Events the server refused (a schema it holds to, a clock too far ahead): logged, never resent.
+        self.refused = 0
+        #: Set when a check refused what it carried: checks carry nothing until a flush has sent it.
+        self.carry_held = False
         self.wake = threading.Event()
 
     def add(
@@ -93,6 +97,48 @@ class TelemetryBuffer:
         keep = batch[-room:] if room > 0 else []
         self.dropped += len(batch) - len(keep)
         self._events.extendleft(reversed(keep))
+
+    def flushed(self) -> None:
+        """A flush has sent what was waiting: checks may carry events again."""
+        self.carry_held = False
+
+    def settle(self, batch: list[dict[str, Any]], answer: Any) -> tuple[int, bool]:
+        """Account for the server's 202 to ``batch``: (how many it accepted, whether it gave some back).
+
+        Events the event log had no room for (``TELEMETRY_BACKLOG``) return to the front, to be sent on
+        the next flush; the others it names are counted in ``refused`` and logged, never sent again.
+        """
+        answer = answer if isinstance(answer, dict) else {}
+        again: list[dict[str, Any]] = []
+        for refusal in answer.get("refused") or ():
+            index = refusal.get("index") if isinstance(refusal, dict) else None
+            if not isinstance(index, int) or not 0 <= index < len(batch):
+                continue
+            if refusal.get("code") == "TELEMETRY_BACKLOG":
+                again.append(batch[index])
+            else:
+                self._refused(batch[index], refusal)
+        if again:
+            self.put_back(again)
+        accepted = answer.get("accepted", 0)
+        return (accepted if isinstance(accepted, int) else 0), bool(again)
+
+    def refuse(self, batch: list[dict[str, Any]], problem: dict[str, Any]) -> None:
+        """The server refused every event of ``batch`` (400): count and log them; resending cannot help."""
+        listed = problem.get("errors")
+        errors: list[Any] = listed if isinstance(listed, list) else []
+        for index, event in enumerate(batch):
+            error = errors[index] if index < len(errors) else None
+            self._refused(event, error if isinstance(error, dict) else {})
+
+    def _refused(self, event: dict[str, Any], refusal: dict[str, Any]) -> None:
+        self.refused += 1
+        log.warning(
+            "aigos telemetry event %s refused by the server (%s): %s",
+            event.get("event_type"),
+            refusal.get("code", "refused"),
+            refusal.get("detail", ""),
+        )
 
 
 Pending = tuple[str, float, dict[str, Any] | None, str | None, str | None] | dict[str, Any]

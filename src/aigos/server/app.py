@@ -19,6 +19,7 @@ from aigos.server.audit import api as audit_api
 from aigos.server.audit.log import EventLog, checkpoint_signer
 from aigos.server.audit.retention import Maintenance, ensure_partitions
 from aigos.server.bus import FallbackRateLimiter, create_bus
+from aigos.server.bus.redis import RedisBus
 from aigos.server.config import Settings
 from aigos.server.datadir import DataDirLock
 from aigos.server.datadir import prepare as prepare_data_dir
@@ -98,6 +99,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.runtime = runtime
         if traces is not None:
             otel.trace_database(runtime.database.engine, traces.get_tracer("aigos"))
+            if isinstance(runtime.bus, RedisBus):
+                otel.trace_redis(runtime.bus.client, traces.get_tracer("aigos"))
         # Built once: the check path reads it instead of assembling it per request.
         fleet = runtime.killswitch.fleet
         app.state.policy_checks = Checks(

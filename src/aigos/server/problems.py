@@ -106,7 +106,7 @@ def internal_error_response(scope: Scope) -> Response:
     )
 
 
-def _pointer(loc: Sequence[str | int]) -> str:
+def json_pointer(loc: Sequence[str | int]) -> str:
     """A JSON pointer (RFC 6901) or parameter name for a pydantic error location."""
     where, *path = loc or ("body",)
     escaped = "/".join(str(p).replace("~", "~0").replace("/", "~1") for p in path)
@@ -120,7 +120,8 @@ def _validation_error(exc: RequestValidationError) -> AigosError:
     if any(err.get("type") == "json_invalid" for err in errors):
         return MalformedJSON("The request body is not valid JSON.")
     items = [
-        {"pointer": _pointer(err.get("loc", ())), "detail": str(err.get("msg", "invalid"))} for err in errors
+        {"pointer": json_pointer(err.get("loc", ())), "detail": str(err.get("msg", "invalid"))}
+        for err in errors
     ]
     first = items[0] if items else {"pointer": "", "detail": "invalid"}
     where = first["pointer"] or "the body"

@@ -59,15 +59,18 @@ def _is_json(media_type: str) -> bool:
     )
 
 
-def parse_json(body: bytes) -> Any:
+def parse_json(body: bytes, *, walk: bool = True) -> Any:
     """``body`` as JSON, every part of it storable; ``RequestValidationError`` naming the first part that is
-    not (``MALFORMED_JSON`` when it does not parse at all: bad syntax, bad UTF-8, an integer too long)."""
+    not (``MALFORMED_JSON`` when it does not parse at all: bad syntax, bad UTF-8, an integer too long).
+    ``walk=False`` leaves finding unstorable parts to the caller."""
     try:
         # pydantic's reader (as FastAPI's own validate_json would use): strict, refuses NaN and Infinity,
         # lone surrogates and deep nesting outright, and is four times faster than the standard library's.
         value = from_json(body, allow_inf_nan=False)
     except ValueError:
         value = _parse_to_name_the_field(body)
+    if not walk:
+        return value
     found = find_unstorable(value)
     if found is not None:
         raise _refused(("body", *found.path), found.reason)
@@ -90,6 +93,9 @@ def _parse_to_name_the_field(body: bytes) -> Any:
 class ValidatedRoute(APIRoute):
     """An ``APIRoute`` whose requests are checked at the edge before FastAPI parses them."""
 
+    #: Whether the edge walks the whole JSON body for unstorable parts (see ``ItemizedRoute``).
+    walks_body = True
+
     def get_route_handler(self) -> Handler:
         """FastAPI's handler, behind the edge check."""
         handler = super().get_route_handler()
@@ -100,7 +106,12 @@ class ValidatedRoute(APIRoute):
 
         async def checked(request: Request) -> Response:
             try:
-                await check_request(request, untyped_is_json=untyped_is_json, any_type_is_json=reads_itself)
+                await check_request(
+                    request,
+                    untyped_is_json=untyped_is_json,
+                    any_type_is_json=reads_itself,
+                    walk=self.walks_body,
+                )
             except RequestValidationError as refusal:
                 return self.refuse(refusal)
             return await handler(request)
@@ -110,6 +121,14 @@ class ValidatedRoute(APIRoute):
     def refuse(self, refusal: RequestValidationError) -> Response:
         """The answer to a request refused at the edge: the problem handler's ``VALIDATION_FAILED``."""
         raise refusal
+
+
+class ItemizedRoute(ValidatedRoute):
+    """The edge of a batch route whose items are judged one by one: the body must parse as JSON, but what
+    each item holds is left to the endpoint, which walks every item itself (``find_unstorable``) so that
+    one bad item is refused alone. Such an endpoint must store nothing of the body it has not walked."""
+
+    walks_body = False
 
 
 class OAuthRoute(ValidatedRoute):
@@ -122,8 +141,11 @@ class OAuthRoute(ValidatedRoute):
         raise OAuthError("invalid_request", f"{name}: {first['msg']}")
 
 
-async def check_request(request: Request, *, untyped_is_json: bool, any_type_is_json: bool = False) -> None:
-    """Refuse ``request`` if a path or query parameter or its body holds something unstorable.
+async def check_request(
+    request: Request, *, untyped_is_json: bool, any_type_is_json: bool = False, walk: bool = True
+) -> None:
+    """Refuse ``request`` if a path or query parameter or its body holds something unstorable (its body
+    parsed but not walked if ``walk`` is false).
 
     A JSON body is parsed here, once, and left in ``request``'s cache for FastAPI and the endpoint.
     """
@@ -142,7 +164,7 @@ async def check_request(request: Request, *, untyped_is_json: bool, any_type_is_
     ):
         body = await request.body()
         if body:
-            request._json = parse_json(body)
+            request._json = parse_json(body, walk=walk)
         elif any_type_is_json:
             # Such a route reads ``request.json()`` without asking FastAPI, which would answer this itself.
             raise _malformed()

@@ -187,8 +187,9 @@ class EventLog:
         return True
 
     def enqueue_many(self, events: Sequence[NewEvent]) -> int:
-        """Journal (in one write) and queue events a caller can send again; returns how many were queued,
-        the rest dropped and counted because the queue is full.
+        """Journal (in one write) and queue as many of ``events``, in order, as the queue has room for;
+        returns how many. The rest are neither queued nor counted as dropped: the caller gives them back
+        to whoever sent them, to send again.
 
         Raises ``ServiceUnavailable`` (503 ``STORAGE_UNAVAILABLE``) and keeps none of them if the journal
         cannot be written: the caller has decided nothing yet and can retry.
@@ -208,8 +209,6 @@ class EventLog:
                     headers={"Retry-After": "5"},
                     dependency="disk",
                 ) from error
-        for event in events[room:]:
-            self._drop(event.tenant_id, QUEUE_FULL)
         self._queue.extend(kept)
         if len(self._queue) >= self.batch_size:
             self._wake.set()

@@ -412,6 +412,11 @@ class RedisBus(Bus):
         self.ledger: RedisLedger = RedisLedger(self._commands, prefix)
 
     @property
+    def client(self) -> Redis:
+        """The client every command but the subscriber's goes through (for instrumentation)."""
+        return self._commands.client
+
+    @property
     def kind(self) -> str:
         """Always ``"redis"``."""
         return "redis"

@@ -154,4 +154,4 @@ class Checks:
 def _carried(agent: AgentPrincipal, items: list[TelemetryEvent]) -> list[NewEvent]:
     """The outcomes a check carries, as ``POST /v1/telemetry`` would record them; checked before deciding."""
     require_scope(agent, "telemetry:write")
-    return reported_events(agent, items, "/telemetry")
+    return reported_events(agent, items, "telemetry")

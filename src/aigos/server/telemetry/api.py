@@ -13,30 +13,29 @@ from aigos.server.audit.api import AuditReader, EventFilterDep, Limit, PageNo
 from aigos.server.audit.schemas import AuditEntry
 from aigos.server.deps import DatabaseDep, EventsDep, RuntimeDep, SessionDep
 from aigos.server.errors import ServiceUnavailable
-from aigos.server.routing import ValidatedRoute
+from aigos.server.routing import ItemizedRoute, ValidatedRoute
 from aigos.server.schemas import Page
 from aigos.server.telemetry.deps import ReporterDep
 from aigos.server.telemetry.follow import Follower
-from aigos.server.telemetry.schemas import TelemetryAccepted, TelemetryBatch
-from aigos.server.telemetry.service import reported_events
+from aigos.server.telemetry.schemas import RefusedEvent, TelemetryAccepted, TelemetryBatch
+from aigos.server.telemetry.service import Refusal, refused_batch, sort_reported
 
 router = APIRouter(prefix="/v1/telemetry", tags=["telemetry"], route_class=ValidatedRoute)
 
 
-@router.post(
-    "",
-    response_model=TelemetryAccepted,
-    status_code=status.HTTP_202_ACCEPTED,
-    summary="Report events (agent token)",
-)
 async def report(batch: TelemetryBatch, events: EventsDep, agent: ReporterDep) -> TelemetryAccepted:
     """Queue 1..500 agent-reported events for the event log (`source` `agent`); written in batches.
 
-    Types owned by a server context (`policy.`, `kill_switch.`, `agent.`, ...) are refused with 400
-    `RESERVED_EVENT_TYPE`: report `tool.*`, `llm.*`, `agent_reported.*` or `custom.*` instead.
+    Each event is judged on its own: the good ones are queued, and `refused` names each other one by its
+    index, a JSON pointer and a code. Types owned by a server context (`policy.`, `kill_switch.`,
+    `agent.`, ...) are `RESERVED_EVENT_TYPE`: report `tool.*`, `llm.*`, `agent_reported.*` or `custom.*`.
+    If no event can be recorded the answer is 400, one `errors` entry per event. Events the event log has
+    no room for now are refused as `TELEMETRY_BACKLOG` (send them again); if none fitted, 503.
     A terminated agent may still report with its unexpired token (its last calls' outcomes).
     """
-    reported = reported_events(agent, batch.events, "/events")
+    reported, refusals = sort_reported(agent, batch.events, "events")
+    if not reported:
+        raise refused_batch(refusals)
     # 503 STORAGE_UNAVAILABLE if the event log's journal cannot be written: nothing is kept then.
     accepted = events.enqueue_many(reported)
     if accepted == 0:
@@ -44,7 +43,39 @@ async def report(batch: TelemetryBatch, events: EventsDep, agent: ReporterDep) -
         raise ServiceUnavailable(
             "The event log is busy; retry shortly.", code="TELEMETRY_BACKLOG", headers={"Retry-After": "1"}
         )
-    return TelemetryAccepted(accepted=accepted)
+    refused = [RefusedEvent(index=r.index, pointer=r.pointer, code=r.code, detail=r.detail) for r in refusals]
+    if accepted < len(reported):
+        # The rest were not queued: the agent still has them and sends them again.
+        good = _indexes(len(batch.events), refusals)
+        refused += [_backlogged(index) for index in good[accepted:]]
+        refused.sort(key=lambda event: event.index)
+    return TelemetryAccepted(accepted=accepted, refused=refused)
+
+
+def _indexes(count: int, refusals: list[Refusal]) -> list[int]:
+    """The indexes of a batch's events that were not refused."""
+    skipped = {refusal.index for refusal in refusals}
+    return [index for index in range(count) if index not in skipped]
+
+
+def _backlogged(index: int) -> RefusedEvent:
+    return RefusedEvent(
+        index=index,
+        pointer=f"/events/{index}",
+        code="TELEMETRY_BACKLOG",
+        detail="the event log has no room for it now: send it again shortly",
+    )
+
+
+router.add_api_route(
+    "",
+    report,
+    methods=["POST"],
+    response_model=TelemetryAccepted,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Report events (agent token)",
+    route_class_override=ItemizedRoute,
+)
 
 
 @router.get("/events", response_model=Page[AuditEntry], summary="List events")

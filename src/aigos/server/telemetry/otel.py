@@ -8,7 +8,9 @@ the rest: ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES`` (the service is
 processor's delays. Off, nothing of it is imported and no request pays anything for it.
 
 Each statement the database runs for a request is a client span of its own, a child of the request's
-(``db.system.name``, ``db.operation.name`` and the statement's text, never its parameters).
+(``db.system.name``, ``db.operation.name`` and the statement's text, never its parameters). So is each
+Redis command a request sends (``db.system.name`` ``redis`` and the command's name, never its keys or
+values); the bus's own background traffic (kill-switch fan-out, pings) starts no trace.
 
 A request's span is a child of the caller's W3C ``traceparent`` when it sent one, so an agent's trace
 continues through AIGOS; the events the request records carry the span's trace id and span id
@@ -18,6 +20,7 @@ continues through AIGOS; the events the request records carry the span's trace i
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,6 +30,7 @@ from aigos.server import tracing
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import Tracer
+    from redis.asyncio import Redis
     from sqlalchemy.ext.asyncio import AsyncEngine
 
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
@@ -98,6 +102,29 @@ def trace_database(engine: AsyncEngine, tracer: Tracer) -> None:
     event.listen(sync_engine, "before_cursor_execute", before)
     event.listen(sync_engine, "after_cursor_execute", after)
     event.listen(sync_engine, "handle_error", failed)
+
+
+def trace_redis(client: Redis, tracer: Tracer) -> None:
+    """A client span around each command ``client`` sends while a request's span is current."""
+    from opentelemetry.trace import SpanKind, get_current_span
+
+    send: Callable[..., Awaitable[Any]] = client.execute_command
+
+    async def traced(*args: Any, **options: Any) -> Any:
+        if not get_current_span().is_recording():
+            return await send(*args, **options)
+        name = args[0].decode() if isinstance(args[0], bytes) else str(args[0])
+        operation = name.upper()
+        with tracer.start_as_current_span(
+            operation,
+            kind=SpanKind.CLIENT,
+            attributes={"db.system.name": "redis", "db.operation.name": operation},
+            record_exception=True,
+        ):
+            return await send(*args, **options)
+
+    # Every command, script and publish goes through it; the instance attribute shadows the method.
+    client.execute_command = traced  # type: ignore[method-assign]
 
 
 class TracingMiddleware:

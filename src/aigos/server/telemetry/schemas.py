@@ -33,12 +33,31 @@ class TelemetryEvent(Input):
 
 
 class TelemetryBatch(Input):
-    """1 to 500 events in one request."""
+    """1 to 500 events in one request, each judged on its own."""
 
-    events: list[TelemetryEvent] = Field(min_length=1, max_length=MAX_EVENTS)
+    # Items stay raw here so one bad event is refused alone (``service.sort_reported``), not the batch.
+    events: list[Any] = Field(
+        min_length=1,
+        max_length=MAX_EVENTS,
+        json_schema_extra={"items": {"$ref": "#/components/schemas/TelemetryEvent"}},
+    )
+
+
+class RefusedEvent(BaseModel):
+    """An event of the batch that was not recorded, and why."""
+
+    index: int = Field(description="Its position in `events`, from 0.")
+    pointer: str = Field(description="JSON pointer (RFC 6901) into the request body: what was refused.")
+    code: str = Field(
+        description="`VALIDATION_FAILED` (breaks the schema or holds what cannot be stored), "
+        "`RESERVED_EVENT_TYPE`, `CLOCK_SKEW` (dated too far ahead): fix it, do not resend it as is. "
+        "`TELEMETRY_BACKLOG`: the event log is behind; send it again shortly."
+    )
+    detail: str
 
 
 class TelemetryAccepted(BaseModel):
-    """How many events were queued for the event log."""
+    """How many events were queued for the event log, and each one that was not."""
 
-    accepted: int
+    accepted: int = Field(description="Events queued for the event log: all of `events` but `refused`.")
+    refused: list[RefusedEvent] = Field(default_factory=list)
