@@ -42,7 +42,9 @@ workers) is printed beside the floor's as a ratio; ``--repeat N`` runs the timed
 prints each run and the worst. Memory: the RSS of each server process at start, after the agents, after
 the policies, after a first pass of checks (each worker has compiled what it serves) and after a soak
 of ``--soak`` seconds at c=32 (RSS read every ``--soak-interval`` seconds, the series and its slope after
-the first third printed); bytes per agent and per compiled rule.
+the first third printed); bytes per agent and per compiled rule. ``--metrics-off`` and ``--otel`` time
+the same phases, each right after the check as it ships, on a server with metrics off and on one
+exporting traces over OTLP/HTTP to a local receiver (``--otel-sample``, default 10 %).
 
 Targets (this 2-core machine, same run): in-process p99 <= 10 µs in every run; at c=1 p99 <= 3x the
 floor's p99 and <= 1 ms, max <= 10 ms; at c=32 >= 60 % of the floor's checks/s and >= 5,000 checks/s
@@ -135,6 +137,8 @@ DEFAULT_SOAK_INTERVAL = 10.0
 SEED = 20240601
 #: The label of the check timed on a server with metrics off.
 METRICS_OFF = "check, metrics off"
+#: The label of the check timed on a server exporting traces (``--otel``), sampled as ``--otel-sample``.
+OTEL_ON = "check, traces on"
 TARGETS = {
     "inprocess_p99_us": 10.0,
     "http_p99_ms": 1.0,
@@ -1023,14 +1027,30 @@ def run_http(workload: Workload, runner: LoadRunner, args: argparse.Namespace) -
         }
         server = aigos_server(Path(tmp) / "aigos", env, name="pg-2w", workers=HTTP_WORKERS)
         floor = floor_server(Path(tmp) / "floor", env, name="floor-2w", workers=HTTP_WORKERS)
-        # The same server with metrics off, on the same database (started once the set-up is done).
-        quiet = aigos_server(
-            Path(tmp) / "aigos-quiet",
-            {**env, "AIGOS_METRICS_ENABLED": "false"},
-            name="pg-2w-metrics-off",
-            workers=HTTP_WORKERS,
-        )
+        receiver = None
+        if args.otel:
+            from tests.otlp import OtlpReceiver  # the otel extra's protobuf types: only when asked for
+
+            receiver = OtlpReceiver()
+        # The same server with metrics off, and with traces on, on the same database (each started once
+        # the set-up is done): what each costs, timed right after the check as it ships.
+        variants: list[tuple[str, ServerProcess]] = []
+        if args.metrics_off:
+            quiet_env = {**env, "AIGOS_METRICS_ENABLED": "false"}
+            quiet = aigos_server(Path(tmp) / "aigos-quiet", quiet_env, name="pg-2w-metrics-off", workers=2)
+            variants.append((METRICS_OFF, quiet))
+        if receiver is not None:
+            traced_env = {
+                **env,
+                "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": str(args.otel_sample),
+            }
+            traced = aigos_server(Path(tmp) / "aigos-traced", traced_env, name="pg-2w-otel", workers=2)
+            variants.append((OTEL_ON, traced))
         with server, floor, contextlib.ExitStack() as stack:
+            if receiver is not None:
+                stack.enter_context(receiver)
             memory = [Snapshot.take(server.pid, "start (tenant signed up)")]
             fixture = prepare_http(
                 server,
@@ -1045,10 +1065,10 @@ def run_http(workload: Workload, runner: LoadRunner, args: argparse.Namespace) -
             ]
             warm_errors = runner.run(warm_workers(server, fixture.checks, max(args.concurrency)))
             memory.append(Snapshot.take(server.pid, "after a first pass of checks"))
-            if args.metrics_off:
-                stack.enter_context(quiet)
-                quiet_errors = runner.run(warm_workers(quiet, fixture.checks, max(args.concurrency)))
-                warm_errors.update({f"{k} (metrics off)": v for k, v in quiet_errors.items()})
+            for label, variant in variants:
+                stack.enter_context(variant)
+                errors = runner.run(warm_workers(variant, fixture.checks, max(args.concurrency)))
+                warm_errors.update({f"{k} ({label})": v for k, v in errors.items()})
             runs: list[Row] = []
             for run in range(1, args.repeat + 1):
                 for c in args.concurrency:
@@ -1057,12 +1077,12 @@ def run_http(workload: Workload, runner: LoadRunner, args: argparse.Namespace) -
                         timed_pair(server, floor, fixture.checks, concurrency=c, count=count, warmup=None)
                     )
                     runs.append(Row.paired("check", c, run, figures, floor_figures))
-                    if args.metrics_off:
-                        # Right after the check with metrics on, against the same floor run.
-                        off, _ = runner.run(
-                            timed_pair(quiet, None, fixture.checks, concurrency=c, count=count, warmup=None)
+                    for label, variant in variants:
+                        # Right after the check as it ships, against the same floor run.
+                        other, _ = runner.run(
+                            timed_pair(variant, None, fixture.checks, concurrency=c, count=count, warmup=None)
                         )
-                        runs.append(Row.paired(METRICS_OFF, c, run, off, floor_figures))
+                        runs.append(Row.paired(label, c, run, other, floor_figures))
             soaked = None
             if args.soak > 0:
                 loaded = [r for r in runs if r.concurrency == SOAK_CONCURRENCY]
@@ -1073,9 +1093,13 @@ def run_http(workload: Workload, runner: LoadRunner, args: argparse.Namespace) -
                 memory.append(Snapshot.take(server.pid, f"after the soak ({args.soak:g} s)"))
         problems = [
             f"{s.name}: exit code {s.exit_code} after SIGTERM"
-            for s in (server, floor, *([quiet] if args.metrics_off else []))
+            for s in (server, floor, *(variant for _, variant in variants))
             if not s.stopped_cleanly
         ]
+        if receiver is not None:
+            sampled = [span for span in receiver.spans if span.name == "POST /v1/policies/check"]
+            if not sampled:
+                problems.append("traces on, but the OTLP receiver got no check spans")
         if warm_errors:
             problems.append(f"non-200 answers to the first pass of checks (by status: {warm_errors})")
         if soaked is not None and soaked.figures is not None and soaked.figures.errors:
@@ -1097,6 +1121,7 @@ def run_http(workload: Workload, runner: LoadRunner, args: argparse.Namespace) -
         "soak": soaked,
         "problems": problems,
         "client_event_loop": runner.loop_name,
+        "spans_received": None if receiver is None else len(receiver.spans),
     }
 
 
@@ -1416,6 +1441,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="Also time the check on a server with metrics off (AIGOS_METRICS_ENABLED=false), right after "
         "each timed phase, and judge what metrics cost.",
+    )
+    parser.add_argument(
+        "--otel",
+        action="store_true",
+        help="Also time the check on a server exporting traces over OTLP/HTTP to a local receiver "
+        "(needs the otel extra), right after each timed phase.",
+    )
+    parser.add_argument(
+        "--otel-sample",
+        type=float,
+        default=0.1,
+        help="The traced server's sampling ratio (parentbased_traceidratio; default: 0.1).",
     )
     parser.add_argument(
         "--soak",

@@ -9,7 +9,8 @@ One server on PostgreSQL + Redis with two workers, and its floor (``bench/floor.
   depth on ``/metrics``): events appended per second from the first request to the last append;
 - ``GET /metrics`` ``--scrapes`` times, one at a time: p50 / p99 / max, and the exposition's size.
 
-What metrics cost the policy check (on vs off, same run) is ``bench/policy.py --metrics-off``.
+What metrics and traces cost the policy check (metrics on vs off, and traces exported at a 10 % sample,
+each timed right after the check as it ships) is ``bench/policy.py --metrics-off --otel``.
 
 Targets (#16): at least 10,000 events/s ingested over HTTP on PostgreSQL (accepted and appended);
 a scrape under 50 ms with 10,000 agents.
