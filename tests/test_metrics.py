@@ -4,12 +4,15 @@ both is ``test_server_process.py``'s."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from httpx import AsyncClient
 
 from aigos.server.telemetry import metrics
 from tests.helpers import TenantHandle, prometheus_samples
+from tests.killswitch.helpers import Live
+from tests.killswitch.sse import SseClient
 
 
 async def scrape(client: AsyncClient) -> dict[str, float]:
@@ -90,3 +93,28 @@ async def test_an_unknown_method_is_counted_as_other(client: AsyncClient) -> Non
     after = await scrape(client)
     assert grown(before, after, 'aigos_http_requests_total{method="other",route="/health",status="405"}') == 1
     assert not any("BREW" in name for name in after)
+
+
+async def test_a_delivery_is_timed_from_trigger_to_the_stream(live: Live) -> None:
+    owner = await live.tenant()
+    agent = await live.agent(owner, "worker")
+    before = prometheus_samples((await live.http.get("/metrics")).text)
+    sse = SseClient(live.http)
+    try:
+        stream = await sse.open(agent["identity_token"])
+        paused = await live.trigger(owner, agent=agent, command="PAUSE")
+        assert paused.status_code == 201, paused.text
+        delivered = await stream.next()
+        assert delivered is not None
+        assert delivered.json["command_id"] == paused.json()["command_id"]
+        # Observed when the hub books the delivery, off the fan-out's path: poll until it has.
+        for _ in range(100):
+            after = prometheus_samples((await live.http.get("/metrics")).text)
+            if grown(before, after, "aigos_killswitch_delivery_seconds_count") >= 1:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await sse.aclose()
+    assert grown(before, after, "aigos_killswitch_delivery_seconds_count") == 1
+    # Sent and received on one machine within the test: it lands in a bucket of at most a few seconds.
+    assert grown(before, after, 'aigos_killswitch_delivery_seconds_bucket{le="5.0"}') == 1
