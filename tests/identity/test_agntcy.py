@@ -10,6 +10,7 @@ from joserfc.jwk import KeySet
 
 from aigos.core.canonical import canonical
 from aigos.server.identity import agntcy
+from tests.aigrc.cards import uploaded
 from tests.helpers import TenantHandle
 
 AGENT = {
@@ -20,12 +21,13 @@ AGENT = {
     "agent_type": "research",
     "deployment_env": "staging",
     "capabilities": {"tools": ["web_search", "pdf_*"], "domains": ["*.arxiv.org"], "max_budget": 25.5},
-    "asset_card_id": "card-42",
+    "asset_card_id": "aigrc-2025-00000042",
 }
 
 
 async def create(client: AsyncClient, tenant: TenantHandle, **overrides: Any) -> dict[str, Any]:
-    """An agent created through the registry."""
+    """An agent created through the registry (against its asset card, uploaded first)."""
+    await uploaded(client, tenant, AGENT["asset_card_id"])
     response = await client.post("/v1/agents", json={**AGENT, **overrides}, headers=tenant.headers)
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
@@ -76,7 +78,7 @@ async def test_round_trip_keeps_the_description_and_capabilities(
     assert copy["id"] != original["id"]
     for field in ("name", "version", "description", "owner", "agent_type", "deployment_env", "capabilities"):
         assert copy[field] == original[field], field
-    assert copy["asset_card_id"] == "card-42"
+    assert copy["asset_card_id"] == "aigrc-2025-00000042"
     assert copy["status"] == "active"
     again = (await export(client, tenant_a, copy["id"]))["record"]
     assert again["annotations"]["team"] == "research"

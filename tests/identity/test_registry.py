@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from httpx import AsyncClient
 
+from tests.aigrc.cards import uploaded
 from tests.helpers import TenantHandle, signup
 from tests.identity.helpers import (
     CAPABILITIES,
@@ -38,6 +39,7 @@ GOLDEN = {
 async def test_create_returns_the_full_record_and_get_reads_it(
     client: AsyncClient, tenant_a: TenantHandle
 ) -> None:
+    await uploaded(client, tenant_a, "aigrc-2025-00000042")
     spec = {
         "name": "Research bot",
         "email": "  Research@Example.COM ",
@@ -51,7 +53,7 @@ async def test_create_returns_the_full_record_and_get_reads_it(
             "domains": ["Docs.Example.com", "*.example.org"],
             "max_budget": 5,
         },
-        "asset_card_id": "card-42",
+        "asset_card_id": "aigrc-2025-00000042",
         "metadata": {"cost_center": "R&D", "nested": {"a": [1, 2]}},
     }
     body = await create(client, tenant_a, **spec)
@@ -69,7 +71,9 @@ async def test_create_returns_the_full_record_and_get_reads_it(
         "max_budget": 5.0,
     }
     assert body["metadata"] == spec["metadata"]
-    assert body["golden_thread"] is None
+    # Registered against its asset card, the agent carries the card's Golden Thread.
+    assert body["golden_thread"]["source"] == "asset_card"
+    assert body["golden_thread"]["verified"] is True
     for field in ("name", "description", "agent_type", "version", "owner", "deployment_env", "asset_card_id"):
         assert body[field] == spec[field], field
 
@@ -675,7 +679,8 @@ async def test_heartbeat_makes_the_agent_online(client: AsyncClient, tenant_a: T
 
 
 async def test_golden_thread_is_verified(client: AsyncClient, tenant_a: TenantHandle) -> None:
-    reg = await register(client, tenant_a, golden_thread=GOLDEN, asset_card_id="aigrc-fin-001")
+    await uploaded(client, tenant_a, "aigrc-2025-000f1001")
+    reg = await register(client, tenant_a, golden_thread=GOLDEN, asset_card_id="aigrc-2025-000f1001")
     thread = reg["agent"]["golden_thread"]
     assert thread["verified"] is True
     assert thread["hash"] == GOLDEN["hash"]

@@ -17,11 +17,13 @@ import pytest
 from aigos.sdk import (
     AgentTerminated,
     AigosClient,
+    AigosError,
     AsyncAigosClient,
     ConfigurationError,
     PolicyDenied,
     guard,
 )
+from tests.aigrc.cards import card, unbounded
 from tests.sdk.live import LiveServer
 
 pytestmark = pytest.mark.slow
@@ -54,7 +56,15 @@ def wait_for_events(live: LiveServer, agent_id: str, count: int) -> list[dict[st
     return agent_events(live, agent_id)
 
 
+def upload_card(live: LiveServer, text: str) -> None:
+    """Save an asset card in the live server's tenant."""
+    headers = {"Authorization": f"Bearer {live.api_key}", "Content-Type": "application/yaml"}
+    response = httpx.post(f"{live.base_url}/v1/aigrc/asset-cards", content=text, headers=headers, timeout=10)
+    assert response.status_code in (200, 201), response.text
+
+
 def test_register_guard_allow_deny_and_report(live: LiveServer) -> None:
+    upload_card(live, unbounded("aigrc-2026-0a1b2c3d"))
     with AigosClient(
         api_key=live.api_key, base_url=live.base_url, asset_card_id="aigrc-2026-0a1b2c3d"
     ) as aigos:
@@ -414,3 +424,27 @@ def test_an_event_the_server_refuses_is_counted_never_resent_and_blocks_nothing(
         assert (aigos.telemetry.refused, aigos.telemetry.carry_held) == (4, False)
         events = wait_for_events(live, identity.agent_id, 2)
         assert [e["event_type"] for e in events] == ["tool.good", "tool.good"]
+
+
+def test_an_agent_registers_against_its_card_file(live: LiveServer, tmp_path: Path) -> None:
+    path = tmp_path / "triage.aigrc.yaml"
+    path.write_text(card(tools="web_search", **{"aigrc-2025-0a1b2c3d": "aigrc-2025-5dcafe01"}))
+    with AigosClient(api_key=live.api_key, base_url=live.base_url, asset_card=str(path)) as aigos:
+        assert aigos.asset_card is not None
+        assert aigos.asset_card.id == "aigrc-2025-5dcafe01"
+        # Beyond the card: refused here, before any request.
+        with pytest.raises(AigosError) as refused:
+            aigos.register(name="triage", capabilities={"tools": ["shell"]})
+        assert refused.value.code == "EXCEEDS_ASSET_CARD"
+        assert refused.value.status is None
+        # Within it: the card is uploaded and the agent bound to it, carrying its Golden Thread.
+        identity = aigos.register(name="triage")
+        assert identity.agent["asset_card_id"] == "aigrc-2025-5dcafe01"
+        assert identity.agent["capabilities"]["tools"] == ["web_search"]
+        assert identity.agent["golden_thread"]["verified"] is True
+        assert aigos.check(tool="web_search").allowed
+        assert not aigos.check(tool="shell").allowed
+    # A card that does not validate is refused when the client is made, naming the field.
+    path.write_text(card(**{"riskLevel: limited": "riskLevel: extreme"}))
+    with pytest.raises(ConfigurationError, match="/classification/riskLevel"):
+        AigosClient(api_key=live.api_key, base_url=live.base_url, asset_card=str(path), set_default=False)

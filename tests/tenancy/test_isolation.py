@@ -12,10 +12,12 @@ from typing import Any
 from fastapi import FastAPI
 from httpx import AsyncClient
 
+from tests.aigrc.cards import uploaded
 from tests.helpers import TenantHandle
 
 # (method, path template, JSON body). {tenant} is B's tenant id, {key} B's key id, {user} B's owner id,
-# {agent} B's agent id, {credential} that agent's client secret id and {policy} B's policy id.
+# {agent} B's agent id, {credential} that agent's client secret id, {policy} B's policy id and {card} the id
+# of B's asset card.
 CROSS_TENANT_CALLS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/v1/tenants/{tenant}", None),
     ("PUT", "/v1/tenants/{tenant}", {"name": "pwned"}),
@@ -48,6 +50,9 @@ CROSS_TENANT_CALLS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("DELETE", "/v1/policies/{policy}", None),
     ("GET", "/v1/policies/{policy}/versions", None),
     ("GET", "/v1/policies/{policy}/versions/{version}", None),
+    ("GET", "/v1/aigrc/asset-cards/{card}", None),
+    ("GET", "/v1/aigrc/asset-cards/{card}/versions", None),
+    ("GET", "/v1/aigrc/compliance/{card}", None),
 ]
 # Routes with an id that are not tenant-owned resources.
 NOT_TENANT_OWNED: set[tuple[str, str]] = {
@@ -90,6 +95,7 @@ async def ids_of(client: AsyncClient, tenant: TenantHandle) -> dict[str, str]:
     credentials = await client.get(f"/v1/agents/{agent_id}/credentials", headers=tenant.headers)
     policy = await client.post("/v1/policies", json={"name": "Beta policy"}, headers=tenant.headers)
     assert policy.status_code == 201, policy.text
+    card = await uploaded(client, tenant, "aigrc-2025-0b0b0b0b")
     return {
         "policy": policy.json()["id"],
         "version": "1",
@@ -98,6 +104,7 @@ async def ids_of(client: AsyncClient, tenant: TenantHandle) -> dict[str, str]:
         "user": tenant.owner_id,
         "agent": agent_id,
         "credential": credentials.json()[0]["id"],
+        "card": card["id"],
     }
 
 

@@ -87,6 +87,28 @@ class Capabilities:
             problems.append(f"max_budget {child.max_budget} above {self.max_budget}")
         return problems
 
+    def narrowed_to(self, bounds: Capabilities) -> Capabilities:
+        """These capabilities cut down to what ``bounds`` allows (an asset card narrowing its agents).
+
+        A pattern of ours stays when ``bounds`` cover it; a pattern of ``bounds`` is taken when one of ours
+        covers it (``web_*`` narrowed to ``web_search`` gives ``web_search``); the smaller budget wins.
+        What ``covers`` returns for the result and ``bounds`` is then empty.
+        """
+        budgets = [b for b in (self.max_budget, bounds.max_budget) if b is not None]
+        return Capabilities(
+            tools=_meet(self.tools, bounds.tools),
+            domains=_meet(self.domains, bounds.domains),
+            max_budget=min(budgets) if budgets else None,
+            extra=self.extra,
+        )
+
+
+def _meet(ours: Iterable[str], bounds: Iterable[str]) -> tuple[str, ...]:
+    ours, bounds = tuple(ours), tuple(bounds)
+    kept = [pattern for pattern in ours if _covered(pattern, bounds)]
+    kept += [pattern for pattern in bounds if _covered(pattern, ours) and not _covered(pattern, kept)]
+    return tuple(kept)
+
 
 def _covered(pattern: str, allowed: Iterable[str]) -> bool:
     return any(globs.covers(candidate, pattern) for candidate in allowed)

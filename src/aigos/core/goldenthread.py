@@ -12,7 +12,8 @@ def _timestamp(value: str) -> str:
     moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # isoformat, not strftime: %Y writes the year 999 as "999" on glibc, where the spec wants YYYY.
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def canonical_string(ticket_id: str, approved_by: str, approved_at: str, *, lower_email: bool = True) -> str:
@@ -38,7 +39,11 @@ class Verification:
 
 def verify(stored_hash: str, ticket_id: str, approved_by: str, approved_at: str) -> Verification:
     """Recompute in both accepted forms and compare in constant time."""
+    # As bytes: compare_digest raises TypeError on a str with a non-ASCII character, and a stored hash is
+    # whatever a caller sent.
+    stored = stored_hash.encode()
     for form, lower in (("spec", True), ("reference", False)):
-        if hmac.compare_digest(compute(ticket_id, approved_by, approved_at, lower_email=lower), stored_hash):
+        computed = compute(ticket_id, approved_by, approved_at, lower_email=lower).encode()
+        if hmac.compare_digest(computed, stored):
             return Verification(True, form)
     return Verification(False, None)

@@ -28,6 +28,8 @@ RESERVED_PREFIXES = (
     "user.",
     "platform.",
     "telemetry.",
+    "asset_card.",
+    "aigrc.",
 )
 
 

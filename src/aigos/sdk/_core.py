@@ -6,7 +6,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from aigos.sdk.config import ClientConfig
 from aigos.sdk.control import AgentControl
@@ -21,6 +23,9 @@ from aigos.sdk.local import LocalPolicy
 from aigos.sdk.models import Decision, Identity
 from aigos.sdk.telemetry import TelemetryBuffer
 from aigos.sdk.transport import HttpResponse, raise_for_problem
+
+if TYPE_CHECKING:
+    from aigos.core.assetcard import AssetCard
 
 log = logging.getLogger("aigos.sdk")
 
@@ -54,6 +59,11 @@ class ClientCore:
         self.carry_telemetry = config.telemetry_enabled
         if config.agent_token and not self.agent_id:
             self.agent_id = _subject_of(config.agent_token)
+        #: The asset card the agent registers against (``asset_card=``), parsed and validated here.
+        self.asset_card: AssetCard | None = None
+        self._card_text = b""
+        if config.asset_card:
+            self.asset_card, self._card_text = _read_card(config.asset_card)
 
     # -- identity and token ---------------------------------------------------------------------------
 
@@ -114,9 +124,20 @@ class ClientCore:
         body: dict[str, Any] = {"name": name, **fields}
         if capabilities is not None:
             body["capabilities"] = _capabilities(capabilities)
+        card = self.asset_card
+        if card is not None and "asset_card_id" not in body:
+            body["asset_card_id"] = card.id
+            _within_card(card, body.get("capabilities"))
         if self.config.asset_card_id and "asset_card_id" not in body:
             body["asset_card_id"] = self.config.asset_card_id
         return body
+
+    def _card_upload(self) -> tuple[str, dict[str, str], bytes] | None:
+        """The request that uploads the card before a registration (path, headers, body), if there is one."""
+        if self.asset_card is None:
+            return None
+        headers = {**self._admin_headers(), "Content-Type": "application/yaml"}
+        return "/v1/aigrc/asset-cards", headers, self._card_text
 
     # -- checks ---------------------------------------------------------------------------------------
 
@@ -209,6 +230,42 @@ def _problem(response: HttpResponse) -> dict[str, Any]:
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}
+
+
+def _read_card(path: str) -> tuple[AssetCard, bytes]:
+    """The card file at ``path``, parsed and held to the AIGRC schema (``ConfigurationError`` naming each
+    field in error), and its bytes as they will be uploaded."""
+    from aigos.core import assetcard
+
+    try:
+        text = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read the asset card {path}: {exc.strerror or exc}") from exc
+    try:
+        return assetcard.parse(text, filename=Path(path).name), text
+    except assetcard.CardInvalid as invalid:
+        problems = "; ".join(f"{e.pointer or '/'}: {e.detail}" for e in invalid.errors)
+        raise ConfigurationError(f"the asset card {path} is invalid: {problems}") from None
+
+
+def _within_card(card: AssetCard, capabilities: dict[str, Any] | None) -> None:
+    """Refuse here what the server would refuse: a card that may not run, capabilities beyond it."""
+    if card.status in ("revoked", "deprecated"):
+        raise AigosError(f"asset card {card.id} is {card.status}", code="ASSET_CARD_NOT_ACTIVE")
+    if card.risk_level == "unacceptable":
+        raise AigosError(f"asset card {card.id} is of unacceptable risk", code="ASSET_CARD_PROHIBITED")
+    if card.capabilities is None or capabilities is None:
+        return
+    from aigos.core.delegation import capabilities_of
+
+    asked = capabilities_of(capabilities)
+    if asked.max_budget is None:
+        asked = replace(asked, max_budget=card.capabilities.max_budget)  # the server gives the card's
+    excess = card.capabilities.covers(asked)
+    if excess:
+        raise AigosError(
+            f"the agent would exceed asset card {card.id}: {'; '.join(excess)}", code="EXCEEDS_ASSET_CARD"
+        )
 
 
 def _capabilities(capabilities: dict[str, Any]) -> dict[str, Any]:

@@ -71,10 +71,16 @@ class AigosClient(ClientCore):
 
     def register(self, name: str, capabilities: dict[str, Any] | None = None, **fields: Any) -> Identity:
         """Register an agent with the admin API key; this client then acts as it. The secret is shown once."""
+        body = self._registration(name, capabilities, fields)
+        upload = self._card_upload()
+        if upload is not None:
+            # Saved by its id: an unchanged card changes nothing, a changed one is a new version.
+            path, headers, content = upload
+            raise_for_problem(self.transport.request("POST", path, content=content, headers=headers))
         response = self.transport.request(
             "POST",
             "/v1/agents/register",
-            json=self._registration(name, capabilities, fields),
+            json=body,
             headers=self._admin_headers(),
         )
         raise_for_problem(response)

@@ -24,6 +24,9 @@ class ClientConfig:
     - ``api_key``: a tenant admin key, needed only to ``register`` agents.
     - ``client_id`` / ``client_secret``: an agent's credentials, exchanged at ``/oauth2/token`` for tokens.
     - ``agent_token``: a ready access token (no refresh possible without the credentials).
+    - ``asset_card``: the path of the AIGRC asset card (YAML or JSON) the agent registers against: read at
+      once, uploaded at ``register`` (unchanged cards are left alone), its id sent as ``asset_card_id``;
+      a registration the card would not allow is refused here, before any request.
     - ``fail_open``: when the server cannot be reached, let guarded calls run (logged) instead of refusing.
     - ``on_terminate``: ``exit`` (SIGTERM to this process after flushing) or ``raise`` (only refuse calls).
     - ``on_pause``: guarded calls ``wait`` for RESUME, or ``raise`` ``AgentPaused``.
@@ -36,6 +39,7 @@ class ClientConfig:
     client_secret: str | None = None
     agent_token: str | None = None
     asset_card_id: str | None = None
+    asset_card: str | None = None
     fail_open: bool = False
     timeout: float = 5.0
     max_retries: int = 3

@@ -167,14 +167,16 @@ class SyncTransport:
         *,
         json: Any = None,
         form: Mapping[str, str] | None = None,
+        content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         retries: int | None = None,
     ) -> HttpResponse:
         """Send with retries; the last response is returned whatever its status (see ``raise_for_problem``).
+        ``content`` is a body sent as it is (its ``Content-Type`` in ``headers``), instead of ``json``.
 
         Raises ``AigosUnavailable`` when no response could be had after the retries.
         """
-        body, content_type = encode(json, form)
+        body, content_type = (content, None) if content is not None else encode(json, form)
         sent = {"User-Agent": USER_AGENT, "Accept": "application/json", **(headers or {})}
         if content_type:
             sent["Content-Type"] = content_type
@@ -223,13 +225,14 @@ class AsyncTransport:
         *,
         json: Any = None,
         form: Mapping[str, str] | None = None,
+        content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         retries: int | None = None,
     ) -> HttpResponse:
         """As ``SyncTransport.request``, without blocking the event loop."""
         import asyncio
 
-        body, content_type = encode(json, form)
+        body, content_type = (content, None) if content is not None else encode(json, form)
         sent = {"Accept": "application/json", **(headers or {})}
         if content_type:
             sent["Content-Type"] = content_type

@@ -15,12 +15,14 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from aigos import __version__
+from aigos.server.aigrc import api as aigrc_api
+from aigos.server.aigrc.sync import CardSync
 from aigos.server.audit import api as audit_api
 from aigos.server.audit.log import EventLog, checkpoint_signer
 from aigos.server.audit.retention import Maintenance, ensure_partitions
 from aigos.server.bus import FallbackRateLimiter, create_bus
 from aigos.server.bus.redis import RedisBus
-from aigos.server.config import Settings
+from aigos.server.config import ConfigError, Settings
 from aigos.server.datadir import DataDirLock
 from aigos.server.datadir import prepare as prepare_data_dir
 from aigos.server.db import Database
@@ -216,6 +218,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         usage_api.router,
         audit_api.router,
         keys_api.router,
+        aigrc_api.router,
         docs_api.router,
     ):
         app.router.routes.extend(router.routes)
@@ -309,6 +312,7 @@ async def start_runtime(settings: Settings, in_flight: InFlight | None = None) -
         limiter=limiter,
         events=events,
         maintenance=Maintenance(database, signer, settings.audit_retention_days),
+        aigrc=card_sync(settings, database, events),
         features=list(FEATURES),
         passwords=Passwords(settings.password_hash_memory_kib, settings.password_hash_time_cost),
     )
@@ -321,6 +325,27 @@ async def start_runtime(settings: Settings, in_flight: InFlight | None = None) -
     runtime.shutdown.on_close(runtime.killswitch.begin_close)
     runtime.shutdown.watch_signals()
     return runtime
+
+
+def card_sync(settings: Settings, database: Database, events: EventLog) -> CardSync | None:
+    """The AIGRC source's sync, when ``AIGRC_API_URL`` names one (``ConfigError`` without its tenant)."""
+    if not settings.aigrc_api_url:
+        return None
+    if settings.aigrc_tenant_id is None:
+        raise ConfigError(
+            "AIGRC_API_URL is set but AIGOS_AIGRC_TENANT_ID is not: name the tenant its cards go to."
+        )
+    key = settings.aigrc_api_key.get_secret_value() if settings.aigrc_api_key else None
+    return CardSync(
+        database,
+        events,
+        settings.aigrc_tenant_id,
+        settings.aigrc_api_url,
+        key,
+        interval=settings.aigrc_sync_seconds,
+        allow_private=settings.aigrc_allow_private,
+        allow_http=settings.aigrc_allow_private,
+    )
 
 
 def _announce_bootstrap_token(token: str) -> None:

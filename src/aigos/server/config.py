@@ -6,12 +6,13 @@ Every variable is listed with its default in ``.env.example`` and the README; a 
 from __future__ import annotations
 
 import secrets
+import uuid
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DatabaseKind = Literal["sqlite", "postgresql"]
@@ -182,6 +183,25 @@ class Settings(BaseSettings):
     )
     killswitch_delivery_flush_seconds: float = Field(
         0.5, gt=0, description="How often kill-switch deliveries are recorded in the database (batched)."
+    )
+    aigrc_api_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("AIGOS_AIGRC_API_URL", "AIGRC_API_URL"),
+        description="An AIGRC-compatible source of asset cards (`AIGRC_API_URL` is read too); unset: none.",
+    )
+    aigrc_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("AIGOS_AIGRC_API_KEY", "AIGRC_API_KEY"),
+        description="The bearer key for the AIGRC source (`AIGRC_API_KEY` is read too).",
+    )
+    aigrc_tenant_id: uuid.UUID | None = Field(
+        None, description="The tenant the AIGRC source's cards are saved in (needed with the source)."
+    )
+    aigrc_sync_seconds: float = Field(
+        300.0, ge=0, description="How often cards are synced from the AIGRC source; 0: only on demand."
+    )
+    aigrc_allow_private: bool = Field(
+        False, description="Let the AIGRC source be on a private or loopback address, over plain HTTP."
     )
 
     @field_validator("cors_origins", mode="before")

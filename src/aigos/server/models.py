@@ -5,6 +5,7 @@ from __future__ import annotations
 
 def import_all_models() -> None:
     """Import each context's ``models`` module; importing registers its tables on ``Base.metadata``."""
+    import aigos.server.aigrc.models
     import aigos.server.audit.models
     import aigos.server.identity.models
     import aigos.server.killswitch.models

@@ -95,6 +95,8 @@ class ValidatedRoute(APIRoute):
 
     #: Whether the edge walks the whole JSON body for unstorable parts (see ``ItemizedRoute``).
     walks_body = True
+    #: Whether the edge reads the body at all (see ``RawBodyRoute``).
+    reads_body = True
 
     def get_route_handler(self) -> Handler:
         """FastAPI's handler, behind the edge check."""
@@ -111,6 +113,7 @@ class ValidatedRoute(APIRoute):
                     untyped_is_json=untyped_is_json,
                     any_type_is_json=reads_itself,
                     walk=self.walks_body,
+                    body=self.reads_body,
                 )
             except RequestValidationError as refusal:
                 return self.refuse(refusal)
@@ -131,6 +134,14 @@ class ItemizedRoute(ValidatedRoute):
     walks_body = False
 
 
+class RawBodyRoute(ValidatedRoute):
+    """The edge of a route whose body is not always JSON (an asset card may come as YAML): the path and
+    query are checked here; the endpoint parses the body itself and must hold what it parsed to the same
+    rules (``parse_json`` for JSON; ``find_unstorable`` on whatever else it parsed)."""
+
+    reads_body = False
+
+
 class OAuthRoute(ValidatedRoute):
     """The edge of the OAuth 2.0 endpoints, which answer in the RFC 6749 form, not as problems."""
 
@@ -142,7 +153,12 @@ class OAuthRoute(ValidatedRoute):
 
 
 async def check_request(
-    request: Request, *, untyped_is_json: bool, any_type_is_json: bool = False, walk: bool = True
+    request: Request,
+    *,
+    untyped_is_json: bool,
+    any_type_is_json: bool = False,
+    walk: bool = True,
+    body: bool = True,
 ) -> None:
     """Refuse ``request`` if a path or query parameter or its body holds something unstorable (its body
     parsed but not walked if ``walk`` is false).
@@ -152,6 +168,8 @@ async def check_request(
     _check_texts("path", request.path_params.items())
     if request.scope.get("query_string"):
         _check_texts("query", request.query_params.multi_items())
+    if not body:
+        return
     media_type = _media_type(request)
     if media_type in _FORM_TYPES:
         form = await request.form()
@@ -162,9 +180,9 @@ async def check_request(
         or (media_type is None and untyped_is_json)
         or (media_type is not None and _is_json(media_type))
     ):
-        body = await request.body()
-        if body:
-            request._json = parse_json(body, walk=walk)
+        raw = await request.body()
+        if raw:
+            request._json = parse_json(raw, walk=walk)
         elif any_type_is_json:
             # Such a route reads ``request.json()`` without asking FastAPI, which would answer this itself.
             raise _malformed()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from aigos.server.aigrc.sync import CardSync
 from aigos.server.audit.log import EventLog
 from aigos.server.audit.retention import Maintenance
 from aigos.server.bus import Bus, RateLimiter
@@ -51,6 +52,8 @@ class Runtime:
     #: Set when the server is told to stop: streams end at once.
     shutdown: Shutdown = field(default_factory=Shutdown)
     maintenance: Maintenance | None = None
+    #: Syncs asset cards from the AIGRC source, when one is configured.
+    aigrc: CardSync | None = None
     features: list[str] = field(default_factory=list)
     passwords: Passwords = field(default_factory=Passwords)
 
@@ -65,11 +68,15 @@ class Runtime:
         self.events.start()
         if self.maintenance is not None:
             self.maintenance.start()
+        if self.aigrc is not None:
+            self.aigrc.start()
 
     async def close(self) -> None:
         """Flush buffers into the database, then release the bus and the database pools."""
         if self.maintenance is not None:
             await self.maintenance.stop()
+        if self.aigrc is not None:
+            await self.aigrc.stop()
         await self.usage.stop()
         await self.key_activity.stop()
         await self.agent_seen.stop()

@@ -25,6 +25,7 @@ from aigos.server.audit import checkpoints
 from aigos.server.audit.chain import entry_of, isoformat
 from aigos.server.audit.models import AuditAnchor, AuditCheckpoint, AuditEvent, AuditHead
 from aigos.server.db import Database
+from aigos.server.db.batches import batches
 from aigos.server.db.types import utcnow
 from aigos.server.errors import AigosError, NotFound
 
@@ -110,6 +111,45 @@ async def page(
         .limit(limit)
     )
     return [exported(row) for row in rows], int(total or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """How many events of each type, and when the newest of them happened."""
+
+    counts: dict[str, int]
+    latest: datetime | None
+
+
+async def tally(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    event_types: Sequence[str],
+    agent_ids: Sequence[str],
+    *,
+    tenant_wide: Sequence[str] = (),
+) -> Tally:
+    """Events of ``event_types`` about any of ``agent_ids``, counted by type (one grouped query per batch
+    of agents), plus events of ``tenant_wide`` types about no agent (a tenant-wide kill switch)."""
+    counts: dict[str, int] = dict.fromkeys(event_types, 0)
+    latest: datetime | None = None
+
+    async def add(condition: Any, types: Sequence[str]) -> None:
+        nonlocal latest
+        stmt = (
+            select(AuditEvent.event_type, func.count(), func.max(AuditEvent.occurred_at))
+            .where(AuditEvent.tenant_id == tenant_id, AuditEvent.event_type.in_(types), condition)
+            .group_by(AuditEvent.event_type)
+        )
+        for event_type, count, newest in await session.execute(stmt):
+            counts[event_type] = counts.get(event_type, 0) + int(count)
+            latest = newest if latest is None or (newest is not None and newest > latest) else latest
+
+    for batch in batches(agent_ids, 1):
+        await add(AuditEvent.agent_id.in_(batch), event_types)
+    if tenant_wide:
+        await add(AuditEvent.agent_id.is_(None), tenant_wide)
+    return Tally(counts, latest)
 
 
 async def head(session: AsyncSession, tenant_id: uuid.UUID) -> int:

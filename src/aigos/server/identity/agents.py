@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigos.core import delegation, goldenthread
-from aigos.core.agents import AgentStatus
+from aigos.core.agents import AgentStatus, Capabilities
 from aigos.server.db.paging import paged
 from aigos.server.db.types import utcnow
 from aigos.server.errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -68,8 +68,10 @@ def to_out(agent: Agent, last_seen: datetime | None = None) -> AgentOut:
     )
 
 
-def golden_thread_record(spec: GoldenThreadIn) -> dict[str, Any]:
-    """The stored Golden Thread, verified when the approval fields are given."""
+def golden_thread_record(spec: GoldenThreadIn | None) -> dict[str, Any] | None:
+    """The stored Golden Thread, verified when the approval fields are given (``None`` for none)."""
+    if spec is None:
+        return None
     record: dict[str, Any] = {"hash": spec.hash, "ticket_id": spec.ticket_id, "verified": False}
     if spec.approved_by and spec.approved_at:
         try:
@@ -95,13 +97,20 @@ async def count_registered(session: AsyncSession, tenant_id: uuid.UUID) -> int:
 
 
 async def create(
-    session: AsyncSession, tenant_id: uuid.UUID, plan_tier: str | None, spec: AgentIn, max_depth: int
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    plan_tier: str | None,
+    spec: AgentIn,
+    max_depth: int,
+    *,
+    bound: tuple[dict[str, Any], dict[str, Any] | None] | None = None,
 ) -> Agent:
-    """Register an agent in the tenant, within the plan's agent limit."""
+    """Register an agent in the tenant, within the plan's agent limit. ``bound`` replaces the spec's
+    capabilities and Golden Thread record with what its asset card allows (``aigrc.binding``)."""
     await lock_tenant(session, tenant_id)
     enforce_limit(plan_of(plan_tier), "agents", await count_registered(session, tenant_id))
     depth = 0
-    capabilities = spec.capabilities.model_dump()
+    capabilities = bound[0] if bound is not None else spec.capabilities.model_dump()
     if spec.parent_id is not None:
         parent = await get(session, tenant_id, spec.parent_id)
         depth = parent.lineage_depth + 1
@@ -126,7 +135,7 @@ async def create(
         status=AgentStatus.ACTIVE.value,
         capabilities=capabilities,
         asset_card_id=spec.asset_card_id,
-        golden_thread=golden_thread_record(spec.golden_thread) if spec.golden_thread else None,
+        golden_thread=bound[1] if bound is not None else golden_thread_record(spec.golden_thread),
         parent_id=spec.parent_id,
         lineage_depth=depth,
         metadata_=spec.metadata,
@@ -215,7 +224,7 @@ async def update(
         if field == "capabilities":
             agent.capabilities = value
         elif field == "golden_thread":
-            agent.golden_thread = golden_thread_record(spec.golden_thread) if spec.golden_thread else None
+            agent.golden_thread = golden_thread_record(spec.golden_thread)
         elif field == "metadata":
             agent.metadata_ = value or {}
         else:
@@ -223,6 +232,45 @@ async def update(
     agent.updated_at = utcnow()
     await _flush_unique_email(session, agent.email)
     return agent
+
+
+async def bound_to_card(
+    session: AsyncSession, tenant_id: uuid.UUID, card_id: str
+) -> list[tuple[uuid.UUID, dict[str, Any] | None]]:
+    """The tenant's agents registered against asset card ``card_id`` and not terminated: each id, with
+    its Golden Thread record."""
+    stmt = (
+        select(Agent.id, Agent.golden_thread)
+        .where(
+            Agent.tenant_id == tenant_id,
+            Agent.asset_card_id == card_id,
+            Agent.status.not_in([AgentStatus.TERMINATED.value, AgentStatus.ARCHIVED.value]),
+        )
+        .order_by(Agent.id)
+    )
+    return [(row.id, row.golden_thread) for row in await session.execute(stmt)]
+
+
+async def narrow_to_card(
+    session: AsyncSession, tenant_id: uuid.UUID, card_id: str, bounds: Capabilities
+) -> list[uuid.UUID]:
+    """Cut the capabilities of the tenant's agents registered against asset card ``card_id`` (and not
+    terminated) down to ``bounds``; the ids of those that changed."""
+    stmt = select(Agent).where(
+        Agent.tenant_id == tenant_id,
+        Agent.asset_card_id == card_id,
+        Agent.status.not_in([AgentStatus.TERMINATED.value, AgentStatus.ARCHIVED.value]),
+    )
+    changed: list[uuid.UUID] = []
+    now = utcnow()
+    for agent in await session.scalars(stmt):
+        narrowed = delegation.capabilities_of(agent.capabilities).narrowed_to(bounds).to_claim()
+        if narrowed != delegation.capabilities_of(agent.capabilities).to_claim():
+            agent.capabilities = narrowed
+            agent.updated_at = now
+            changed.append(agent.id)
+    await session.flush()
+    return changed
 
 
 def _within_parent(parent: Agent, capabilities: dict[str, Any]) -> None:

@@ -41,6 +41,8 @@ class Plan:
     tenant_rpm: int
     tenant_rph: int
     policy: PolicyLimits
+    #: AIGRC asset cards at once (each at most ``aigos.core.assetcard.MAX_CARD_BYTES``).
+    max_asset_cards: int | None = 20
 
 
 PLANS: dict[str, Plan] = {
@@ -77,6 +79,7 @@ PLANS: dict[str, Plan] = {
             drafts=25,
             versions_kept=50,
         ),
+        max_asset_cards=500,
     ),
     "enterprise": Plan(
         "enterprise",
@@ -95,6 +98,7 @@ PLANS: dict[str, Plan] = {
             drafts=50,
             versions_kept=100,
         ),
+        max_asset_cards=5_000,
     ),
 }
 #: The largest bundle any plan's policies make (all of a tenant's documents, with room for the agent).

@@ -21,6 +21,8 @@ SCOPES: dict[str, str] = {
     "policies:write": "create, change and delete policies",
     "killswitch:trigger": "trigger the kill switch",
     "audit:read": "read and export the audit log",
+    "aigrc:read": "read AIGRC asset cards and compliance status",
+    "aigrc:write": "upload, import and sync AIGRC asset cards",
     ADMIN: "everything above",
 }
 
@@ -32,7 +34,7 @@ ROLE_SCOPES: dict[str, frozenset[str]] = {
     "admin": frozenset(scope for scope in SCOPES if scope != ADMIN),
     "member": frozenset(
         {scope for scope in SCOPES if scope.endswith(":read")}
-        | {"agents:write", "policies:write", "killswitch:trigger"}
+        | {"agents:write", "policies:write", "killswitch:trigger", "aigrc:write"}
     ),
     "viewer": frozenset(scope for scope in SCOPES if scope.endswith(":read")),
 }

@@ -136,6 +136,22 @@ async def aggregates_allowed_decisions(session: AsyncSession, tenant_id: uuid.UU
     return bool((settings or {}).get(AGGREGATE_ALLOWED_DECISIONS, False))
 
 
+#: Tenant setting: an agent may register only with a verified Golden Thread (its own or its asset card's).
+REQUIRE_VERIFIED_GOLDEN_THREAD = "require_verified_golden_thread"
+
+
+async def requires_verified_golden_thread(session: AsyncSession, tenant_id: uuid.UUID) -> bool:
+    """Whether the tenant refuses agents whose Golden Thread is missing or does not verify."""
+    settings = await session.scalar(select(Tenant.settings).where(Tenant.id == tenant_id))
+    return bool((settings or {}).get(REQUIRE_VERIFIED_GOLDEN_THREAD, False))
+
+
+async def plan_tier_of(session: AsyncSession, tenant_id: uuid.UUID) -> str | None:
+    """The tenant's plan tier, for work done on its behalf outside a request (``None``: no such tenant)."""
+    tier: str | None = await session.scalar(select(Tenant.plan_tier).where(Tenant.id == tenant_id))
+    return tier
+
+
 async def page(session: AsyncSession, *, page: int, limit: int) -> tuple[list[Tenant], int]:
     """Every tenant, for the platform admin."""
     await set_platform_scope(session)

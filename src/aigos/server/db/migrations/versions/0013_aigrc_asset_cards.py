@@ -1,0 +1,76 @@
+"""aigrc: asset cards, each at its current version, and every version saved
+
+Revision ID: 0013
+Revises: 0012
+Create Date: 2026-12-08
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+from aigos.server.db import rls
+from aigos.server.db.types import JSONDocument, UTCDateTime
+
+revision = "0013"
+down_revision = "0012"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "asset_cards",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("tenant_id", sa.Uuid(), nullable=False),
+        sa.Column("card_id", sa.String(length=32), nullable=False),
+        sa.Column("name", sa.String(length=100), nullable=False),
+        sa.Column("risk_level", sa.String(length=20), nullable=False),
+        sa.Column("status", sa.String(length=20), nullable=False),
+        sa.Column("card_version", sa.String(length=64), nullable=False),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("content_hash", sa.String(length=71), nullable=False),
+        sa.Column("document", JSONDocument, nullable=False),
+        sa.Column("source", sa.String(length=20), nullable=False),
+        sa.Column("golden_thread", JSONDocument, nullable=True),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.Column("updated_at", UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"], ["tenants.id"], name=op.f("fk_asset_cards_tenant_id_tenants"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_asset_cards")),
+        sa.UniqueConstraint("tenant_id", "card_id", name="uq_asset_cards_tenant_id_card_id"),
+    )
+    op.create_index("ix_asset_cards_tenant_id_updated_at", "asset_cards", ["tenant_id", "updated_at"])
+    op.create_table(
+        "asset_card_versions",
+        sa.Column("asset_card_id", sa.Uuid(), nullable=False),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("tenant_id", sa.Uuid(), nullable=False),
+        sa.Column("content_hash", sa.String(length=71), nullable=False),
+        sa.Column("document", JSONDocument, nullable=False),
+        sa.Column("source", sa.String(length=20), nullable=False),
+        sa.Column("changed_by", sa.String(length=255), nullable=True),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_asset_card_versions_tenant_id_tenants"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("asset_card_id", "version", name=op.f("pk_asset_card_versions")),
+    )
+    if not rls.is_postgres():
+        return
+    rls.grant("asset_cards", "SELECT, INSERT, UPDATE")
+    rls.isolate_by_tenant("asset_cards")
+    # Versions are append-only: the application may add them, never change or remove one.
+    rls.grant("asset_card_versions", "SELECT, INSERT")
+    rls.isolate_by_tenant("asset_card_versions")
+
+
+def downgrade() -> None:
+    op.drop_table("asset_card_versions")
+    op.drop_index("ix_asset_cards_tenant_id_updated_at", table_name="asset_cards")
+    op.drop_table("asset_cards")
