@@ -52,6 +52,7 @@ CROSS_TENANT_CALLS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/v1/policies/{policy}/versions/{version}", None),
     ("GET", "/v1/aigrc/asset-cards/{card}", None),
     ("GET", "/v1/aigrc/asset-cards/{card}/versions", None),
+    ("GET", "/v1/aigrc/asset-cards/{card}/export", None),
     ("GET", "/v1/aigrc/compliance/{card}", None),
 ]
 # Routes with an id that are not tenant-owned resources.

@@ -17,6 +17,7 @@ from starlette.middleware.cors import CORSMiddleware
 from aigos import __version__
 from aigos.server.aigrc import api as aigrc_api
 from aigos.server.aigrc.sync import CardSync
+from aigos.server.aigrc.webhook import Webhook
 from aigos.server.audit import api as audit_api
 from aigos.server.audit.log import EventLog, checkpoint_signer
 from aigos.server.audit.retention import Maintenance, ensure_partitions
@@ -313,6 +314,7 @@ async def start_runtime(settings: Settings, in_flight: InFlight | None = None) -
         events=events,
         maintenance=Maintenance(database, signer, settings.audit_retention_days),
         aigrc=card_sync(settings, database, events),
+        aigrc_webhook=aigrc_webhook(settings, database, events),
         features=list(FEATURES),
         passwords=Passwords(settings.password_hash_memory_kib, settings.password_hash_time_cost),
     )
@@ -345,6 +347,26 @@ def card_sync(settings: Settings, database: Database, events: EventLog) -> CardS
         interval=settings.aigrc_sync_seconds,
         allow_private=settings.aigrc_allow_private,
         allow_http=settings.aigrc_allow_private,
+    )
+
+
+def aigrc_webhook(settings: Settings, database: Database, events: EventLog) -> Webhook | None:
+    """The webhook back to AIGRC, when ``AIGOS_AIGRC_WEBHOOK_URL`` names one (``ConfigError`` without its
+    tenant or its secret: an unsigned delivery could not be told from a forged one)."""
+    if not settings.aigrc_webhook_url:
+        return None
+    if settings.aigrc_tenant_id is None or settings.aigrc_webhook_secret is None:
+        raise ConfigError(
+            "AIGOS_AIGRC_WEBHOOK_URL needs AIGOS_AIGRC_TENANT_ID (whose events go) and "
+            "AIGOS_AIGRC_WEBHOOK_SECRET (the key that signs them)."
+        )
+    return Webhook(
+        database,
+        events,
+        settings.aigrc_tenant_id,
+        settings.aigrc_webhook_url,
+        settings.aigrc_webhook_secret.get_secret_value(),
+        allow_private=settings.aigrc_allow_private,
     )
 
 

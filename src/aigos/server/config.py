@@ -201,7 +201,14 @@ class Settings(BaseSettings):
         300.0, ge=0, description="How often cards are synced from the AIGRC source; 0: only on demand."
     )
     aigrc_allow_private: bool = Field(
-        False, description="Let the AIGRC source be on a private or loopback address, over plain HTTP."
+        False,
+        description="Let the AIGRC source and webhook be on a private or loopback address, over plain HTTP.",
+    )
+    aigrc_webhook_url: str | None = Field(
+        None, description="Where the AIGRC tenant's runtime events are POSTed as signed EVT-001 envelopes."
+    )
+    aigrc_webhook_secret: SecretStr | None = Field(
+        None, description="The HMAC-SHA256 key that signs each webhook delivery (X-AIGOS-Signature)."
     )
 
     @field_validator("cors_origins", mode="before")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from aigos.server.aigrc.sync import CardSync
+from aigos.server.aigrc.webhook import Webhook
 from aigos.server.audit.log import EventLog
 from aigos.server.audit.retention import Maintenance
 from aigos.server.bus import Bus, RateLimiter
@@ -54,6 +55,8 @@ class Runtime:
     maintenance: Maintenance | None = None
     #: Syncs asset cards from the AIGRC source, when one is configured.
     aigrc: CardSync | None = None
+    #: Delivers the AIGRC tenant's runtime events to AIGRC, when a webhook is configured.
+    aigrc_webhook: Webhook | None = None
     features: list[str] = field(default_factory=list)
     passwords: Passwords = field(default_factory=Passwords)
 
@@ -70,6 +73,8 @@ class Runtime:
             self.maintenance.start()
         if self.aigrc is not None:
             self.aigrc.start()
+        if self.aigrc_webhook is not None:
+            self.aigrc_webhook.start()
 
     async def close(self) -> None:
         """Flush buffers into the database, then release the bus and the database pools."""
@@ -77,6 +82,8 @@ class Runtime:
             await self.maintenance.stop()
         if self.aigrc is not None:
             await self.aigrc.stop()
+        if self.aigrc_webhook is not None:
+            await self.aigrc_webhook.stop()
         await self.usage.stop()
         await self.key_activity.stop()
         await self.agent_seen.stop()

@@ -9,23 +9,26 @@ from functools import partial
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from aigos.core import assetcard, compliance_report, goldenthread
 from aigos.core.storable import find_unstorable
-from aigos.server.aigrc import binding, compliance, service
+from aigos.server.aigrc import binding, compliance, export, service
 from aigos.server.aigrc.schemas import (
     AssetCardOut,
     AssetCardSaved,
     AssetCardSummary,
     AssetCardVersionOut,
+    DeadLetterOut,
     GoldenThreadIn,
     GoldenThreadOut,
     SyncOut,
+    WebhookOut,
 )
 from aigos.server.aigrc.sync import CardSync
+from aigos.server.aigrc.webhook import Webhook
 from aigos.server.audit.events import by
-from aigos.server.deps import EventsDep, RuntimeDep, SessionDep
+from aigos.server.deps import DatabaseDep, EventsDep, RuntimeDep, SessionDep
 from aigos.server.errors import Conflict, NotFound, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from aigos.server.identity.deps import IdentityStateDep
 from aigos.server.principal import Principal
@@ -181,6 +184,31 @@ async def list_versions(card_id: str, session: SessionDep, principal: Reader) ->
     return await service.versions(session, _tenant(principal), card_id)
 
 
+@router.get(
+    "/asset-cards/{card_id}/export",
+    response_class=StreamingResponse,
+    summary="Export an asset card's runtime record for AIGRC",
+    responses={
+        200: {
+            "description": "NDJSON: one AIGRC EVT-001 envelope per line.",
+            "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+        }
+    },
+)
+async def export_card(
+    card_id: str, session: SessionDep, database: DatabaseDep, principal: Reader
+) -> Response:
+    """What AIGOS knows at runtime about the card, as AIGRC tooling reads it: each live agent of the card
+    (`agent.live`), then their registrations, decisions, violations and kill-switch commands in log order,
+    each an EVT-001 envelope (its `id` stable, its `hash` over the rest, its `goldenThread` the card's)."""
+    record = await service.get(session, _tenant(principal), card_id)
+    return StreamingResponse(
+        export.lines(database, _tenant(principal), record),
+        media_type="application/x-ndjson",
+        headers={"Content-Disposition": f'attachment; filename="{card_id}.aigos.ndjson"'},
+    )
+
+
 @router.post("/verify-golden-thread", response_model=GoldenThreadOut, summary="Verify a Golden Thread")
 async def verify_golden_thread(
     body: GoldenThreadIn, session: SessionDep, principal: Reader
@@ -294,3 +322,48 @@ async def last_sync(runtime: RuntimeDep, principal: Reader) -> dict[str, Any]:
     if last is None:
         raise NotFound("The source has not been synced yet on this server.", code="NO_SYNC_YET")
     return asdict(last)
+
+
+def _webhook_of(runtime: Runtime, principal: Principal) -> Webhook:
+    webhook = runtime.aigrc_webhook
+    if webhook is None or webhook.tenant_id != principal.tenant_id:
+        raise Conflict(
+            "No AIGRC webhook is configured for this tenant "
+            "(AIGOS_AIGRC_WEBHOOK_URL and AIGOS_AIGRC_TENANT_ID).",
+            code="AIGRC_WEBHOOK_NOT_CONFIGURED",
+        )
+    return webhook
+
+
+@router.get("/webhook", response_model=WebhookOut, summary="Get the AIGRC webhook's progress")
+async def webhook_progress(runtime: RuntimeDep, session: SessionDep, principal: Reader) -> WebhookOut:
+    """How far the webhook has delivered the tenant's log (the `seq` it reached) and how many envelopes
+    it set aside as dead letters."""
+    _webhook_of(runtime, principal)
+    cursor, dead = await service.webhook_state(session, _tenant(principal))
+    return WebhookOut(cursor=cursor, dead_letters=dead)
+
+
+@router.get(
+    "/webhook/dead-letters",
+    response_model=Page[DeadLetterOut],
+    summary="List the AIGRC webhook's dead letters",
+)
+async def list_dead_letters(
+    runtime: RuntimeDep, session: SessionDep, principal: Reader, page: PageNo = 1, limit: Limit = 20
+) -> dict[str, Any]:
+    """Envelopes the receiver did not take after every retry, newest first, each with the last error."""
+    _webhook_of(runtime, principal)
+    rows, total = await service.dead_letters(session, _tenant(principal), page=page, limit=limit)
+    data = [
+        DeadLetterOut(
+            seq=row.seq,
+            envelope_id=row.envelope_id,
+            envelope=row.envelope,
+            attempts=row.attempts,
+            error=row.error,
+            created_at=row.created_at,
+        )
+        for row in rows
+    ]
+    return {"data": data, "page": page, "limit": limit, "total": total}

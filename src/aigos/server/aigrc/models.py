@@ -3,7 +3,8 @@
 ``asset_cards`` holds each card of a tenant as it stands, keyed by the card's own id (``aigrc-2025-…``),
 with its content hash and where it came from; every version ever saved is in the append-only
 ``asset_card_versions``. A card is never deleted while agents may name it: a source that stops listing it
-leaves the last good copy in place.
+leaves the last good copy in place. ``aigrc_webhook_cursors`` and ``aigrc_dead_letters`` are the signed
+webhook's progress through the log and what it could not deliver.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, String, UniqueConstraint, Uuid
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from aigos.server.db.base import Base
@@ -60,4 +61,33 @@ class AssetCardVersion(Base):
     document: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
     source: Mapped[str] = mapped_column(String(20))
     changed_by: Mapped[str | None] = mapped_column(String(255), default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WebhookCursor(Base):
+    """How far the AIGRC webhook has delivered a tenant's log: the ``seq`` of the last entry it sent (or set
+    aside as a dead letter). It only moves forward, once the receiver took the batch."""
+
+    __tablename__ = "aigrc_webhook_cursors"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WebhookDeadLetter(Base):
+    """An envelope the receiver would not take after every retry: kept, with why, never lost silently."""
+
+    __tablename__ = "aigrc_dead_letters"
+    __table_args__ = (Index("ix_aigrc_dead_letters_tenant_id_created_at", "tenant_id", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("tenants.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    envelope_id: Mapped[str] = mapped_column(String(40))
+    envelope: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    attempts: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

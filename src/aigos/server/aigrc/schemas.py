@@ -102,3 +102,21 @@ class SyncOut(BaseModel):
     unchanged: int
     refused: list[SyncRefusal]
     detail: str | None = Field(description="Why the run failed (the source unreachable, refused, ...).")
+
+
+class DeadLetterOut(BaseModel):
+    """An envelope the AIGRC webhook could not deliver after every retry."""
+
+    seq: int = Field(description="The log entry it was made from.")
+    envelope_id: str
+    envelope: dict[str, Any]
+    attempts: int
+    error: str
+    created_at: datetime
+
+
+class WebhookOut(BaseModel):
+    """The AIGRC webhook's progress: the last log entry it delivered or set aside, and its dead letters."""
+
+    cursor: int
+    dead_letters: int

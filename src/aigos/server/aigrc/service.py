@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigos.core import assetcard
-from aigos.server.aigrc.models import AssetCardRecord, AssetCardVersion
+from aigos.server.aigrc.models import AssetCardRecord, AssetCardVersion, WebhookCursor, WebhookDeadLetter
 from aigos.server.aigrc.schemas import AssetCardOut, AssetCardVersionOut, GoldenThreadState
 from aigos.server.audit.events import NewEvent
 from aigos.server.audit.log import EventLog
@@ -141,6 +141,16 @@ async def find(session: AsyncSession, tenant_id: uuid.UUID, card_id: str) -> Ass
     return (await session.scalars(stmt)).one_or_none()
 
 
+async def by_id(
+    session: AsyncSession, tenant_id: uuid.UUID, card_ids: set[str]
+) -> dict[str, AssetCardRecord]:
+    """The tenant's cards among ``card_ids``, by id."""
+    stmt = select(AssetCardRecord).where(
+        AssetCardRecord.tenant_id == tenant_id, AssetCardRecord.card_id.in_(sorted(card_ids))
+    )
+    return {record.card_id: record for record in await session.scalars(stmt)}
+
+
 async def get(session: AsyncSession, tenant_id: uuid.UUID, card_id: str) -> AssetCardRecord:
     """The tenant's card ``card_id``; 404 ``ASSET_CARD_NOT_FOUND`` when it has none."""
     record = await find(session, tenant_id, card_id)
@@ -212,3 +222,24 @@ def to_out(record: AssetCardRecord) -> AssetCardOut:
         updated_at=record.updated_at,
         document=record.document,
     )
+
+
+async def webhook_state(session: AsyncSession, tenant_id: uuid.UUID) -> tuple[int, int]:
+    """The webhook's cursor and how many dead letters it left, for the tenant."""
+    cursor = await session.scalar(select(WebhookCursor.seq).where(WebhookCursor.tenant_id == tenant_id))
+    dead = await session.scalar(
+        select(func.count()).select_from(WebhookDeadLetter).where(WebhookDeadLetter.tenant_id == tenant_id)
+    )
+    return int(cursor or 0), int(dead or 0)
+
+
+async def dead_letters(
+    session: AsyncSession, tenant_id: uuid.UUID, *, page: int, limit: int
+) -> tuple[list[WebhookDeadLetter], int]:
+    """The webhook's dead letters, newest first."""
+    stmt = (
+        select(WebhookDeadLetter)
+        .where(WebhookDeadLetter.tenant_id == tenant_id)
+        .order_by(WebhookDeadLetter.created_at.desc(), WebhookDeadLetter.seq.desc())
+    )
+    return await paged(session, stmt, page, limit)

@@ -152,6 +152,35 @@ async def tally(
     return Tally(counts, latest)
 
 
+async def about_agents(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    event_types: Sequence[str],
+    agent_ids: Sequence[str],
+    *,
+    after: int,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """The next ``limit`` entries after ``seq`` ``after`` of ``event_types`` about any of ``agent_ids``, in
+    log order, as exported."""
+    rows: list[AuditEvent] = []
+    for batch in batches(agent_ids, 1):
+        stmt = (
+            select(AuditEvent)
+            .where(
+                AuditEvent.tenant_id == tenant_id,
+                AuditEvent.seq > after,
+                AuditEvent.event_type.in_(event_types),
+                AuditEvent.agent_id.in_(batch),
+            )
+            .order_by(AuditEvent.seq)
+            .limit(limit)
+        )
+        rows.extend(await session.scalars(stmt))
+    rows.sort(key=lambda row: row.seq)
+    return [exported(row) for row in rows[:limit]]
+
+
 async def head(session: AsyncSession, tenant_id: uuid.UUID) -> int:
     """The ``seq`` of the tenant's newest entry (0 for an empty log)."""
     # The head row, not max(seq): one row, where the log is partitioned by day.

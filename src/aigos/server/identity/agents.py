@@ -251,6 +251,16 @@ async def bound_to_card(
     return [(row.id, row.golden_thread) for row in await session.execute(stmt)]
 
 
+async def cards_of_agents(session: AsyncSession, tenant_id: uuid.UUID) -> dict[str, str]:
+    """Each of the tenant's agents registered against an asset card (and not terminated): its card's id."""
+    stmt = select(Agent.id, Agent.asset_card_id).where(
+        Agent.tenant_id == tenant_id,
+        Agent.asset_card_id.is_not(None),
+        Agent.status.not_in([AgentStatus.TERMINATED.value, AgentStatus.ARCHIVED.value]),
+    )
+    return {str(row.id): str(row.asset_card_id) for row in await session.execute(stmt)}
+
+
 async def narrow_to_card(
     session: AsyncSession, tenant_id: uuid.UUID, card_id: str, bounds: Capabilities
 ) -> list[uuid.UUID]:

@@ -1,4 +1,5 @@
-"""aigrc: asset cards, each at its current version, and every version saved
+"""aigrc: asset cards, each at its current version, and every version saved; the webhook's cursor and dead
+letters
 
 Revision ID: 0013
 Revises: 0012
@@ -61,8 +62,46 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("asset_card_id", "version", name=op.f("pk_asset_card_versions")),
     )
+    op.create_table(
+        "aigrc_webhook_cursors",
+        sa.Column("tenant_id", sa.Uuid(), nullable=False),
+        sa.Column("seq", sa.BigInteger(), nullable=False),
+        sa.Column("updated_at", UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_aigrc_webhook_cursors_tenant_id_tenants"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("tenant_id", name=op.f("pk_aigrc_webhook_cursors")),
+    )
+    op.create_table(
+        "aigrc_dead_letters",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("tenant_id", sa.Uuid(), nullable=False),
+        sa.Column("seq", sa.BigInteger(), nullable=False),
+        sa.Column("envelope_id", sa.String(length=40), nullable=False),
+        sa.Column("envelope", JSONDocument, nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("error", sa.Text(), nullable=False),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_aigrc_dead_letters_tenant_id_tenants"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_aigrc_dead_letters")),
+    )
+    op.create_index(
+        "ix_aigrc_dead_letters_tenant_id_created_at", "aigrc_dead_letters", ["tenant_id", "created_at"]
+    )
     if not rls.is_postgres():
         return
+    rls.grant("aigrc_webhook_cursors", "SELECT, INSERT, UPDATE")
+    rls.isolate_by_tenant("aigrc_webhook_cursors")
+    rls.grant("aigrc_dead_letters", "SELECT, INSERT")
+    rls.isolate_by_tenant("aigrc_dead_letters")
     rls.grant("asset_cards", "SELECT, INSERT, UPDATE")
     rls.isolate_by_tenant("asset_cards")
     # Versions are append-only: the application may add them, never change or remove one.
@@ -71,6 +110,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_aigrc_dead_letters_tenant_id_created_at", table_name="aigrc_dead_letters")
+    op.drop_table("aigrc_dead_letters")
+    op.drop_table("aigrc_webhook_cursors")
     op.drop_table("asset_card_versions")
     op.drop_index("ix_asset_cards_tenant_id_updated_at", table_name="asset_cards")
     op.drop_table("asset_cards")
