@@ -194,8 +194,26 @@ async def test_a_narrower_card_narrows_its_live_agents(client: AsyncClient, tena
     )
     assert other.status_code == 201
 
+    bearer = {"Authorization": f"Bearer {agent['identity_token']}"}
+    fetch = {"action": "tool.call", "resource": "web_fetch", "context": {"tool": "web_fetch"}}
+    before = await client.post("/v1/policies/check", json=fetch, headers=bearer)
+    assert before.json()["allowed"] is True
+
     narrowed = await upload(client, tenant_a, card(tools="web_search"))
     assert narrowed.json()["change"] == "updated"
+    # The token the agent already holds still says web_*: the next check is held to the card all the same.
+    after = await client.post("/v1/policies/check", json=fetch, headers=bearer)
+    assert (after.json()["allowed"], after.json()["code"]) == (False, "CAPABILITY_DENIED")
+    # A simulation shows the card's bounds in its trace, before the capability stage.
+    simulated = await client.post(
+        "/v1/policies/simulate",
+        json={"agent_id": agent["agent_id"], "request": fetch},
+        headers=tenant_a.headers,
+    )
+    assert simulated.status_code == 200, simulated.text
+    stages = [(step["stage"], step["result"]) for step in simulated.json()["trace"]]
+    assert stages[:3] == [("kill_switch", "pass"), ("asset_card", "deny"), ("capability", "deny")]
+    assert "aigrc-2025-0a1b2c3d (version 2)" in simulated.json()["trace"][1]["detail"]
     read = await client.get(f"/v1/agents/{agent['agent_id']}", headers=tenant_a.headers)
     assert read.json()["capabilities"]["tools"] == ["web_search"]
     claims = claims_of(await access_token(client, agent))

@@ -13,11 +13,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Final, Literal, TypedDict, get_args
+from typing import Any, Final, Literal, TypedDict
 
 #: The chain's stages, in order.
-Stage = Literal["kill_switch", "capability", "budget", "domain", "custom"]
-STAGES: Final[tuple[Stage, ...]] = get_args(Stage)
+#: ``asset_card`` is the bounds an AIGRC asset card puts on the agent's capabilities: a simulation shows it
+#: (the check applies it to the subject's capabilities before the capability stage).
+Stage = Literal["kill_switch", "asset_card", "capability", "budget", "domain", "custom"]
+#: The stages ``evaluate`` runs, in order.
+STAGES: Final[tuple[Stage, ...]] = ("kill_switch", "capability", "budget", "domain", "custom")
 #: What a stage did: let the request on, refused it, had nothing to decide, or left it to the caller.
 StepResult = Literal["pass", "deny", "skip", "pending"]
 CAPABILITY_BUDGET = "capability"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -25,6 +26,10 @@ class Attributes:
     owner: str | None
     deployment_env: str | None
     labels: dict[str, str]
+    #: The capabilities stored now: a token's are cut down to them, so narrowing an agent (or its asset
+    #: card) takes effect at the next check, not only with its next token.
+    capabilities: dict[str, Any]
+    asset_card_id: str | None = None
 
 
 async def exists(session: AsyncSession, tenant_id: uuid.UUID, agent_id: uuid.UUID) -> bool:
@@ -37,14 +42,34 @@ async def attributes(session: AsyncSession, tenant_id: uuid.UUID, agent_id: uuid
     """The agent's targeting attributes; None if the tenant has no such agent."""
     row = (
         await session.execute(
-            select(Agent.agent_type, Agent.owner, Agent.deployment_env, Agent.metadata_).where(
-                Agent.id == agent_id, Agent.tenant_id == tenant_id
-            )
+            select(
+                Agent.agent_type,
+                Agent.owner,
+                Agent.deployment_env,
+                Agent.metadata_,
+                Agent.capabilities,
+                Agent.asset_card_id,
+            ).where(Agent.id == agent_id, Agent.tenant_id == tenant_id)
         )
     ).first()
     if row is None:
         return None
-    return Attributes(row.agent_type, row.owner, row.deployment_env, labels_of(row.metadata_ or {}))
+    return Attributes(
+        row.agent_type,
+        row.owner,
+        row.deployment_env,
+        labels_of(row.metadata_ or {}),
+        dict(row.capabilities or {}),
+        row.asset_card_id,
+    )
+
+
+async def asset_card_of(session: AsyncSession, tenant_id: uuid.UUID, agent_id: uuid.UUID) -> str | None:
+    """The id of the asset card the agent registered against, if any."""
+    card_id: str | None = await session.scalar(
+        select(Agent.asset_card_id).where(Agent.id == agent_id, Agent.tenant_id == tenant_id)
+    )
+    return card_id
 
 
 async def subject(session: AsyncSession, tenant_id: uuid.UUID, agent_id: uuid.UUID) -> Subject | None:

@@ -10,6 +10,8 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigos.core import policy as core
+from aigos.core.policy.decision import TraceStep, trace_step
+from aigos.server.aigrc import service as cards
 from aigos.server.errors import BadRequest
 from aigos.server.identity import subjects
 from aigos.server.policy import limits, service
@@ -60,7 +62,38 @@ async def simulate(
         decision = decision.with_spent(spent)
     answer = decision.to_json()
     answer["policy_version"] = version
+    if body.agent_id is not None:
+        step = await _card_step(session, tenant_id, body.agent_id, request)
+        if step is not None:
+            # Right after the kill switch: the card bounds the capabilities the next stage checks.
+            trace = answer["trace"]
+            at = 1 if trace and trace[0]["stage"] == "kill_switch" else 0
+            trace.insert(at, step)
     return answer
+
+
+async def _card_step(
+    session: AsyncSession, tenant_id: uuid.UUID, agent_id: uuid.UUID, request: core.Request
+) -> TraceStep | None:
+    """The trace line of the asset card the agent is bound by (``None`` without one): what the card
+    allows, and whether the request's tool and domain are within it."""
+    card_id = await subjects.asset_card_of(session, tenant_id, agent_id)
+    record = await cards.find(session, tenant_id, card_id) if card_id else None
+    if record is None:
+        return None
+    bounds = cards.card_of(record).capabilities
+    if bounds is None:
+        return trace_step("asset_card", "skip", f"Asset card {record.card_id} bounds no capability.")
+    within = core.Subject.of("card", capabilities=bounds.to_claim())
+    tool = request.tool.lower() if request.tool else None
+    outside = (tool is not None and not within.tool_matcher(tool)) or (
+        request.domain is not None and not within.domain_matcher(request.domain)
+    )
+    detail = (
+        f"Asset card {record.card_id} (version {record.version}) bounds the agent to tools "
+        f"{list(bounds.tools)}, domains {list(bounds.domains)}, max_budget {bounds.max_budget}."
+    )
+    return trace_step("asset_card", "deny" if outside else "pass", detail)
 
 
 async def _subject(session: AsyncSession, tenant_id: uuid.UUID, body: SimulateIn) -> core.Subject:

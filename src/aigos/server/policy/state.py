@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from aigos.core.delegation import capabilities_of
 from aigos.core.policy import Effective, PolicySet, Request, Subject, narrowing
 from aigos.server.bus import Bus
 from aigos.server.bus.follower import Follower
@@ -185,7 +186,8 @@ class PolicyState(Follower):
     async def subject(
         self, tenant_id: uuid.UUID, agent_id: uuid.UUID, status: str, claims: dict[str, Any]
     ) -> Subject:
-        """The agent as the evaluator sees it: status now, capabilities from its token, stored attributes."""
+        """The agent as the evaluator sees it: status now, capabilities from its token (cut down to those
+        stored now: a narrowing needs no new token), stored attributes."""
         attributes = self._attributes.get(agent_id)
         if attributes is None:
             try:
@@ -197,10 +199,11 @@ class PolicyState(Follower):
         cached = self._subjects.get(jti)
         if cached is not None and cached[0] == status and cached[1] is attributes:
             return cached[2]
+        held = capabilities_of(claims.get("aigos:capabilities") or {})
         subject = Subject.of(
             str(agent_id),
             status=status,
-            capabilities=claims.get("aigos:capabilities") or {},
+            capabilities=held.narrowed_to(capabilities_of(attributes.capabilities)).to_claim(),
             agent_type=attributes.agent_type,
             owner=attributes.owner,
             deployment_env=attributes.deployment_env,
