@@ -18,14 +18,18 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from types import FrameType
 
 from aigos.sdk import AgentTerminated, AigosClient, KillSwitchCommand, PolicyDenied, guard
 
 # Configuration comes from the environment: AIGOS_API_KEY, AIGOS_BASE_URL (default http://127.0.0.1:8000).
+# The agent's AIGRC asset card sits beside this file: its capabilities bound what the agent may ask for.
 aigos = AigosClient(
     api_key=os.environ.get("AIGOS_API_KEY"),
-    asset_card_id=os.environ.get("AIGOS_ASSET_CARD_ID", "aigrc-2026-0a1b2c3d"),
+    asset_card=os.environ.get(
+        "AIGOS_ASSET_CARD", str(Path(__file__).with_name("research-assistant.aigrc.yaml"))
+    ),
 )
 
 # Register the agent and get its identity (client id, one-time secret, runtime identity token).

@@ -43,7 +43,7 @@ async def report(
         kill_switch_triggers=counted.counts["kill_switch.triggered"],
         kill_switch_acknowledged=counted.counts["kill_switch.acknowledged"],
         golden_thread_verified=all(t.get("verified") for t in threads) if threads else None,
-        human_oversight=False,
+        human_oversight=bool((record.document.get("constraints") or {}).get("humanApprovalRequired")),
         last_event_at=_iso(counted.latest) if counted.latest else None,
     )
     result = compliance.status(record.document, evidence, generated_at=_iso(latest), profiles=profiles)
