@@ -318,3 +318,65 @@ async def test_compliance_status_from_a_recorded_scenario(
         404,
         "ASSET_CARD_NOT_FOUND",
     )
+
+
+async def test_a_cards_runtime_constraints_become_a_policy_on_its_agents(
+    client: AsyncClient, tenant_a: TenantHandle
+) -> None:
+    constrained = card().replace(
+        "runtime:\n", "constraints:\n  runtime:\n    maxCostPerRequestUsd: 2.5\nruntime:\n", 1
+    )
+    assert (await upload(client, tenant_a, constrained)).status_code == 201
+    policies = (await client.get("/v1/policies", headers=tenant_a.headers)).json()["policies"]
+    (derived,) = policies
+    assert derived["name"] == "AIGRC asset card aigrc-2025-0a1b2c3d"
+    assert derived["target"]["selector"]["labels"] == {"aigrc_asset_card": "aigrc-2025-0a1b2c3d"}
+
+    bound = (await register(client, tenant_a, capabilities={"tools": ["web_search"]})).json()
+    # Another agent may not claim the card's label through its metadata.
+    forged = await client.post(
+        "/v1/agents/register",
+        json={
+            "name": "forger",
+            "capabilities": {"tools": ["web_search"]},
+            "metadata": {"aigrc_asset_card": "aigrc-2025-0a1b2c3d", "labels": {"aigrc_asset_card": "x"}},
+        },
+        headers=tenant_a.headers,
+    )
+    assert forged.status_code == 201
+
+    async def check(agent: dict[str, Any], cost: float) -> dict[str, Any]:
+        body = {
+            "action": "tool.call",
+            "resource": "web_search",
+            "context": {"tool": "web_search", "estimated_cost": cost},
+        }
+        answered = await client.post(
+            "/v1/policies/check", json=body, headers={"Authorization": f"Bearer {agent['identity_token']}"}
+        )
+        assert answered.status_code == 200, answered.text
+        decided: dict[str, Any] = answered.json()
+        return decided
+
+    denied = await check(bound, 5.0)
+    assert (denied["allowed"], denied["code"], denied["matched_rule"]) == (
+        False,
+        "CUSTOM_DENIED",
+        "asset-card-max-cost-per-request",
+    )
+    assert (await check(bound, 1.0))["allowed"] is True
+    assert (await check(forged.json(), 5.0))["allowed"] is True
+
+    # The constraint goes with the card's next version: so does its policy.
+    assert (await upload(client, tenant_a, card())).json()["change"] == "updated"
+    assert (await client.get("/v1/policies", headers=tenant_a.headers)).json()["total"] == 0
+    assert (await check(bound, 5.0))["allowed"] is True
+    changes = await client.get(
+        "/v1/audit/events", params={"event_type": "policy.*"}, headers=tenant_a.headers
+    )
+    made = [
+        e["event_type"]
+        for e in changes.json()["data"]
+        if e["event_type"] in ("policy.created", "policy.deleted")
+    ]
+    assert made == ["policy.deleted", "policy.created"]

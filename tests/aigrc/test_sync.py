@@ -86,6 +86,8 @@ def connect(app: FastAPI, tenant: TenantHandle, url: str, *, allow_private: bool
     runtime.aigrc = CardSync(
         runtime.database,
         runtime.events,
+        runtime.identity,
+        runtime.policy,
         uuid.UUID(tenant.id),
         url,
         "aigrc_sk_test",

@@ -30,6 +30,9 @@ from aigos.core import globs, goldenthread
 from aigos.core.agents import Capabilities
 from aigos.core.canonical import NotCanonicalizable, canonical
 
+#: The label an agent registered against an asset card carries, its value the card's id: the policies a
+#: card derives target it by this label.
+AGENT_LABEL = "aigrc_asset_card"
 MAX_CARD_BYTES = 256 * 1024
 #: Objects and lists inside one another: a card needs five; extensions get room, recursion gets a bound.
 MAX_DEPTH = 64

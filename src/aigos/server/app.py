@@ -313,7 +313,7 @@ async def start_runtime(settings: Settings, in_flight: InFlight | None = None) -
         limiter=limiter,
         events=events,
         maintenance=Maintenance(database, signer, settings.audit_retention_days),
-        aigrc=card_sync(settings, database, events),
+        aigrc=card_sync(settings, database, events, identity, policy),
         aigrc_webhook=aigrc_webhook(settings, database, events),
         features=list(FEATURES),
         passwords=Passwords(settings.password_hash_memory_kib, settings.password_hash_time_cost),
@@ -329,7 +329,9 @@ async def start_runtime(settings: Settings, in_flight: InFlight | None = None) -
     return runtime
 
 
-def card_sync(settings: Settings, database: Database, events: EventLog) -> CardSync | None:
+def card_sync(
+    settings: Settings, database: Database, events: EventLog, identity: IdentityState, policies: PolicyState
+) -> CardSync | None:
     """The AIGRC source's sync, when ``AIGRC_API_URL`` names one (``ConfigError`` without its tenant)."""
     if not settings.aigrc_api_url:
         return None
@@ -341,6 +343,8 @@ def card_sync(settings: Settings, database: Database, events: EventLog) -> CardS
     return CardSync(
         database,
         events,
+        identity,
+        policies,
         settings.aigrc_tenant_id,
         settings.aigrc_api_url,
         key,

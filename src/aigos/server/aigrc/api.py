@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from aigos.core import assetcard, compliance_report, goldenthread
 from aigos.core.storable import find_unstorable
-from aigos.server.aigrc import binding, compliance, export, service
+from aigos.server.aigrc import compliance, export, lifecycle, service
 from aigos.server.aigrc.schemas import (
     AssetCardOut,
     AssetCardSaved,
@@ -31,6 +31,7 @@ from aigos.server.audit.events import by
 from aigos.server.deps import DatabaseDep, EventsDep, RuntimeDep, SessionDep
 from aigos.server.errors import Conflict, NotFound, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from aigos.server.identity.deps import IdentityStateDep
+from aigos.server.policy.deps import PolicyStateDep
 from aigos.server.principal import Principal
 from aigos.server.problems import json_pointer
 from aigos.server.routing import RawBodyRoute, ValidatedRoute, parse_json
@@ -90,6 +91,7 @@ async def upload_card(
     events: EventsDep,
     session: SessionDep,
     identity: IdentityStateDep,
+    policies: PolicyStateDep,
     principal: Writer,
     source: Annotated[
         Literal["api", "directory"],
@@ -102,8 +104,9 @@ async def upload_card(
 
     A new id is version 1 (201); a changed card a new version (200, `change` `updated`); the same card
     again changes nothing (200, `unchanged`). Unknown fields are kept. Every version stays readable.
-    A change that narrows the card's `runtime.capabilities` narrows its live agents' at once: their next
-    token carries the narrower set (`asset_card.agents_narrowed`).
+    A change that narrows the card's `runtime.capabilities` narrows its live agents' at once
+    (`asset_card.agents_narrowed`); `constraints.runtime.maxCostPerRequestUsd` becomes a policy targeting
+    the card's agents (`policy.*`), replaced as the card changes.
     """
     header = request.headers.get("content-type")
     media_type = header.split(";", 1)[0].strip().lower() if header else None
@@ -119,11 +122,9 @@ async def upload_card(
         recorded_as=partial(by, principal),
         changed_by=principal.actor_id,
     )
-    if saved.change == "updated":
-        narrowed = await binding.narrow_bound_agents(session, identity, _tenant(principal), card)
-        if narrowed:
-            data = {"asset_card_id": card.id, "version": saved.record.version, "agents": narrowed}
-            await events.record(by(principal, "asset_card.agents_narrowed", data), session)
+    await lifecycle.after_save(
+        session, events, identity, policies, saved, card, plan_of(principal.plan_tier), partial(by, principal)
+    )
     if saved.change == "created":
         response.status_code = status.HTTP_201_CREATED
     return AssetCardSaved(**service.to_out(saved.record).model_dump(), change=saved.change)

@@ -45,6 +45,8 @@ class AssetCardRecord(Base):
     source: Mapped[str] = mapped_column(String(20))
     #: The card's Golden Thread as verified when saved: hash, ticket_id, verified, form.
     golden_thread: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument, default=None)
+    #: The policy the card derives from its runtime constraints (``derived.py``), while it has one.
+    policy_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

@@ -2,7 +2,8 @@
 
 ``GET <AIGRC_API_URL>/asset-cards`` (bearer ``AIGRC_API_KEY``) answers the source's cards as JSON: an array
 of cards, or an object holding one under ``data`` or ``cards``. Each card is held to the schema on its own
-and saved as an upload is (``source`` ``sync``): unchanged cards change nothing, a refused card is named in
+and saved as an upload is (``source`` ``sync``, with what follows a save: ``lifecycle``): unchanged cards
+change nothing, a refused card is named in
 the result and the others are still saved. A source that fails (unreachable, an error, a body that is not
 what it should be) changes nothing: the cards saved before stay, the last good copy. Every run, good or
 failed, is recorded on the tenant's log as ``aigrc.synced`` and kept as ``last`` for ``GET /v1/aigrc/sync``.
@@ -24,11 +25,13 @@ import orjson
 import structlog
 
 from aigos.core import assetcard
-from aigos.server.aigrc import service
+from aigos.server.aigrc import lifecycle, service
 from aigos.server.audit.events import NewEvent
 from aigos.server.audit.log import EventLog
 from aigos.server.db import Database
+from aigos.server.identity.state import IdentityState
 from aigos.server.outbound import Outbound, OutboundRefused, policy_from_settings
+from aigos.server.policy.state import PolicyState
 from aigos.server.tenancy import tenants
 from aigos.server.tenancy.plans import plan_of
 
@@ -68,6 +71,8 @@ class CardSync:
         self,
         database: Database,
         events: EventLog,
+        identity: IdentityState,
+        policies: PolicyState,
         tenant_id: uuid.UUID,
         url: str,
         api_key: str | None,
@@ -79,6 +84,8 @@ class CardSync:
     ) -> None:
         self.database = database
         self.events = events
+        self.identity = identity
+        self.policies = policies
         self.tenant_id = tenant_id
         self.endpoint = url.rstrip("/") + "/asset-cards"
         self.interval = interval
@@ -174,6 +181,9 @@ class CardSync:
                         source="sync",
                         recorded_as=self._event,
                         changed_by="aigrc-sync",
+                    )
+                    await lifecycle.after_save(
+                        session, self.events, self.identity, self.policies, saved, card, plan, self._event
                     )
             except Exception as error:
                 detail = getattr(error, "detail", None) or type(error).__name__

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from aigos.core.assetcard import AGENT_LABEL
 from aigos.core.policy import Subject, labels_of
 from aigos.server.identity.models import Agent
 
@@ -58,10 +59,20 @@ async def attributes(session: AsyncSession, tenant_id: uuid.UUID, agent_id: uuid
         row.agent_type,
         row.owner,
         row.deployment_env,
-        labels_of(row.metadata_ or {}),
+        labels(row.metadata_, row.asset_card_id),
         dict(row.capabilities or {}),
         row.asset_card_id,
     )
+
+
+def labels(metadata: dict[str, Any] | None, asset_card_id: str | None) -> dict[str, str]:
+    """An agent's labels: its metadata's, and ``aigrc_asset_card`` (the card it registered against), which
+    the policies an asset card derives select it by and no metadata can set."""
+    found = labels_of(metadata or {})
+    found.pop(AGENT_LABEL, None)
+    if asset_card_id:
+        found[AGENT_LABEL] = asset_card_id
+    return found
 
 
 async def asset_card_of(session: AsyncSession, tenant_id: uuid.UUID, agent_id: uuid.UUID) -> str | None:
@@ -85,5 +96,5 @@ async def subject(session: AsyncSession, tenant_id: uuid.UUID, agent_id: uuid.UU
         agent_type=agent.agent_type,
         owner=agent.owner,
         deployment_env=agent.deployment_env,
-        metadata=agent.metadata_,
+        metadata={"labels": labels(agent.metadata_, agent.asset_card_id)},
     )

@@ -11,7 +11,7 @@ change stays in the audit log, with who made it).
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete as delete_rows
@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigos.core import policy as core
-from aigos.server.audit.events import by
+from aigos.server.audit.events import NewEvent, by
 from aigos.server.audit.log import EventLog
 from aigos.server.db.commit_hooks import after_commit
 from aigos.server.db.paging import paged
@@ -189,10 +189,15 @@ def _rule_count(document: dict[str, Any]) -> int:
 
 
 async def create(
-    session: AsyncSession, tenant_id: uuid.UUID, spec: PolicyIn, actor: str | None, plan: Plan
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    spec: PolicyIn,
+    actor: str | None,
+    plan: Plan,
+    policy_id: uuid.UUID | None = None,
 ) -> tuple[Policy, int]:
     """Save a new policy (version 1); returns it and the tenant's new policy-set version."""
-    policy_id = uuid.uuid4()
+    policy_id = policy_id or uuid.uuid4()
     document = document_of(policy_id, spec)
     size = limits.check_document(plan, document)
     await check_document(document)
@@ -233,13 +238,14 @@ async def changed(
     events: EventLog,
     state: PolicyState,
     session: AsyncSession,
-    principal: Principal,
+    principal: Principal | Callable[[str, dict[str, Any]], NewEvent],
     event_type: str,
     policy: Policy,
     set_version: int,
 ) -> None:
     """Record a change in the event log (in the change's transaction) and, once committed, announce the
-    tenant's new policy-set version to every replica."""
+    tenant's new policy-set version to every replica. ``principal`` made the change, or makes its event
+    (``(event_type, data) -> NewEvent``) for changes no one requested (a policy an asset card derives)."""
     data = {
         "policy_id": str(policy.id),
         "name": policy.name,
@@ -247,7 +253,10 @@ async def changed(
         "mode": policy.mode,
         "policy_set_version": set_version,
     }
-    await events.record(by(principal, event_type, data), session)
+    made = (
+        by(principal, event_type, data) if isinstance(principal, Principal) else principal(event_type, data)
+    )
+    await events.record(made, session)
     tenant_id = policy.tenant_id
 
     async def announce() -> None:

@@ -35,6 +35,7 @@ def upgrade() -> None:
         sa.Column("document", JSONDocument, nullable=False),
         sa.Column("source", sa.String(length=20), nullable=False),
         sa.Column("golden_thread", JSONDocument, nullable=True),
+        sa.Column("policy_id", sa.Uuid(), nullable=True),
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.Column("updated_at", UTCDateTime(), nullable=False),
         sa.ForeignKeyConstraint(
