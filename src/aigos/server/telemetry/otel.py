@@ -8,7 +8,8 @@ the rest: ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES`` (the service is
 processor's delays. Off, nothing of it is imported and no request pays anything for it.
 
 Each statement the database runs for a request is a client span of its own, a child of the request's
-(``db.system.name``, ``db.operation.name`` and the statement's text, never its parameters). So is each
+(``db.system.name``, ``db.operation.name`` and the statement's text, never its parameters); statements
+run outside a sampled request start no span. So is each
 Redis command a request sends (``db.system.name`` ``redis`` and the command's name, never its keys or
 values); the bus's own background traffic (kill-switch fan-out, pings) starts no trace.
 
@@ -69,14 +70,18 @@ MAX_STATEMENT = 2_000
 
 
 def trace_database(engine: AsyncEngine, tracer: Tracer) -> None:
-    """A client span around each statement ``engine`` runs, a child of the request's span."""
-    from opentelemetry.trace import SpanKind, StatusCode
+    """A client span around each statement ``engine`` runs while a sampled request's span is current."""
+    from opentelemetry.trace import SpanKind, StatusCode, get_current_span
     from sqlalchemy import event
 
     system = engine.dialect.name
     sync_engine = engine.sync_engine
 
     def before(_conn: Any, _cursor: Any, statement: str, _params: Any, context: Any, _many: bool) -> None:
+        if not get_current_span().is_recording():
+            # Outside a sampled request (a request not sampled, the event log's writer, the sweeps): no
+            # span, not even a root one: background statements would otherwise each start a trace.
+            return
         operation = (statement.split(None, 1) or ["SQL"])[0].upper()
         context._aigos_span = tracer.start_span(
             operation,
