@@ -189,9 +189,7 @@ async def test_the_cli_imports_a_repositorys_cards(live: Live, tmp_path: Path) -
     assert result.exit_code == 1, result.output
     lines = result.output.splitlines()
     assert "broken.yaml: refused (400 VALIDATION_FAILED)" in lines
-    assert "  /classification/riskLevel: must be one of minimal, limited, high, unacceptable" in lines or any(
-        line.startswith("  /classification/riskLevel:") for line in lines
-    )
+    assert any(line.startswith("  /classification/riskLevel: ") for line in lines), lines
     assert "other.yml: aigrc-2025-0000beef created (version 1)" in lines
     assert "triage.yaml: aigrc-2025-0a1b2c3d created (version 1)" in lines
     # Run again, on the cards directory itself this time: nothing changed.

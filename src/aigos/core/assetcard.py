@@ -26,16 +26,17 @@ from typing import Any
 
 import yaml
 
-from aigos.core import globs, goldenthread
+from aigos.core import globs, goldenthread, storable
 from aigos.core.agents import Capabilities
 from aigos.core.canonical import NotCanonicalizable, canonical
+from aigos.core.storable import find_unstorable
 
 #: The label an agent registered against an asset card carries, its value the card's id: the policies a
 #: card derives target it by this label.
 AGENT_LABEL = "aigrc_asset_card"
 MAX_CARD_BYTES = 256 * 1024
-#: Objects and lists inside one another: a card needs five; extensions get room, recursion gets a bound.
-MAX_DEPTH = 64
+#: Nesting, and integers, as far as every stored value may go (``aigos.core.storable``).
+MAX_DEPTH = storable.MAX_DEPTH
 RISK_LEVELS = ("minimal", "limited", "high", "unacceptable")
 STATUSES = ("draft", "linked", "approved", "production", "deprecated", "revoked")
 TECHNICAL_TYPES = ("model", "agent", "api_client", "framework", "pipeline")
@@ -130,6 +131,12 @@ def validate(document: object) -> AssetCard:
     if errors:
         raise CardInvalid(errors)
     assert isinstance(plain, dict)
+    # Held to the same rules as every other stored text and number (NUL, nesting): both backends store
+    # the card alike, whether it came through the API, the CLI or a sync.
+    found = find_unstorable(plain)
+    if found is not None:
+        pointer = "".join(f"/{_escape(str(part))}" for part in found.path)
+        raise CardInvalid([FieldError(pointer, found.reason)])
     try:
         canonical(plain)
     except NotCanonicalizable as exc:
@@ -404,7 +411,7 @@ _Check = Callable[[object, str, list[FieldError]], object]
 _Rule = Callable[[str], str | None]
 
 #: The range orjson, hence ``canonical``, can write.
-_JSON_INTEGERS = range(-(2**63), 2**64)
+_JSON_INTEGERS = range(storable.INT64_MIN, storable.INT64_MAX + 1)
 
 
 def _kind(value: object) -> str:
@@ -432,7 +439,7 @@ def _plain(value: object, pointer: str, errors: list[FieldError]) -> object:
     if isinstance(value, int):
         # int(): range membership is constant-time only for exact ints (a subclass is searched one by one).
         if int(value) not in _JSON_INTEGERS:
-            errors.append(FieldError(pointer, "is an integer too large for JSON (64 bits)"))
+            errors.append(FieldError(pointer, "is an integer outside the signed 64-bit range"))
         return int(value)
     if isinstance(value, float):
         if not math.isfinite(value):

@@ -12,7 +12,6 @@ from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from aigos.core import assetcard, compliance_report, goldenthread
-from aigos.core.storable import find_unstorable
 from aigos.server.aigrc import compliance, export, lifecycle, service
 from aigos.server.aigrc.schemas import (
     AssetCardOut,
@@ -33,7 +32,6 @@ from aigos.server.errors import Conflict, NotFound, PayloadTooLarge, Unsupported
 from aigos.server.identity.deps import IdentityStateDep
 from aigos.server.policy.deps import PolicyStateDep
 from aigos.server.principal import Principal
-from aigos.server.problems import json_pointer
 from aigos.server.routing import RawBodyRoute, ValidatedRoute, parse_json
 from aigos.server.runtime import Runtime
 from aigos.server.schemas import Page
@@ -77,11 +75,6 @@ def card_from(body: bytes, media_type: str | None) -> assetcard.AssetCard:
         raise ValidationFailed(
             f"{first['pointer'] or 'the card'}: {first['detail']}", errors=errors
         ) from None
-    # JSON met the edge's rules in parse_json; YAML is held to the same ones here.
-    found = find_unstorable(card.document)
-    if found is not None:
-        at = json_pointer(("body", *found.path))
-        raise ValidationFailed(f"{at}: {found.reason}", errors=[{"pointer": at, "detail": found.reason}])
     return card
 
 

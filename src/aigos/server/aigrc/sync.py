@@ -15,7 +15,6 @@ link-local addresses refused unless ``AIGOS_AIGRC_ALLOW_PRIVATE``, the body boun
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -28,7 +27,10 @@ from aigos.core import assetcard
 from aigos.server.aigrc import lifecycle, service
 from aigos.server.audit.events import NewEvent
 from aigos.server.audit.log import EventLog
+from aigos.server.background import cancel
 from aigos.server.db import Database
+from aigos.server.db.outage import DatabaseUnavailable
+from aigos.server.errors import AigosError
 from aigos.server.identity.state import IdentityState
 from aigos.server.outbound import Outbound, OutboundRefused, policy_from_settings
 from aigos.server.policy.state import PolicyState
@@ -106,11 +108,8 @@ class CardSync:
 
     async def stop(self) -> None:
         """Stop the timer (a run in progress is cancelled: it saves card by card) and close the client."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         await self._outbound.aclose()
 
     async def _loop(self) -> None:
@@ -134,7 +133,11 @@ class CardSync:
                 log.warning("aigrc_sync_failed", detail=failed.detail)
             else:
                 result.fetched = len(cards)
-                await self._save(cards, result)
+                try:
+                    await self._save(cards, result)
+                except DatabaseUnavailable as down:
+                    # What was saved before stays; the rest waits for the next run.
+                    result.outcome, result.detail = "failure", f"the database is unavailable: {down.detail}"
             await self._record(result)
             self.last = result
             return result
@@ -147,7 +150,8 @@ class CardSync:
         if response.status != 200:
             raise _SourceFailed(f"the source answered HTTP {response.status}")
         try:
-            body = orjson.loads(response.body)
+            # Off the event loop: the answer may be up to MAX_SOURCE_BYTES.
+            body = await asyncio.to_thread(orjson.loads, response.body)
         except orjson.JSONDecodeError:
             raise _SourceFailed("the source's answer is not JSON") from None
         cards = body.get("data", body.get("cards")) if isinstance(body, dict) else body
@@ -162,7 +166,7 @@ class CardSync:
             plan = plan_of(await tenants.plan_tier_of(session, self.tenant_id))
         for index, document in enumerate(cards):
             try:
-                card = assetcard.validate(document)
+                card = await asyncio.to_thread(assetcard.validate, document)
             except assetcard.CardInvalid as invalid:
                 errors = [{"pointer": e.pointer, "detail": e.detail} for e in invalid.errors[:10]]
                 card_id = document.get("id") if isinstance(document, dict) else None
@@ -185,10 +189,11 @@ class CardSync:
                     await lifecycle.after_save(
                         session, self.events, self.identity, self.policies, saved, card, plan, self._event
                     )
-            except Exception as error:
-                detail = getattr(error, "detail", None) or type(error).__name__
+            except DatabaseUnavailable:
+                raise
+            except AigosError as refused:  # the plan's limits, say: this card alone, the others go on
                 result.refused.append(
-                    {"index": index, "id": card.id, "errors": [{"pointer": "", "detail": str(detail)}]}
+                    {"index": index, "id": card.id, "errors": [{"pointer": "", "detail": refused.detail}]}
                 )
                 continue
             setattr(result, saved.change, getattr(result, saved.change) + 1)

@@ -14,7 +14,6 @@ both send a batch before either moves the cursor): receivers deduplicate by the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import time
@@ -32,6 +31,7 @@ from aigos.server.aigrc.models import WebhookCursor, WebhookDeadLetter
 from aigos.server.audit import service as audit
 from aigos.server.audit.events import NewEvent
 from aigos.server.audit.log import EventLog
+from aigos.server.background import cancel
 from aigos.server.db import Database
 from aigos.server.db.types import utcnow
 from aigos.server.identity import agents
@@ -97,11 +97,8 @@ class Webhook:
 
     async def stop(self) -> None:
         """Stop delivering (a batch in flight is sent again by the next start: the cursor did not move)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         await self._outbound.aclose()
 
     async def _loop(self) -> None:
